@@ -1,0 +1,1 @@
+"""Models behind one interface: the deterministic stand-in and the ONNX Runtime decoder."""

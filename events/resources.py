@@ -1,0 +1,27 @@
+"""Where the repository's declarative files are: beside the package in a wheel
+(events/_data, see pyproject's force-include) or at the repository root in a checkout."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+_ROOT = _PKG.parent
+
+
+@cache
+def data_path(name: str) -> Path:
+    """`schemas`, `migrations`, `redis` or `topics.yaml`."""
+    packaged = _PKG / "_data" / name
+    if packaged.exists():
+        return packaged
+    in_repo = {
+        "schemas": _ROOT / "schemas",
+        "migrations": _ROOT / "infra" / "migrations",
+        "redis": _ROOT / "infra" / "redis",
+        "topics.yaml": _ROOT / "kafka" / "topics.yaml",
+    }[name]
+    if not in_repo.exists():
+        raise FileNotFoundError(f"quotaflow data file {name!r} not found in {packaged} or {in_repo}")
+    return in_repo

@@ -1,0 +1,118 @@
+"""One typed settings object, read once at start-up from the environment.
+
+Nothing else in quotaflow reads `os.environ`: processes call `Settings.from_env()` and pass
+the result (or parts of it) down. A missing or malformed value fails naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A configuration variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/quotaflow"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str = ""
+    model_bucket: str = "quotaflow-models"
+    model_name: str = "smollm2-135m-instruct"
+    model_alias: str = "stable"
+    # "standin" (deterministic, no weights), "dir:PATH" (a built model directory) or "registry"
+    model_source: str = "standin"
+    model_cache_dir: str = ".quotaflow/models"
+    public_url: str = "http://127.0.0.1:8080"
+    topic_prefix: str = "quotaflow."
+    consumer_group_prefix: str = "quotaflow-"
+    # Tansu joins a group only after session.timeout.ms / 2 (FACTS.md): keep it small.
+    kafka_session_timeout_ms: int = 6000
+    # Per-hop latency on Tansu's memory engine is bounded by fetch.wait.max.ms (FACTS.md).
+    kafka_fetch_wait_max_ms: int = 50
+    max_body_bytes: int = 64 * 1024
+    max_prompt_chars: int = 32_000
+    max_tokens_limit: int = 512
+    reservation_ttl_s: int = 300
+    sweep_interval_s: int = 30
+    batch_max: int = 8
+    batch_wait_ms: int = 5
+    handler_retries: int = 3
+    log_level: str = "INFO"
+    metrics_port: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = ENV_NAMES[f.name]
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            if f.type == "int":
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+                if values[f.name] < 0:
+                    raise SettingsError(f"{name} must not be negative, got {raw!r}")
+            else:
+                values[f.name] = raw
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.postgres_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError(f"POSTGRES_URL must be a postgresql:// URL, got {self.postgres_url!r}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"REDIS_URL must be a redis:// URL, got {self.redis_url!r}")
+        src = self.model_source
+        if not (src in ("standin", "registry") or src.startswith("dir:")):
+            raise SettingsError(
+                f"QF_MODEL_SOURCE must be 'standin', 'registry' or 'dir:PATH', got {src!r}"
+            )
+        if self.batch_max < 1:
+            raise SettingsError("QF_BATCH_MAX must be at least 1")
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        return {ENV_NAMES[f.name]: str(getattr(self, f.name)) for f in fields(self)}
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+# The one list of environment variables quotaflow reads; manifests are checked against it.
+ENV_NAMES: dict[str, str] = {
+    "kafka_bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
+    "postgres_url": "POSTGRES_URL",
+    "redis_url": "REDIS_URL",
+    "s3_endpoint_url": "S3_ENDPOINT_URL",
+    "model_bucket": "QF_MODEL_BUCKET",
+    "model_name": "QF_MODEL_NAME",
+    "model_alias": "QF_MODEL_ALIAS",
+    "model_source": "QF_MODEL_SOURCE",
+    "model_cache_dir": "QF_MODEL_CACHE_DIR",
+    "public_url": "QF_PUBLIC_URL",
+    "topic_prefix": "QF_TOPIC_PREFIX",
+    "consumer_group_prefix": "QF_CONSUMER_GROUP_PREFIX",
+    "kafka_session_timeout_ms": "QF_KAFKA_SESSION_TIMEOUT_MS",
+    "kafka_fetch_wait_max_ms": "QF_KAFKA_FETCH_WAIT_MAX_MS",
+    "max_body_bytes": "QF_MAX_BODY_BYTES",
+    "max_prompt_chars": "QF_MAX_PROMPT_CHARS",
+    "max_tokens_limit": "QF_MAX_TOKENS_LIMIT",
+    "reservation_ttl_s": "QF_RESERVATION_TTL_S",
+    "sweep_interval_s": "QF_SWEEP_INTERVAL_S",
+    "batch_max": "QF_BATCH_MAX",
+    "batch_wait_ms": "QF_BATCH_WAIT_MS",
+    "handler_retries": "QF_HANDLER_RETRIES",
+    "log_level": "QF_LOG_LEVEL",
+    "metrics_port": "QF_METRICS_PORT",
+}
