@@ -1,0 +1,411 @@
+"""The ledger's PostgreSQL event store.
+
+Each call decides a batch of commands in ONE transaction (group commit), in this order:
+  1. lock the tenants' stream rows (sorted, so concurrent batches cannot deadlock): this
+     serializes decisions per tenant, which is what makes the quota exact under concurrency;
+  2. look up idempotency records: a redelivered command returns its first outcome unchanged;
+  3. decide with the pure rules in `domain`;
+  4. lock the ledger table, then append: commits happen in sequence order, so a reader that
+     tails `seq > last` never skips an event whose transaction commits late;
+  5. update the decision snapshot, the reservations and the idempotency records.
+The caller commits Kafka offsets only after this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from events.ledger import domain
+from events.ledger.domain import Balance, Kind, LedgerEvent, Reservation
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class ReserveTokens:
+    tenant: str
+    request_id: str
+    amount: int
+    payload_hash: str
+
+
+@dataclass(frozen=True)
+class SettleReservation:
+    tenant: str
+    request_id: str
+    actual_tokens: int
+    payload_hash: str
+
+
+@dataclass(frozen=True)
+class ReleaseReservation:
+    tenant: str
+    request_id: str
+    reason: str
+    payload_hash: str
+
+
+EndCommand = SettleReservation | ReleaseReservation
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did. `kind` is the event appended, or None when the command was refused
+    (then `reason` says why). A redelivered command gets its first outcome back."""
+
+    request_id: str
+    tenant: str
+    kind: str | None
+    period: str
+    amount: int
+    released: int = 0
+    seq: int = 0
+    reason: str | None = None
+    reserved: int = 0  # the reservation's size, for endings
+
+    @property
+    def accepted(self) -> bool:
+        return self.kind is not None and self.kind != Kind.REQUEST_REJECTED
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Outcome:
+        return cls(**(raw if isinstance(raw, dict) else json.loads(raw)))
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    tenant: str
+    stream_version: int
+    kind: Kind
+    request_id: str | None
+    period: str
+    amount: int
+    released: int
+    reason: str | None
+    recorded_at: datetime
+
+    def as_event(self) -> LedgerEvent:
+        return LedgerEvent(self.kind, self.tenant, self.period, self.amount, self.request_id,
+                           self.released, self.reason)
+
+
+class IdempotencyConflict(Exception):
+    """The same request id came with a different payload."""
+
+
+_RETRYABLE = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected,
+              pg_errors.SerializationFailure)
+
+EVENT_COLUMNS = ("seq, tenant_id, stream_version, kind, request_id, period, amount, released, "
+                 "reason, recorded_at")
+
+
+def row_to_event(row: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(row[0], row[1], row[2], Kind(row[3]), row[4], row[5], row[6], row[7],
+                       row[8], row[9])
+
+
+class PostgresLedger:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    @classmethod
+    def connect(cls, url: str) -> PostgresLedger:
+        return cls(psycopg.connect(url, autocommit=True))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- commands ---------------------------------------------------------------------
+
+    def reserve(self, commands: Sequence[ReserveTokens]) -> list[Outcome]:
+        return self._retrying(lambda: self._batch(commands, "reserve", self._decide_reserve))
+
+    def end(self, commands: Sequence[EndCommand]) -> list[Outcome]:
+        """Settle or release reservations (the settle step)."""
+        return self._retrying(lambda: self._batch(commands, "end", self._decide_end))
+
+    def expire_stale(self, ttl_s: int, limit: int = 1000) -> list[Outcome]:
+        """Expire reservations older than `ttl_s` by the ledger's own clock."""
+        return self._retrying(lambda: self._expire(ttl_s, limit))
+
+    def grant(self, tenant: str, tokens: int, period: str | None = None) -> Outcome:
+        def run() -> Outcome:
+            with self.conn.transaction():
+                tx = _Tx(self.conn, [tenant])
+                p = period or tx.current_period(tenant)
+                ev = LedgerEvent(Kind.QUOTA_GRANTED, tenant, p, tokens)
+                tx.emit(ev)
+                (seq,) = tx.flush()
+                return Outcome("", tenant, ev.kind.value, p, tokens, seq=seq)
+
+        return self._retrying(run)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def balance(self, tenant: str, period: str) -> Balance:
+        row = self.conn.execute(
+            "SELECT granted, reserved, spent FROM balances WHERE tenant_id=%s AND period=%s",
+            (tenant, period)).fetchone()
+        return Balance(*row) if row else Balance()
+
+    def current_period(self, tenant: str) -> str:
+        row = self.conn.execute(
+            "SELECT plan_period, now() FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone()
+        if row is None:
+            raise LookupError(f"unknown tenant {tenant!r}")
+        return domain.period_of(row[0], row[1])
+
+    def events_after(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
+        rows = self.conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM ledger_events WHERE seq > %s ORDER BY seq LIMIT %s",
+            (seq, limit)).fetchall()
+        return [row_to_event(r) for r in rows]
+
+    # -- internals --------------------------------------------------------------------
+
+    def _retrying(self, fn: Callable[[], T]) -> T:
+        for attempt in range(8):
+            try:
+                return fn()
+            except _RETRYABLE as exc:
+                log.info("ledger transaction retried after %s", type(exc).__name__)
+                time.sleep(0.005 * (attempt + 1))
+        return fn()
+
+    def _batch(self, commands: Sequence[Any], command: str,
+               decide: Callable[[_Tx, Any], LedgerEvent | Outcome]) -> list[Outcome]:
+        if not commands:
+            return []
+        with self.conn.transaction():
+            tx = _Tx(self.conn, sorted({c.tenant for c in commands}))
+            stored = tx.stored_outcomes([c.request_id for c in commands], command)
+            results: list[Outcome | int] = []  # an Outcome, or the index of an appended event
+            decided: dict[str, tuple[str, Outcome | int]] = {}
+            for c in commands:
+                seen = decided.get(c.request_id) or (
+                    (stored[c.request_id][0], Outcome.from_json(stored[c.request_id][1]))
+                    if c.request_id in stored else None)
+                if seen is not None:
+                    if seen[0] != c.payload_hash:
+                        results.append(_conflict(c))
+                    else:
+                        results.append(seen[1])
+                    continue
+                verdict = decide(tx, c)
+                slot: Outcome | int = verdict if isinstance(verdict, Outcome) else tx.emit(verdict)
+                decided[c.request_id] = (c.payload_hash, slot)
+                results.append(slot)
+            seqs = tx.flush()
+            out = [r if isinstance(r, Outcome) else tx.outcome(r, seqs[r]) for r in results]
+            for request_id, (payload_hash, slot) in decided.items():
+                o = slot if isinstance(slot, Outcome) else tx.outcome(slot, seqs[slot])
+                tx.remember(request_id, command, payload_hash, o)
+            tx.write_commands()
+            return out
+
+    def _decide_reserve(self, tx: _Tx, c: ReserveTokens) -> LedgerEvent | Outcome:
+        if not tx.known(c.tenant):
+            return Outcome(c.request_id, c.tenant, None, "", c.amount, reason="unknown_tenant")
+        period = tx.current_period(c.tenant)
+        tx.ensure_granted(c.tenant, period)
+        return domain.decide_reserve(tx.balance(c.tenant, period), c.tenant, period,
+                                     c.request_id, c.amount)
+
+    def _decide_end(self, tx: _Tx, c: EndCommand) -> LedgerEvent | Outcome:
+        r = tx.reservation(c.request_id)
+        if r is None or r.tenant != c.tenant:
+            return Outcome(c.request_id, c.tenant, None, "", 0, reason="unknown_reservation")
+        if r.ended is not None:
+            # Only an expiry ends a reservation without an idempotency record: a late
+            # settlement is refused, and remembered so a redelivery is refused the same way.
+            return Outcome(c.request_id, c.tenant, None, r.period, 0, reason="reservation_expired"
+                           if r.ended is Kind.RESERVATION_EXPIRED else "already_ended",
+                           reserved=r.amount)
+        if isinstance(c, SettleReservation):
+            return domain.decide_settle(r, c.actual_tokens)
+        return domain.decide_release(r, c.reason)
+
+    def _expire(self, ttl_s: int, limit: int) -> list[Outcome]:
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                "SELECT DISTINCT tenant_id FROM reservations WHERE ended IS NULL "
+                "AND reserved_at < now() - make_interval(secs => %s)", (ttl_s,)).fetchall()
+            if not rows:
+                return []
+            tx = _Tx(self.conn, sorted(r[0] for r in rows))
+            stale = self.conn.execute(
+                "SELECT request_id FROM reservations WHERE ended IS NULL "
+                "AND reserved_at < now() - make_interval(secs => %s) "
+                "AND tenant_id = ANY(%s) ORDER BY reserved_at LIMIT %s",
+                (ttl_s, tx.tenants, limit)).fetchall()
+            idx = []
+            for (request_id,) in stale:
+                r = tx.reservation(request_id)
+                if r is not None and r.ended is None:
+                    idx.append(tx.emit(domain.decide_expire(r)))
+            seqs = tx.flush()
+            return [tx.outcome(i, seqs[i]) for i in idx]
+
+
+def _conflict(c: Any) -> Outcome:
+    return Outcome(c.request_id, c.tenant, None, "", 0,
+                   reason="idempotency_conflict: same request id, different payload")
+
+
+class _Tx:
+    """State loaded and written inside one ledger transaction."""
+
+    def __init__(self, conn: Conn, tenants: Iterable[str]) -> None:
+        self.conn = conn
+        self.tenants = list(tenants)
+        rows = conn.execute(
+            "SELECT s.tenant_id, s.version, t.plan_period, t.grant_tokens, now() "
+            "FROM ledger_streams s JOIN tenants t USING (tenant_id) "
+            "WHERE s.tenant_id = ANY(%s) ORDER BY s.tenant_id FOR UPDATE OF s",
+            (self.tenants,)).fetchall()
+        self.versions = {r[0]: r[1] for r in rows}
+        self.start_versions = dict(self.versions)
+        self.plans = {r[0]: (r[2], r[3]) for r in rows}
+        self.now: datetime | None = rows[0][4] if rows else None
+        self.balances: dict[tuple[str, str], Balance] = {}
+        self.touched: set[tuple[str, str]] = set()
+        self.reservations: dict[str, Reservation | None] = {}
+        self.events: list[LedgerEvent] = []
+        self.commands: list[tuple[str, str, str, str]] = []
+
+    def known(self, tenant: str) -> bool:
+        return tenant in self.versions
+
+    def current_period(self, tenant: str) -> str:
+        assert self.now is not None
+        return domain.period_of(self.plans[tenant][0], self.now)
+
+    def balance(self, tenant: str, period: str) -> Balance:
+        key = (tenant, period)
+        if key not in self.balances:
+            row = self.conn.execute(
+                "SELECT granted, reserved, spent FROM balances "
+                "WHERE tenant_id = %s AND period = %s", key).fetchone()
+            self.balances[key] = Balance(*row) if row else Balance()
+        return self.balances[key]
+
+    def ensure_granted(self, tenant: str, period: str) -> None:
+        """A period's first decision grants the plan's tokens for it (a recurring grant)."""
+        key = (tenant, period)
+        exists = key in self.touched or self.conn.execute(
+            "SELECT 1 FROM balances WHERE tenant_id = %s AND period = %s", key).fetchone()
+        if not exists:
+            self.emit(LedgerEvent(Kind.QUOTA_GRANTED, tenant, period, self.plans[tenant][1]))
+
+    def reservation(self, request_id: str) -> Reservation | None:
+        if request_id not in self.reservations:
+            row = self.conn.execute(
+                "SELECT tenant_id, period, amount, ended FROM reservations "
+                "WHERE request_id = %s", (request_id,)).fetchone()
+            self.reservations[request_id] = (
+                Reservation(row[0], request_id, row[1], row[2], Kind(row[3]) if row[3] else None)
+                if row else None)
+        return self.reservations[request_id]
+
+    def stored_outcomes(self, request_ids: list[str], command: str) -> dict[str, tuple[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT request_id, payload_hash, outcome FROM ledger_commands "
+            "WHERE request_id = ANY(%s) AND command = %s", (request_ids, command)).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def emit(self, ev: LedgerEvent) -> int:
+        """Queue an event and fold it into this transaction's view; returns its index."""
+        key = (ev.tenant, ev.period)
+        self.balances[key] = domain.apply(self.balance(*key), ev)
+        self.touched.add(key)
+        if ev.request_id is not None and ev.kind is Kind.TOKENS_RESERVED:
+            self.reservations[ev.request_id] = Reservation(ev.tenant, ev.request_id, ev.period,
+                                                           ev.amount)
+        elif ev.request_id is not None and ev.kind in domain.ENDINGS:
+            r = self.reservation(ev.request_id)
+            assert r is not None
+            self.reservations[ev.request_id] = Reservation(r.tenant, r.request_id, r.period,
+                                                           r.amount, ev.kind)
+        self.events.append(ev)
+        return len(self.events) - 1
+
+    def outcome(self, index: int, seq: int) -> Outcome:
+        ev = self.events[index]
+        reserved = ev.amount + ev.released if ev.kind is Kind.RESERVATION_SETTLED else ev.amount
+        return Outcome(ev.request_id or "", ev.tenant, ev.kind.value, ev.period, ev.amount,
+                       ev.released, seq, ev.reason, reserved)
+
+    def remember(self, request_id: str, command: str, payload_hash: str, o: Outcome) -> None:
+        self.commands.append((request_id, command, payload_hash, o.to_json()))
+
+    def flush(self) -> list[int]:
+        """Append the queued events and write the state they change; returns their seqs."""
+        if not self.events:
+            return []
+        # Commit order must equal sequence order for readers that tail the ledger
+        # (projection, outbox): take the table lock before the sequence is drawn.
+        self.conn.execute("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+        rows = []
+        for ev in self.events:
+            self.versions[ev.tenant] += 1
+            rows.append((ev.tenant, self.versions[ev.tenant], ev.kind.value, ev.request_id,
+                         ev.period, ev.amount, ev.released, ev.reason))
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO ledger_events (tenant_id, stream_version, kind, request_id, period,"
+                " amount, released, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING seq", rows, returning=True)
+            seqs: list[int] = []
+            while True:
+                row = cur.fetchone()
+                assert row is not None
+                seqs.append(int(row[0]))
+                if not cur.nextset():
+                    break
+            moved = [(v, t, self.start_versions[t]) for t, v in self.versions.items()
+                     if v != self.start_versions[t]]
+            cur.executemany(
+                "UPDATE ledger_streams SET version = %s WHERE tenant_id = %s AND version = %s",
+                moved)
+            if cur.rowcount != len(moved):
+                raise pg_errors.SerializationFailure("a tenant stream moved under this append")
+            cur.executemany(
+                "INSERT INTO balances (tenant_id, period, granted, reserved, spent) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, period) DO UPDATE SET "
+                "granted = EXCLUDED.granted, reserved = EXCLUDED.reserved, "
+                "spent = EXCLUDED.spent",
+                [(t, p, b.granted, b.reserved, b.spent)
+                 for (t, p), b in self.balances.items() if (t, p) in self.touched])
+            new = [e for e in self.events if e.kind is Kind.TOKENS_RESERVED]
+            cur.executemany(
+                "INSERT INTO reservations (request_id, tenant_id, period, amount, reserved_at) "
+                "VALUES (%s, %s, %s, %s, now())",
+                [(e.request_id, e.tenant, e.period, e.amount) for e in new])
+            ended = [e for e in self.events if e.kind in domain.ENDINGS]
+            cur.executemany(
+                "UPDATE reservations SET ended = %s WHERE request_id = %s AND ended IS NULL",
+                [(e.kind.value, e.request_id) for e in ended])
+        return seqs
+
+    def write_commands(self) -> None:
+        if self.commands:
+            with self.conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO ledger_commands (request_id, command, payload_hash, outcome) "
+                    "VALUES (%s, %s, %s, %s)", self.commands)
