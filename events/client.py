@@ -1,0 +1,64 @@
+"""A small client for quotaflow's HTTP API: send a prompt as a binary-mode CloudEvent and
+wait for its final status."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+from events.catalog import REQUESTED_TYPE
+
+FINAL = ("completed", "rejected", "failed", "expired")
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(f"{status}: {problem.get('detail', problem)}")
+        self.status = status
+        self.problem = problem
+
+
+def _call(method: str, url: str, key: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Authorization": f"Bearer {key}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            problem = json.loads(raw)
+        except ValueError:
+            problem = {"detail": raw.decode(errors="replace")}
+        raise ApiError(e.code, problem) from None
+
+
+def submit(base_url: str, key: str, data: dict[str, Any], *, source: str = "/quotaflow/cli",
+           event_id: str | None = None) -> dict[str, Any]:
+    headers = {"ce-specversion": "1.0", "ce-id": event_id or str(uuid.uuid4()),
+               "ce-source": source, "ce-type": REQUESTED_TYPE,
+               "Content-Type": "application/json"}
+    _, body = _call("POST", base_url.rstrip("/") + "/", key, json.dumps(data).encode(), headers)
+    return body
+
+
+def status(base_url: str, key: str, request_id: str) -> dict[str, Any]:
+    return _call("GET", f"{base_url.rstrip('/')}/v1/requests/{request_id}", key)[1]
+
+
+def quota(base_url: str, key: str) -> dict[str, Any]:
+    return _call("GET", f"{base_url.rstrip('/')}/v1/quota", key)[1]
+
+
+def wait(base_url: str, key: str, request_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = status(base_url, key, request_id)
+        if st["status"] in FINAL or time.monotonic() > deadline:
+            return st
+        time.sleep(0.1)

@@ -1,0 +1,81 @@
+"""The HTTP CloudEvents entry of a pipeline step: what Knative's KafkaSource calls.
+
+KafkaSource delivers each record as a binary-mode CloudEvent and discards the reply, so the
+step produces its outputs to Kafka itself and answers 2xx only after they are flushed; a non-2xx
+makes KafkaSource retry and, after its retries, dead-letter the record."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import Producer
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from events import kafka, metrics
+from events.catalog import SWEEP_TYPE
+from events.envelope import UndecodableEvent, from_http
+from events.problem import Problem
+from events.settings import Settings
+from events.step import AnyStep
+from events.worker import handle_with_retries, publish
+
+log = logging.getLogger(__name__)
+
+
+def add_health_routes(app: Flask, ready: Any) -> None:
+    @app.get("/health/liveness")
+    def liveness() -> Response:
+        return jsonify(status="ok")
+
+    @app.get("/health/readiness")
+    def readiness() -> Response | tuple[Response, int]:
+        return (jsonify(status="ready"), 200) if ready() else (jsonify(status="starting"), 503)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
+               producer: Producer | None = None) -> Flask:
+    ports = ports if ports is not None else step.make_ports(settings)
+    producer = producer if producer is not None else kafka.make_producer(settings)
+    app = Flask(f"quotaflow.{step.name}")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes * 16
+    app.extensions["quotaflow"] = {"ports": ports, "producer": producer, "step": step}
+    add_health_routes(app, ports.ready)
+
+    @app.errorhandler(Problem)
+    def problem(p: Problem) -> Response:
+        return p.response(request.path)
+
+    @app.post("/")
+    def receive() -> Response | tuple[Response, int]:
+        if request.headers.get("ce-type") == SWEEP_TYPE:
+            if step.tick is None:
+                raise Problem(400, "Bad event", f"step {step.name} does not take {SWEEP_TYPE}")
+            outputs = step.tick(ports)
+        else:
+            try:
+                ev = from_http(dict(request.headers), request.get_data())
+            except UndecodableEvent as exc:
+                raise Problem(400, "Undecodable event", str(exc)) from None
+            if ev.type.name not in step.consumes:
+                raise Problem(400, "Unexpected event type",
+                              f"step {step.name} consumes {', '.join(step.consumes)}, "
+                              f"not {ev.type.ce_type}")
+            metrics.EVENTS_IN.labels(step.name, ev.type.name).inc()
+
+            def give_up(_msg: Any, event: Any, reason: str) -> list[Any]:
+                # KafkaSource dead-letters on a non-2xx; answer the poison outputs instead,
+                # so the pipeline goes on (e.g. a release for a failed inference).
+                return step.on_poison(event, reason, ports) if step.on_poison else []
+
+            outputs = handle_with_retries(step, ports, settings, [(None, ev)], give_up)
+        publish(step, settings, producer, outputs)
+        kafka.flush(producer)
+        return jsonify(produced=[o.id for o in outputs]), 200
+
+    return app

@@ -1,0 +1,17 @@
+"""Prometheus metrics the functions expose (`/metrics` on HTTP entries, QF_METRICS_PORT for
+Kafka workers)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_IN = Counter("qf_events_consumed_total", "Events a step consumed", ["step", "type"])
+EVENTS_OUT = Counter("qf_events_produced_total", "Events a step produced", ["step", "type"])
+DEAD_LETTERS = Counter("qf_dead_letters_total", "Records sent to a dead-letter topic",
+                       ["step", "reason"])
+HANDLER_SECONDS = Histogram("qf_handler_seconds", "Time in a step's handler per batch", ["step"],
+                            buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+BATCH_SIZE = Histogram("qf_batch_size", "Records per handler call", ["step"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+ADMIT_RESPONSES = Counter("qf_admit_responses_total", "Admit answers by status", ["status"])
+LEDGER_DECISIONS = Counter("qf_ledger_decisions_total", "Ledger outcomes", ["kind"])
