@@ -29,13 +29,14 @@ class EventType:
 
 
 def dataschema_uri(name: str, version: int) -> str:
-    """`ce_dataschema` value naming the exact writer schema file `schemas/<name>/v<version>.avsc`."""
+    """The `ce_dataschema` naming the exact writer schema `schemas/<name>/v<version>.avsc`."""
     return f"urn:quotaflow:schema:{name}:v{version}"
 
 
 def parse_dataschema(uri: str) -> tuple[str, int]:
     parts = uri.split(":")
-    if len(parts) != 5 or parts[:3] != ["urn", "quotaflow", "schema"] or not parts[4].startswith("v"):
+    if (len(parts) != 5 or parts[:3] != ["urn", "quotaflow", "schema"]
+            or not parts[4].startswith("v")):
         raise ValueError(f"dataschema {uri!r} is not urn:quotaflow:schema:<name>:v<N>")
     try:
         return parts[3], int(parts[4][1:])

@@ -44,7 +44,7 @@ def migrate(url: str) -> list[str]:
                                     (version,)).fetchone()
                 if done:
                     continue
-                conn.execute(path.read_text())  # type: ignore[arg-type]
+                conn.execute(path.read_text())
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                 applied.append(version)
                 log.info("applied migration %s", version)

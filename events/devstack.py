@@ -4,6 +4,7 @@ a local S3 (moto server), topics, migrations, and the six functions as local pro
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -247,19 +248,15 @@ def stop_pids(pids: dict[str, int]) -> None:
     # Functions first, then the services they use.
     order = sorted(pids, key=lambda n: n in ("kafka", "postgres", "redis", "s3"))
     for name in order:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pids[name], signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
     deadline = time.monotonic() + 10
     for name in order:
         while time.monotonic() < deadline and _alive(pids[name]):
             time.sleep(0.05)
         if _alive(pids[name]):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pids[name], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _alive(pid: int) -> bool:
@@ -276,7 +273,7 @@ def _alive(pid: int) -> bool:
 
 def read_state(state_dir: Path) -> dict[str, object] | None:
     path = state_dir / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None  # type: ignore[no-any-return]
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _embedded_pg_bin() -> Path:

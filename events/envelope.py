@@ -8,7 +8,7 @@ value, and the HTTP binding (binary or structured) for what Knative's KafkaSourc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -129,9 +129,10 @@ def _from_cloudevent(ce: BaseCloudEvent) -> Event:
                  data=data, time=ce.get_time() or datetime.now(UTC), writer_version=version)
 
 
-def from_kafka(headers: Mapping[str, bytes] | list[tuple[str, bytes]] | None,
+def from_kafka(headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
                key: bytes | str | None, value: bytes | None) -> Event:
-    hdrs = dict(headers or {})
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or [])
+    hdrs = {k: v if isinstance(v, bytes) else str(v or "").encode() for k, v in pairs}
     try:
         ce = ce_kafka.from_binary(ce_kafka.KafkaMessage(headers=hdrs, key=key, value=value or b""),
                                   _RAW)

@@ -7,7 +7,7 @@ from typing import Any
 
 from cloudevents.core.bindings.kafka import KafkaMessage
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from events.catalog import topic_specs
 from events.settings import Settings

@@ -17,7 +17,8 @@ def open_postgres(settings: Settings) -> psycopg.Connection[Any]:
 
 
 def open_ledger(settings: Settings) -> tuple[PostgresLedger, RedisProjection]:
-    return PostgresLedger.connect(settings.postgres_url), RedisProjection.connect(settings.redis_url)
+    return (PostgresLedger.connect(settings.postgres_url),
+            RedisProjection.connect(settings.redis_url))
 
 
 def load_tokenizer(settings: Settings) -> Tokenizer:

@@ -19,8 +19,8 @@ def request_id_for(tenant: str, source: str, ce_id: str) -> str:
 
 
 def payload_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
-                          ).hexdigest()
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def mark(conn: psycopg.Connection[Any], request_id: str, status: str, *,
     if only_from:
         sql += " AND status = ANY(%s)"
         params.append(list(only_from))
-    conn.execute(sql, params)  # type: ignore[arg-type]
+    conn.execute(sql, params)
 
 
 def fetch(conn: psycopg.Connection[Any], tenant: str, request_id: str) -> dict[str, Any] | None:

@@ -23,5 +23,5 @@ def data_path(name: str) -> Path:
         "topics.yaml": _ROOT / "kafka" / "topics.yaml",
     }[name]
     if not in_repo.exists():
-        raise FileNotFoundError(f"quotaflow data file {name!r} not found in {packaged} or {in_repo}")
+        raise FileNotFoundError(f"quotaflow data {name!r} not found in {packaged} or {in_repo}")
     return in_repo

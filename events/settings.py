@@ -70,7 +70,8 @@ class Settings:
 
     def validate(self) -> None:
         if not self.postgres_url.startswith(("postgresql://", "postgres://")):
-            raise SettingsError(f"POSTGRES_URL must be a postgresql:// URL, got {self.postgres_url!r}")
+            raise SettingsError(
+                f"POSTGRES_URL must be a postgresql:// URL, got {self.postgres_url!r}")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"REDIS_URL must be a redis:// URL, got {self.redis_url!r}")
         src = self.model_source

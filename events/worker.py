@@ -31,7 +31,8 @@ def publish(step: AnyStep, settings: Settings, producer: Producer, events: Seque
 
 
 def dead_letter(step: AnyStep, producer: Producer, msg: Message, reason: str) -> None:
-    headers = list(msg.headers() or [])
+    original = msg.headers() or []
+    headers = list(original.items() if isinstance(original, dict) else original)
     headers += [("qf_dlq_reason", reason.encode()[:2000]), ("qf_dlq_step", step.name.encode()),
                 ("qf_dlq_topic", (msg.topic() or "").encode()),
                 ("qf_dlq_partition", str(msg.partition()).encode()),

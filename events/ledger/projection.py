@@ -56,7 +56,7 @@ class RedisProjection:
 
     def last_seq(self) -> int:
         raw = self.redis.get(LAST_SEQ_KEY)
-        return int(raw) if raw else 0  # type: ignore[arg-type]
+        return int(raw) if raw else 0
 
     def balance(self, tenant: str, period: str) -> Balance:
         raw: dict[bytes, bytes] = self.redis.hgetall(balance_key(tenant, period))  # type: ignore[assignment]

@@ -53,7 +53,6 @@ def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequ
             raise Problem(415, "Unsupported content type",
                           f"binary-mode data must be application/json, got {content_type!r}")
         attributes = {k[3:]: v for k, v in lower.items() if k.startswith("ce-")}
-        data_raw = body
     elif content_type == "application/cloudevents+json":
         try:
             envelope = json.loads(body)
@@ -65,7 +64,6 @@ def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequ
         if "data_base64" in envelope:
             raise Problem(415, "Unsupported content type", "data_base64 is not accepted; "
                           "send the request as JSON in `data`")
-        data_raw = None
     else:
         raise Problem(415, "Unsupported content type",
                       "send a binary-mode CloudEvent (ce-* headers, Content-Type: "
@@ -84,7 +82,7 @@ def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequ
                    "unknown-type")
     if binary:
         try:
-            json.loads(data_raw)
+            json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _bad(f"data is not valid JSON: {exc}", "invalid-json") from None
     try:

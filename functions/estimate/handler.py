@@ -45,5 +45,5 @@ def on_poison(ev: Event, reason: str, ports: EstimatePorts) -> list[Event]:
     return unprocessable("estimate", ev, reason)
 
 
-STEP = Step(name="estimate", consumes=("admitted",), produces=("estimated", "rejected"), handle=handle,
-            make_ports=make_ports, on_poison=on_poison)
+STEP = Step(name="estimate", consumes=("admitted",), produces=("estimated", "rejected"),
+            handle=handle, make_ports=make_ports, on_poison=on_poison)

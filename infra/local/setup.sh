@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up quotaflow on this machine: a virtual environment in .venv with the project and
+# everything it needs to run the local stack, build the model and run the tests.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "quotaflow needs Python 3.11 or newer (found: $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.quotaflow-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "[setup] installing quotaflow and its dependencies into .venv (a few minutes the first time)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch is only for building the ONNX model (the `build` extra); serving never imports it.
+  .venv/bin/python -m pip install --quiet --progress-bar off -e '.[cpu,local,build,dev]'
+  touch "$stamp"
+else
+  echo "[setup] .venv is up to date"
+fi

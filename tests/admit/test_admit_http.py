@@ -1,0 +1,216 @@
+"""admit's HTTP contract on real PostgreSQL, Redis and Kafka: bad input gets a 4xx
+application/problem+json naming what was wrong, never a 5xx; good input gets a 202."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis
+
+from events import db, tenants
+from events.ledger.projection import RedisProjection
+from events.ledger.store import PostgresLedger
+from events.settings import Settings
+from functions.admit.app import AdmitPorts, create_app
+from tests.conftest import REDIS_BASE, fresh_database
+
+MODEL = "smollm2-135m-instruct"
+REDIS_DB = 7
+
+
+@pytest.fixture(scope="module")
+def env(kafka_bootstrap: str) -> Iterator[dict[str, Any]]:
+    url = fresh_database("qf_test_admit")
+    redis_url = f"{REDIS_BASE}/{REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = replace(Settings(), postgres_url=url, redis_url=redis_url,
+                       kafka_bootstrap=kafka_bootstrap, max_body_bytes=4096)
+    from events import kafka
+    kafka.create_topics(settings)
+    with db.connect(url, autocommit=True) as conn:
+        key = tenants.create_tenant(conn, "acme", 1000, rate_limit_per_min=1000)
+        small = tenants.create_tenant(conn, "tiny", 10)
+        limited = tenants.create_tenant(conn, "chatty", 10_000, rate_limit_per_min=3)
+        RedisProjection.connect(redis_url).catch_up(PostgresLedger(conn))
+    app = create_app(settings, AdmitPorts(settings))
+    yield {"client": app.test_client(), "key": key, "small": small, "limited": limited}
+
+
+def headers(key: str | None, **over: str) -> dict[str, str]:
+    h = {"ce-specversion": "1.0", "ce-id": "e1", "ce-source": "/test", "ce-type":
+         "dev.quotaflow.inference.requested", "Content-Type": "application/json"}
+    if key:
+        h["Authorization"] = f"Bearer {key}"
+    h.update(over)
+    return {k: v for k, v in h.items() if v != ""}
+
+
+def body(**over: Any) -> bytes:
+    data = {"model": MODEL, "prompt": "hello", "max_tokens": 8}
+    data.update(over)
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
+
+
+def assert_problem(resp: Any, status: int, *needles: str) -> dict[str, Any]:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    problem: dict[str, Any] = json.loads(resp.get_data())
+    assert problem["status"] == status
+    for n in needles:
+        assert n in problem["detail"], problem
+    assert "Traceback" not in resp.get_data(as_text=True)
+    return problem
+
+
+@pytest.mark.parametrize("drop", ["ce-id", "ce-source", "ce-type", "ce-specversion"])
+def test_missing_required_attribute_is_named(env: dict[str, Any], drop: str) -> None:
+    h = headers(env["key"], **{drop: ""})
+    if drop == "ce-specversion":  # still binary mode through the other ce-* headers
+        pass
+    resp = env["client"].post("/", headers=h, data=body())
+    assert_problem(resp, 400, drop)
+
+
+def test_wrong_specversion_is_refused(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"], **{"ce-specversion": "0.3"}),
+                              data=body())
+    assert_problem(resp, 400, "specversion must be 1.0", "0.3")
+
+
+def test_unknown_event_type_is_refused(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"], **{"ce-type": "com.acme.x"}),
+                              data=body())
+    assert_problem(resp, 400, "unknown event type", "com.acme.x")
+
+
+def test_invalid_json_is_refused(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"]), data=b'{"model": ')
+    assert_problem(resp, 400, "not valid JSON")
+
+
+def test_wrong_content_type_is_415(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"], **{"Content-Type": "text/plain"}),
+                              data=body())
+    assert_problem(resp, 415, "application/json", "text/plain")
+
+
+def test_plain_json_without_cloudevent_attributes_is_415(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers={"Authorization": f"Bearer {env['key']}",
+                                            "Content-Type": "application/json"}, data=body())
+    assert_problem(resp, 415, "CloudEvent")
+
+
+def test_oversized_body_is_413(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"]), data=body(prompt="x" * 5000))
+    assert_problem(resp, 413, "the limit is 4096")
+
+
+def test_missing_key_is_401(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(None), data=body())
+    assert_problem(resp, 401, "Authorization")
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("key", ["qf_nothere_secret", "not-a-key", "qf_abc"])
+def test_invalid_key_is_401(env: dict[str, Any], key: str) -> None:
+    resp = env["client"].post("/", headers=headers(key), data=body())
+    assert_problem(resp, 401, "not valid")
+
+
+def test_right_key_id_with_wrong_secret_is_401(env: dict[str, Any]) -> None:
+    forged = env["key"].rsplit("_", 1)[0] + "_wrongsecret"
+    resp = env["client"].post("/", headers=headers(forged), data=body())
+    assert_problem(resp, 401, "not valid")
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"max_tokens": 0}, "max_tokens must be between"),
+    ({"max_tokens": "8"}, "max_tokens is required (an integer)"),
+    ({"max_tokens": 10_000}, "max_tokens must be between"),
+    ({"model": "gpt-9"}, "unknown model 'gpt-9'"),
+    ({"prompt": ""}, "prompt must be a non-empty string"),
+    ({"prompt": None}, "exactly one of data.prompt or data.messages"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "exactly one of"),
+    ({"temperature": 9}, "temperature must be a number"),
+    ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"stream": True}, "unknown field(s) in data: stream"),
+])
+def test_invalid_data_is_named(env: dict[str, Any], over: dict[str, Any], needle: str) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"]), data=body(**over))
+    assert_problem(resp, 400, needle)
+
+
+def test_invalid_message_role_is_named(env: dict[str, Any]) -> None:
+    data = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "robot", "content": "x"}]}
+    resp = env["client"].post("/", headers=headers(env["key"]), data=json.dumps(data))
+    assert_problem(resp, 400, "messages[0].role")
+
+
+def test_binary_event_is_accepted_with_request_id_and_status_url(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"], **{"ce-id": "ok-1"}), data=body())
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+    out = resp.get_json()
+    assert out["status_url"].endswith(f"/v1/requests/{out['request_id']}")
+    status = env["client"].get(f"/v1/requests/{out['request_id']}",
+                               headers={"Authorization": f"Bearer {env['key']}"})
+    assert status.status_code == 200
+    assert status.get_json()["status"] == "queued"
+
+
+def test_structured_event_is_accepted(env: dict[str, Any]) -> None:
+    envelope = {"specversion": "1.0", "id": "structured-1", "source": "/test",
+                "type": "dev.quotaflow.inference.requested",
+                "datacontenttype": "application/json", "data": json.loads(body())}
+    resp = env["client"].post("/", data=json.dumps(envelope), headers={
+        "Authorization": f"Bearer {env['key']}",
+        "Content-Type": "application/cloudevents+json"})
+    assert resp.status_code == 202, resp.get_data(as_text=True)
+
+
+def test_same_event_twice_is_the_same_request_and_a_changed_payload_is_409(
+        env: dict[str, Any]) -> None:
+    h = headers(env["key"], **{"ce-id": "dup-1"})
+    first = env["client"].post("/", headers=h, data=body())
+    second = env["client"].post("/", headers=h, data=body())
+    assert first.status_code == second.status_code == 202
+    assert first.get_json()["request_id"] == second.get_json()["request_id"]
+    changed = env["client"].post("/", headers=h, data=body(max_tokens=9))
+    assert_problem(changed, 409, "different payload")
+
+
+def test_request_of_another_tenant_is_not_found(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["key"], **{"ce-id": "mine"}), data=body())
+    rid = resp.get_json()["request_id"]
+    other = env["client"].get(f"/v1/requests/{rid}",
+                              headers={"Authorization": f"Bearer {env['small']}"})
+    assert_problem(other, 404, rid)
+
+
+def test_quota_precheck_answers_429_with_retry_after(env: dict[str, Any]) -> None:
+    resp = env["client"].post("/", headers=headers(env["small"]), data=body(max_tokens=50))
+    problem = assert_problem(resp, 429, "tokens left")
+    assert problem["type"].endswith("quota-exhausted")
+    assert int(resp.headers["Retry-After"]) > 0
+
+
+def test_rate_limit_answers_429_after_the_keys_limit(env: dict[str, Any]) -> None:
+    codes = [env["client"].post("/", headers=headers(env["limited"], **{"ce-id": f"r{i}"}),
+                                data=body()).status_code for i in range(5)]
+    assert codes[:3] == [202, 202, 202]
+    assert codes[3:] == [429, 429]
+
+
+def test_quota_reads_the_projection(env: dict[str, Any]) -> None:
+    resp = env["client"].get("/v1/quota", headers={"Authorization": f"Bearer {env['small']}"})
+    assert resp.status_code == 200
+    q = resp.get_json()
+    assert (q["granted"], q["reserved"], q["spent"], q["remaining"]) == (10, 0, 0, 10)
+
+
+def test_unknown_path_and_method_are_problems(env: dict[str, Any]) -> None:
+    assert_problem(env["client"].get("/nope"), 404)
+    assert_problem(env["client"].delete("/v1/quota"), 405)

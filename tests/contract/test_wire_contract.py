@@ -1,0 +1,113 @@
+"""The wire contract other teams rely on: CloudEvents Kafka binary mode with raw Avro, readable
+with nothing but schemas/ and fastavro, and schemas that evolve without breaking readers."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+
+from events import avro
+from events.catalog import EVENTS, parse_dataschema
+from events.envelope import Event, UndecodableEvent, from_kafka, to_kafka
+from events.model.standin import StandInModel
+from events.pipeline import messages_of
+from functions.estimate.handler import EstimatePorts
+from functions.estimate.handler import handle as estimate
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def admitted(tenant: str = "acme") -> Event:
+    return Event(type=EVENTS["admitted"], id="req-1/admitted", source="/quotaflow/admit",
+                 tenant=tenant, data={
+                     "request_id": "req-1", "tenant": tenant, "key_id": "k1", "model": "m",
+                     "messages": [{"role": "user", "content": "hello there"}],
+                     "max_tokens": 5, "temperature": None, "top_p": None, "seed": None,
+                     "admitted_at_ms": datetime(2026, 11, 22, tzinfo=UTC)})
+
+
+def plain_fastavro_decode(headers: dict[str, bytes], value: bytes,
+                          reader_version: int | None = None) -> dict[str, Any]:
+    """What an analytics consumer does with only schemas/ and fastavro."""
+    urn = headers["ce_dataschema"].decode()
+    _, _, _, name, version = urn.split(":")
+    writer = fastavro.parse_schema(json.loads((SCHEMAS / name / f"{version}.avsc").read_text()))
+    reader = writer if reader_version is None else fastavro.parse_schema(
+        json.loads((SCHEMAS / name / f"v{reader_version}.avsc").read_text()))
+    out: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(value), writer, reader)
+    return out
+
+
+def test_kafka_record_carries_binary_mode_headers_and_tenant_key() -> None:
+    msg = to_kafka(admitted())
+    assert msg.key == "acme"
+    assert msg.headers["content-type"] == b"application/avro"
+    for h in ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_dataschema",
+              "ce_partitionkey"):
+        assert h in msg.headers, h
+    assert msg.headers["ce_specversion"] == b"1.0"
+    assert msg.headers["ce_type"] == b"dev.quotaflow.request.admitted"
+    assert parse_dataschema(msg.headers["ce_dataschema"].decode()) == ("admitted", 1)
+    assert not msg.value.startswith(b"Obj")  # raw Avro, not an object container file
+
+
+def test_record_produced_by_estimate_decodes_in_the_next_step_with_only_schemas_and_fastavro(
+) -> None:
+    (out,) = estimate([admitted()], EstimatePorts(StandInModel()))
+    msg = to_kafka(out)
+    decoded = plain_fastavro_decode(msg.headers, msg.value)
+    assert decoded["request_id"] == "req-1"
+    assert decoded["prompt_tokens"] == StandInModel().count_prompt_tokens(
+        messages_of(admitted().data))
+    assert decoded["estimate_tokens"] == decoded["prompt_tokens"] + 5
+    # and the runtime's own decoder agrees
+    again = from_kafka(list(msg.headers.items()), msg.key, msg.value)
+    assert dict(again.data) == decoded
+
+
+def completed_v1() -> dict[str, Any]:
+    return {"request_id": "r", "tenant": "t", "reserved_tokens": 20, "text": "hi",
+            "prompt_tokens": 3, "completion_tokens": 1, "model": "m", "model_version": "v",
+            "latency_ms": 1.5}
+
+
+def test_next_schema_version_reads_records_written_with_the_previous_one() -> None:
+    old = Event(type=EVENTS["completed"], id="r/completed", source="/x", tenant="t",
+                data=completed_v1(), writer_version=1)
+    msg = to_kafka(old)
+    assert msg.headers["ce_dataschema"] == b"urn:quotaflow:schema:completed:v1"
+    decoded = from_kafka(list(msg.headers.items()), msg.key, msg.value)
+    assert decoded.data["finish_reason"] == "unknown"  # v2 default filled in
+    assert decoded.data["batch_size"] == 1
+    assert decoded.data["text"] == "hi"
+    assert plain_fastavro_decode(msg.headers, msg.value, reader_version=2)["device"] == "cpu"
+
+
+def test_every_catalog_event_has_its_schema_and_every_older_version_resolves_to_the_newest(
+) -> None:
+    for name, et in EVENTS.items():
+        versions = avro.versions(name)
+        assert et.version in versions, name
+        assert versions == tuple(range(1, len(versions) + 1)), f"{name}: gap in versions"
+        for v in versions:
+            avro.schema(name, v)
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda h, v: (h | {"ce_type": b"dev.other.thing"}, v), "unknown event type"),
+    (lambda h, v: ({k: x for k, x in h.items() if k != "ce_dataschema"}, v), "dataschema"),
+    (lambda h, v: (h | {"ce_dataschema": b"urn:quotaflow:schema:admitted:v9"}, v), "v9"),
+    (lambda h, v: (h, v[:5]), "Avro decode failed"),
+    (lambda h, v: (h, v + b"\x00\x01"), "trailing bytes"),
+])
+def test_undecodable_records_are_refused_with_a_reason(mutate: Any, reason: str) -> None:
+    msg = to_kafka(admitted())
+    headers, value = mutate(dict(msg.headers), msg.value)
+    with pytest.raises(UndecodableEvent, match=reason):
+        from_kafka(list(headers.items()), msg.key, value)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+
+from events.devstack import DevStack, free_port
+from events.settings import Settings
+from tests.conftest import REDIS_BASE, fresh_database
+
+E2E_REDIS_DB = 9
+
+
+def start_stack(tmp: Path, **settings_over: object) -> DevStack:
+    url = fresh_database("qf_test_e2e")
+    redis_url = f"{REDIS_BASE}/{E2E_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = replace(Settings(), postgres_url=url, redis_url=redis_url, sweep_interval_s=1,
+                       kafka_session_timeout_ms=2000, **settings_over)  # type: ignore[arg-type]
+    port = free_port()
+    settings = replace(settings, public_url=f"http://127.0.0.1:{port}")
+    stack = DevStack(tmp, settings, admit_port=port, kafka_port=free_port(), admit_workers=1)
+    try:
+        stack.up(explicit_pg=True, explicit_redis=True, progress=lambda _msg: None)
+    except BaseException:
+        stack.down()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """The whole pipeline as local processes: Tansu, moto S3, admit under gunicorn and the five
+    consumer steps, on real PostgreSQL and Redis, with the stand-in model."""
+    s = start_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.down()
