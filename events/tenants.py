@@ -39,7 +39,8 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
         raise ValueError("period must be 'day' or 'month'")
     with conn.transaction():
         conn.execute("INSERT INTO tenants (tenant_id, plan_period, grant_tokens,"
-                     " rate_limit_per_min) VALUES (%s, %s, %s, %s)", (name, period, tokens, rate_limit_per_min))
+                     " rate_limit_per_min) VALUES (%s, %s, %s, %s)",
+                     (name, period, tokens, rate_limit_per_min))
         conn.execute("INSERT INTO ledger_streams (tenant_id) VALUES (%s)", (name,))
     ledger = PostgresLedger(conn)
     ledger.grant(name, tokens)
