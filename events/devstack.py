@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -144,13 +145,16 @@ class DevStack:
         port = free_port()
         pgdata = self.state_dir / "pgdata"
         bindir = _embedded_pg_bin()
+        # PostgreSQL refuses to run as root: run it as `postgres`, in a data directory that
+        # user can reach (the state dir may sit under a root-only folder).
         user = "postgres" if os.geteuid() == 0 else None
         if user:
             if subprocess.run(["id", "-u", "postgres"], capture_output=True).returncode != 0:
                 subprocess.run(["useradd", "-r", "-M", "postgres"], check=True)
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            pgdata.mkdir(exist_ok=True)
+            pgdata = Path(tempfile.mkdtemp(prefix="quotaflow-pgdata-"))
             shutil.chown(pgdata, user)
+            (self.state_dir / "pgdata-path").parent.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / "pgdata-path").write_text(str(pgdata))
         if not (pgdata / "PG_VERSION").exists():
             cmd = [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
                    "--auth=trust", "-E", "UTF8"]
@@ -242,6 +246,11 @@ class DevStack:
             except subprocess.TimeoutExpired:
                 p.kill()
         (self.state_dir / "state.json").unlink(missing_ok=True)
+        # The broker keeps topics in memory only; an embedded database goes with it.
+        marker = self.state_dir / "pgdata-path"
+        if marker.exists():
+            shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
+            marker.unlink()
 
 
 def stop_pids(pids: dict[str, int]) -> None:
