@@ -7,6 +7,7 @@ makes KafkaSource retry and, after its retries, dead-letter the record."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import Producer
@@ -15,7 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from events import kafka, metrics
 from events.catalog import SWEEP_TYPE
-from events.envelope import UndecodableEvent, from_http
+from events.batching import MicroBatcher
+from events.envelope import Event, UndecodableEvent, from_http
 from events.problem import Problem
 from events.settings import Settings
 from events.step import AnyStep
@@ -47,6 +49,30 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
     app.extensions["quotaflow"] = {"ports": ports, "producer": producer, "step": step}
     add_health_routes(app, ports.ready)
 
+    def give_up(_msg: Any, event: Event, reason: str) -> list[Event]:
+        # KafkaSource dead-letters on a non-2xx: answer the poison outputs instead when the step
+        # has them (a release for a failed inference), so the pipeline goes on.
+        if step.on_poison is None:
+            raise Problem(500, "Handler failed", reason, slug="handler-failed")
+        return step.on_poison(event, reason, ports)
+
+    def handle_one(ev: Event) -> list[Event]:
+        return handle_with_retries(step, ports, settings, [(None, ev)], give_up)
+
+    def handle_gathered(events: Sequence[Event]) -> list[list[Event]]:
+        try:
+            outputs = step.handle(events, ports)
+            if len(outputs) == len(events):
+                return [[o] for o in outputs]
+        except Exception:
+            log.exception("step %s: gathered batch of %d failed; one by one", step.name,
+                          len(events))
+        return [handle_one(ev) for ev in events]
+
+    batcher: MicroBatcher[Event, list[Event]] | None = None
+    if step.one_to_one and step.batch_max(settings) > 1:
+        batcher = MicroBatcher(handle_gathered, step.batch_max(settings), settings.batch_wait_ms)
+
     @app.errorhandler(Problem)
     def problem(p: Problem) -> Response:
         return p.response(request.path)
@@ -67,13 +93,7 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
                               f"step {step.name} consumes {', '.join(step.consumes)}, "
                               f"not {ev.type.ce_type}")
             metrics.EVENTS_IN.labels(step.name, ev.type.name).inc()
-
-            def give_up(_msg: Any, event: Any, reason: str) -> list[Any]:
-                # KafkaSource dead-letters on a non-2xx; answer the poison outputs instead,
-                # so the pipeline goes on (e.g. a release for a failed inference).
-                return step.on_poison(event, reason, ports) if step.on_poison else []
-
-            outputs = handle_with_retries(step, ports, settings, [(None, ev)], give_up)
+            outputs = batcher.submit(ev) if batcher else handle_one(ev)
         publish(step, settings, producer, outputs)
         kafka.flush(producer)
         return jsonify(produced=[o.id for o in outputs]), 200

@@ -39,6 +39,9 @@ class Step(Generic[P]):
     tick_interval_s: Callable[[Settings], float] = field(default=lambda s: 0.0)
     # How many records one handler call may take (infer batches, reserve group-commits).
     batch_max: Callable[[Settings], int] = field(default=lambda s: 64)
+    # One output per input, in order: the HTTP entry may then gather concurrent requests
+    # into one handler call (micro-batching), as the Kafka loop does with a poll.
+    one_to_one: bool = False
 
     @property
     def source(self) -> str:

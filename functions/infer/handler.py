@@ -60,4 +60,4 @@ def on_poison(ev: Event, reason: str, ports: InferPorts) -> list[Event]:
 
 STEP = Step(name="infer", consumes=("reserved",), produces=("completed", "failed"),
             handle=handle, make_ports=make_ports, on_poison=on_poison,
-            batch_max=lambda s: s.batch_max)
+            batch_max=lambda s: s.batch_max, one_to_one=True)
