@@ -15,8 +15,8 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from events import kafka, metrics
-from events.catalog import SWEEP_TYPE
 from events.batching import MicroBatcher
+from events.catalog import SWEEP_TYPE
 from events.envelope import Event, UndecodableEvent, from_http
 from events.problem import Problem
 from events.settings import Settings

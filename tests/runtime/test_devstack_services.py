@@ -35,5 +35,5 @@ def test_embedded_postgres_and_redis_start_when_the_configured_ones_are_unreacha
 def test_an_explicit_unreachable_postgres_url_is_an_error_naming_it(tmp_path: Path) -> None:
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/quotaflow"
     stack = DevStack(tmp_path, replace(Settings(), postgres_url=url))
-    with pytest.raises(DevStackError, match="POSTGRES_URL .* is not reachable"):
+    with pytest.raises(DevStackError, match=r"POSTGRES_URL .* is not reachable"):
         stack.ensure_postgres(explicit=True)
