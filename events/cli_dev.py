@@ -134,7 +134,10 @@ def _status(args: argparse.Namespace) -> int:
     for name, pid in pids.items():
         alive = Path(f"/proc/{pid}").exists()
         print(f"{name:10} pid {pid:7} {'running' if alive else 'stopped'}")
-    print(f"admit URL: {state['admit_url']}")
+    print(f"admit URL: {state['admit_url']} (metrics at /metrics)")
+    metrics: dict[str, str] = state.get("metrics", {})  # type: ignore[assignment]
+    for step, url in metrics.items():
+        print(f"{step:10} metrics {url}")
     return 0
 
 

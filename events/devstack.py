@@ -98,6 +98,7 @@ class DevStack:
     s3_port: int = 0
     admit_workers: int = 2
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -189,7 +190,9 @@ class DevStack:
     def start_functions(self) -> None:
         env = {**self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
         for step in CONSUMERS:
-            self._spawn(step, [sys.executable, "-m", "events.cli", "run", step], env)
+            self.metrics_ports[step] = free_port()
+            self._spawn(step, [sys.executable, "-m", "events.cli", "run", step],
+                        {**env, "QF_METRICS_PORT": str(self.metrics_ports[step])})
         self._spawn("admit", [sys.executable, "-m", "gunicorn", "--workers",
                               str(self.admit_workers), "--threads", "8", "--bind",
                               f"127.0.0.1:{self.admit_port}", "--access-logfile", "-",
@@ -231,7 +234,9 @@ class DevStack:
 
     def write_state(self) -> None:
         state = {"pids": {n: p.pid for n, p in self.procs.items()},
-                 "env": self.settings.as_env(), "admit_url": self.admit_url}
+                 "env": self.settings.as_env(), "admit_url": self.admit_url,
+                 "metrics": {s: f"http://127.0.0.1:{p}/metrics"
+                             for s, p in self.metrics_ports.items()}}
         (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
 
     @property
