@@ -99,6 +99,8 @@ class DevStack:
     admit_workers: int = 2
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    _argv: dict[str, tuple[list[str], dict[str, str] | None, str | None]] = field(
+        default_factory=dict)
 
     @property
     def logs(self) -> Path:
@@ -106,6 +108,7 @@ class DevStack:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
                user: str | None = None) -> subprocess.Popen[bytes]:
+        self._argv[name] = (argv, env, user)
         self.logs.mkdir(parents=True, exist_ok=True)
         out = (self.logs / f"{name}.log").open("ab")
         if user and os.geteuid() == 0:
@@ -197,6 +200,16 @@ class DevStack:
                               str(self.admit_workers), "--threads", "8", "--bind",
                               f"127.0.0.1:{self.admit_port}", "--access-logfile", "-",
                               "functions.admit.app:create()"], env)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one process abruptly (chaos tests); `restart` brings it back."""
+        os.killpg(self.procs[name].pid, sig)
+        self.procs[name].wait(10)
+
+    def restart(self, name: str) -> None:
+        argv, env, user = self._argv[name]
+        self._spawn(name, argv, env, user)
+        self.write_state()
 
     def wait_ready(self, timeout_s: float = 300) -> None:
         url = f"http://127.0.0.1:{self.admit_port}/health/readiness"
