@@ -55,10 +55,11 @@ def quota(base_url: str, key: str) -> dict[str, Any]:
     return _call("GET", f"{base_url.rstrip('/')}/v1/quota", key)[1]
 
 
-def wait(base_url: str, key: str, request_id: str, timeout_s: float = 120) -> dict[str, Any]:
+def wait(base_url: str, key: str, request_id: str, timeout_s: float = 120,
+         poll_s: float = 0.02) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         st = status(base_url, key, request_id)
         if st["status"] in FINAL or time.monotonic() > deadline:
             return st
-        time.sleep(0.1)
+        time.sleep(poll_s)

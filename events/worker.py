@@ -95,10 +95,16 @@ class KafkaWorker:
 
     def poll_once(self, timeout_s: float) -> int:
         self._maybe_tick()
-        msgs = self.consumer.consume(num_messages=self.step.batch_max(self.settings),
-                                     timeout=timeout_s)
-        if not msgs:
+        # consume(n, timeout) waits for all n records or the whole timeout: wait for the first
+        # record only, then take what else arrives within the short batching window.
+        first = self.consumer.poll(timeout_s)
+        if first is None:
             return 0
+        msgs = [first]
+        room = self.step.batch_max(self.settings) - 1
+        if room > 0:
+            msgs += self.consumer.consume(num_messages=room,
+                                          timeout=self.settings.batch_wait_ms / 1000)
         batch: list[tuple[Message | None, Event]] = []
         for msg in msgs:
             if msg.error():
@@ -120,8 +126,9 @@ class KafkaWorker:
                                           self._poison)
             publish(self.step, self.settings, self.producer, outputs)
         kafka.flush(self.producer)
-        # Offsets only after the outputs (and the ledger, inside the handler) are durable.
-        self.consumer.commit(asynchronous=False)
+        # Offsets only after the outputs (and the ledger, inside the handler) are durable. The
+        # commit itself may be asynchronous: if it is lost, the batch is redelivered, harmlessly.
+        self.consumer.commit(asynchronous=True)
         return len(batch)
 
     def _poison(self, msg: Message | None, ev: Event, reason: str) -> list[Event]:

@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash infra/local/setup.sh
 echo "[test] ruff, mypy --strict, pytest"
-.venv/bin/ruff check events functions tests benchmarks
+.venv/bin/ruff check .
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

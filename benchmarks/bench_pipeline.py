@@ -1,0 +1,102 @@
+"""Generated tokens/s through the whole local pipeline versus the bare generation loop on the
+same model, in the same run, at concurrency 1 and 8.
+
+    .venv/bin/python benchmarks/bench_pipeline.py --model dir:PATH [--requests 16] [--max-tokens 32]
+
+The bare loop calls `Generator.generate` directly (batch 1, then batches of 8); the pipeline
+numbers go through admit (HTTP), Kafka (Tansu), estimate, reserve (PostgreSQL ledger), infer,
+settle and record, measured from the first POST to the last final status."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from events import client, db, tenants
+from events.devstack import DevStack, free_port
+from events.ledger.projection import RedisProjection
+from events.ledger.store import PostgresLedger
+from events.model.base import ChatMessage, GenerationRequest
+from events.ports import load_generator
+from events.settings import Settings
+
+PROMPTS = ["What is the capital of France?", "Name three primary colours.",
+           "Write one sentence about the sea.", "What is 12 times 12?",
+           "Give me a synonym for happy.", "Why is the sky blue?",
+           "Translate 'good morning' into Spanish.", "What do bees make?"]
+
+
+def bare(settings: Settings, n: int, max_tokens: int, batch: int) -> float:
+    gen = load_generator(settings)
+    reqs = [GenerationRequest((ChatMessage("user", PROMPTS[i % len(PROMPTS)]),), max_tokens)
+            for i in range(n)]
+    gen.generate(reqs[:1])  # warm-up
+    started = time.perf_counter()
+    tokens = 0
+    for i in range(0, n, batch):
+        tokens += sum(r.completion_tokens for r in gen.generate(reqs[i:i + batch]))
+    return tokens / (time.perf_counter() - started)
+
+
+def pipeline(stack: DevStack, key: str, n: int, max_tokens: int, concurrency: int) -> float:
+    def one(i: int) -> int:
+        a = client.submit(stack.admit_url, key, {"model": stack.settings.model_name,
+                                                 "prompt": PROMPTS[i % len(PROMPTS)],
+                                                 "max_tokens": max_tokens})
+        r = client.wait(stack.admit_url, key, a["request_id"], timeout_s=600)
+        assert r["status"] == "completed", r
+        return int(r["usage"]["completion_tokens"])
+
+    one(0)  # warm-up: consumer groups joined, model warm
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        tokens = sum(pool.map(one, range(n)))
+    return tokens / (time.perf_counter() - started)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="standin", help="standin or dir:PATH")
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    args = ap.parse_args()
+    settings = replace(Settings.from_env(), model_source=args.model, batch_max=8)
+
+    print(f"bare loop, {args.requests} requests x {args.max_tokens} tokens ...", flush=True)
+    bare1 = bare(settings, args.requests, args.max_tokens, 1)
+    bare8 = bare(settings, args.requests, args.max_tokens, 8)
+
+    base = settings.postgres_url.rsplit("/", 1)[0]
+    port = free_port()
+    stack = DevStack(Path(tempfile.mkdtemp(prefix="qf-bench-")),
+                     replace(settings, postgres_url=f"{base}/qf_bench_pipeline",
+                             public_url=f"http://127.0.0.1:{port}"),
+                     admit_port=port, kafka_port=free_port(), admit_workers=1)
+    print("starting the pipeline ...", flush=True)
+    stack.up(explicit_pg=True, explicit_redis=True, progress=lambda m: print(m, flush=True))
+    try:
+        with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
+            key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10_000_000)
+            RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
+        pipe1 = pipeline(stack, key, args.requests, args.max_tokens, 1)
+        pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8)
+    finally:
+        stack.down()
+
+    print(f"\nmodel {args.model}, {args.requests} requests, max_tokens {args.max_tokens}")
+    print(f"{'':28}{'tokens/s':>10}")
+    print(f"{'bare loop, batch 1':28}{bare1:10.1f}")
+    print(f"{'bare loop, batch 8':28}{bare8:10.1f}")
+    print(f"{'pipeline, concurrency 1':28}{pipe1:10.1f}   {pipe1 / bare1:.2f}x bare batch 1")
+    print(f"{'pipeline, concurrency 8':28}{pipe8:10.1f}   {pipe8 / bare8:.2f}x bare batch 8, "
+          f"{pipe8 / pipe1:.2f}x pipeline concurrency 1")
+
+
+if __name__ == "__main__":
+    main()
