@@ -23,13 +23,14 @@ from events import kafka, metrics, requests, tenants
 from events.catalog import event
 from events.envelope import Event, to_kafka
 from events.http_entry import add_health_routes
-from events.ledger.domain import period_of
-from events.ledger.projection import RedisProjection
+from events.ledger.domain import Balance, period_of
+from events.ledger.projection import RedisProjection, balance_key
 from events.problem import Problem
 from events.settings import Settings
 from functions.admit.handler import ClientRequest, Limits, parse
 
 log = logging.getLogger("quotaflow.admit")
+AUTH_CACHE_S = 10.0
 
 
 class AdmitPorts:
@@ -39,6 +40,7 @@ class AdmitPorts:
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.projection = RedisProjection(self.redis)
         self.producer = producer or kafka.make_producer(settings)
+        self._auth_cache: dict[str, tuple[float, tenants.Principal]] = {}
 
     @property
     def db(self) -> psycopg.Connection[Any]:
@@ -47,6 +49,19 @@ class AdmitPorts:
             conn = psycopg.connect(self.settings.postgres_url, autocommit=True)
             self._local.conn = conn
         return conn
+
+    def principal(self, api_key: str) -> tenants.Principal | None:
+        """Authenticate, remembering a valid key for AUTH_CACHE_S (revocation takes that long)."""
+        now = time.monotonic()
+        hit = self._auth_cache.get(api_key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = tenants.authenticate(self.db, api_key)
+        if found is not None:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[api_key] = (now + AUTH_CACHE_S, found)
+        return found
 
     def ready(self) -> bool:
         try:
@@ -65,33 +80,30 @@ def _authenticate(ports: AdmitPorts) -> tenants.Principal:
     if scheme.lower() != "bearer" or not key.strip():
         raise Problem(401, "Unauthorized", "Authorization must be 'Bearer <api key>'",
                       headers={"WWW-Authenticate": "Bearer"})
-    principal = tenants.authenticate(ports.db, key.strip())
+    principal = ports.principal(key.strip())
     if principal is None:
         raise Problem(401, "Unauthorized", "the API key is not valid or was revoked",
                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     return principal
 
 
-def _rate_limit(ports: AdmitPorts, p: tenants.Principal) -> None:
-    now = time.time()
-    window = int(now // 60)
-    key = f"qf:rate:{p.key_id}:{window}"
-    pipe = ports.redis.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, 120)
-    count = int(pipe.execute()[0])
-    if count > p.rate_limit_per_min:
-        retry = max(1, int(60 - now % 60))
+def _limits(ports: AdmitPorts, p: tenants.Principal, needs: int) -> None:
+    """Per-key rate limit (a fixed one-minute window) and the quota pre-check, in one Redis
+    round trip. The pre-check is fast and advisory: reserve decides against the ledger."""
+    now = datetime.now(UTC)
+    period = period_of(p.plan_period, now)
+    window_key = f"qf:rate:{p.key_id}:{int(now.timestamp() // 60)}"
+    pipe = ports.redis.pipeline(transaction=False)
+    pipe.incr(window_key)
+    pipe.expire(window_key, 120)
+    pipe.hgetall(balance_key(p.tenant, period))
+    count, _, raw = pipe.execute()
+    if int(count) > p.rate_limit_per_min:
+        retry = max(1, int(60 - now.timestamp() % 60))
         raise Problem(429, "Rate limit exceeded",
                       f"key {p.key_id} may send {p.rate_limit_per_min} requests a minute",
                       slug="rate-limited", headers={"Retry-After": str(retry)})
-
-
-def _quota_precheck(ports: AdmitPorts, p: tenants.Principal, needs: int) -> None:
-    """Fast and advisory: reserve makes the authoritative decision against the ledger."""
-    now = datetime.now(UTC)
-    period = period_of(p.plan_period, now)
-    b = ports.projection.balance(p.tenant, period)
+    b = Balance(*(int(raw.get(k, 0)) for k in (b"granted", b"reserved", b"spent")))
     if b.granted and b.remaining < needs:
         raise Problem(429, "Quota exhausted",
                       f"tenant {p.tenant} has {max(b.remaining, 0)} tokens left in period "
@@ -171,8 +183,7 @@ def create_app(settings: Settings, ports: AdmitPorts | None = None) -> Flask:
                           f"body exceeds the limit of {settings.max_body_bytes} bytes")
         principal = _authenticate(ports)
         req = parse(dict(request.headers), body, limits)
-        _rate_limit(ports, principal)
-        _quota_precheck(ports, principal, req.max_tokens + 1)
+        _limits(ports, principal, req.max_tokens + 1)
         request_id, _ = admit(ports, principal, req)
         metrics.ADMIT_RESPONSES.labels("202").inc()
         status_url = f"{settings.public_url.rstrip('/')}/v1/requests/{request_id}"
