@@ -22,20 +22,12 @@ def open_ledger(settings: Settings) -> tuple[PostgresLedger, RedisProjection]:
 
 
 def load_tokenizer(settings: Settings) -> Tokenizer:
-    if settings.model_source == "standin":
-        from events.model.standin import StandInModel
+    from events.model.loader import load_tokenizer as load
 
-        return StandInModel()
-    from events.model import loader
-
-    return loader.load_tokenizer(settings)
+    return load(settings)
 
 
 def load_generator(settings: Settings) -> Generator:
-    if settings.model_source == "standin":
-        from events.model.standin import StandInModel
+    from events.model.loader import load_generator as load
 
-        return StandInModel()
-    from events.model import loader
-
-    return loader.load_generator(settings)
+    return load(settings)

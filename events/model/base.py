@@ -21,6 +21,7 @@ class GenerationRequest:
     temperature: float | None = None  # None or 0: greedy
     top_p: float | None = None
     seed: int | None = None
+    request_id: str = ""  # routes canary traffic; never changes the output
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (end of sequence) | "length" (max_tokens reached)
+    model_version: str = ""  # the version that produced it, when a router picked one
 
 
 class Tokenizer(Protocol):

@@ -37,7 +37,7 @@ def handle(events: Sequence[Event], ports: InferPorts) -> list[Event]:
     model = ports.generator
     batch = []
     for ev in events:
-        req = generation_request(ev.data)
+        req = replace(generation_request(ev.data), request_id=str(ev.data["request_id"]))
         budget = int(ev.data["reserved_tokens"]) - model.count_prompt_tokens(req.messages)
         batch.append(replace(req, max_tokens=max(0, min(req.max_tokens, budget))))
     started = time.perf_counter()
@@ -47,7 +47,8 @@ def handle(events: Sequence[Event], ports: InferPorts) -> list[Event]:
         "request_id": ev.data["request_id"], "tenant": ev.tenant,
         "reserved_tokens": ev.data["reserved_tokens"], "text": r.text,
         "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-        "model": model.name, "model_version": model.version, "latency_ms": latency_ms,
+        "model": model.name, "model_version": r.model_version or model.version,
+        "latency_ms": latency_ms,
         "finish_reason": r.finish_reason, "batch_size": len(batch), "device": model.device,
     }) for ev, r in zip(events, results, strict=True)]
 
