@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import redis
+
 from events import db, tenants
 from events.devstack import DevStack, free_port, port_open, wait_for
 from events.ledger.projection import RedisProjection
@@ -84,9 +86,13 @@ def main() -> None:
     settings = Settings.from_env()
     pg = settings.postgres_url.rsplit("/", 1)[0] + "/qf_bench_admit"
     port = free_port()
-    stack = DevStack(tmp / "stack", replace(settings, postgres_url=pg,
+    # Its own database and Redis index: the projection must not mix with another ledger's.
+    redis_url = settings.redis_url.rsplit("/", 1)[0] + "/13"
+    stack = DevStack(tmp / "stack", replace(settings, postgres_url=pg, redis_url=redis_url,
                                             public_url=f"http://127.0.0.1:{port}"),
                      admit_port=port, kafka_port=free_port())
+    db.recreate(pg)
+    redis.Redis.from_url(redis_url).flushdb()
     stack.up(explicit_pg=True, explicit_redis=True, progress=lambda m: print(m, flush=True))
     try:
         wait_for("baseline", lambda: port_open("127.0.0.1", bport), 30, base)

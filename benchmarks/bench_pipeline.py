@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import redis
+
 from events import client, db, tenants
 from events.devstack import DevStack, free_port
 from events.ledger.projection import RedisProjection
@@ -76,8 +78,11 @@ def main() -> None:
     port = free_port()
     stack = DevStack(Path(tempfile.mkdtemp(prefix="qf-bench-")),
                      replace(settings, postgres_url=f"{base}/qf_bench_pipeline",
+                             redis_url=settings.redis_url.rsplit("/", 1)[0] + "/14",
                              public_url=f"http://127.0.0.1:{port}"),
                      admit_port=port, kafka_port=free_port(), admit_workers=1)
+    db.recreate(stack.settings.postgres_url)
+    redis.Redis.from_url(stack.settings.redis_url).flushdb()
     print("starting the pipeline ...", flush=True)
     stack.up(explicit_pg=True, explicit_redis=True, progress=lambda m: print(m, flush=True))
     try:

@@ -49,3 +49,12 @@ def migrate(url: str) -> list[str]:
                 applied.append(version)
                 log.info("applied migration %s", version)
     return applied
+
+
+def recreate(url: str) -> None:
+    """Drop the URL's database and migrate a new one (tests and benchmarks)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    migrate(url)

@@ -10,7 +10,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from events import db
@@ -52,10 +51,8 @@ PG_BASE, REDIS_BASE = _ensure_services()
 
 def fresh_database(name: str) -> str:
     """Drop and recreate database `name`, migrated; returns its URL."""
-    with psycopg.connect(f"{PG_BASE}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     url = f"{PG_BASE}/{name}"
-    db.migrate(url)
+    db.recreate(url)
     return url
 
 
