@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from events import db, tenants
+from events.ledger.projection import RedisProjection
+from events.ledger.store import PostgresLedger
+from tests.conftest import REDIS_BASE, fresh_database
+
+LEDGER_REDIS_DB = 10
+
+
+@pytest.fixture(scope="session")
+def ledger_url() -> str:
+    return fresh_database("qf_test_ledger")
+
+
+@pytest.fixture
+def conn(ledger_url: str) -> Iterator[psycopg.Connection[Any]]:
+    with db.connect(ledger_url, autocommit=True) as c:
+        c.execute("TRUNCATE tenants, api_keys, ledger_streams, ledger_events, reservations, "
+                  "balances, ledger_commands, requests CASCADE")
+        c.execute("UPDATE outbox_cursors SET seq = 0")
+        yield c
+
+
+@pytest.fixture
+def ledger(conn: psycopg.Connection[Any]) -> PostgresLedger:
+    return PostgresLedger(conn)
+
+
+@pytest.fixture
+def projection() -> RedisProjection:
+    client = redis.Redis.from_url(f"{REDIS_BASE}/{LEDGER_REDIS_DB}")
+    client.flushdb()
+    return RedisProjection(client)
+
+
+def make_tenant(conn: psycopg.Connection[Any], name: str, tokens: int) -> str:
+    return tenants.create_tenant(conn, name, tokens)
