@@ -59,8 +59,9 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka-port", type=int, default=9092, help="broker port (default 9092)")
     p.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"),
                    help="logs and state (default .quotaflow/dev)")
-    p.add_argument("--model", default=None,
-                   help="model source: standin, dir:PATH or registry (default QF_MODEL_SOURCE)")
+    p.add_argument("--model", default="built",
+                   help="built (default: SmolLM2-135M-Instruct, built once and cached), "
+                   "standin (no weights), dir:PATH or registry")
 
 
 def _interrupt(*_: Any) -> None:
@@ -71,8 +72,14 @@ def _start(args: argparse.Namespace) -> DevStack:
     # SIGTERM (a supervisor, `timeout`) stops the stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     settings = Settings.from_env()
-    if args.model:
-        settings = replace(settings, model_source=args.model)
+    source = args.model
+    if source == "built":
+        from events.model.build import build
+
+        _say("building the model (once; cached in "
+             f"{settings.model_cache_dir}) ...")
+        source = f"dir:{build(Path(settings.model_cache_dir), progress=_say).resolve()}"
+    settings = replace(settings, model_source=source)
     settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port)
     try:

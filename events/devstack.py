@@ -99,6 +99,7 @@ class DevStack:
     admit_workers: int = 2
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    child_env: dict[str, str] = field(default_factory=dict)
     _argv: dict[str, tuple[list[str], dict[str, str] | None, str | None]] = field(
         default_factory=dict)
 
@@ -107,10 +108,11 @@ class DevStack:
         return self.state_dir / "logs"
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
-               user: str | None = None) -> subprocess.Popen[bytes]:
+               user: str | None = None, append: bool = False) -> subprocess.Popen[bytes]:
         self._argv[name] = (argv, env, user)
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = (self.logs / f"{name}.log").open("ab")
+        # A fresh log per start: readiness is read from it.
+        out = (self.logs / f"{name}.log").open("ab" if append else "wb")
         if user and os.geteuid() == 0:
             argv = ["runuser", "-u", user, "--", *argv]
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
@@ -138,6 +140,8 @@ class DevStack:
         wait_for("S3 (moto server)", lambda: port_open("127.0.0.1", self.s3_port), 30, proc,
                  self.logs / "s3.log")
         self.settings = replace(self.settings, s3_endpoint_url=f"http://127.0.0.1:{self.s3_port}")
+        # The local S3 (moto) accepts any credentials; boto3 only needs some to sign with.
+        self.child_env.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"})
 
     def ensure_postgres(self, explicit: bool) -> None:
         if postgres_reachable(self.settings.postgres_url):
@@ -191,7 +195,7 @@ class DevStack:
     # -- the functions ----------------------------------------------------------------
 
     def start_functions(self) -> None:
-        env = {**self.settings.as_env(), "PYTHONUNBUFFERED": "1"}
+        env = {**self.settings.as_env(), **self.child_env, "PYTHONUNBUFFERED": "1"}
         for step in CONSUMERS:
             self.metrics_ports[step] = free_port()
             self._spawn(step, [sys.executable, "-m", "events.cli", "run", step],
@@ -208,7 +212,7 @@ class DevStack:
 
     def restart(self, name: str) -> None:
         argv, env, user = self._argv[name]
-        self._spawn(name, argv, env, user)
+        self._spawn(name, argv, env, user, append=True)
         self.write_state()
 
     def wait_ready(self, timeout_s: float = 300) -> None:
@@ -224,8 +228,9 @@ class DevStack:
         wait_for("admit", admit_ready, 60, self.procs["admit"], self.logs / "admit.log")
         for step in CONSUMERS:
             path = self.logs / f"{step}.log"
+            # Ready once its consumer group handed it partitions, not merely subscribed.
             wait_for(f"step {step}", lambda p=path, s=step:  # type: ignore[misc]
-                     p.exists() and f"step {s} consuming" in p.read_text(errors="replace"),
+                     p.exists() and f"step {s} assigned" in p.read_text(errors="replace"),
                      timeout_s, self.procs[step], path)
 
     def up(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]) -> None:

@@ -83,7 +83,7 @@ class KafkaWorker:
 
     def run(self, stop: threading.Event) -> None:
         topics = [self.settings.topic(name) for name in self.step.consumes]
-        self.consumer.subscribe(topics)
+        self.consumer.subscribe(topics, on_assign=self._assigned)
         log.info("step %s consuming %s", self.step.name, ", ".join(topics))
         try:
             while not stop.is_set():
@@ -92,6 +92,9 @@ class KafkaWorker:
             self.consumer.close()
             self.producer.flush(10)
             self.ports.close()
+
+    def _assigned(self, _consumer: Consumer, partitions: list[Any]) -> None:
+        log.info("step %s assigned %d partitions", self.step.name, len(partitions))
 
     def poll_once(self, timeout_s: float) -> int:
         self._maybe_tick()
