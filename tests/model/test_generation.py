@@ -48,7 +48,7 @@ def test_real_model_answers_the_capital_of_france(real: OnnxGenerator) -> None:
 @pytest.mark.slow
 def test_greedy_output_is_identical_alone_and_inside_a_batch_of_8(real: OnnxGenerator) -> None:
     (alone,) = real.generate([FRANCE])
-    batch = real.generate(OTHERS[:3] + [FRANCE] + OTHERS[3:])
+    batch = real.generate([*OTHERS[:3], FRANCE, *OTHERS[3:]])
     assert len(batch) == 8
     assert batch[3] == alone
     assert real.generate(OTHERS[:2]) == batch[:2]  # batch-mates are unaffected too

@@ -49,7 +49,7 @@ def test_checksum_mismatch_is_refused_with_a_clear_error(
     version = registry.push(tiny_model_dir)
     key = f"models/smollm2-135m-instruct-tiny/{version}/tokenizer.json"
     registry.s3.put_object(Bucket=registry.bucket, Key=key, Body=b"{}")
-    with pytest.raises(ChecksumMismatch, match="tokenizer.json has sha256 .* refusing"):
+    with pytest.raises(ChecksumMismatch, match=r"tokenizer.json has sha256 .* refusing"):
         registry.fetch("smollm2-135m-instruct-tiny", version, tmp_path)
     assert not (tmp_path / "smollm2-135m-instruct-tiny" / version).exists()
 
