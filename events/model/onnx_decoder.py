@@ -36,6 +36,9 @@ def _session(path: Path, prefer_gpu: bool) -> tuple[Any, str]:
     providers = ["CPUExecutionProvider"]
     if prefer_gpu and "CUDAExecutionProvider" in providers_available():
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:  # onnxruntime-gpu: load CUDA/cuDNN from the nvidia wheels
+            preload()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=providers)
