@@ -14,6 +14,8 @@ from events.resources import data_path
 CE_TYPE_PREFIX = "dev.quotaflow."
 REQUESTED_TYPE = "dev.quotaflow.inference.requested"
 SWEEP_TYPE = "dev.quotaflow.quota.sweep"
+# What Knative's PingSource sends (its type cannot be changed): also a sweep trigger.
+PING_TYPE = "dev.knative.sources.ping"
 
 
 @dataclass(frozen=True)

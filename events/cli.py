@@ -17,6 +17,7 @@ _GROUPS = (
     "events.cli_ledger",
     "events.cli_model",
     "events.cli_ops",
+    "events.cli_func",
 )
 
 

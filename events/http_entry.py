@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from events import kafka, metrics
 from events.batching import MicroBatcher
-from events.catalog import SWEEP_TYPE
+from events.catalog import PING_TYPE, SWEEP_TYPE
 from events.envelope import Event, UndecodableEvent, from_http
 from events.problem import Problem
 from events.settings import Settings
@@ -79,7 +79,7 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
 
     @app.post("/")
     def receive() -> Response | tuple[Response, int]:
-        if request.headers.get("ce-type") == SWEEP_TYPE:
+        if request.headers.get("ce-type") in (SWEEP_TYPE, PING_TYPE):
             if step.tick is None:
                 raise Problem(400, "Bad event", f"step {step.name} does not take {SWEEP_TYPE}")
             outputs = step.tick(ports)

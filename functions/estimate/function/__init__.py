@@ -1,0 +1,7 @@
+"""Knative entry of the estimate function: `new()` is what the func-python middleware serves."""
+
+from events.knative import KnativeFunction
+
+
+def new() -> KnativeFunction:
+    return KnativeFunction("estimate")

@@ -1,0 +1,113 @@
+"""A function's build context is deployable: installed into a fresh virtual environment the way
+knative/func's builders do (only its own directory plus declared dependencies), served by the
+func-python middleware on loopback, it takes a binary-mode CloudEvent exactly as KafkaSource
+delivers one of our records, and its output appears on Kafka."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from events import db, kafka
+from events.catalog import EVENTS
+from events.cli_func import prepare
+from events.devstack import free_port
+from events.envelope import Event, from_kafka, to_http
+from events.settings import Settings
+from tests.conftest import REDIS_BASE, REPO, fresh_database
+
+pytestmark = pytest.mark.slow
+
+
+def build_context(tmp: Path, step: str) -> Path:
+    """functions/STEP as `kn func deploy --path functions/STEP` would see it after prepare."""
+    (tmp / "functions").mkdir()
+    shutil.copytree(REPO / "functions" / step, tmp / "functions" / step,
+                    ignore=shutil.ignore_patterns("__pycache__", "events", "functions", "build",
+                                                  "*.egg-info"))
+    return prepare(step, root=tmp)
+
+
+def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
+        tmp_path: Path, kafka_bootstrap: str) -> None:
+    context = build_context(tmp_path, "record")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                          str(context), "func-python>=0.8,<0.9"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+
+    url = fresh_database("qf_test_deploy")
+    prefix = f"d{uuid.uuid4().hex[:6]}."
+    settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix,
+                       postgres_url=url, redis_url=f"{REDIS_BASE}/11")
+    kafka.create_topics(settings)
+    with db.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, "
+                     "payload_hash, status, model) VALUES ('req-9', 'acme', 'k', '/s', 'e', 'h',"
+                     " 'reserved', 'm')")
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], **settings.as_env(),
+           "LISTEN_ADDRESS": f"127.0.0.1:{port}"}
+    log = (tmp_path / "function.log").open("wb")
+    # Run from an empty directory: everything must come from the installed build context.
+    server = subprocess.Popen(
+        [str(venv / "bin" / "python"), "-c",
+         "from func_python.http import serve; from function import new; serve(new)"],
+        cwd=tmp_path / "venv", env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health/readiness", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "function.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "function never became ready"
+            time.sleep(0.2)
+
+        settled = Event(type=EVENTS["settled"], id="req-9/settled", source="/quotaflow/settle",
+                        tenant="acme", time=datetime.now(UTC), data={
+                            "request_id": "req-9", "tenant": "acme", "status": "completed",
+                            "reserved_tokens": 40, "charged_tokens": 25, "released_tokens": 15,
+                            "prompt_tokens": 20, "completion_tokens": 5, "text": "hello",
+                            "model": "m", "model_version": "v1", "reason": None,
+                            "ledger_seq": 7})
+        headers, body = to_http(settled)  # ce-* headers, content-type application/avro
+        req = urllib.request.Request(base + "/", data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+
+        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": uuid.uuid4().hex,
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 2000})
+        c.subscribe([settings.topic("recorded")])
+        got = []
+        until = time.monotonic() + 20
+        while not got and time.monotonic() < until:
+            got = [m for m in c.consume(10, 0.5) if not m.error()]
+        c.close()
+        assert got, "no recorded event on Kafka"
+        recorded = from_kafka(got[0].headers(), got[0].key(), got[0].value())
+        assert (recorded.id, recorded.data["status"]) == ("req-9/recorded", "completed")
+        with db.connect(url) as conn:
+            row = conn.execute("SELECT status, charged_tokens, output FROM requests "
+                               "WHERE request_id = 'req-9'").fetchone()
+        assert row == ("completed", 25, "hello")
+    finally:
+        server.terminate()
+        server.wait(10)
