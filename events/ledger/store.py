@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -79,7 +79,7 @@ class Outcome:
         return self.kind is not None and self.kind != Kind.REQUEST_REJECTED
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: Any) -> Outcome:
@@ -151,7 +151,8 @@ class PostgresLedger:
                 p = period or tx.current_period(tenant)
                 ev = LedgerEvent(Kind.QUOTA_GRANTED, tenant, p, tokens)
                 tx.emit(ev)
-                (seq,) = tx.flush()
+                (seq,) = tx.allocate()
+                tx.write()
                 return Outcome("", tenant, ev.kind.value, p, tokens, seq=seq)
 
         return self._retrying(run)
@@ -193,8 +194,8 @@ class PostgresLedger:
         if not commands:
             return []
         with self.conn.transaction():
-            tx = _Tx(self.conn, sorted({c.tenant for c in commands}))
-            stored = tx.stored_outcomes([c.request_id for c in commands], command)
+            tx, stored = _Tx.open(self.conn, sorted({c.tenant for c in commands}),
+                                  [c.request_id for c in commands], command)
             results: list[Outcome | int] = []  # an Outcome, or the index of an appended event
             decided: dict[str, tuple[str, Outcome | int]] = {}
             for c in commands:
@@ -211,12 +212,12 @@ class PostgresLedger:
                 slot: Outcome | int = verdict if isinstance(verdict, Outcome) else tx.emit(verdict)
                 decided[c.request_id] = (c.payload_hash, slot)
                 results.append(slot)
-            seqs = tx.flush()
+            seqs = tx.allocate()
             out = [r if isinstance(r, Outcome) else tx.outcome(r, seqs[r]) for r in results]
             for request_id, (payload_hash, slot) in decided.items():
                 o = slot if isinstance(slot, Outcome) else tx.outcome(slot, seqs[slot])
                 tx.remember(request_id, command, payload_hash, o)
-            tx.write_commands()
+            tx.write()
             return out
 
     def _decide_reserve(self, tx: _Tx, c: ReserveTokens) -> LedgerEvent | Outcome:
@@ -254,12 +255,14 @@ class PostgresLedger:
                 "AND reserved_at < now() - make_interval(secs => %s) "
                 "AND tenant_id = ANY(%s) ORDER BY reserved_at LIMIT %s",
                 (ttl_s, tx.tenants, limit)).fetchall()
+            tx.prefetch_reservations([r[0] for r in stale])
             idx = []
             for (request_id,) in stale:
                 r = tx.reservation(request_id)
                 if r is not None and r.ended is None:
                     idx.append(tx.emit(domain.decide_expire(r)))
-            seqs = tx.flush()
+            seqs = tx.allocate()
+            tx.write()
             return [tx.outcome(i, seqs[i]) for i in idx]
 
 
@@ -269,7 +272,8 @@ def _conflict(c: Any) -> Outcome:
 
 
 class _Tx:
-    """State loaded and written inside one ledger transaction."""
+    """State loaded and written inside one ledger transaction: a few set-based statements
+    per batch, whatever its size."""
 
     def __init__(self, conn: Conn, tenants: Iterable[str]) -> None:
         self.conn = conn
@@ -278,16 +282,37 @@ class _Tx:
             "SELECT s.tenant_id, s.version, t.plan_period, t.grant_tokens, now() "
             "FROM ledger_streams s JOIN tenants t USING (tenant_id) "
             "WHERE s.tenant_id = ANY(%s) ORDER BY s.tenant_id FOR UPDATE OF s",
-            (self.tenants,)).fetchall()
+            (self.tenants,), binary=True).fetchall()
         self.versions = {r[0]: r[1] for r in rows}
         self.start_versions = dict(self.versions)
         self.plans = {r[0]: (r[2], r[3]) for r in rows}
         self.now: datetime | None = rows[0][4] if rows else None
         self.balances: dict[tuple[str, str], Balance] = {}
+        self.stored_keys: set[tuple[str, str]] = set()  # balances rows that exist
         self.touched: set[tuple[str, str]] = set()
         self.reservations: dict[str, Reservation | None] = {}
         self.events: list[LedgerEvent] = []
         self.commands: list[tuple[str, str, str, str]] = []
+
+    @classmethod
+    def open(cls, conn: Conn, tenants: list[str], request_ids: list[str], command: str
+             ) -> tuple[_Tx, dict[str, tuple[str, Any]]]:
+        """Lock the streams and read what the batch's decisions need, in two round trips."""
+        with conn.pipeline():
+            tx = cls(conn, tenants)
+            stored = conn.execute(
+                "SELECT request_id, payload_hash, outcome FROM ledger_commands "
+                "WHERE request_id = ANY(%s) AND command = %s", (request_ids, command),
+                binary=True)
+            found = None if command == "reserve" else conn.execute(
+                "SELECT request_id, tenant_id, period, amount, ended FROM reservations "
+                "WHERE request_id = ANY(%s)", (request_ids,), binary=True)
+        outcomes = {r[0]: (r[1], r[2]) for r in stored.fetchall()}
+        if found is None:
+            tx.prefetch_balances((t, tx.current_period(t)) for t in tx.versions)
+        else:
+            tx._keep_reservations(request_ids, found.fetchall())
+        return tx, outcomes
 
     def known(self, tenant: str) -> bool:
         return tenant in self.versions
@@ -296,37 +321,58 @@ class _Tx:
         assert self.now is not None
         return domain.period_of(self.plans[tenant][0], self.now)
 
+    def prefetch_balances(self, keys: Iterable[tuple[str, str]]) -> None:
+        wanted = [k for k in set(keys) if k not in self.balances]
+        if not wanted:
+            return
+        rows = self.conn.execute(
+            "SELECT b.tenant_id, b.period, b.granted, b.reserved, b.spent FROM balances b "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(tenant_id, period) "
+            "USING (tenant_id, period)",
+            ([k[0] for k in wanted], [k[1] for k in wanted])).fetchall()
+        for t, p, granted, reserved, spent in rows:
+            self.balances[(t, p)] = Balance(granted, reserved, spent)
+            self.stored_keys.add((t, p))
+        for k in wanted:
+            self.balances.setdefault(k, Balance())
+
+    def prefetch_reservations(self, request_ids: list[str]) -> None:
+        rows = self.conn.execute(
+            "SELECT request_id, tenant_id, period, amount, ended FROM reservations "
+            "WHERE request_id = ANY(%s)", (request_ids,), binary=True).fetchall()
+        self._keep_reservations(request_ids, rows)
+
+    def _keep_reservations(self, request_ids: list[str], rows: list[Any]) -> None:
+        for rid in request_ids:
+            self.reservations.setdefault(rid, None)
+        for rid, t, p, amount, ended in rows:
+            self.reservations[rid] = Reservation(t, rid, p, amount,
+                                                 Kind(ended) if ended else None)
+        self.prefetch_balances((r.tenant, r.period) for r in self.reservations.values() if r)
+
     def balance(self, tenant: str, period: str) -> Balance:
         key = (tenant, period)
         if key not in self.balances:
-            row = self.conn.execute(
-                "SELECT granted, reserved, spent FROM balances "
-                "WHERE tenant_id = %s AND period = %s", key).fetchone()
-            self.balances[key] = Balance(*row) if row else Balance()
+            self.prefetch_balances([key])
         return self.balances[key]
 
     def ensure_granted(self, tenant: str, period: str) -> None:
         """A period's first decision grants the plan's tokens for it (a recurring grant)."""
         key = (tenant, period)
-        exists = key in self.touched or self.conn.execute(
-            "SELECT 1 FROM balances WHERE tenant_id = %s AND period = %s", key).fetchone()
-        if not exists:
+        self.balance(tenant, period)
+        if key not in self.stored_keys and key not in self.touched:
             self.emit(LedgerEvent(Kind.QUOTA_GRANTED, tenant, period, self.plans[tenant][1]))
 
     def reservation(self, request_id: str) -> Reservation | None:
         if request_id not in self.reservations:
-            row = self.conn.execute(
-                "SELECT tenant_id, period, amount, ended FROM reservations "
-                "WHERE request_id = %s", (request_id,)).fetchone()
-            self.reservations[request_id] = (
-                Reservation(row[0], request_id, row[1], row[2], Kind(row[3]) if row[3] else None)
-                if row else None)
+            self.prefetch_reservations([request_id])
         return self.reservations[request_id]
 
     def stored_outcomes(self, request_ids: list[str], command: str) -> dict[str, tuple[str, Any]]:
         rows = self.conn.execute(
             "SELECT request_id, payload_hash, outcome FROM ledger_commands "
-            "WHERE request_id = ANY(%s) AND command = %s", (request_ids, command)).fetchall()
+            "WHERE request_id = ANY(%s) AND command = %s", (request_ids, command),
+            binary=True).fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
     def emit(self, ev: LedgerEvent) -> int:
@@ -354,58 +400,79 @@ class _Tx:
     def remember(self, request_id: str, command: str, payload_hash: str, o: Outcome) -> None:
         self.commands.append((request_id, command, payload_hash, o.to_json()))
 
-    def flush(self) -> list[int]:
-        """Append the queued events and write the state they change; returns their seqs."""
+    def allocate(self) -> list[int]:
+        """Draw the sequence numbers of the queued events, under the ledger table lock."""
         if not self.events:
-            return []
-        # Commit order must equal sequence order for readers that tail the ledger
-        # (projection, outbox): take the table lock before the sequence is drawn.
-        self.conn.execute("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
-        rows = []
+            self.seqs: list[int] = []
+            return self.seqs
+        with self.conn.pipeline():
+            # Commit order must equal sequence order for readers that tail the ledger
+            # (projection, outbox): take the table lock before the sequence is drawn.
+            self.conn.execute("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+            drawn = self.conn.execute(
+                "SELECT nextval(pg_get_serial_sequence('ledger_events', 'seq')) "
+                "FROM generate_series(1, %s)", (len(self.events),))
+        self.seqs = sorted(int(r[0]) for r in drawn.fetchall())
+        return self.seqs
+
+    def write(self) -> None:
+        """Append the events, move the streams, snapshot, reservations and idempotency
+        records. They depend on nothing they return: one pipeline, one round trip."""
+        with self.conn.pipeline():
+            moved = self._write(self.seqs, self._next_versions()) if self.events else []
+            if self.commands:
+                with self.conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO ledger_commands (request_id, command, payload_hash, outcome)"
+                        " VALUES (%s, %s, %s, %s)", self.commands)
+        if moved and self._streams_updated.rowcount != len(moved):
+            raise pg_errors.SerializationFailure("a tenant stream moved under this append")
+
+    def _next_versions(self) -> list[int]:
+        versions = []
         for ev in self.events:
             self.versions[ev.tenant] += 1
-            rows.append((ev.tenant, self.versions[ev.tenant], ev.kind.value, ev.request_id,
-                         ev.period, ev.amount, ev.released, ev.reason))
-        with self.conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO ledger_events (tenant_id, stream_version, kind, request_id, period,"
-                " amount, released, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " RETURNING seq", rows, returning=True)
-            seqs: list[int] = []
-            while True:
-                row = cur.fetchone()
-                assert row is not None
-                seqs.append(int(row[0]))
-                if not cur.nextset():
-                    break
-            moved = [(v, t, self.start_versions[t]) for t, v in self.versions.items()
-                     if v != self.start_versions[t]]
-            cur.executemany(
-                "UPDATE ledger_streams SET version = %s WHERE tenant_id = %s AND version = %s",
-                moved)
-            if cur.rowcount != len(moved):
-                raise pg_errors.SerializationFailure("a tenant stream moved under this append")
-            cur.executemany(
-                "INSERT INTO balances (tenant_id, period, granted, reserved, spent) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, period) DO UPDATE SET "
-                "granted = EXCLUDED.granted, reserved = EXCLUDED.reserved, "
-                "spent = EXCLUDED.spent",
-                [(t, p, b.granted, b.reserved, b.spent)
-                 for (t, p), b in self.balances.items() if (t, p) in self.touched])
-            new = [e for e in self.events if e.kind is Kind.TOKENS_RESERVED]
-            cur.executemany(
-                "INSERT INTO reservations (request_id, tenant_id, period, amount, reserved_at) "
-                "VALUES (%s, %s, %s, %s, now())",
-                [(e.request_id, e.tenant, e.period, e.amount) for e in new])
-            ended = [e for e in self.events if e.kind in domain.ENDINGS]
-            cur.executemany(
-                "UPDATE reservations SET ended = %s WHERE request_id = %s AND ended IS NULL",
-                [(e.kind.value, e.request_id) for e in ended])
-        return seqs
+            versions.append(self.versions[ev.tenant])
+        return versions
 
-    def write_commands(self) -> None:
-        if self.commands:
-            with self.conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO ledger_commands (request_id, command, payload_hash, outcome) "
-                    "VALUES (%s, %s, %s, %s)", self.commands)
+    def _write(self, seqs: list[int], versions: list[int]) -> list[str]:
+        c, evs = self.conn, self.events
+        c.execute(
+            "INSERT INTO ledger_events (seq, tenant_id, stream_version, kind, request_id, period,"
+            " amount, released, reason) SELECT * FROM unnest(%s::bigint[], %s::text[], "
+            "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], "
+            "%s::text[])",
+            (seqs, [e.tenant for e in evs], versions, [e.kind.value for e in evs],
+             [e.request_id for e in evs], [e.period for e in evs], [e.amount for e in evs],
+             [e.released for e in evs], [e.reason for e in evs]), binary=True)
+        moved = [t for t, v in self.versions.items() if v != self.start_versions[t]]
+        self._streams_updated = c.execute(
+            "UPDATE ledger_streams s SET version = v.version FROM unnest(%s::text[], "
+            "%s::bigint[], %s::bigint[]) AS v(tenant_id, version, old) "
+            "WHERE s.tenant_id = v.tenant_id AND s.version = v.old",
+            (moved, [self.versions[t] for t in moved], [self.start_versions[t] for t in moved]),
+            binary=True)
+        keys = sorted(self.touched)
+        c.execute(
+            "INSERT INTO balances (tenant_id, period, granted, reserved, spent) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], "
+            "%s::bigint[]) ON CONFLICT (tenant_id, period) DO UPDATE SET "
+            "granted = EXCLUDED.granted, reserved = EXCLUDED.reserved, spent = EXCLUDED.spent",
+            ([k[0] for k in keys], [k[1] for k in keys],
+             [self.balances[k].granted for k in keys], [self.balances[k].reserved for k in keys],
+             [self.balances[k].spent for k in keys]), binary=True)
+        new = [e for e in evs if e.kind is Kind.TOKENS_RESERVED]
+        if new:
+            c.execute(
+                "INSERT INTO reservations (request_id, tenant_id, period, amount, reserved_at) "
+                "SELECT r, t, p, a, now() FROM unnest(%s::text[], %s::text[], %s::text[], "
+                "%s::bigint[]) AS v(r, t, p, a)",
+                ([e.request_id for e in new], [e.tenant for e in new], [e.period for e in new],
+                 [e.amount for e in new]), binary=True)
+        ended = [e for e in evs if e.kind in domain.ENDINGS]
+        if ended:
+            c.execute(
+                "UPDATE reservations r SET ended = v.kind FROM unnest(%s::text[], %s::text[]) "
+                "AS v(request_id, kind) WHERE r.request_id = v.request_id AND r.ended IS NULL",
+                ([e.request_id for e in ended], [e.kind.value for e in ended]), binary=True)
+        return moved
