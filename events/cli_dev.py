@@ -74,11 +74,13 @@ def _start(args: argparse.Namespace) -> DevStack:
     settings = Settings.from_env()
     source = args.model
     if source == "built":
-        from events.model.build import build
+        from events.model.build import BuildError, build
 
-        _say("building the model (once; cached in "
-             f"{settings.model_cache_dir}) ...")
-        source = f"dir:{build(Path(settings.model_cache_dir), progress=_say).resolve()}"
+        _say(f"building the model (once; cached in {settings.model_cache_dir}) ...")
+        try:
+            source = f"dir:{build(Path(settings.model_cache_dir), progress=_say).resolve()}"
+        except BuildError as exc:
+            raise DevStackError(f"{exc} (or run with --model standin)") from None
     settings = replace(settings, model_source=source)
     settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port)
