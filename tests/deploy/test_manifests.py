@@ -7,15 +7,20 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import redis
 import yaml
 
 from events.catalog import EVENTS, topic_specs
 from events.cli_ops import strimzi_topics
+from events.devstack import free_port
 from events.settings import ENV_NAMES
 from functions.steps import ALL_STEPS, CONSUMER_STEPS, load_step
 from tests.conftest import REPO
@@ -160,8 +165,9 @@ def test_committed_strimzi_topics_are_the_generators_output() -> None:
 
 def test_manifests_set_only_environment_variables_the_settings_read() -> None:
     known = set(ENV_NAMES.values()) | LIBRARY_ENV
-    config = by_kind("ConfigMap")[0]["data"]
-    secret = by_kind("Secret")[0]["stringData"]
+    (config,) = [d["data"] for d in by_kind("ConfigMap")
+                 if d["metadata"]["name"] == "quotaflow-config"]
+    (secret,) = [d["stringData"] for d in by_kind("Secret")]
     assert set(config) <= known, set(config) - known
     assert set(secret) <= known, set(secret) - known
     for path in func_yamls():
@@ -173,7 +179,7 @@ def test_manifests_set_only_environment_variables_the_settings_read() -> None:
             assert ref, e
             kind, _, key = ref.groups()
             assert key in (config if kind == "configMap" else secret), e
-    for svc in by_kind("Service"):
+    for svc in [*by_kind("Service"), *by_kind("Job")]:
         refs = svc["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {r.get("configMapRef", r.get("secretRef"))["name"] for r in refs} == \
             {"quotaflow-config", "quotaflow-secrets"}
@@ -192,6 +198,44 @@ def test_kustomization_lists_every_knative_manifest_but_the_example_secret() -> 
     listed = set(kust["resources"])
     present = {str(p.relative_to(REPO / "knative")) for p in REPO.glob("knative/**/*.yaml")}
     assert listed == present - {"kustomization.yaml", "secrets.example.yaml"}
+
+
+def test_infra_kustomization_lists_every_infra_manifest() -> None:
+    kust = yaml.safe_load((REPO / "infra/k8s/kustomization.yaml").read_text())
+    present = {p.name for p in REPO.glob("infra/k8s/*.yaml")} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == present
+    images = {i["name"] for i in kust["images"]}
+    jobs = by_kind("Job")
+    assert {c["image"] for j in jobs for c in j["spec"]["template"]["spec"]["containers"]} <= images
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")
+def test_redis_config_is_accepted_by_redis_and_never_evicts_the_projection(
+        tmp_path: Path) -> None:
+    (doc,) = [d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "quotaflow-redis"]
+    conf = tmp_path / "redis.conf"
+    conf.write_text(doc["data"]["redis.conf"])
+    port = free_port()
+    server = subprocess.Popen(["redis-server", str(conf), "--port", str(port), "--bind",
+                               "127.0.0.1", "--dir", str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        client = redis.Redis(port=port, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert server.poll() is None, server.communicate()[0].decode()[-2000:]
+                assert time.monotonic() < deadline, "redis never answered"
+                time.sleep(0.05)
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_dashboard_and_alerts_use_metrics_the_code_defines() -> None:
