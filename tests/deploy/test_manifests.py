@@ -193,6 +193,21 @@ def test_services_scale_to_zero_and_bound_concurrency() -> None:
         assert svc["spec"]["template"]["spec"]["containerConcurrency"] >= 1
 
 
+def test_func_yaml_and_service_agree_on_scale_and_concurrency() -> None:
+    services = {d["metadata"]["name"]: d for d in by_kind("Service")}
+    for step in ALL_STEPS:
+        options = yaml.safe_load((REPO / "functions" / step / "func.yaml").read_text())[
+            "deploy"]["options"]
+        template = services[f"quotaflow-{step}"]["spec"]["template"]
+        ann = template["metadata"]["annotations"]
+        scale = options["scale"]
+        assert (str(scale["min"]), str(scale["max"]), str(scale["target"])) == (
+            ann["autoscaling.knative.dev/min-scale"], ann["autoscaling.knative.dev/max-scale"],
+            ann["autoscaling.knative.dev/target"]), step
+        assert options["resources"]["limits"]["concurrency"] == \
+            template["spec"]["containerConcurrency"], step
+
+
 def test_kustomization_lists_every_knative_manifest_but_the_example_secret() -> None:
     kust = yaml.safe_load((REPO / "knative/kustomization.yaml").read_text())
     listed = set(kust["resources"])
