@@ -253,6 +253,20 @@ def test_redis_config_is_accepted_by_redis_and_never_evicts_the_projection(
         server.wait(10)
 
 
+def test_prometheus_operator_resources_scrape_every_step_and_carry_the_alert_rules() -> None:
+    docs = {d["kind"]: d for d in yaml.safe_load_all(
+        (REPO / "infra/monitoring/prometheus-operator.yaml").read_text())}
+    assert all(d["apiVersion"] == "monitoring.coreos.com/v1" and d["metadata"]["name"]
+               for d in docs.values())
+    alerts = yaml.safe_load((REPO / "infra/monitoring/alerts.yml").read_text())
+    assert docs["PrometheusRule"]["spec"] == alerts
+    (expr,) = docs["PodMonitor"]["spec"]["selector"]["matchExpressions"]
+    assert (expr["key"], set(expr["values"])) == ("app.kubernetes.io/component", set(ALL_STEPS))
+    for svc in by_kind("Service"):
+        assert svc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] \
+            in expr["values"]
+
+
 def test_dashboard_and_alerts_use_metrics_the_code_defines() -> None:
     from prometheus_client import REGISTRY
 
