@@ -208,6 +208,21 @@ def test_func_yaml_and_service_agree_on_scale_and_concurrency() -> None:
             template["spec"]["containerConcurrency"], step
 
 
+def test_sweep_pingsource_uses_only_pingsource_v1_fields_and_wakes_settle() -> None:
+    # No PingSource CRD among ../shared/crds: its v1 spec fields, written out here.
+    (ping,) = by_kind("PingSource")
+    assert ping["apiVersion"] == "sources.knative.dev/v1"
+    fields = {"schedule", "timezone", "contentType", "data", "dataBase64", "sink", "ceOverrides"}
+    assert set(ping["spec"]) <= fields, set(ping["spec"]) - fields
+    assert len(ping["spec"]["schedule"].split()) == 5
+    assert json.loads(ping["spec"]["data"]) and ping["spec"]["contentType"] == "application/json"
+    ref = ping["spec"]["sink"]["ref"]
+    assert set(ref) <= {"apiVersion", "kind", "name", "namespace"}
+    services = {d["metadata"]["name"] for d in by_kind("Service")}
+    assert (ref["apiVersion"], ref["kind"]) == ("serving.knative.dev/v1", "Service")
+    assert ref["name"] == "quotaflow-settle" and ref["name"] in services
+
+
 def test_kustomization_lists_every_knative_manifest_but_the_example_secret() -> None:
     kust = yaml.safe_load((REPO / "knative/kustomization.yaml").read_text())
     listed = set(kust["resources"])
