@@ -44,8 +44,10 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
     context = build_context(tmp_path, "record")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # As func's Python scaffolding declares it: the middleware plus `function @ <context>`
+    # (pip refuses a build context whose project is not named `function`).
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                          str(context), "func-python>=0.8,<0.9"],
+                          f"function @ {context.as_uri()}", "func-python>=0.8,<0.9"],
                          capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-3000:]
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,16 @@ def test_services_scale_to_zero_and_bound_concurrency() -> None:
         assert ann["autoscaling.knative.dev/min-scale"] == "0"
         assert int(ann["autoscaling.knative.dev/max-scale"]) >= 1
         assert svc["spec"]["template"]["spec"]["containerConcurrency"] >= 1
+
+
+def test_build_contexts_fit_func_python_scaffolding() -> None:
+    for step in ALL_STEPS:
+        project = tomllib.loads((REPO / "functions" / step / "pyproject.toml").read_text())
+        assert project["project"]["name"] == "function", step
+        func = yaml.safe_load((REPO / "functions" / step / "func.yaml").read_text())
+        assert (func["runtime"], func["invoke"]) == ("python", "http"), step
+        entry = (REPO / "functions" / step / "function" / "__init__.py").read_text()
+        assert f'KnativeFunction("{step}")' in entry and "def new()" in entry, step
 
 
 def test_func_yaml_and_service_agree_on_scale_and_concurrency() -> None:
