@@ -115,11 +115,8 @@ class OnnxGenerator:
             mask[i, width - len(p):] = 1
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         empty = np.zeros((n, self.kv_heads, 0, self.head_dim), dtype=np.float32)
-        feed: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
-                                "position_ids": positions}
-        for layer in range(self.layers):
-            feed[f"past.{layer}.key"] = empty
-            feed[f"past.{layer}.value"] = empty
+        past: list[Any] = [empty] * (2 * self.layers)
+        step_ids, step_pos = ids, positions
         budgets = [max(0, r.max_tokens) for r in batch]
         rngs = [np.random.default_rng(r.seed) for r in batch]
         out: list[list[int]] = [[] for _ in range(n)]
@@ -127,8 +124,7 @@ class OnnxGenerator:
         next_pos = positions[:, -1:] + 1
         eos = self.tokenizer.eos_token_id
         while not all(done):
-            results = self.session.run(None, feed)
-            logits = results[0]
+            logits, past = self._step(step_ids, mask, step_pos, past)
             chosen = np.empty((n, 1), dtype=np.int64)
             for i in range(n):
                 token = eos if done[i] else _pick(logits[i], batch[i], rngs[i])
@@ -139,12 +135,37 @@ class OnnxGenerator:
             if all(done):
                 break
             mask = np.concatenate([mask, np.ones((n, 1), dtype=np.int64)], axis=1)
-            feed = {"input_ids": chosen, "attention_mask": mask, "position_ids": next_pos}
-            for layer in range(self.layers):
-                feed[f"past.{layer}.key"] = results[1 + 2 * layer]
-                feed[f"past.{layer}.value"] = results[2 + 2 * layer]
+            step_ids, step_pos = chosen, next_pos
             next_pos = next_pos + 1
         return out
+
+    def _step(self, ids: Any, mask: Any, positions: Any, past: list[Any]
+              ) -> tuple[Any, list[Any]]:
+        """One forward pass: last-position logits (host) and the new KV cache. On CUDA the
+        cache stays on the device between steps (IOBinding); only logits come back."""
+        names = [f"past.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+        if self._device != "cuda":
+            feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                    **dict(zip(names, past, strict=True))}
+            results = self.session.run(None, feed)
+            return results[0], list(results[1:])
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        io.bind_cpu_input("position_ids", positions)
+        for name, value in zip(names, past, strict=True):
+            if isinstance(value, np.ndarray):
+                value = ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0)
+            io.bind_ortvalue_input(name, value)
+        io.bind_output("logits", "cpu")
+        for i in range(self.layers):
+            io.bind_output(f"present.{i}.key", "cuda")
+            io.bind_output(f"present.{i}.value", "cuda")
+        self.session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        return outputs[0].numpy(), list(outputs[1:])
 
 
 def _pick(logits: Any, r: GenerationRequest, rng: np.random.Generator) -> int:
