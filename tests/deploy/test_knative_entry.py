@@ -72,3 +72,26 @@ def test_settle_function_takes_the_pingsource_sweep_delivery(kafka_bootstrap: st
         assert status == 200
     finally:
         fn.stop()
+
+
+def test_all_in_one_function_runs_admit_and_every_step_and_stops_them(
+        kafka_bootstrap: str) -> None:
+    settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap,
+                       topic_prefix=f"a{uuid.uuid4().hex[:6]}.",
+                       postgres_url=fresh_database("qf_test_deploy_all"),
+                       redis_url=f"{REDIS_BASE}/11", model_source="standin")
+    kafka.create_topics(settings)
+    fn = KnativeFunction("all")
+    fn.start(settings.as_env())
+    try:
+        deadline = time.monotonic() + 30
+        while not fn.ready()[0]:
+            assert time.monotonic() < deadline, fn.ready()
+            time.sleep(0.1)
+        status, _ = call(fn, "GET", "/health/readiness", {})
+        assert status == 200
+        status, body = call(fn, "GET", "/v1/quota", {})
+        assert status == 401, body
+    finally:
+        fn.stop()
+    assert not fn.ready()[0]
