@@ -153,6 +153,15 @@ def test_every_source_reads_a_declared_topic_and_dead_letters_to_its_own_dlq() -
     assert set(sinks.values()) <= declared
 
 
+def test_sources_and_sinks_use_the_functions_kafka_and_topic_prefix() -> None:
+    (config,) = [d["data"] for d in by_kind("ConfigMap")
+                 if d["metadata"]["name"] == "quotaflow-config"]
+    assert config["QF_TOPIC_PREFIX"] == "quotaflow."  # the prefix the manifests spell out
+    for d in [*by_kind("KafkaSource"), *by_kind("KafkaSink")]:
+        assert d["spec"]["bootstrapServers"] == [config["KAFKA_BOOTSTRAP_SERVERS"]], \
+            d["metadata"]["name"]
+
+
 def test_every_event_type_has_a_declared_topic_and_strimzi_resource() -> None:
     strimzi = {d["spec"]["topicName"] for d in by_kind("KafkaTopic")}
     for event in EVENTS.values():
