@@ -317,3 +317,25 @@ def test_dashboard_and_alerts_use_metrics_the_code_defines() -> None:
             for m in re.findall(r"\b((?:qf|ml)_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b", e)}
     assert used, "no metric referenced"
     assert used <= names, used - names
+
+
+def test_dashboard_and_alerts_group_and_filter_only_by_labels_the_metrics_have() -> None:
+    import events.metrics
+    import events.model.metrics
+
+    labels: dict[str, set[str]] = {}
+    for collector in (*vars(events.metrics).values(), *vars(events.model.metrics).values()):
+        if hasattr(collector, "_labelnames"):  # name without _total, as the regex below
+            labels.setdefault(collector._name, set()).update(collector._labelnames)
+    dashboard = json.loads((REPO / "infra/monitoring/grafana-dashboard.json").read_text())
+    alerts = yaml.safe_load((REPO / "infra/monitoring/alerts.yml").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [r["expr"] for g in alerts["groups"] for r in g["rules"]]
+    for expr in exprs:
+        metrics = set(re.findall(r"\b((?:qf|ml)_[a-z_]+?)(?:_total|_bucket|_sum|_count)?\b",
+                                 expr))
+        have = set().union(*(labels[m] for m in metrics)) | {"le"}
+        grouped = {x.strip() for g in re.findall(r"\bby \(([^)]*)\)", expr)
+                   for x in g.split(",")}
+        filtered = set(re.findall(r"[{,]\s*([a-z_]+)\s*=~?", expr))
+        assert grouped | filtered <= have, (expr, (grouped | filtered) - have)
