@@ -15,6 +15,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
@@ -98,7 +99,7 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
         c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": uuid.uuid4().hex,
                       "auto.offset.reset": "earliest", "session.timeout.ms": 2000})
         c.subscribe([settings.topic("recorded")])
-        got = []
+        got: list[Any] = []
         until = time.monotonic() + 20
         while not got and time.monotonic() < until:
             got = [m for m in c.consume(10, 0.5) if not m.error()]
