@@ -16,8 +16,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
+import yaml
 from confluent_kafka import Consumer
 
 from events import db, kafka
@@ -114,3 +117,28 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_migration_job_command_migrates_an_empty_database_from_the_admit_image(
+        tmp_path: Path) -> None:
+    context = build_context(tmp_path, "admit")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                          f"function @ {context.as_uri()}"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    url = fresh_database("qf_test_deploy_job")
+    parts = urlsplit(url)
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute('DROP DATABASE "qf_test_deploy_job" WITH (FORCE)')
+
+    job = yaml.safe_load((REPO / "infra/k8s/migrate-job.yaml").read_text())
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    command = [str(venv / "bin" / "python"), *container["command"][1:]]
+    assert container["command"][0] == "python"
+    run = subprocess.run(command, cwd=venv, capture_output=True, text=True, timeout=120,
+                         env={"PATH": os.environ["PATH"], "POSTGRES_URL": url})
+    assert run.returncode == 0, run.stderr[-3000:]
+    with db.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM requests").fetchone() == (0,)
