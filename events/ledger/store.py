@@ -193,32 +193,41 @@ class PostgresLedger:
                decide: Callable[[_Tx, Any], LedgerEvent | Outcome]) -> list[Outcome]:
         if not commands:
             return []
-        with self.conn.transaction():
-            tx, stored = _Tx.open(self.conn, sorted({c.tenant for c in commands}),
-                                  [c.request_id for c in commands], command)
-            results: list[Outcome | int] = []  # an Outcome, or the index of an appended event
-            decided: dict[str, tuple[str, Outcome | int]] = {}
-            for c in commands:
-                seen = decided.get(c.request_id) or (
-                    (stored[c.request_id][0], Outcome.from_json(stored[c.request_id][1]))
-                    if c.request_id in stored else None)
-                if seen is not None:
-                    if seen[0] != c.payload_hash:
-                        results.append(_conflict(c))
-                    else:
-                        results.append(seen[1])
-                    continue
-                verdict = decide(tx, c)
-                slot: Outcome | int = verdict if isinstance(verdict, Outcome) else tx.emit(verdict)
-                decided[c.request_id] = (c.payload_hash, slot)
-                results.append(slot)
-            seqs = tx.allocate()
-            out = [r if isinstance(r, Outcome) else tx.outcome(r, seqs[r]) for r in results]
-            for request_id, (payload_hash, slot) in decided.items():
-                o = slot if isinstance(slot, Outcome) else tx.outcome(slot, seqs[slot])
-                tx.remember(request_id, command, payload_hash, o)
-            tx.write()
-            return out
+        # BEGIN travels in open's pipeline and COMMIT in write's: two round trips a batch.
+        try:
+            return self._decide_batch(commands, command, decide)
+        except BaseException:
+            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def _decide_batch(self, commands: Sequence[Any], command: str,
+                      decide: Callable[[_Tx, Any], LedgerEvent | Outcome]) -> list[Outcome]:
+        tx, stored = _Tx.open(self.conn, sorted({c.tenant for c in commands}),
+                              [c.request_id for c in commands], command)
+        results: list[Outcome | int] = []  # an Outcome, or the index of an appended event
+        decided: dict[str, tuple[str, Outcome | int]] = {}
+        for c in commands:
+            seen = decided.get(c.request_id) or (
+                (stored[c.request_id][0], Outcome.from_json(stored[c.request_id][1]))
+                if c.request_id in stored else None)
+            if seen is not None:
+                if seen[0] != c.payload_hash:
+                    results.append(_conflict(c))
+                else:
+                    results.append(seen[1])
+                continue
+            verdict = decide(tx, c)
+            slot: Outcome | int = verdict if isinstance(verdict, Outcome) else tx.emit(verdict)
+            decided[c.request_id] = (c.payload_hash, slot)
+            results.append(slot)
+        seqs = tx.allocate()
+        out = [r if isinstance(r, Outcome) else tx.outcome(r, seqs[r]) for r in results]
+        for request_id, (payload_hash, slot) in decided.items():
+            o = slot if isinstance(slot, Outcome) else tx.outcome(slot, seqs[slot])
+            tx.remember(request_id, command, payload_hash, o)
+        tx.write(commit=True)
+        return out
 
     def _decide_reserve(self, tx: _Tx, c: ReserveTokens) -> LedgerEvent | Outcome:
         if not tx.known(c.tenant):
@@ -275,14 +284,18 @@ class _Tx:
     """State loaded and written inside one ledger transaction: a few set-based statements
     per batch, whatever its size."""
 
-    def __init__(self, conn: Conn, tenants: Iterable[str]) -> None:
+    STREAMS_SQL = ("SELECT s.tenant_id, s.version, t.plan_period, t.grant_tokens, now() "
+                   "FROM ledger_streams s JOIN tenants t USING (tenant_id) "
+                   "WHERE s.tenant_id = ANY(%s) ORDER BY s.tenant_id FOR UPDATE OF s")
+
+    def __init__(self, conn: Conn, tenants: Iterable[str],
+                 stream_rows: list[Any] | None = None) -> None:
         self.conn = conn
         self.tenants = list(tenants)
-        rows = conn.execute(
-            "SELECT s.tenant_id, s.version, t.plan_period, t.grant_tokens, now() "
-            "FROM ledger_streams s JOIN tenants t USING (tenant_id) "
-            "WHERE s.tenant_id = ANY(%s) ORDER BY s.tenant_id FOR UPDATE OF s",
-            (self.tenants,), binary=True).fetchall()
+        self.seqs: list[int] = []
+        self.drawn = False
+        rows = stream_rows if stream_rows is not None else conn.execute(
+            self.STREAMS_SQL, (self.tenants,), binary=True).fetchall()
         self.versions = {r[0]: r[1] for r in rows}
         self.start_versions = dict(self.versions)
         self.plans = {r[0]: (r[2], r[3]) for r in rows}
@@ -297,9 +310,19 @@ class _Tx:
     @classmethod
     def open(cls, conn: Conn, tenants: list[str], request_ids: list[str], command: str
              ) -> tuple[_Tx, dict[str, tuple[str, Any]]]:
-        """Lock the streams and read what the batch's decisions need, in two round trips."""
+        """Lock, draw sequence numbers and read everything the batch's decisions need, in one
+        round trip. Locks in a fixed order (tenant streams sorted, then the ledger table), so
+        concurrent batches cannot deadlock; the table lock is taken before any sequence
+        number is drawn, so commits happen in sequence order for readers that tail."""
+        # At most one event per command, plus a period's first grant per tenant.
+        draw = len(request_ids) + (len(tenants) if command == "reserve" else 0)
         with conn.pipeline():
-            tx = cls(conn, tenants)
+            conn.execute("BEGIN")
+            streams = conn.execute(cls.STREAMS_SQL, (tenants,), binary=True)
+            conn.execute("LOCK TABLE ledger_events IN EXCLUSIVE MODE")
+            drawn = conn.execute(
+                "SELECT nextval(pg_get_serial_sequence('ledger_events', 'seq')) "
+                "FROM generate_series(1, %s)", (draw,))
             stored = conn.execute(
                 "SELECT request_id, payload_hash, outcome FROM ledger_commands "
                 "WHERE request_id = ANY(%s) AND command = %s", (request_ids, command),
@@ -307,11 +330,22 @@ class _Tx:
             found = None if command == "reserve" else conn.execute(
                 "SELECT request_id, tenant_id, period, amount, ended FROM reservations "
                 "WHERE request_id = ANY(%s)", (request_ids,), binary=True)
+            # Both period formats of today: whichever the tenant's plan uses is there.
+            balances = conn.execute(
+                "SELECT tenant_id, period, granted, reserved, spent FROM balances "
+                "WHERE tenant_id = ANY(%s) AND (period = to_char(now(), 'YYYY-MM') "
+                "OR period = to_char(now(), 'YYYY-MM-DD') OR (tenant_id, period) IN "
+                "(SELECT tenant_id, period FROM reservations WHERE request_id = ANY(%s)))",
+                (tenants, request_ids), binary=True)
+        tx = cls(conn, tenants, streams.fetchall())
+        tx.seqs = sorted(int(r[0]) for r in drawn.fetchall())
+        tx.drawn = True
         outcomes = {r[0]: (r[1], r[2]) for r in stored.fetchall()}
-        if found is None:
-            tx.prefetch_balances((t, tx.current_period(t)) for t in tx.versions)
-        else:
+        if found is not None:
             tx._keep_reservations(request_ids, found.fetchall())
+        for t, p, granted, reserved, spent in balances.fetchall():
+            tx.balances[(t, p)] = Balance(granted, reserved, spent)
+            tx.stored_keys.add((t, p))
         return tx, outcomes
 
     def known(self, tenant: str) -> bool:
@@ -401,9 +435,15 @@ class _Tx:
         self.commands.append((request_id, command, payload_hash, o.to_json()))
 
     def allocate(self) -> list[int]:
-        """Draw the sequence numbers of the queued events, under the ledger table lock."""
+        """The sequence numbers of the queued events, drawn under the ledger table lock."""
+        if self.drawn:
+            # Drawn up front by `open`; the unused rest leave gaps, which tailing readers
+            # (seq > last) do not mind.
+            assert len(self.seqs) >= len(self.events), "drew too few sequence numbers"
+            self.seqs = self.seqs[:len(self.events)]
+            return self.seqs
         if not self.events:
-            self.seqs: list[int] = []
+            self.seqs = []
             return self.seqs
         with self.conn.pipeline():
             # Commit order must equal sequence order for readers that tail the ledger
@@ -415,9 +455,10 @@ class _Tx:
         self.seqs = sorted(int(r[0]) for r in drawn.fetchall())
         return self.seqs
 
-    def write(self) -> None:
+    def write(self, commit: bool = False) -> None:
         """Append the events, move the streams, snapshot, reservations and idempotency
-        records. They depend on nothing they return: one pipeline, one round trip."""
+        records. They depend on nothing they return: one pipeline, one round trip (with the
+        COMMIT when the caller began the transaction by hand)."""
         with self.conn.pipeline():
             moved = self._write(self.seqs, self._next_versions()) if self.events else []
             if self.commands:
@@ -425,7 +466,12 @@ class _Tx:
                     cur.executemany(
                         "INSERT INTO ledger_commands (request_id, command, payload_hash, outcome)"
                         " VALUES (%s, %s, %s, %s)", self.commands)
-        if moved and self._streams_updated.rowcount != len(moved):
+            if commit:
+                # Sent with the writes: if any of them fails, the server skips the COMMIT and
+                # the caller rolls back. The stream rows are locked since `open`, and
+                # UNIQUE (tenant_id, stream_version) refuses a version appended twice.
+                self.conn.execute("COMMIT")
+        if not commit and moved and self._streams_updated.rowcount != len(moved):
             raise pg_errors.SerializationFailure("a tenant stream moved under this append")
 
     def _next_versions(self) -> list[int]:
