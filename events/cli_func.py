@@ -24,8 +24,8 @@ def register(sub: Any) -> None:
     fsub = f.add_subparsers(dest="func_command", metavar="ACTION", required=True)
     p = fsub.add_parser("prepare", help="copy the shared runtime into functions/STEP so "
                         "`kn func deploy --path functions/STEP` can build it")
-    p.add_argument("steps", nargs="*", choices=(*STEPS, []), metavar="STEP",
-                   help="steps to prepare (default: all six)")
+    p.add_argument("steps", nargs="*", metavar="STEP",
+                   help=f"steps to prepare: {', '.join(STEPS)} (default: all six)")
     p.set_defaults(func=_prepare)
 
 
@@ -50,6 +50,10 @@ def prepare(step: str, root: Path = REPO) -> Path:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    unknown = sorted(set(args.steps) - set(STEPS))
+    if unknown:
+        print(f"error: unknown step(s) {', '.join(unknown)}; steps are {', '.join(STEPS)}")
+        return 2
     for step in args.steps or STEPS:
         path = prepare(step)
         print(f"prepared {path.relative_to(REPO)}: kn func deploy --path "
