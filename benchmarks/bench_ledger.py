@@ -1,16 +1,17 @@
 """Ledger benchmarks, each as a ratio against a baseline measured in the same run.
 
-    .venv/bin/python benchmarks/bench_ledger.py [--requests 20000] [--batch 64] [--events 1000000]
+    .venv/bin/python benchmarks/bench_ledger.py [--requests 20000] [--batch 256] [--rounds 6]
 
-(a) Decisions/s through reserve + settle, a polled batch per transaction (as the reserve and
+(a) Decisions/s through reserve + settle, a polled batch per ledger call (as the reserve and
     settle steps run), versus plain batched INSERTs of the same number of rows into a table of
-    the same shape in the same PostgreSQL.
+    the same columns (no indexes) in the same PostgreSQL, alternating in rounds.
 (b) Audit replay of a ledger of --events events (generated in SQL: grants, reservations,
     settlements), versus a bare server-side-cursor scan of the same rows."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import psycopg
@@ -22,36 +23,63 @@ from events.settings import Settings
 from events.tenants import create_tenant
 
 
-def decisions(url: str, n: int, batch: int, tenants: int) -> tuple[float, float]:
+def decisions(url: str, n: int, batch: int, tenants: int, rounds: int
+              ) -> list[tuple[float, float]]:
+    """(ledger decisions/s, raw rows/s) per round. The two alternate in rounds, each round
+    starting with the other one, so that a change in the machine's speed (disk, neighbours)
+    during the run falls on both."""
     db.recreate(url)
     conn = psycopg.connect(url, autocommit=True)
     names = [f"t{i}" for i in range(tenants)]
     for t in names:
         create_tenant(conn, t, 10**12)
-    ledger = PostgresLedger(conn)
-    started = time.perf_counter()
-    for start in range(0, n, batch):
-        ids = range(start, min(n, start + batch))
-        ledger.reserve([ReserveTokens(names[i % tenants], f"r{i}", 100, "h") for i in ids])
-        ledger.end([SettleReservation(names[i % tenants], f"r{i}", 60, "s") for i in ids])
-    ledger_rate = 2 * n / (time.perf_counter() - started)
-
     conn.execute("CREATE TABLE raw_events (LIKE ledger_events INCLUDING DEFAULTS)")
     conn.execute("CREATE SEQUENCE raw_seq")
     conn.execute("ALTER TABLE raw_events ALTER seq SET DEFAULT nextval('raw_seq')")
-    started = time.perf_counter()
+    ledger = PostgresLedger(conn)
     version = 0
-    for start in range(0, 2 * n, batch):
-        rows = []
-        for i in range(start, min(2 * n, start + batch)):
-            version += 1
-            rows.append((names[i % tenants], version, "TokensReserved", f"x{i}", "2026-11", 100))
-        with conn.transaction(), conn.cursor() as cur:
-            cur.executemany("INSERT INTO raw_events (tenant_id, stream_version, kind, request_id,"
-                            " period, amount) VALUES (%s, %s, %s, %s, %s, %s)", rows)
-    raw_rate = 2 * n / (time.perf_counter() - started)
+
+    def run_ledger(start: int, stop: int) -> float:
+        began = time.perf_counter()
+        for first in range(start, stop, batch):
+            ids = range(first, min(stop, first + batch))
+            ledger.reserve([ReserveTokens(names[i % tenants], f"r{i}", 100, "h") for i in ids])
+            ledger.end([SettleReservation(names[i % tenants], f"r{i}", 60, "s") for i in ids])
+        return 2 * (stop - start) / (time.perf_counter() - began)
+
+    def run_raw(start: int, stop: int) -> float:
+        nonlocal version
+        began = time.perf_counter()
+        for first in range(2 * start, 2 * stop, batch):
+            rows = []
+            for i in range(first, min(2 * stop, first + batch)):
+                version += 1
+                rows.append((names[i % tenants], version, "TokensReserved", f"x{i}", "2026-11",
+                             100))
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany("INSERT INTO raw_events (tenant_id, stream_version, kind, "
+                                "request_id, period, amount) VALUES (%s, %s, %s, %s, %s, %s)",
+                                rows)
+        return 2 * (stop - start) / (time.perf_counter() - began)
+
+    warm = 2 * batch  # plans, caches and the first pages of every index
+    run_ledger(n, n + warm)
+    run_raw(n, n + warm)
+    per_round = n // rounds
+    results = []
+    for r in range(rounds):
+        start, stop = r * per_round, (r + 1) * per_round
+        if r % 2 == 0:
+            ledger_rate = run_ledger(start, stop)
+            raw_rate = run_raw(start, stop)
+        else:
+            raw_rate = run_raw(start, stop)
+            ledger_rate = run_ledger(start, stop)
+        results.append((ledger_rate, raw_rate))
+        print(f"    round {r + 1}/{rounds}: ledger {ledger_rate:8.0f} decisions/s, raw "
+              f"{raw_rate:8.0f} rows/s, ratio {ledger_rate / raw_rate:.2f}", flush=True)
     conn.close()
-    return ledger_rate, raw_rate
+    return results
 
 
 def replay(url: str, events: int, tenants: int = 100) -> tuple[float, float, int]:
@@ -91,19 +119,31 @@ def replay(url: str, events: int, tenants: int = 100) -> tuple[float, float, int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=20_000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=20_000,
+                    help="reservations (each also settled) in (a)")
+    ap.add_argument("--batch", type=int, default=256,
+                    help="commands per ledger call and rows per raw transaction; 256 is the "
+                         "reserve and settle steps' batch_max")
     ap.add_argument("--tenants", type=int, default=8)
-    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="(a) alternates ledger and raw this many times")
+    ap.add_argument("--events", type=int, default=1_000_000, help="ledger size for (b)")
+    ap.add_argument("--skip-replay", action="store_true", help="only (a)")
     args = ap.parse_args()
     base = Settings.from_env().postgres_url.rsplit("/", 1)[0]
     url = f"{base}/qf_bench_ledger"
-    ledger_rate, raw_rate = decisions(url, args.requests, args.batch, args.tenants)
     print(f"(a) {args.requests} reserve + {args.requests} settle, batches of {args.batch}, "
-          f"{args.tenants} tenants")
-    print(f"    ledger decisions/s {ledger_rate:10.0f}")
-    print(f"    raw batched INSERT rows/s {raw_rate:10.0f}")
-    print(f"    ratio {ledger_rate / raw_rate:.2f} (goal >= 0.5)")
+          f"{args.tenants} tenants, {args.rounds} rounds")
+    results = decisions(url, args.requests, args.batch, args.tenants, args.rounds)
+    ratios = sorted(ledger / raw for ledger, raw in results)
+    ledger_rates = sorted(r[0] for r in results)
+    raw_rates = sorted(r[1] for r in results)
+    print(f"    median: ledger {statistics.median(ledger_rates):.0f} decisions/s, raw "
+          f"{statistics.median(raw_rates):.0f} rows/s; ratio median "
+          f"{statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}; "
+          f"goal >= 0.5)")
+    if args.skip_replay:
+        return
     replay_s, scan_s, n = replay(url, args.events)
     print(f"(b) audit replay of {n:,} ledger events: {replay_s:.1f} s "
           f"({n / replay_s:,.0f} events/s); bare cursor scan {scan_s:.1f} s; "

@@ -18,11 +18,10 @@ The caller commits Kafka offsets only after a call returns.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -82,13 +81,6 @@ class Outcome:
     @property
     def accepted(self) -> bool:
         return self.kind is not None and self.kind != Kind.REQUEST_REJECTED
-
-    def to_json(self) -> str:
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, raw: Any) -> Outcome:
-        return cls(**(raw if isinstance(raw, dict) else json.loads(raw)))
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def test_an_expired_reservation_cannot_be_settled_and_the_refusal_is_recorded(
     (late,) = ledger.end([SettleReservation("exp", "slow", 50, "late")])
     assert late.kind is None and late.reason == "reservation_expired"
     assert ledger.end([SettleReservation("exp", "slow", 50, "late")]) == [late]
-    recorded = conn.execute("SELECT outcome->>'reason' FROM ledger_commands "
+    recorded = conn.execute("SELECT reason FROM ledger_commands "
                             "WHERE request_id = 'slow' AND command = 'end'").fetchone()
     assert recorded == ("reservation_expired",)
     bal = ledger.balance("exp", ledger.current_period("exp"))
