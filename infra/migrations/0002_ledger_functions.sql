@@ -37,6 +37,15 @@ ALTER TABLE ledger_commands
     ALTER released SET NOT NULL, ALTER seq SET NOT NULL, ALTER reserved SET NOT NULL;
 
 
+-- reservations holds the open ones only: ending a reservation deletes its row, and the
+-- ledger's events say how it ended. Setting `ended` instead could never be a HOT update (the
+-- partial index reads the column), so every ending wrote a new row version and index entries.
+DELETE FROM reservations WHERE ended IS NOT NULL;
+DROP INDEX reservations_open;
+ALTER TABLE reservations DROP COLUMN ended;
+CREATE INDEX reservations_age ON reservations (reserved_at);
+
+
 -- Appends events in order and moves the stream versions, the balances snapshot and the
 -- reservations with them. The caller holds the tenants' stream rows (FOR UPDATE).
 -- Returns the events' sequence numbers, in order.
@@ -101,10 +110,15 @@ BEGIN
       FROM unnest(e_request, e_tenant, e_period, e_amount, e_kind)
            AS e(request_id, tenant_id, period, amount, kind)
      WHERE e.kind = 'TokensReserved';
-    UPDATE reservations r SET ended = e.kind
-      FROM unnest(e_request, e_kind) AS e(request_id, kind)
-     WHERE r.request_id = e.request_id AND r.ended IS NULL
+    DELETE FROM reservations r USING unnest(e_request, e_kind) AS e(request_id, kind)
+     WHERE r.request_id = e.request_id
        AND e.kind IN ('ReservationSettled', 'ReservationReleased', 'ReservationExpired');
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved <> (SELECT count(*) FROM unnest(e_kind) AS k
+                  WHERE k IN ('ReservationSettled', 'ReservationReleased', 'ReservationExpired'))
+    THEN
+        RAISE EXCEPTION 'ledger_append: an ending for a reservation that is not open';
+    END IF;
     RETURN seqs;
 END
 $$;
@@ -281,6 +295,7 @@ DECLARE
     e_reason text[] := '{}';
     seqs bigint[];
     i integer; j integer; charged bigint;
+    h_kind text; h_period text; h_amount bigint;
 BEGIN
     IF n = 0 THEN
         RETURN;
@@ -288,12 +303,11 @@ BEGIN
     PERFORM 1 FROM ledger_streams s WHERE s.tenant_id = ANY(c_tenant)
       ORDER BY s.tenant_id FOR UPDATE;
     -- One row per command, in order: where its request id first occurs in the batch, the
-    -- idempotency record of an earlier delivery, and the reservation.
+    -- idempotency record of an earlier delivery, and the reservation if it is open.
     FOR c IN
         SELECT u.i, min(u.i) OVER (PARTITION BY u.id) AS j, s.payload_hash, s.tenant,
                s.kind, s.period, s.amount, s.released, s.seq, s.reason, s.reserved,
-               r.tenant_id AS r_tenant, r.period AS r_period, r.amount AS r_amount,
-               r.ended AS r_ended
+               r.tenant_id AS r_tenant, r.period AS r_period, r.amount AS r_amount
           FROM unnest(c_request) WITH ORDINALITY AS u(id, i)
           LEFT JOIN LATERAL (SELECT * FROM ledger_commands c
                               WHERE c.request_id = u.id AND c.command = 'end' LIMIT 1) s
@@ -317,15 +331,23 @@ BEGIN
         ELSE
             o_new[i] := true;
             IF c.r_tenant IS NULL OR c.r_tenant <> c_tenant[i] THEN
-                o_period[i] := ''; o_reason[i] := 'unknown_reservation';
+                -- Not open: did this tenant's reservation end already, and how?
+                SELECT e.kind, e.period, e.amount + e.released INTO h_kind, h_period, h_amount
+                  FROM ledger_events e
+                 WHERE e.request_id = c_request[i] AND e.tenant_id = c_tenant[i]
+                   AND e.kind IN ('ReservationSettled', 'ReservationReleased',
+                                  'ReservationExpired')
+                 LIMIT 1;
+                IF h_kind IS NULL THEN
+                    o_period[i] := ''; o_reason[i] := 'unknown_reservation';
+                ELSE
+                    o_period[i] := h_period; o_reserved[i] := h_amount;
+                    o_reason[i] := CASE WHEN h_kind = 'ReservationExpired'
+                                        THEN 'reservation_expired' ELSE 'already_ended' END;
+                END IF;
                 CONTINUE;
             END IF;
             o_period[i] := c.r_period; o_reserved[i] := c.r_amount;
-            IF c.r_ended IS NOT NULL THEN
-                o_reason[i] := CASE WHEN c.r_ended = 'ReservationExpired'
-                                    THEN 'reservation_expired' ELSE 'already_ended' END;
-                CONTINUE;
-            END IF;
             IF c_actual[i] IS NOT NULL THEN
                 charged := greatest(0, least(c_actual[i], c.r_amount));
                 o_kind[i] := 'ReservationSettled'; o_amount[i] := charged;
@@ -386,8 +408,7 @@ BEGIN
     SELECT array_agg(l.tenant_id ORDER BY l.tenant_id) INTO t_id
       FROM (SELECT s.tenant_id FROM ledger_streams s
              WHERE s.tenant_id IN (SELECT r.tenant_id FROM reservations r
-                                    WHERE r.ended IS NULL
-                                      AND r.reserved_at < now() - make_interval(secs => p_ttl_s))
+                                    WHERE r.reserved_at < now() - make_interval(secs => p_ttl_s))
              ORDER BY s.tenant_id FOR UPDATE) AS l;
     IF t_id IS NULL THEN
         RETURN;
@@ -400,7 +421,7 @@ BEGIN
       INTO x_id, x_tenant, x_period, x_amount
       FROM (SELECT r.request_id, r.tenant_id, r.period, r.amount, r.reserved_at
               FROM reservations r
-             WHERE r.ended IS NULL AND r.reserved_at < now() - make_interval(secs => p_ttl_s)
+             WHERE r.reserved_at < now() - make_interval(secs => p_ttl_s)
                AND r.tenant_id = ANY(t_id)
              ORDER BY r.reserved_at, r.request_id LIMIT p_limit) AS x;
     IF x_id IS NULL THEN
