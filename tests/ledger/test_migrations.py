@@ -1,0 +1,45 @@
+"""Migration 0002 on a database that ran 0001 with data in it."""
+
+from __future__ import annotations
+
+import psycopg
+
+from events import db
+from events.resources import data_path
+from tests.conftest import PG_BASE
+
+
+def test_migration_0002_keeps_recorded_outcomes_and_open_reservations() -> None:
+    url = f"{PG_BASE}/qf_test_migrations"
+    with psycopg.connect(f"{PG_BASE}/postgres", autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS qf_test_migrations WITH (FORCE)")
+        admin.execute("CREATE DATABASE qf_test_migrations")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(data_path("migrations").joinpath("0001_ledger.sql").read_text())
+        conn.execute("INSERT INTO schema_migrations (version) VALUES ('0001_ledger')")
+        conn.execute(
+            "INSERT INTO ledger_commands VALUES ('r1', 'reserve', 'h1', '{\"request_id\": \"r1\","
+            " \"tenant\": \"a\", \"kind\": \"TokensReserved\", \"period\": \"2026-11\", "
+            "\"amount\": 5, \"released\": 0, \"seq\": 7, \"reason\": null, \"reserved\": 5}'), "
+            "('r2', 'end', 'h2', '{\"request_id\": \"r2\", \"tenant\": \"a\", \"kind\": null, "
+            "\"period\": \"2026-11\", \"amount\": 0, \"released\": 0, \"seq\": 0, "
+            "\"reason\": \"reservation_expired\", \"reserved\": 9}')")
+        conn.execute(
+            "INSERT INTO reservations (request_id, tenant_id, period, amount, reserved_at, ended)"
+            " VALUES ('r1', 'a', '2026-11', 5, now(), NULL), "
+            "('r2', 'a', '2026-11', 9, now(), 'ReservationExpired')")
+
+    assert db.migrate(url) == ["0002_ledger_functions"]
+
+    with psycopg.connect(url) as conn:
+        commands = conn.execute(
+            "SELECT request_id, command, payload_hash, tenant, kind, period, amount, released, "
+            "seq, reason, reserved FROM ledger_commands ORDER BY request_id").fetchall()
+        assert commands == [
+            ("r1", "reserve", "h1", "a", "TokensReserved", "2026-11", 5, 0, 7, None, 5),
+            ("r2", "end", "h2", "a", None, "2026-11", 0, 0, 0, "reservation_expired", 9)]
+        open_ones = conn.execute("SELECT request_id, amount FROM reservations").fetchall()
+        assert open_ones == [("r1", 5)]
+    assert db.migrate(url) == []
