@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from events import kafka, metrics
 from events.catalog import dead_letter_suffix
@@ -41,6 +41,17 @@ def dead_letter(step: AnyStep, producer: Producer, msg: Message, reason: str) ->
                      headers=headers)
     metrics.DEAD_LETTERS.labels(step.name, reason.split(":")[0][:60]).inc()
     log.warning("dead-lettered %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), reason)
+
+
+def batch_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit once `msgs` are handled: per partition, one past the last."""
+    last: dict[tuple[str, int], int] = {}
+    for msg in msgs:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if msg.error() is None and topic is not None and partition is not None \
+                and offset is not None:
+            last[(topic, partition)] = max(last.get((topic, partition), -1), offset)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
 
 
 def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
@@ -131,7 +142,12 @@ class KafkaWorker:
         kafka.flush(self.producer)
         # Offsets only after the outputs (and the ledger, inside the handler) are durable. The
         # commit itself may be asynchronous: if it is lost, the batch is redelivered, harmlessly.
-        self.consumer.commit(asynchronous=True)
+        # The offsets are this batch's, named here: commit() without them commits whatever has
+        # been polled when librdkafka gets round to it, which can be the next batch, still
+        # unprocessed (a SIGKILLed reserve lost a decided request that way).
+        done = batch_offsets(msgs)
+        if done:
+            self.consumer.commit(offsets=done, asynchronous=True)
         return len(batch)
 
     def _poison(self, msg: Message | None, ev: Event, reason: str) -> list[Event]:

@@ -17,7 +17,7 @@ from events.catalog import EVENTS
 from events.envelope import Event, from_kafka, to_kafka
 from events.settings import Settings
 from events.step import Step
-from events.worker import KafkaWorker
+from events.worker import KafkaWorker, batch_offsets
 from functions.infer.handler import on_poison as infer_poison
 
 
@@ -100,3 +100,33 @@ def test_poison_record_is_dead_lettered_answered_failed_and_the_batch_goes_on(
     assert b"model exploded" in headers["qf_dlq_reason"]
     # Tried in its batch, then alone handler_retries times, then given up: not forever.
     assert ports.poison_attempts == 1 + 2
+
+
+@dataclass
+class FakeMessage:
+    """Only what batch_offsets reads of a confluent_kafka.Message."""
+
+    t: str
+    p: int
+    o: int
+    failed: bool = False
+
+    def topic(self) -> str:
+        return self.t
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def error(self) -> object:
+        return "fetch error" if self.failed else None
+
+
+def test_a_batch_commits_one_past_its_last_record_per_partition_and_nothing_else() -> None:
+    msgs = [FakeMessage("a", 0, 7), FakeMessage("a", 1, 3), FakeMessage("a", 0, 9),
+            FakeMessage("b", 0, 0), FakeMessage("a", 1, 99, failed=True)]
+    done = batch_offsets(msgs)  # type: ignore[arg-type]
+    assert [(tp.topic, tp.partition, tp.offset) for tp in done] == [
+        ("a", 0, 10), ("a", 1, 4), ("b", 0, 1)]
