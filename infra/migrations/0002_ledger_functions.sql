@@ -64,8 +64,11 @@ BEGIN
         RETURN '{}';
     END IF;
     -- Commit order must equal sequence order for readers that tail the ledger (projection,
-    -- outbox): the table lock is taken before any number is drawn and held to the commit.
-    LOCK TABLE ledger_events IN EXCLUSIVE MODE;
+    -- outbox): every append takes this lock before it draws a number and holds it to the
+    -- commit. An advisory lock rather than LOCK TABLE ledger_events: a table lock conflicts
+    -- with autovacuum, and appends would queue behind an anti-wraparound vacuum of the ledger
+    -- (which does not give way) for as long as it runs.
+    PERFORM pg_advisory_xact_lock(hashtextextended('quotaflow.ledger_events', 0));
     SELECT array_agg(d.s ORDER BY d.s) INTO seqs
       FROM (SELECT nextval('ledger_events_seq_seq') FROM generate_series(1, n)) AS d(s);
 

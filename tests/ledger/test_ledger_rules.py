@@ -180,3 +180,45 @@ def test_projection_equals_a_replay_after_interleavings_reapplies_and_a_rebuild(
     projection.redis.flushdb()
     projection.rebuild(ledger)
     assert projection.balances() == snapshot
+
+
+def test_a_reader_tailing_the_sequence_never_skips_an_event_that_commits_late(
+        ledger_url: str, conn: psycopg.Connection[Any]) -> None:
+    # One tenant per writer, so no stream lock orders them: only the ledger-wide append lock
+    # keeps commit order equal to sequence order.
+    writers, batches, size = 6, 40, 8
+    for w in range(writers):
+        make_tenant(conn, f"tail{w}", 10**9)
+    (start,) = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger_events").fetchone() or (0,)
+    done = threading.Event()
+    seen: list[int] = []
+
+    def tail() -> None:
+        reader = PostgresLedger.connect(ledger_url)
+        last = start
+        while True:
+            finished = done.is_set()
+            for ev in reader.events_after(last):
+                seen.append(ev.seq)
+                last = ev.seq
+            if finished:
+                break
+        reader.close()
+
+    def write(w: int) -> None:
+        ledger = PostgresLedger.connect(ledger_url)
+        for b in range(batches):
+            ledger.reserve([ReserveTokens(f"tail{w}", f"tail{w}-{b}-{i}", 1, "h")
+                            for i in range(size)])
+        ledger.close()
+
+    reader = threading.Thread(target=tail)
+    reader.start()
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(writers)))
+    done.set()
+    reader.join()
+    committed = [r[0] for r in conn.execute(
+        "SELECT seq FROM ledger_events WHERE seq > %s ORDER BY seq", (start,)).fetchall()]
+    assert len(committed) == writers * batches * size
+    assert seen == committed
