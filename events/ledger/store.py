@@ -135,14 +135,14 @@ class PostgresLedger:
     # -- commands ---------------------------------------------------------------------
 
     def reserve(self, commands: Sequence[ReserveTokens]) -> list[Outcome]:
-        return self._call("ledger_reserve(%s::text[], %s::text[], %s::bigint[], %s::text[])",
+        return self._call("ledger_reserve(%b::text[], %b::text[], %b::bigint[], %b::text[])",
                           [c.tenant for c in commands], [c.request_id for c in commands],
                           [c.amount for c in commands], [c.payload_hash for c in commands])
 
     def end(self, commands: Sequence[EndCommand]) -> list[Outcome]:
         """Settle or release reservations (the settle step)."""
         return self._call(
-            "ledger_end(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[])",
+            "ledger_end(%b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[])",
             [c.tenant for c in commands], [c.request_id for c in commands],
             [c.actual_tokens if isinstance(c, SettleReservation) else None for c in commands],
             [c.reason if isinstance(c, ReleaseReservation) else None for c in commands],

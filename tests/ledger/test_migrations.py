@@ -9,7 +9,7 @@ from events.resources import data_path
 from tests.conftest import PG_BASE
 
 
-def test_migration_0002_keeps_recorded_outcomes_and_open_reservations() -> None:
+def test_migration_0002_keeps_recorded_outcomes_and_open_and_expired_reservations() -> None:
     url = f"{PG_BASE}/qf_test_migrations"
     with psycopg.connect(f"{PG_BASE}/postgres", autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS qf_test_migrations WITH (FORCE)")
@@ -29,7 +29,8 @@ def test_migration_0002_keeps_recorded_outcomes_and_open_reservations() -> None:
         conn.execute(
             "INSERT INTO reservations (request_id, tenant_id, period, amount, reserved_at, ended)"
             " VALUES ('r1', 'a', '2026-11', 5, now(), NULL), "
-            "('r2', 'a', '2026-11', 9, now(), 'ReservationExpired')")
+            "('r2', 'a', '2026-11', 9, now(), 'ReservationExpired'), "
+            "('r3', 'a', '2026-11', 7, now(), 'ReservationSettled')")
 
     assert db.migrate(url) == ["0002_ledger_functions"]
 
@@ -40,6 +41,7 @@ def test_migration_0002_keeps_recorded_outcomes_and_open_reservations() -> None:
         assert commands == [
             ("r1", "reserve", "h1", "a", "TokensReserved", "2026-11", 5, 0, 7, None, 5),
             ("r2", "end", "h2", "a", None, "2026-11", 0, 0, 0, "reservation_expired", 9)]
-        open_ones = conn.execute("SELECT request_id, amount FROM reservations").fetchall()
-        assert open_ones == [("r1", 5)]
+        kept = conn.execute("SELECT request_id, amount, expired FROM reservations "
+                            "ORDER BY request_id").fetchall()
+        assert kept == [("r1", 5, False), ("r2", 9, True)]
     assert db.migrate(url) == []
