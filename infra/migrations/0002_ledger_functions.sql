@@ -167,12 +167,13 @@ DECLARE
     o_seq bigint[] := array_fill(0::bigint, ARRAY[n]);
     o_reason text[] := array_fill(NULL::text, ARRAY[n]);
     o_reserved bigint[] := array_fill(0::bigint, ARRAY[n]);
-    o_event integer[] := array_fill(NULL::integer, ARRAY[n]);
-    o_new boolean[] := array_fill(false, ARRAY[n]);
+    o_event integer[] := array_fill(NULL::integer, ARRAY[n]);  -- its event's place
+    o_grant boolean[] := array_fill(false, ARRAY[n]);  -- a period's grant goes before it
+    o_new boolean[] := array_fill(false, ARRAY[n]);  -- decided now, to be remembered
     -- events to append
-    e_tenant text[] := '{}'; e_kind text[] := '{}'; e_request text[] := '{}';
-    e_period text[] := '{}'; e_amount bigint[] := '{}'; e_released bigint[] := '{}';
-    e_reason text[] := '{}';
+    e_tenant text[]; e_kind text[]; e_request text[]; e_period text[]; e_amount bigint[];
+    e_reason text[];
+    events integer := 0;
     seqs bigint[];
     i integer; j integer; k integer; verdict text;
 BEGIN
@@ -230,10 +231,7 @@ BEGIN
             IF t_fresh[k] THEN
                 t_fresh[k] := false;
                 t_granted[k] := t_granted[k] + t_plan[k];
-                e_tenant := e_tenant || c_tenant[i]; e_kind := e_kind || 'QuotaGranted'::text;
-                e_request := e_request || NULL::text; e_period := e_period || t_period[k];
-                e_amount := e_amount || t_plan[k]; e_released := e_released || 0::bigint;
-                e_reason := e_reason || NULL::text;
+                o_grant[i] := true; events := events + 1;
             END IF;
             IF c_amount[i] <= 0 THEN
                 verdict := 'invalid_amount';
@@ -247,21 +245,31 @@ BEGIN
                               ELSE 'RequestRejected' END;
             o_period[i] := t_period[k]; o_amount[i] := c_amount[i];
             o_reason[i] := verdict; o_reserved[i] := c_amount[i];
-            e_tenant := e_tenant || c_tenant[i]; e_kind := e_kind || o_kind[i];
-            e_request := e_request || c_request[i]; e_period := e_period || t_period[k];
-            e_amount := e_amount || c_amount[i]; e_released := e_released || 0::bigint;
-            e_reason := e_reason || verdict;
-            o_event[i] := cardinality(e_kind);
+            events := events + 1; o_event[i] := events;
         END IF;
     END LOOP;
 
-    seqs := ledger_append(e_tenant, e_kind, e_request, e_period, e_amount, e_released,
-                          e_reason);
-    FOR i IN 1 .. n LOOP
-        IF o_event[i] IS NOT NULL THEN
-            o_seq[i] := seqs[o_event[i]];
-        END IF;
-    END LOOP;
+    -- The events in their places: each decision's, and a period's grant just before it.
+    SELECT array_agg(e.tenant ORDER BY e.place), array_agg(e.kind ORDER BY e.place),
+           array_agg(e.request_id ORDER BY e.place), array_agg(e.period ORDER BY e.place),
+           array_agg(e.amount ORDER BY e.place), array_agg(e.reason ORDER BY e.place)
+      INTO e_tenant, e_kind, e_request, e_period, e_amount, e_reason
+      FROM (SELECT o.place, o.tenant, o.kind, o.request_id, o.period, o.amount, o.reason
+              FROM unnest(o_event, o_tenant, o_kind, c_request, o_period, o_amount, o_reason,
+                          o_new) AS o(place, tenant, kind, request_id, period, amount, reason,
+                                      new)
+             WHERE o.new AND o.kind IS NOT NULL
+            UNION ALL
+            SELECT o.place - 1, o.tenant, 'QuotaGranted', NULL, o.period,
+                   t_plan[array_position(t_id, o.tenant)], NULL
+              FROM unnest(o_event, o_tenant, o_period, o_grant)
+                   AS o(place, tenant, period, grant_first)
+             WHERE o.grant_first) AS e;
+    seqs := ledger_append(e_tenant, e_kind, e_request, e_period, e_amount,
+                          array_fill(0::bigint, ARRAY[events]), e_reason);
+    -- Each outcome's sequence number: its event's, or what an earlier delivery recorded.
+    SELECT array_agg(coalesce(seqs[o.place], o.seq) ORDER BY o.i) INTO o_seq
+      FROM unnest(o_event, o_seq) WITH ORDINALITY AS o(place, seq, i);
     INSERT INTO ledger_commands (request_id, command, payload_hash, tenant, kind, period,
                                  amount, released, seq, reason, reserved)
     SELECT o.request_id, 'reserve', o.hash, o.tenant, o.kind, o.period, o.amount, o.released,
@@ -305,11 +313,11 @@ DECLARE
     o_seq bigint[] := array_fill(0::bigint, ARRAY[n]);
     o_reason text[] := array_fill(NULL::text, ARRAY[n]);
     o_reserved bigint[] := array_fill(0::bigint, ARRAY[n]);
-    o_event integer[] := array_fill(NULL::integer, ARRAY[n]);
-    o_new boolean[] := array_fill(false, ARRAY[n]);
-    e_tenant text[] := '{}'; e_kind text[] := '{}'; e_request text[] := '{}';
-    e_period text[] := '{}'; e_amount bigint[] := '{}'; e_released bigint[] := '{}';
-    e_reason text[] := '{}';
+    o_event integer[] := array_fill(NULL::integer, ARRAY[n]);  -- its event's place
+    o_new boolean[] := array_fill(false, ARRAY[n]);  -- decided now, to be remembered
+    e_tenant text[]; e_kind text[]; e_request text[]; e_period text[]; e_amount bigint[];
+    e_released bigint[]; e_reason text[];
+    events integer := 0;
     seqs bigint[];
     i integer; j integer; charged bigint;
 BEGIN
@@ -364,21 +372,24 @@ BEGIN
                 o_kind[i] := 'ReservationReleased'; o_amount[i] := c.r_amount;
                 o_reason[i] := c_reason[i];
             END IF;
-            e_tenant := e_tenant || c_tenant[i]; e_kind := e_kind || o_kind[i];
-            e_request := e_request || c_request[i]; e_period := e_period || c.r_period;
-            e_amount := e_amount || o_amount[i]; e_released := e_released || o_released[i];
-            e_reason := e_reason || o_reason[i];
-            o_event[i] := cardinality(e_kind);
+            events := events + 1; o_event[i] := events;
         END IF;
     END LOOP;
 
+    SELECT array_agg(o.tenant ORDER BY o.place), array_agg(o.kind ORDER BY o.place),
+           array_agg(o.request_id ORDER BY o.place), array_agg(o.period ORDER BY o.place),
+           array_agg(o.amount ORDER BY o.place), array_agg(o.released ORDER BY o.place),
+           array_agg(o.reason ORDER BY o.place)
+      INTO e_tenant, e_kind, e_request, e_period, e_amount, e_released, e_reason
+      FROM unnest(o_event, o_tenant, o_kind, c_request, o_period, o_amount, o_released,
+                  o_reason, o_new)
+           AS o(place, tenant, kind, request_id, period, amount, released, reason, new)
+     WHERE o.new AND o.kind IS NOT NULL;
     seqs := ledger_append(e_tenant, e_kind, e_request, e_period, e_amount, e_released,
                           e_reason);
-    FOR i IN 1 .. n LOOP
-        IF o_event[i] IS NOT NULL THEN
-            o_seq[i] := seqs[o_event[i]];
-        END IF;
-    END LOOP;
+    -- Each outcome's sequence number: its event's, or what an earlier delivery recorded.
+    SELECT array_agg(coalesce(seqs[o.place], o.seq) ORDER BY o.i) INTO o_seq
+      FROM unnest(o_event, o_seq) WITH ORDINALITY AS o(place, seq, i);
     INSERT INTO ledger_commands (request_id, command, payload_hash, tenant, kind, period,
                                  amount, released, seq, reason, reserved)
     SELECT o.request_id, 'end', o.hash, o.tenant, o.kind, o.period, o.amount, o.released,

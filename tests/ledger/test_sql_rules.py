@@ -160,6 +160,11 @@ def test_sql_ledger_decides_every_batch_as_the_domain_rules_do(
         outcomes = ledger.reserve(batch) if command == "reserve" else ledger.end(batch)
         assert [_row(o) for o in outcomes] == reference.run(command, batch), (command, batch)
         assert [o.request_id for o in outcomes] == [c.request_id for c in batch]
+        # An outcome with an event names it by its sequence number.
+        named = {o.seq: (o.request_id, o.kind) for o in outcomes if o.kind}
+        stored = conn.execute("SELECT seq, request_id, kind FROM ledger_events "
+                              "WHERE seq = ANY(%s)", (list(named),)).fetchall()
+        assert {seq: (rid, kind) for seq, rid, kind in stored} == named
         for tenant in PLANS:
             assert ledger.balance(tenant, period) == reference.balances.get(tenant, Balance())
     # The events themselves: stream versions follow the sequence, nothing ends twice, and the
