@@ -4,10 +4,10 @@ Each call decides a batch of commands in ONE statement and so one transaction (g
 the SQL functions of `infra/migrations/0002_ledger_functions.sql` lock the tenants' stream rows
 (sorted, so concurrent batches cannot deadlock; this serializes decisions per tenant, which is
 what makes the quota exact under concurrency), look up idempotency records (a redelivered
-command returns its first outcome unchanged), decide by the rules of `domain`, lock the ledger
-table and append (commits happen in sequence order, so a reader that tails `seq > last` never
-skips an event whose transaction commits late), and update the balances snapshot, the
-reservations and the idempotency records.
+command returns its first outcome unchanged), decide by the rules of `domain`, take the
+ledger's append lock and append (commits happen in sequence order, so a reader that tails
+`seq > last` never skips an event whose transaction commits late), and update the balances
+snapshot, the reservations and the idempotency records.
 
 The rules are written twice on purpose: `domain` is the readable, pure statement of them (the
 audit replays with it); the SQL runs them next to the data, because a decision made in Python
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -63,10 +63,11 @@ class ReleaseReservation:
 EndCommand = SettleReservation | ReleaseReservation
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What a command did. `kind` is the event appended, or None when the command was refused
-    (then `reason` says why). A redelivered command gets its first outcome back."""
+    (then `reason` says why). A redelivered command gets its first outcome back.
+    A named tuple rather than a frozen dataclass: a batch builds one a command, and the
+    dataclass cost a microsecond more each (3% of a decision)."""
 
     request_id: str
     tenant: str
@@ -193,7 +194,7 @@ class PostgresLedger:
             else:
                 with self.conn.transaction():
                     rows = self.conn.execute(sql, args, binary=True).fetchall()
-            return [Outcome(*r) for r in rows]
+            return [Outcome._make(r) for r in rows]
 
         return self._retrying(run)
 
