@@ -25,11 +25,12 @@ from pathlib import Path
 
 import redis
 
-from events import db, tenants
-from events.devstack import DevStack, free_port, port_open, wait_for
-from events.ledger.projection import RedisProjection
-from events.ledger.store import PostgresLedger
-from events.settings import Settings
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.devstack.stack import DevStack, free_port, port_open, wait_for
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger
+from quotaflow.settings import Settings
 
 BASELINE = textwrap.dedent('''
     from cloudevents.core.bindings import http as ce_http

@@ -16,11 +16,11 @@ import time
 
 import psycopg
 
-from events import db
-from events.ledger import audit
-from events.ledger.store import PostgresLedger, ReserveTokens, SettleReservation
-from events.settings import Settings
-from events.tenants import create_tenant
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters.tenant_store import create_tenant
+from quotaflow.ledger import audit
+from quotaflow.ledger.store import PostgresLedger, ReserveTokens, SettleReservation
+from quotaflow.settings import Settings
 
 
 def decisions(url: str, n: int, batch: int, tenants: int, rounds: int

@@ -22,8 +22,8 @@ PROMPTS = ["What is the capital of France?", "Name three primary colours.",
 
 
 def measure(model_dir: Path, gpu: bool, max_tokens: int, rounds: int) -> dict[str, float]:
-    from events.model.base import ChatMessage, GenerationRequest
-    from events.model.onnx_decoder import OnnxGenerator
+    from quotaflow.model.base import ChatMessage, GenerationRequest
+    from quotaflow.model.onnx_decoder import OnnxGenerator
 
     gen = OnnxGenerator(model_dir, prefer_gpu=gpu)
     if gpu and gen.device != "cuda":
@@ -46,8 +46,8 @@ def measure(model_dir: Path, gpu: bool, max_tokens: int, rounds: int) -> dict[st
 def cold_start(model_dir: Path, gpu: bool) -> float:
     """A fresh process: import, load, first request (what a scale-from-zero pod pays)."""
     code = ("import time; t=time.perf_counter(); from pathlib import Path; "
-            "from events.model.onnx_decoder import OnnxGenerator; "
-            "from events.model.base import ChatMessage, GenerationRequest; "
+            "from quotaflow.model.onnx_decoder import OnnxGenerator; "
+            "from quotaflow.model.base import ChatMessage, GenerationRequest; "
             f"g=OnnxGenerator(Path({str(model_dir)!r}), prefer_gpu={gpu}); "
             "g.generate([GenerationRequest((ChatMessage('user', 'What is the capital of "
             "France?'),), 16)]); print(time.perf_counter()-t)")

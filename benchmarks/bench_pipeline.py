@@ -20,13 +20,15 @@ from pathlib import Path
 
 import redis
 
-from events import client, db, tenants
-from events.devstack import DevStack, free_port
-from events.ledger.projection import RedisProjection
-from events.ledger.store import PostgresLedger
-from events.model.base import ChatMessage, GenerationRequest
-from events.ports import load_generator
-from events.settings import Settings
+from quotaflow import client
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.devstack.stack import DevStack, free_port
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger
+from quotaflow.model.base import ChatMessage, GenerationRequest
+from quotaflow.runtime.bootstrap import load_generator
+from quotaflow.settings import Settings
 
 PROMPTS = ["What is the capital of France?", "Name three primary colours.",
            "Write one sentence about the sea.", "What is 12 times 12?",

@@ -1,4 +1,3 @@
-"""quotaflow's shared runtime: event catalog, Avro codec, CloudEvents bindings, Kafka loop,
-ledger, projection, settings and CLI. The six functions in `functions/` are built on it."""
-
-__version__ = "0.1.0"
+"""What travels between quotaflow's functions: the event catalog (type, topic, schema), one
+typed payload per event type, the envelope with its CloudEvents HTTP and Kafka bindings, and
+the Avro codec. Nothing here imports the runtime (`quotaflow`)."""

@@ -1,7 +1,7 @@
 """Knative entry of the root func.yaml: the all-in-one function for small installs (admit's
 HTTP door plus the five pipeline steps as Kafka loops in one process)."""
 
-from events.knative import KnativeFunction
+from quotaflow.runtime.knative import KnativeFunction
 
 
 def new() -> KnativeFunction:

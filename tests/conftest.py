@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from events import db
-from events.devstack import (
+from quotaflow.adapters import postgres as db
+from quotaflow.devstack.stack import (
     DevStack,
     free_port,
     port_open,
@@ -23,8 +23,8 @@ from events.devstack import (
     tansu_binary,
     wait_for,
 )
-from events.model.build import build
-from events.settings import Settings
+from quotaflow.model.build import build
+from quotaflow.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.envelope import Event
-from events.model.base import Tokenizer
-from events.pipeline import emit, messages_of, request_part, unprocessable
-from events.ports import load_tokenizer
-from events.settings import Settings
-from events.step import Step
+from quotaflow.model.base import Tokenizer
+from quotaflow.runtime.bootstrap import load_tokenizer
+from quotaflow.runtime.emit import emit, messages_of, request_part, unprocessable
+from quotaflow.runtime.step import Step
+from quotaflow.settings import Settings
 
 
 @dataclass

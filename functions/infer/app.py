@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from events.http_entry import create_app
-from events.settings import Settings
 from functions.infer.handler import STEP
+from quotaflow.runtime.http_entry import create_app
+from quotaflow.settings import Settings
 
 
 def create() -> Flask:

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from events.envelope import Event
-from events.model.base import Generator
-from events.pipeline import emit, generation_request
-from events.ports import load_generator
-from events.settings import Settings
-from events.step import Step
+from quotaflow.model.base import Generator
+from quotaflow.runtime.bootstrap import load_generator
+from quotaflow.runtime.emit import emit, generation_request
+from quotaflow.runtime.step import Step
+from quotaflow.settings import Settings
 
 
 @dataclass

@@ -8,12 +8,12 @@ from typing import Any
 
 import psycopg
 
-from events import requests
 from events.envelope import Event
-from events.pipeline import emit
-from events.ports import open_postgres
-from events.settings import Settings
-from events.step import Step
+from quotaflow.adapters import request_store as requests
+from quotaflow.runtime.bootstrap import open_postgres
+from quotaflow.runtime.emit import emit
+from quotaflow.runtime.step import Step
+from quotaflow.settings import Settings
 
 FINAL = ("completed", "failed", "expired", "rejected")
 

@@ -10,14 +10,15 @@ from typing import Any
 
 import psycopg
 
-from events import metrics, requests
 from events.envelope import Event
-from events.ledger.projection import RedisProjection
-from events.ledger.store import PostgresLedger, ReserveTokens
-from events.pipeline import emit, request_part, unprocessable
-from events.ports import open_ledger, open_postgres
-from events.settings import Settings
-from events.step import Step
+from quotaflow.adapters import request_store as requests
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger, ReserveTokens
+from quotaflow.runtime import metrics
+from quotaflow.runtime.bootstrap import open_ledger, open_postgres
+from quotaflow.runtime.emit import emit, request_part, unprocessable
+from quotaflow.runtime.step import Step
+from quotaflow.settings import Settings
 
 
 @dataclass

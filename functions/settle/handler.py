@@ -10,21 +10,23 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from events import kafka, metrics, requests
 from events.envelope import Event
-from events.ledger.outbox import LedgerRelay
-from events.ledger.projection import RedisProjection
-from events.ledger.store import (
+from quotaflow.adapters import kafka
+from quotaflow.adapters import request_store as requests
+from quotaflow.ledger.outbox import LedgerRelay
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import (
     EndCommand,
     Outcome,
     PostgresLedger,
     ReleaseReservation,
     SettleReservation,
 )
-from events.pipeline import emit
-from events.ports import open_ledger
-from events.settings import Settings
-from events.step import Step
+from quotaflow.runtime import metrics
+from quotaflow.runtime.bootstrap import open_ledger
+from quotaflow.runtime.emit import emit
+from quotaflow.runtime.step import Step
+from quotaflow.settings import Settings
 
 
 @dataclass

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import redis
 
-from events import db, tenants
-from events.ledger.projection import RedisProjection
-from events.ledger.store import PostgresLedger
-from events.settings import Settings
-from functions.admit.app import AdmitPorts, create_app
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.door.app import AdmitPorts, create_app
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger
+from quotaflow.settings import Settings
 from tests.conftest import REDIS_BASE, fresh_database
 
 MODEL = "smollm2-135m-instruct"
@@ -29,7 +30,7 @@ def env(kafka_bootstrap: str) -> Iterator[dict[str, Any]]:
     redis.Redis.from_url(redis_url).flushdb()
     settings = replace(Settings(), postgres_url=url, redis_url=redis_url,
                        kafka_bootstrap=kafka_bootstrap, max_body_bytes=4096)
-    from events import kafka
+    from quotaflow.adapters import kafka
     kafka.create_topics(settings)
     with db.connect(url, autocommit=True) as conn:
         key = tenants.create_tenant(conn, "acme", 1000, rate_limit_per_min=1000)

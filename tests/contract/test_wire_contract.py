@@ -15,10 +15,10 @@ import pytest
 from events import avro
 from events.catalog import EVENTS, parse_dataschema
 from events.envelope import Event, UndecodableEvent, from_kafka, to_kafka
-from events.model.standin import StandInModel
-from events.pipeline import messages_of
 from functions.estimate.handler import EstimatePorts
 from functions.estimate.handler import handle as estimate
+from quotaflow.model.standin import StandInModel
+from quotaflow.runtime.emit import messages_of
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

@@ -23,12 +23,13 @@ import pytest
 import yaml
 from confluent_kafka import Consumer
 
-from events import db, kafka
 from events.catalog import EVENTS
-from events.cli_func import prepare
-from events.devstack import free_port
 from events.envelope import Event, from_kafka, to_http
-from events.settings import Settings
+from quotaflow.adapters import kafka
+from quotaflow.adapters import postgres as db
+from quotaflow.cli.func import prepare
+from quotaflow.devstack.stack import free_port
+from quotaflow.settings import Settings
 from tests.conftest import REDIS_BASE, REPO, fresh_database
 
 pytestmark = pytest.mark.slow

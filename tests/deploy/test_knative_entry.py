@@ -11,9 +11,9 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from events import kafka
-from events.knative import KnativeFunction
-from events.settings import Settings
+from quotaflow.adapters import kafka
+from quotaflow.runtime.knative import KnativeFunction
+from quotaflow.settings import Settings
 from tests.conftest import REDIS_BASE, fresh_database
 
 

@@ -20,10 +20,10 @@ import redis
 import yaml
 
 from events.catalog import EVENTS, topic_specs
-from events.cli_ops import strimzi_topics
-from events.devstack import free_port
-from events.settings import ENV_NAMES
-from functions.steps import ALL_STEPS, CONSUMER_STEPS, load_step
+from quotaflow.cli.ops import strimzi_topics
+from quotaflow.devstack.stack import free_port
+from quotaflow.runtime.steps import ALL_STEPS, CONSUMER_STEPS, load_step
+from quotaflow.settings import ENV_NAMES
 from tests.conftest import REPO
 
 CRDS = REPO.parent / "shared" / "crds"
@@ -303,10 +303,9 @@ def test_prometheus_operator_resources_scrape_every_step_and_carry_the_alert_rul
 
 
 def test_dashboard_and_alerts_use_metrics_the_code_defines() -> None:
-    from prometheus_client import REGISTRY
-
     import events.metrics
     import events.model.metrics  # noqa: F401
+    from prometheus_client import REGISTRY
 
     names = {m.name for m in REGISTRY.collect()}
     dashboard = json.loads((REPO / "infra/monitoring/grafana-dashboard.json").read_text())

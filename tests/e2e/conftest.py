@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from events.devstack import DevStack, free_port
-from events.settings import Settings
+from quotaflow.devstack.stack import DevStack, free_port
+from quotaflow.settings import Settings
 from tests.conftest import REDIS_BASE, fresh_database
 
 E2E_REDIS_DB = 9

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from events import client, db
-from events.devstack import DevStack
+from quotaflow import client
+from quotaflow.adapters import postgres as db
+from quotaflow.devstack.stack import DevStack
 from tests.e2e.test_pipeline import new_tenant
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -11,11 +11,13 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from events import client, db, tenants
-from events.devstack import DevStack
 from events.envelope import from_kafka
-from events.ledger.projection import RedisProjection
-from events.ledger.store import PostgresLedger
+from quotaflow import client
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.devstack.stack import DevStack
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

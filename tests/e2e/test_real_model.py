@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from events import client
-from events.devstack import DevStack
-from events.model.base import ChatMessage
-from events.model.tokenizer import ChatTokenizer
+from quotaflow import client
+from quotaflow.devstack.stack import DevStack
+from quotaflow.model.base import ChatMessage
+from quotaflow.model.tokenizer import ChatTokenizer
 from tests.e2e.conftest import start_stack
 from tests.e2e.test_pipeline import new_tenant
 

@@ -7,9 +7,10 @@ import psycopg
 import pytest
 import redis
 
-from events import db, tenants
-from events.ledger.projection import RedisProjection
-from events.ledger.store import PostgresLedger
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger
 from tests.conftest import REDIS_BASE, fresh_database
 
 LEDGER_REDIS_DB = 10

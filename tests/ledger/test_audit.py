@@ -14,9 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from events.ledger import audit
-from events.ledger.projection import RedisProjection, balance_key
-from events.ledger.store import PostgresLedger, ReserveTokens, SettleReservation
+from quotaflow.ledger import audit
+from quotaflow.ledger.projection import RedisProjection, balance_key
+from quotaflow.ledger.store import PostgresLedger, ReserveTokens, SettleReservation
 from tests.conftest import REDIS_BASE
 from tests.ledger.conftest import LEDGER_REDIS_DB, make_tenant
 
@@ -84,7 +84,7 @@ def test_cli_output_is_byte_identical_across_runs_and_exits_nonzero_on_a_differe
            "REDIS_URL": f"{REDIS_BASE}/{LEDGER_REDIS_DB}"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "events.cli", "audit", *args], env=env,
+        return subprocess.run([sys.executable, "-m", "quotaflow", "audit", *args], env=env,
                               capture_output=True, text=True, timeout=120)
 
     first, second = cli(), cli()

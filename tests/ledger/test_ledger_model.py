@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from events import db
-from events.ledger.store import (
+from quotaflow.adapters import postgres as db
+from quotaflow.ledger.store import (
     Outcome,
     PostgresLedger,
     ReleaseReservation,

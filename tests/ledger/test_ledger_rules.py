@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from events.ledger.projection import RedisProjection
-from events.ledger.store import (
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import (
     Outcome,
     PostgresLedger,
     ReleaseReservation,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from events import db
 from events.resources import data_path
+from quotaflow.adapters import postgres as db
 from tests.conftest import PG_BASE
 
 

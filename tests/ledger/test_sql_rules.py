@@ -14,9 +14,9 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events.ledger import audit, domain
-from events.ledger.domain import Balance, Kind, LedgerEvent, Reservation
-from events.ledger.store import (
+from quotaflow.ledger import audit, domain
+from quotaflow.ledger.domain import Balance, Kind, LedgerEvent, Reservation
+from quotaflow.ledger.store import (
     EndCommand,
     Outcome,
     PostgresLedger,

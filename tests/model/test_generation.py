@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from events.model.base import ChatMessage, GenerationRequest
-from events.model.onnx_decoder import OnnxGenerator
+from quotaflow.model.base import ChatMessage, GenerationRequest
+from quotaflow.model.onnx_decoder import OnnxGenerator
 
 FRANCE = GenerationRequest((ChatMessage("user", "What is the capital of France?"),), 16)
 OTHERS = [GenerationRequest((ChatMessage("user", p),), 16) for p in (

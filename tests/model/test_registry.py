@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from events.model.base import ChatMessage, GenerationRequest
-from events.model.loader import RegistryRouter
-from events.model.registry import Aliases, ChecksumMismatch, ModelRegistry, RegistryError
+from quotaflow.model.base import ChatMessage, GenerationRequest
+from quotaflow.model.loader import RegistryRouter
+from quotaflow.model.registry import Aliases, ChecksumMismatch, ModelRegistry, RegistryError
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 import redis
 
-from events.devstack import DevStack, DevStackError, free_port
-from events.settings import Settings
+from quotaflow.devstack.stack import DevStack, DevStackError, free_port
+from quotaflow.settings import Settings
 
 pytestmark = pytest.mark.slow
 

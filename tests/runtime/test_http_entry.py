@@ -19,18 +19,18 @@ import pytest
 from confluent_kafka import Consumer
 from werkzeug.serving import make_server
 
-from events import kafka
 from events.envelope import from_kafka, to_http
-from events.model.standin import StandInModel
-from events.settings import Settings
 from functions.infer.handler import STEP as INFER
 from functions.infer.handler import InferPorts
+from quotaflow.adapters import kafka
+from quotaflow.model.standin import StandInModel
+from quotaflow.settings import Settings
 from tests.runtime.test_worker import reserved
 
 
 @pytest.fixture(scope="module")
 def infer_server(kafka_bootstrap: str) -> Iterator[tuple[str, Settings]]:
-    from events.http_entry import create_app
+    from quotaflow.runtime.http_entry import create_app
 
     settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap,
                        topic_prefix=f"h{uuid.uuid4().hex[:6]}.", batch_max=8, batch_wait_ms=50)

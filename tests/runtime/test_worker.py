@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, Message
 
-from events import kafka
 from events.catalog import EVENTS
 from events.envelope import Event, from_kafka, to_kafka
-from events.settings import Settings
-from events.step import Step
-from events.worker import KafkaWorker, batch_offsets
 from functions.infer.handler import on_poison as infer_poison
+from quotaflow.adapters import kafka
+from quotaflow.runtime.step import Step
+from quotaflow.runtime.worker import KafkaWorker, batch_offsets
+from quotaflow.settings import Settings
 
 
 @dataclass

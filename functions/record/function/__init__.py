@@ -1,6 +1,6 @@
 """Knative entry of the record function: `new()` is what the func-python middleware serves."""
 
-from events.knative import KnativeFunction
+from quotaflow.runtime.knative import KnativeFunction
 
 
 def new() -> KnativeFunction:

@@ -1,0 +1,216 @@
+"""`quotaflow dev up|down|status`, `quotaflow demo` and `quotaflow ask`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from quotaflow import client
+from quotaflow.devstack.stack import DevStack, DevStackError, read_state, stop_pids
+from quotaflow.settings import Settings
+
+
+def _say(msg: str) -> None:
+    print(f"[quotaflow] {msg}", file=sys.stderr, flush=True)
+
+
+def register(sub: Any) -> None:
+    dev = sub.add_parser("dev", help="run the whole pipeline on local processes")
+    dsub = dev.add_subparsers(dest="dev_command", metavar="ACTION", required=True)
+    up = dsub.add_parser("up", help="start broker, S3, functions (and PostgreSQL/Redis if none "
+                         "is reachable); prints the admit URL")
+    _stack_args(up)
+    up.add_argument("--detach", action="store_true",
+                    help="start in the background and return; stop with `quotaflow dev down`")
+    up.set_defaults(func=_up)
+    down = dsub.add_parser("down", help="stop a stack started with --detach")
+    down.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
+    down.set_defaults(func=_down)
+    st = dsub.add_parser("status", help="show the running stack's processes and URLs")
+    st.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
+    st.set_defaults(func=_status)
+
+    demo = sub.add_parser("demo", help="start the stack, create a demo tenant, answer a sample "
+                          "prompt, print output and usage, then keep serving until Ctrl-C")
+    _stack_args(demo)
+    demo.add_argument("--prompt", default="What is the capital of France?")
+    demo.add_argument("--max-tokens", type=int, default=32)
+    demo.add_argument("--exit", action="store_true", help="stop after the sample request")
+    demo.set_defaults(func=_demo)
+
+    ask = sub.add_parser("ask", help="send a prompt to a running stack and wait for the answer")
+    ask.add_argument("prompt")
+    ask.add_argument("--key", required=True, help="API key (quotaflow tenant create ...)")
+    ask.add_argument("--url", default="http://127.0.0.1:8080")
+    ask.add_argument("--max-tokens", type=int, default=64)
+    ask.add_argument("--model", default=None, help="model name (default: QF_MODEL_NAME)")
+    ask.set_defaults(func=_ask)
+
+
+def _stack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=8080, help="admit's port (default 8080)")
+    p.add_argument("--kafka-port", type=int, default=9092, help="broker port (default 9092)")
+    p.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"),
+                   help="logs and state (default .quotaflow/dev)")
+    p.add_argument("--model", default="built",
+                   help="built (default: SmolLM2-135M-Instruct, built once and cached), "
+                   "standin (no weights), dir:PATH or registry")
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _start(args: argparse.Namespace) -> DevStack:
+    # SIGTERM (a supervisor, `timeout`) stops the stack like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    settings = Settings.from_env()
+    source = args.model
+    if source == "built":
+        from quotaflow.model.build import BuildError, build
+
+        _say(f"building the model (once; cached in {settings.model_cache_dir}) ...")
+        try:
+            source = f"dir:{build(Path(settings.model_cache_dir), progress=_say).resolve()}"
+        except BuildError as exc:
+            raise DevStackError(f"{exc} (or run with --model standin)") from None
+    settings = replace(settings, model_source=source)
+    settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
+    stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port)
+    try:
+        stack.up(explicit_pg="POSTGRES_URL" in os.environ,
+                 explicit_redis="REDIS_URL" in os.environ, progress=_say)
+    except BaseException:
+        stack.down()
+        raise
+    return stack
+
+
+def _serve(stack: DevStack) -> int:
+    _say("serving; Ctrl-C to stop")
+    try:
+        while True:
+            dead = [n for n, p in stack.procs.items() if p.poll() is not None]
+            if dead:
+                _say(f"process(es) exited: {', '.join(dead)}; logs in {stack.logs}")
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    _say("stopping ...")
+    stack.down()
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    try:
+        stack = _start(args)
+    except DevStackError as exc:
+        _say(f"error: {exc}")
+        return 1
+    _say(f"logs in {stack.logs}")
+    print(f"admit URL: {stack.admit_url}", flush=True)
+    if args.detach:
+        return 0
+    return _serve(stack)
+
+
+def _down(args: argparse.Namespace) -> int:
+    state = read_state(args.state_dir)
+    if state is None:
+        _say(f"no running stack recorded in {args.state_dir}")
+        return 0
+    pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
+    stop_pids(pids)
+    (args.state_dir / "state.json").unlink(missing_ok=True)
+    _say(f"stopped {len(pids)} processes")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    state = read_state(args.state_dir)
+    if state is None:
+        print("not running")
+        return 1
+    pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
+    for name, pid in pids.items():
+        alive = Path(f"/proc/{pid}").exists()
+        print(f"{name:10} pid {pid:7} {'running' if alive else 'stopped'}")
+    print(f"admit URL: {state['admit_url']} (metrics at /metrics)")
+    metrics: dict[str, str] = state.get("metrics", {})  # type: ignore[assignment]
+    for step, url in metrics.items():
+        print(f"{step:10} metrics {url}")
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    model = args.model or Settings.from_env().model_name
+    try:
+        accepted = client.submit(args.url, args.key, {"model": model, "prompt": args.prompt,
+                                                      "max_tokens": args.max_tokens})
+        result = client.wait(args.url, args.key, accepted["request_id"])
+    except client.ApiError as exc:
+        print(json.dumps(exc.problem, indent=2))
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0 if result["status"] == "completed" else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        stack = _start(args)
+    except DevStackError as exc:
+        _say(f"error: {exc}")
+        return 1
+    try:
+        return _demo_on(stack, args)
+    except KeyboardInterrupt:
+        _say("stopping ...")
+        stack.down()
+        return 130
+    except BaseException:
+        stack.down()
+        raise
+
+
+def _demo_on(stack: DevStack, args: argparse.Namespace) -> int:
+    from quotaflow.adapters import postgres as db
+    from quotaflow.adapters import tenant_store as tenants
+    from quotaflow.ledger.projection import RedisProjection
+    from quotaflow.ledger.store import PostgresLedger
+
+    s = stack.settings
+    with db.connect(s.postgres_url, autocommit=True) as conn:
+        name = f"demo-{int(time.time())}"
+        key = tenants.create_tenant(conn, name, 10_000)
+        RedisProjection.connect(s.redis_url).catch_up(PostgresLedger(conn))
+    _say(f"created tenant {name} with 10000 tokens a month")
+    print(f"admit URL: {stack.admit_url}")
+    print(f"API key:   {key}")
+    _say(f"asking: {args.prompt!r}")
+    started = time.monotonic()
+    accepted = client.submit(stack.admit_url, key, {"model": s.model_name,
+                                                    "prompt": args.prompt,
+                                                    "max_tokens": args.max_tokens})
+    result = client.wait(stack.admit_url, key, accepted["request_id"], timeout_s=300)
+    took = time.monotonic() - started
+    print(f"\nprompt:  {args.prompt}")
+    print(f"answer:  {result['output']}")
+    print(f"status:  {result['status']} in {took:.2f} s (model {result['model']['name']} "
+          f"{result['model']['version']})")
+    print(f"usage:   {json.dumps(result['usage'])}")
+    print(f"quota:   {json.dumps(client.quota(stack.admit_url, key))}")
+    print(f"\ntry it: curl -s {stack.admit_url}/v1/quota -H 'Authorization: Bearer {key}'")
+    if result["status"] != "completed":
+        _say(f"the sample request ended {result['status']}: {result.get('reason')}")
+    if args.exit:
+        stack.down()
+        return 0 if result["status"] == "completed" else 1
+    return _serve(stack)

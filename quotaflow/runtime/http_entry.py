@@ -1,0 +1,102 @@
+"""The HTTP CloudEvents entry of a pipeline step: what Knative's KafkaSource calls.
+
+KafkaSource delivers each record as a binary-mode CloudEvent and discards the reply, so the
+step produces its outputs to Kafka itself and answers 2xx only after they are flushed; a non-2xx
+makes KafkaSource retry and, after its retries, dead-letter the record."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Producer
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from events.catalog import PING_TYPE, SWEEP_TYPE
+from events.envelope import Event, UndecodableEvent, from_http
+from quotaflow.adapters import kafka
+from quotaflow.runtime import metrics
+from quotaflow.runtime.batching import MicroBatcher
+from quotaflow.runtime.problem import Problem
+from quotaflow.runtime.step import AnyStep
+from quotaflow.runtime.worker import handle_with_retries, publish
+from quotaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def add_health_routes(app: Flask, ready: Any) -> None:
+    @app.get("/health/liveness")
+    def liveness() -> Response:
+        return jsonify(status="ok")
+
+    @app.get("/health/readiness")
+    def readiness() -> Response | tuple[Response, int]:
+        return (jsonify(status="ready"), 200) if ready() else (jsonify(status="starting"), 503)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
+               producer: Producer | None = None) -> Flask:
+    ports = ports if ports is not None else step.make_ports(settings)
+    producer = producer if producer is not None else kafka.make_producer(settings)
+    app = Flask(f"quotaflow.{step.name}")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes * 16
+    app.extensions["quotaflow"] = {"ports": ports, "producer": producer, "step": step}
+    add_health_routes(app, ports.ready)
+
+    def give_up(_msg: Any, event: Event, reason: str) -> list[Event]:
+        # KafkaSource dead-letters on a non-2xx: answer the poison outputs instead when the step
+        # has them (a release for a failed inference), so the pipeline goes on.
+        if step.on_poison is None:
+            raise Problem(500, "Handler failed", reason, slug="handler-failed")
+        return step.on_poison(event, reason, ports)
+
+    def handle_one(ev: Event) -> list[Event]:
+        return handle_with_retries(step, ports, settings, [(None, ev)], give_up)
+
+    def handle_gathered(events: Sequence[Event]) -> list[list[Event]]:
+        try:
+            outputs = step.handle(events, ports)
+            if len(outputs) == len(events):
+                return [[o] for o in outputs]
+        except Exception:
+            log.exception("step %s: gathered batch of %d failed; one by one", step.name,
+                          len(events))
+        return [handle_one(ev) for ev in events]
+
+    batcher: MicroBatcher[Event, list[Event]] | None = None
+    if step.one_to_one and step.batch_max(settings) > 1:
+        batcher = MicroBatcher(handle_gathered, step.batch_max(settings), settings.batch_wait_ms)
+
+    @app.errorhandler(Problem)
+    def problem(p: Problem) -> Response:
+        return p.response(request.path)
+
+    @app.post("/")
+    def receive() -> Response | tuple[Response, int]:
+        if request.headers.get("ce-type") in (SWEEP_TYPE, PING_TYPE):
+            if step.tick is None:
+                raise Problem(400, "Bad event", f"step {step.name} does not take {SWEEP_TYPE}")
+            outputs = step.tick(ports)
+        else:
+            try:
+                ev = from_http(dict(request.headers), request.get_data())
+            except UndecodableEvent as exc:
+                raise Problem(400, "Undecodable event", str(exc)) from None
+            if ev.type.name not in step.consumes:
+                raise Problem(400, "Unexpected event type",
+                              f"step {step.name} consumes {', '.join(step.consumes)}, "
+                              f"not {ev.type.ce_type}")
+            metrics.EVENTS_IN.labels(step.name, ev.type.name).inc()
+            outputs = batcher.submit(ev) if batcher else handle_one(ev)
+        publish(step, settings, producer, outputs)
+        kafka.flush(producer)
+        return jsonify(produced=[o.id for o in outputs]), 200
+
+    return app

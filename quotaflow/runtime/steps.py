@@ -1,0 +1,17 @@
+"""The pipeline steps that consume Kafka, by name (admit is the HTTP door)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from quotaflow.runtime.step import AnyStep
+
+CONSUMER_STEPS = ("estimate", "reserve", "infer", "settle", "record")
+ALL_STEPS = ("admit", *CONSUMER_STEPS)
+
+
+def load_step(name: str) -> AnyStep:
+    if name not in CONSUMER_STEPS:
+        raise KeyError(f"unknown step {name!r}; steps are {', '.join(CONSUMER_STEPS)}")
+    step: AnyStep = import_module(f"functions.{name}.handler").STEP
+    return step

@@ -1,0 +1,173 @@
+"""The Kafka consumer loop that runs a step locally (or as a KEDA-scaled Deployment).
+
+At-least-once: poll a batch, handle it, produce the outputs, flush, and only then commit the
+offsets. Output ids derive from the request id and the step, and the ledger is idempotent by
+request id, so a batch redelivered after a crash changes nothing."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from events.catalog import dead_letter_suffix
+from events.envelope import Event, UndecodableEvent, from_kafka, to_kafka
+from quotaflow.adapters import kafka
+from quotaflow.runtime import metrics
+from quotaflow.runtime.step import AnyStep
+from quotaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def publish(step: AnyStep, settings: Settings, producer: Producer, events: Sequence[Event]) -> None:
+    for ev in events:
+        kafka.produce(producer, settings.topic(ev.type.topic), to_kafka(ev))
+        metrics.EVENTS_OUT.labels(step.name, ev.type.name).inc()
+
+
+def dead_letter(step: AnyStep, producer: Producer, msg: Message, reason: str) -> None:
+    original = msg.headers() or []
+    headers = list(original.items() if isinstance(original, dict) else original)
+    headers += [("qf_dlq_reason", reason.encode()[:2000]), ("qf_dlq_step", step.name.encode()),
+                ("qf_dlq_topic", (msg.topic() or "").encode()),
+                ("qf_dlq_partition", str(msg.partition()).encode()),
+                ("qf_dlq_offset", str(msg.offset()).encode())]
+    producer.produce((msg.topic() or "") + dead_letter_suffix(), value=msg.value(), key=msg.key(),
+                     headers=headers)
+    metrics.DEAD_LETTERS.labels(step.name, reason.split(":")[0][:60]).inc()
+    log.warning("dead-lettered %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), reason)
+
+
+def batch_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
+    """The offsets to commit once `msgs` are handled: per partition, one past the last."""
+    last: dict[tuple[str, int], int] = {}
+    for msg in msgs:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if msg.error() is None and topic is not None and partition is not None \
+                and offset is not None:
+            last[(topic, partition)] = max(last.get((topic, partition), -1), offset)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
+
+
+def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
+                        batch: list[tuple[Message | None, Event]],
+                        on_dead: Any) -> list[Event]:
+    """Handle a batch; if it fails, handle each event alone with retries, and give an event
+    that still fails to `on_dead(msg, event, reason)` so the rest of the batch goes on."""
+    events = [ev for _, ev in batch]
+    with metrics.HANDLER_SECONDS.labels(step.name).time():
+        try:
+            return step.handle(events, ports)
+        except Exception:
+            log.exception("step %s: batch of %d failed; retrying one by one", step.name, len(batch))
+    outputs: list[Event] = []
+    for msg, ev in batch:
+        reason = ""
+        for attempt in range(max(1, settings.handler_retries)):
+            try:
+                outputs += step.handle([ev], ports)
+                break
+            except Exception as exc:
+                reason = f"handler_error: {type(exc).__name__}: {exc}"
+                log.warning("step %s: %s attempt %d failed: %s\n%s", step.name, ev.id,
+                            attempt + 1, reason, traceback.format_exc(limit=3))
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            outputs += on_dead(msg, ev, reason)
+    return outputs
+
+
+class KafkaWorker:
+    def __init__(self, step: AnyStep, settings: Settings, ports: Any | None = None) -> None:
+        self.step = step
+        self.settings = settings
+        self.ports = ports if ports is not None else step.make_ports(settings)
+        self.producer = kafka.make_producer(settings)
+        self.consumer: Consumer = kafka.make_consumer(
+            settings, settings.consumer_group_prefix + step.name)
+        self._last_tick = 0.0
+
+    def run(self, stop: threading.Event) -> None:
+        topics = [self.settings.topic(name) for name in self.step.consumes]
+        self.consumer.subscribe(topics, on_assign=self._assigned)
+        log.info("step %s consuming %s", self.step.name, ", ".join(topics))
+        try:
+            while not stop.is_set():
+                self.poll_once(timeout_s=0.2)
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+            self.ports.close()
+
+    def _assigned(self, _consumer: Consumer, partitions: list[Any]) -> None:
+        log.info("step %s assigned %d partitions", self.step.name, len(partitions))
+
+    def poll_once(self, timeout_s: float) -> int:
+        self._maybe_tick()
+        # consume(n, timeout) waits for all n records or the whole timeout: wait for the first
+        # record only, then take what else arrives within the short batching window.
+        first = self.consumer.poll(timeout_s)
+        if first is None:
+            return 0
+        msgs = [first]
+        room = self.step.batch_max(self.settings) - 1
+        if room > 0:
+            msgs += self.consumer.consume(num_messages=room,
+                                          timeout=self.settings.batch_wait_ms / 1000)
+        batch: list[tuple[Message | None, Event]] = []
+        for msg in msgs:
+            if msg.error():
+                log.warning("consumer error on %s: %s", msg.topic(), msg.error())
+                continue
+            try:
+                ev = from_kafka(msg.headers(), msg.key(), msg.value())
+            except UndecodableEvent as exc:
+                dead_letter(self.step, self.producer, msg, f"undecodable: {exc}")
+                continue
+            if ev.type.name not in self.step.consumes:
+                dead_letter(self.step, self.producer, msg, f"unexpected_type: {ev.type.ce_type}")
+                continue
+            metrics.EVENTS_IN.labels(self.step.name, ev.type.name).inc()
+            batch.append((msg, ev))
+        if batch:
+            metrics.BATCH_SIZE.labels(self.step.name).observe(len(batch))
+            outputs = handle_with_retries(self.step, self.ports, self.settings, batch,
+                                          self._poison)
+            publish(self.step, self.settings, self.producer, outputs)
+        kafka.flush(self.producer)
+        # Offsets only after the outputs (and the ledger, inside the handler) are durable. The
+        # commit itself may be asynchronous: if it is lost, the batch is redelivered, harmlessly.
+        # The offsets are this batch's, named here: commit() without them commits whatever has
+        # been polled when librdkafka gets round to it, which can be the next batch, still
+        # unprocessed (a SIGKILLed reserve lost a decided request that way).
+        done = batch_offsets(msgs)
+        if done:
+            self.consumer.commit(offsets=done, asynchronous=True)
+        return len(batch)
+
+    def _poison(self, msg: Message | None, ev: Event, reason: str) -> list[Event]:
+        if msg is not None:
+            dead_letter(self.step, self.producer, msg, reason)
+        if self.step.on_poison is None:
+            return []
+        return self.step.on_poison(ev, reason, self.ports)
+
+    def _maybe_tick(self) -> None:
+        interval = self.step.tick_interval_s(self.settings)
+        if self.step.tick is None or interval <= 0:
+            return
+        now = time.monotonic()
+        if now - self._last_tick < interval:
+            return
+        self._last_tick = now
+        try:
+            publish(self.step, self.settings, self.producer, self.step.tick(self.ports))
+            kafka.flush(self.producer)
+        except Exception:
+            log.exception("step %s: periodic work failed; will retry", self.step.name)
