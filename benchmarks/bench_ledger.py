@@ -19,7 +19,8 @@ import psycopg
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters.tenant_store import create_tenant
 from quotaflow.ledger import audit
-from quotaflow.ledger.store import PostgresLedger, ReserveTokens, SettleReservation
+from quotaflow.ledger.commands import ReserveTokens, SettleReservation
+from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
 
 

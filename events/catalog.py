@@ -50,7 +50,7 @@ _EVENTS = [
     EventType("admitted", "dev.quotaflow.request.admitted", "admitted", 1),
     EventType("estimated", "dev.quotaflow.request.estimated", "estimated", 1),
     EventType("reserved", "dev.quotaflow.request.reserved", "reserved", 1),
-    EventType("rejected", "dev.quotaflow.request.rejected", "rejected", 1),
+    EventType("rejected", "dev.quotaflow.request.rejected", "rejected", 2),
     EventType("completed", "dev.quotaflow.request.completed", "completed", 2),
     EventType("failed", "dev.quotaflow.request.failed", "failed", 1),
     EventType("settled", "dev.quotaflow.request.settled", "settled", 1),
@@ -60,10 +60,6 @@ _EVENTS = [
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _EVENTS}
 BY_CE_TYPE: dict[str, EventType] = {e.ce_type: e for e in _EVENTS}
-
-
-def event(name: str) -> EventType:
-    return EVENTS[name]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
 from events import avro
-from events.catalog import BY_CE_TYPE, EventType, dataschema_uri, parse_dataschema
+from events.catalog import BY_CE_TYPE, EVENTS, EventType, dataschema_uri, parse_dataschema
+from events.payloads import PAYLOADS, Payload, from_record, to_record
 
 AVRO_CONTENT_TYPE = "application/avro"
 
@@ -52,23 +53,35 @@ _RAW = _RawBytes()
 
 
 @dataclass(frozen=True)
-class Event:
-    """One quotaflow event: the catalog type, the CloudEvents identity, the tenant and the data."""
+class Envelope:
+    """One record on the wire: the catalog type, the CloudEvents identity, the tenant (the
+    record key) and the typed payload."""
 
     type: EventType
     id: str
     source: str
     tenant: str
-    data: Mapping[str, Any]
+    payload: Payload
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     writer_version: int = 0  # 0: the catalog's current version
+
+    @classmethod
+    def of(cls, payload: Payload, step: str) -> Envelope:
+        """The envelope `step` publishes for a request's payload. Its id derives from the
+        request id and the event, so a redelivered input produces the same output id."""
+        if payload.request_id is None:
+            raise ValueError(f"a {payload.event_name} payload without a request id needs its "
+                             "own envelope id")
+        etype = EVENTS[payload.event_name]
+        return cls(type=etype, id=derived_id(payload.request_id, etype.name),
+                   source=f"/quotaflow/{step}", tenant=payload.tenant, payload=payload)
 
     @property
     def version(self) -> int:
         return self.writer_version or self.type.version
 
     def to_cloudevent(self) -> CloudEvent:
-        payload = avro.encode(self.type.name, self.version, dict(self.data))
+        value = avro.encode(self.type.name, self.version, to_record(self.payload))
         return CloudEvent(
             attributes={
                 "specversion": "1.0",
@@ -80,25 +93,25 @@ class Event:
                 "dataschema": dataschema_uri(self.type.name, self.version),
                 "partitionkey": self.tenant,
             },
-            data=payload,
+            data=value,
         )
 
 
-def derived_id(request_id: str, step: str) -> str:
-    """Output event ids derive from the request and the step, so redelivery repeats them."""
-    return f"{request_id}/{step}"
+def derived_id(request_id: str, event_name: str) -> str:
+    """Output event ids derive from the request and the event, so redelivery repeats them."""
+    return f"{request_id}/{event_name}"
 
 
-def to_kafka(event: Event) -> ce_kafka.KafkaMessage:
+def to_kafka(event: Envelope) -> ce_kafka.KafkaMessage:
     return ce_kafka.to_binary(event.to_cloudevent(), _RAW)
 
 
-def to_http(event: Event) -> tuple[dict[str, str], bytes]:
+def to_http(event: Envelope) -> tuple[dict[str, str], bytes]:
     message = ce_http.to_binary(event.to_cloudevent(), _RAW)
     return dict(message.headers), message.body
 
 
-def _from_cloudevent(ce: BaseCloudEvent) -> Event:
+def _from_cloudevent(ce: BaseCloudEvent) -> Envelope:
     ce_type = ce.get_type()
     etype = BY_CE_TYPE.get(ce_type)
     if etype is None:
@@ -124,13 +137,18 @@ def _from_cloudevent(ce: BaseCloudEvent) -> Event:
         raise UndecodableEvent(str(exc)) from None
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise UndecodableEvent(f"Avro decode failed for {name} v{version}: {exc!r}") from None
-    tenant = ce.get_extension("partitionkey") or data.get("tenant", "")
-    return Event(type=etype, id=ce.get_id(), source=ce.get_source(), tenant=str(tenant),
-                 data=data, time=ce.get_time() or datetime.now(UTC), writer_version=version)
+    try:
+        payload = from_record(PAYLOADS[name], data)
+    except TypeError as exc:
+        raise UndecodableEvent(f"{name} v{version} does not fit its payload: {exc}") from None
+    tenant = ce.get_extension("partitionkey") or payload.tenant
+    return Envelope(type=etype, id=ce.get_id(), source=ce.get_source(), tenant=str(tenant),
+                    payload=payload, time=ce.get_time() or datetime.now(UTC),
+                    writer_version=version)
 
 
 def from_kafka(headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
-               key: bytes | str | None, value: bytes | None) -> Event:
+               key: bytes | str | None, value: bytes | None) -> Envelope:
     pairs = headers.items() if isinstance(headers, Mapping) else (headers or [])
     hdrs = {k: v if isinstance(v, bytes) else str(v or "").encode() for k, v in pairs}
     try:
@@ -143,7 +161,7 @@ def from_kafka(headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
     return _from_cloudevent(ce)
 
 
-def from_http(headers: Mapping[str, str], body: bytes) -> Event:
+def from_http(headers: Mapping[str, str], body: bytes) -> Envelope:
     """A binary-mode HTTP CloudEvent with an Avro body, as KafkaSource delivers our records."""
     try:
         ce = ce_http.from_binary(ce_http.HTTPMessage(headers=dict(headers), body=body), _RAW)

@@ -1,61 +1,25 @@
-"""Shared fixtures: real PostgreSQL and Redis (the running ones, or started), a real
-Kafka-protocol broker (Tansu), each test module on its own database / Redis index."""
+"""Shared fixtures: a real Kafka-protocol broker (Tansu), S3 (moto) and the models. PostgreSQL
+and Redis come from tests/services.py, each test module on its own database / Redis index."""
 
 from __future__ import annotations
 
-import atexit
 import os
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from moto.server import ThreadedMotoServer
 
-from quotaflow.adapters import postgres as db
 from quotaflow.devstack.stack import (
-    DevStack,
     free_port,
     port_open,
-    postgres_reachable,
-    redis_reachable,
     tansu_binary,
     wait_for,
 )
 from quotaflow.model.build import build
-from quotaflow.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _ensure_services() -> tuple[str, str]:
-    """The running PostgreSQL and Redis, or embedded ones started for this test session."""
-    pg = os.environ.get("QF_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-    rd = os.environ.get("QF_TEST_REDIS", "redis://127.0.0.1:6379")
-    pg_ok, rd_ok = postgres_reachable(pg + "/postgres"), redis_reachable(rd + "/0")
-    if pg_ok and rd_ok:
-        return pg, rd
-    stack = DevStack(Path(tempfile.mkdtemp(prefix="qf-services-")),
-                     Settings(postgres_url=pg + "/postgres", redis_url=rd + "/0"))
-    atexit.register(stack.down)
-    if not pg_ok:
-        stack.ensure_postgres(explicit=False)
-        pg = stack.settings.postgres_url.rsplit("/", 1)[0]
-    if not rd_ok:
-        stack.ensure_redis(explicit=False)
-        rd = stack.settings.redis_url.rsplit("/", 1)[0]
-    return pg, rd
-
-
-PG_BASE, REDIS_BASE = _ensure_services()
-
-
-def fresh_database(name: str) -> str:
-    """Drop and recreate database `name`, migrated; returns its URL."""
-    url = f"{PG_BASE}/{name}"
-    db.recreate(url)
-    return url
 
 
 @pytest.fixture(scope="session")

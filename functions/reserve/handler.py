@@ -12,8 +12,9 @@ import psycopg
 
 from events.envelope import Event
 from quotaflow.adapters import request_store as requests
+from quotaflow.ledger.commands import ReserveTokens
 from quotaflow.ledger.projection import RedisProjection
-from quotaflow.ledger.store import PostgresLedger, ReserveTokens
+from quotaflow.ledger.store import PostgresLedger
 from quotaflow.runtime import metrics
 from quotaflow.runtime.bootstrap import open_ledger, open_postgres
 from quotaflow.runtime.emit import emit, request_part, unprocessable

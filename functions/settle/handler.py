@@ -13,15 +13,10 @@ from confluent_kafka import Producer
 from events.envelope import Event
 from quotaflow.adapters import kafka
 from quotaflow.adapters import request_store as requests
+from quotaflow.ledger.commands import EndCommand, Outcome, ReleaseReservation, SettleReservation
 from quotaflow.ledger.outbox import LedgerRelay
 from quotaflow.ledger.projection import RedisProjection
-from quotaflow.ledger.store import (
-    EndCommand,
-    Outcome,
-    PostgresLedger,
-    ReleaseReservation,
-    SettleReservation,
-)
+from quotaflow.ledger.store import PostgresLedger
 from quotaflow.runtime import metrics
 from quotaflow.runtime.bootstrap import open_ledger
 from quotaflow.runtime.emit import emit

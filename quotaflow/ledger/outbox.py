@@ -15,7 +15,8 @@ from confluent_kafka import Producer
 from events.catalog import event
 from events.envelope import Event, to_kafka
 from quotaflow.adapters import kafka
-from quotaflow.ledger.store import PostgresLedger, StoredEvent
+from quotaflow.ledger.commands import StoredEvent
+from quotaflow.ledger.store import PostgresLedger
 
 log = logging.getLogger(__name__)
 CURSOR = "ledger-topic"

@@ -13,8 +13,9 @@ import redis
 
 from events.resources import data_path
 from quotaflow.ledger import domain
+from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance
-from quotaflow.ledger.store import PostgresLedger, StoredEvent
+from quotaflow.ledger.store import PostgresLedger
 
 PREFIX = "qf:"
 LAST_SEQ_KEY = PREFIX + "projection:last_seq"

@@ -21,89 +21,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from quotaflow.ledger import domain
-from quotaflow.ledger.domain import Balance, Kind, LedgerEvent
+from quotaflow.ledger.commands import (
+    EndCommand,
+    Outcome,
+    ReleaseReservation,
+    ReserveTokens,
+    SettleReservation,
+    StoredEvent,
+)
+from quotaflow.ledger.domain import Balance, Kind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
-
-
-@dataclass(frozen=True)
-class ReserveTokens:
-    tenant: str
-    request_id: str
-    amount: int
-    payload_hash: str
-
-
-@dataclass(frozen=True)
-class SettleReservation:
-    tenant: str
-    request_id: str
-    actual_tokens: int
-    payload_hash: str
-
-
-@dataclass(frozen=True)
-class ReleaseReservation:
-    tenant: str
-    request_id: str
-    reason: str
-    payload_hash: str
-
-
-EndCommand = SettleReservation | ReleaseReservation
-
-
-class Outcome(NamedTuple):
-    """What a command did. `kind` is the event appended, or None when the command was refused
-    (then `reason` says why). A redelivered command gets its first outcome back.
-    A named tuple rather than a frozen dataclass: a batch builds one a command, and the
-    dataclass cost a microsecond more each (3% of a decision)."""
-
-    request_id: str
-    tenant: str
-    kind: str | None
-    period: str
-    amount: int
-    released: int = 0
-    seq: int = 0
-    reason: str | None = None
-    reserved: int = 0  # the reservation's size, for endings
-
-    @property
-    def accepted(self) -> bool:
-        return self.kind is not None and self.kind != Kind.REQUEST_REJECTED
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    seq: int
-    tenant: str
-    stream_version: int
-    kind: Kind
-    request_id: str | None
-    period: str
-    amount: int
-    released: int
-    reason: str | None
-    recorded_at: datetime
-
-    def as_event(self) -> LedgerEvent:
-        return LedgerEvent(self.kind, self.tenant, self.period, self.amount, self.request_id,
-                           self.released, self.reason)
-
-
-class IdempotencyConflict(Exception):
-    """The same request id came with a different payload."""
 
 
 _RETRYABLE = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected,

@@ -1,7 +1,9 @@
-"""What a pipeline step is: a pure batch handler over its ports, and how to build the ports.
+"""What a pipeline step is: a handler over typed payloads and its ports, and how it is run.
 
-The same `Step` runs as a Kafka consumer loop (`events.worker`) and as an HTTP CloudEvents
-endpoint (`events.http_entry`, what Knative's KafkaSource calls)."""
+The same `Step` runs as a Kafka consumer loop (`quotaflow.runtime.worker`) and as an HTTP
+CloudEvents endpoint (`quotaflow.runtime.http_entry`, what Knative's KafkaSource calls). The
+runtime decodes records into payloads, calls the handler, and wraps what it returns in
+envelopes (`events.envelope.Envelope.of`) whose ids derive from the request id."""
 
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from events.envelope import Event
+from events.payloads import Payload
 from quotaflow.settings import Settings
 
 
-class Ports(Protocol):
+class Resources(Protocol):
+    """What a running step holds open (connections, a model): it is ready, then closed."""
+
     def ready(self) -> bool:
         """True once the step can take traffic (connections open, model loaded)."""
         ...
@@ -21,21 +25,21 @@ class Ports(Protocol):
     def close(self) -> None: ...
 
 
-P = TypeVar("P", bound=Ports)
+In = TypeVar("In")
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
-class Step(Generic[P]):
+class Step(Generic[In, P]):
     name: str
     consumes: tuple[str, ...]  # catalog event names (= logical topics)
     produces: tuple[str, ...]
-    handle: Callable[[Sequence[Event], P], list[Event]]
-    make_ports: Callable[[Settings], P]
+    handle: Callable[[Sequence[In], P], Sequence[Payload]]
     # Outputs for an input that failed all retries and went to the dead-letter topic
     # (e.g. infer answers `failed`, so settle releases the reservation).
-    on_poison: Callable[[Event, str, P], list[Event]] | None = None
+    on_poison: Callable[[In, str, P], Sequence[Payload]] | None = None
     # Periodic work and its period (the reservation sweep, the ledger relay).
-    tick: Callable[[P], list[Event]] | None = None
+    tick: Callable[[P], Sequence[Payload]] | None = None
     tick_interval_s: Callable[[Settings], float] = field(default=lambda s: 0.0)
     # How many records one handler call may take (infer batches, reserve group-commits).
     batch_max: Callable[[Settings], int] = field(default=lambda s: 64)
@@ -43,9 +47,5 @@ class Step(Generic[P]):
     # into one handler call (micro-batching), as the Kafka loop does with a poll.
     one_to_one: bool = False
 
-    @property
-    def source(self) -> str:
-        return f"/quotaflow/{self.name}"
 
-
-AnyStep = Step[Any]
+AnyStep = Step[Any, Any]

@@ -17,7 +17,7 @@ from quotaflow.door.app import AdmitPorts, create_app
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
-from tests.conftest import REDIS_BASE, fresh_database
+from tests.services import fresh_database, redis_base
 
 MODEL = "smollm2-135m-instruct"
 REDIS_DB = 7
@@ -26,7 +26,7 @@ REDIS_DB = 7
 @pytest.fixture(scope="module")
 def env(kafka_bootstrap: str) -> Iterator[dict[str, Any]]:
     url = fresh_database("qf_test_admit")
-    redis_url = f"{REDIS_BASE}/{REDIS_DB}"
+    redis_url = f"{redis_base()}/{REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
     settings = replace(Settings(), postgres_url=url, redis_url=redis_url,
                        kafka_bootstrap=kafka_bootstrap, max_body_bytes=4096)

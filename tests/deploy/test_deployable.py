@@ -30,7 +30,8 @@ from quotaflow.adapters import postgres as db
 from quotaflow.cli.func import prepare
 from quotaflow.devstack.stack import free_port
 from quotaflow.settings import Settings
-from tests.conftest import REDIS_BASE, REPO, fresh_database
+from tests.conftest import REPO
+from tests.services import fresh_database, redis_base
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
     url = fresh_database("qf_test_deploy")
     prefix = f"d{uuid.uuid4().hex[:6]}."
     settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix,
-                       postgres_url=url, redis_url=f"{REDIS_BASE}/11")
+                       postgres_url=url, redis_url=f"{redis_base()}/11")
     kafka.create_topics(settings)
     with db.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, "

@@ -14,7 +14,7 @@ from typing import Any
 from quotaflow.adapters import kafka
 from quotaflow.runtime.knative import KnativeFunction
 from quotaflow.settings import Settings
-from tests.conftest import REDIS_BASE, fresh_database
+from tests.services import fresh_database, redis_base
 
 
 def call(fn: KnativeFunction, method: str, path: str, headers: dict[str, str],
@@ -51,7 +51,7 @@ def test_settle_function_takes_the_pingsource_sweep_delivery(kafka_bootstrap: st
     settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap,
                        topic_prefix=f"p{uuid.uuid4().hex[:6]}.",
                        postgres_url=fresh_database("qf_test_deploy_ping"),
-                       redis_url=f"{REDIS_BASE}/11")
+                       redis_url=f"{redis_base()}/11")
     kafka.create_topics(settings)
     fn = KnativeFunction("settle")
     fn.start(settings.as_env())
@@ -79,7 +79,7 @@ def test_all_in_one_function_runs_admit_and_every_step_and_stops_them(
     settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap,
                        topic_prefix=f"a{uuid.uuid4().hex[:6]}.",
                        postgres_url=fresh_database("qf_test_deploy_all"),
-                       redis_url=f"{REDIS_BASE}/11", model_source="standin")
+                       redis_url=f"{redis_base()}/11", model_source="standin")
     kafka.create_topics(settings)
     fn = KnativeFunction("all")
     fn.start(settings.as_env())

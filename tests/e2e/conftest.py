@@ -9,7 +9,7 @@ import redis
 
 from quotaflow.devstack.stack import DevStack, free_port
 from quotaflow.settings import Settings
-from tests.conftest import REDIS_BASE, fresh_database
+from tests.services import fresh_database, redis_base
 
 E2E_REDIS_DB = 9
 
@@ -17,7 +17,7 @@ E2E_REDIS_DB = 9
 def start_stack(tmp: Path, database: str = "qf_test_e2e", redis_db: int = E2E_REDIS_DB,
                 **settings_over: object) -> DevStack:
     url = fresh_database(database)
-    redis_url = f"{REDIS_BASE}/{redis_db}"
+    redis_url = f"{redis_base()}/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
     settings = replace(Settings(), postgres_url=url, redis_url=redis_url, sweep_interval_s=1,
                        kafka_session_timeout_ms=2000, **settings_over)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
-from tests.conftest import REDIS_BASE, fresh_database
+from tests.services import fresh_database, redis_base
 
 LEDGER_REDIS_DB = 10
 
@@ -37,7 +37,7 @@ def ledger(conn: psycopg.Connection[Any]) -> PostgresLedger:
 
 @pytest.fixture
 def projection() -> RedisProjection:
-    client = redis.Redis.from_url(f"{REDIS_BASE}/{LEDGER_REDIS_DB}")
+    client = redis.Redis.from_url(f"{redis_base()}/{LEDGER_REDIS_DB}")
     client.flushdb()
     return RedisProjection(client)
 

@@ -15,10 +15,11 @@ import psycopg
 import pytest
 
 from quotaflow.ledger import audit
+from quotaflow.ledger.commands import ReserveTokens, SettleReservation
 from quotaflow.ledger.projection import RedisProjection, balance_key
-from quotaflow.ledger.store import PostgresLedger, ReserveTokens, SettleReservation
-from tests.conftest import REDIS_BASE
+from quotaflow.ledger.store import PostgresLedger
 from tests.ledger.conftest import LEDGER_REDIS_DB, make_tenant
+from tests.services import redis_base
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_cli_output_is_byte_identical_across_runs_and_exits_nonzero_on_a_differe
         ledger_url: str, conn: psycopg.Connection[Any], projection: RedisProjection,
         history: str) -> None:
     env = {**os.environ, "POSTGRES_URL": ledger_url,
-           "REDIS_URL": f"{REDIS_BASE}/{LEDGER_REDIS_DB}"}
+           "REDIS_URL": f"{redis_base()}/{LEDGER_REDIS_DB}"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "quotaflow", "audit", *args], env=env,

@@ -12,13 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from quotaflow.adapters import postgres as db
-from quotaflow.ledger.store import (
-    Outcome,
-    PostgresLedger,
-    ReleaseReservation,
-    ReserveTokens,
-    SettleReservation,
-)
+from quotaflow.ledger.commands import Outcome, ReleaseReservation, ReserveTokens, SettleReservation
+from quotaflow.ledger.store import PostgresLedger
 from tests.ledger.conftest import make_tenant
 
 TENANT = "model"

@@ -10,14 +10,9 @@ from typing import Any
 
 import psycopg
 
+from quotaflow.ledger.commands import Outcome, ReleaseReservation, ReserveTokens, SettleReservation
 from quotaflow.ledger.projection import RedisProjection
-from quotaflow.ledger.store import (
-    Outcome,
-    PostgresLedger,
-    ReleaseReservation,
-    ReserveTokens,
-    SettleReservation,
-)
+from quotaflow.ledger.store import PostgresLedger
 from tests.ledger.conftest import make_tenant
 
 

@@ -6,12 +6,12 @@ import psycopg
 
 from events.resources import data_path
 from quotaflow.adapters import postgres as db
-from tests.conftest import PG_BASE
+from tests.services import pg_base
 
 
 def test_migration_0002_keeps_recorded_outcomes_and_open_and_expired_reservations() -> None:
-    url = f"{PG_BASE}/qf_test_migrations"
-    with psycopg.connect(f"{PG_BASE}/postgres", autocommit=True) as admin:
+    url = f"{pg_base()}/qf_test_migrations"
+    with psycopg.connect(f"{pg_base()}/postgres", autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS qf_test_migrations WITH (FORCE)")
         admin.execute("CREATE DATABASE qf_test_migrations")
     with psycopg.connect(url, autocommit=True) as conn:

@@ -15,15 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quotaflow.ledger import audit, domain
-from quotaflow.ledger.domain import Balance, Kind, LedgerEvent, Reservation
-from quotaflow.ledger.store import (
+from quotaflow.ledger.commands import (
     EndCommand,
     Outcome,
-    PostgresLedger,
     ReleaseReservation,
     ReserveTokens,
     SettleReservation,
 )
+from quotaflow.ledger.domain import Balance, Kind, LedgerEvent, Reservation
+from quotaflow.ledger.store import PostgresLedger
 from tests.ledger.conftest import make_tenant
 
 PLANS = {"a": 250, "b": 300}  # "b" starts a period with no grant yet; "ghost" does not exist

@@ -1,0 +1,226 @@
+"""The ports: what the handlers and the admit door need from the outside world, as Protocols.
+
+Each port has a real adapter (PostgreSQL, Redis, Kafka, ONNX Runtime) and an in-memory fake in
+`quotaflow.adapters.memory`; one contract suite per port (tests/contract) runs against both, so
+the fakes the unit tests use cannot drift from what production does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from events.envelope import Envelope
+from quotaflow.ledger.commands import (
+    EndCommand,
+    Outcome,
+    ReleaseReservation,
+    ReserveTokens,
+    SettleReservation,
+    StoredEvent,
+    payload_hash,
+)
+from quotaflow.ledger.domain import Balance
+from quotaflow.model.base import (
+    ChatMessage,
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    Tokenizer,
+)
+
+__all__ = [
+    "AdmissionGate",
+    "Balance",
+    "ChatMessage",
+    "Clock",
+    "EndCommand",
+    "FinalRecord",
+    "GenerationRequest",
+    "GenerationResult",
+    "Generator",
+    "Inserted",
+    "Ledger",
+    "LedgerOutbox",
+    "NewRequest",
+    "Outcome",
+    "Principal",
+    "Projection",
+    "PublishTimeout",
+    "Publisher",
+    "ReleaseReservation",
+    "RequestStore",
+    "RequestView",
+    "ReserveTokens",
+    "SettleReservation",
+    "StoredEvent",
+    "TenantDirectory",
+    "Tokenizer",
+    "payload_hash",
+]
+
+
+class Ledger(Protocol):
+    """The quota ledger: each call decides a whole batch atomically and durably; a redelivered
+    command (same request id and payload hash) gets its first outcome back."""
+
+    def reserve(self, commands: Sequence[ReserveTokens]) -> list[Outcome]:
+        """Reserve each command's tokens or reject it; one outcome per command, in order."""
+        ...
+
+    def end(self, commands: Sequence[EndCommand]) -> list[Outcome]:
+        """Settle or release reservations; an ended or expired one is refused, not re-ended."""
+        ...
+
+    def expire_stale(self, ttl_s: int, limit: int = 1000) -> list[Outcome]:
+        """Expire reservations older than `ttl_s` by the ledger's own clock."""
+        ...
+
+    def grant(self, tenant: str, tokens: int, period: str | None = None) -> Outcome:
+        """Grant `tokens` to `tenant` for `period` (default: the tenant's current period)."""
+        ...
+
+    def balance(self, tenant: str, period: str) -> Balance: ...
+
+    def current_period(self, tenant: str) -> str:
+        """The tenant's billing period now, by the ledger's clock (the one billing clock)."""
+        ...
+
+    def events_after(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
+        """Committed events with a sequence number above `seq`, in sequence order."""
+        ...
+
+
+class Projection(Protocol):
+    """The ledger's balances, projected for fast reads; applying an event twice is harmless."""
+
+    def catch_up(self, ledger: Ledger) -> int:
+        """Apply every ledger event after the last one applied; returns how many were new."""
+        ...
+
+    def balance(self, tenant: str, period: str) -> Balance: ...
+
+    def last_seq(self) -> int: ...
+
+
+class LedgerOutbox(Protocol):
+    """Publishes committed ledger events to the ledger topic, at least once, in order."""
+
+    def publish_pending(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A client request as admit stores it, before any step has seen it."""
+
+    request_id: str
+    tenant: str
+    key_id: str
+    source: str
+    ce_id: str
+    payload_hash: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """What storing a request found: whether it is new, and the stored hash and status."""
+
+    created: bool
+    payload_hash: str
+    status: str
+
+
+@dataclass(frozen=True)
+class FinalRecord:
+    """A request's terminal state, as record writes it. A terminal status is never
+    overwritten: only a `queued` or `reserved` request takes it."""
+
+    request_id: str
+    status: str  # completed, failed, expired or rejected
+    reason: str | None
+    charged_tokens: int
+    output: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reserved_tokens: int | None = None
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What `GET /v1/requests/{id}` answers."""
+
+    request_id: str
+    status: str
+    output: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    reserved_tokens: int | None
+    charged_tokens: int | None
+    model: str
+    model_version: str | None
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RequestStore(Protocol):
+    """The request read model: each request's status, usage and output."""
+
+    def insert(self, request: NewRequest) -> Inserted: ...
+
+    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
+        """A `queued` request is now `reserved`; any later status is left alone."""
+        ...
+
+    def finish(self, records: Sequence[FinalRecord]) -> None:
+        """Write terminal states, all or none."""
+        ...
+
+    def fetch(self, tenant: str, request_id: str) -> RequestView | None:
+        """The tenant's own request, or None (another tenant's request is never visible)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who an API key belongs to, and the limits that apply to it."""
+
+    tenant: str
+    key_id: str
+    rate_limit_per_min: int
+    plan_period: str  # day or month
+
+
+class TenantDirectory(Protocol):
+    def authenticate(self, api_key: str) -> Principal | None:
+        """The key's principal, or None for an unknown, malformed or revoked key."""
+        ...
+
+
+class AdmissionGate(Protocol):
+    """admit's fast checks in one round trip: count this request in its key's one-minute
+    window and read the tenant's projected balance for the period."""
+
+    def check(self, key_id: str, minute: int, tenant: str, period: str) -> tuple[int, Balance]:
+        """Returns (requests of `key_id` in window `minute` including this one, balance)."""
+        ...
+
+
+class Publisher(Protocol):
+    def publish(self, envelopes: Sequence[Envelope]) -> None:
+        """Hand the envelopes to the event bus; returns once the bus holds them all, or raises
+        `PublishTimeout` (then some may still be delivered later)."""
+        ...
+
+
+class PublishTimeout(RuntimeError):
+    """The event bus did not confirm every envelope in time."""
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware (UTC)."""
+        ...
