@@ -23,11 +23,12 @@ import redis
 from quotaflow import client
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
-from quotaflow.devstack.stack import DevStack, free_port
+from quotaflow.devstack.process import free_port
+from quotaflow.devstack.stack import DevStack
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.model.base import ChatMessage, GenerationRequest
-from quotaflow.runtime.bootstrap import load_generator
+from quotaflow.model.loader import load_generator
 from quotaflow.settings import Settings
 
 PROMPTS = ["What is the capital of France?", "Name three primary colours.",

@@ -6,44 +6,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.envelope import Event
-from quotaflow.model.base import Tokenizer
-from quotaflow.runtime.bootstrap import load_tokenizer
-from quotaflow.runtime.emit import emit, messages_of, request_part, unprocessable
+from events.payloads import Admitted, Estimated, Rejected
+from quotaflow.ports import ChatMessage, Tokenizer
 from quotaflow.runtime.step import Step
-from quotaflow.settings import Settings
 
 
-@dataclass
+@dataclass(frozen=True)
 class EstimatePorts:
     tokenizer: Tokenizer
 
-    def ready(self) -> bool:
-        return True
 
-    def close(self) -> None:
-        pass
-
-
-def make_ports(settings: Settings) -> EstimatePorts:
-    return EstimatePorts(load_tokenizer(settings))
-
-
-def handle(events: Sequence[Event], ports: EstimatePorts) -> list[Event]:
+def handle(payloads: Sequence[Admitted], ports: EstimatePorts) -> list[Estimated]:
+    """One estimate per admitted request, in order."""
     out = []
-    for ev in events:
-        prompt_tokens = ports.tokenizer.count_prompt_tokens(messages_of(ev.data))
-        out.append(emit("estimated", "estimate", {
-            **request_part(ev.data),
-            "prompt_tokens": prompt_tokens,
-            "estimate_tokens": prompt_tokens + int(ev.data["max_tokens"]),
-        }))
+    for p in payloads:
+        messages = tuple(ChatMessage(m.role, m.content) for m in p.messages)
+        prompt_tokens = ports.tokenizer.count_prompt_tokens(messages)
+        out.append(Estimated(**p.request_fields(), prompt_tokens=prompt_tokens,
+                             estimate_tokens=prompt_tokens + p.max_tokens))
     return out
 
 
-def on_poison(ev: Event, reason: str, ports: EstimatePorts) -> list[Event]:
-    return unprocessable("estimate", ev, reason)
+def on_poison(p: Admitted, reason: str, ports: EstimatePorts) -> list[Rejected]:
+    """Nothing was reserved: reject the request so its record ends instead of staying queued."""
+    return [Rejected(p.request_id, p.tenant, p.max_tokens, f"unprocessable: {reason}"[:500])]
 
 
 STEP = Step(name="estimate", consumes=("admitted",), produces=("estimated", "rejected"),
-            handle=handle, make_ports=make_ports, on_poison=on_poison)
+            handle=handle, on_poison=on_poison)

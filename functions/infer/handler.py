@@ -8,57 +8,44 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from events.envelope import Event
-from quotaflow.model.base import Generator
-from quotaflow.runtime.bootstrap import load_generator
-from quotaflow.runtime.emit import emit, generation_request
+from events.payloads import Completed, Failed, Reserved
+from quotaflow.ports import ChatMessage, GenerationRequest, Generator
 from quotaflow.runtime.step import Step
-from quotaflow.settings import Settings
 
 
-@dataclass
+@dataclass(frozen=True)
 class InferPorts:
     generator: Generator
 
-    def ready(self) -> bool:
-        return True
 
-    def close(self) -> None:
-        pass
-
-
-def make_ports(settings: Settings) -> InferPorts:
-    return InferPorts(load_generator(settings))
+def generation_request(p: Reserved, model: Generator) -> GenerationRequest:
+    """The model call for `p`: max_tokens cut to what the reservation leaves after the prompt."""
+    messages = tuple(ChatMessage(m.role, m.content) for m in p.messages)
+    budget = p.reserved_tokens - model.count_prompt_tokens(messages)
+    return GenerationRequest(messages, max(0, min(p.max_tokens, budget)), p.temperature,
+                             p.top_p, p.seed, p.request_id)
 
 
-def handle(events: Sequence[Event], ports: InferPorts) -> list[Event]:
+def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed]:
+    """Generate for the whole batch in one model call; one completion per input, in order."""
     model = ports.generator
-    batch = []
-    for ev in events:
-        req = replace(generation_request(ev.data), request_id=str(ev.data["request_id"]))
-        budget = int(ev.data["reserved_tokens"]) - model.count_prompt_tokens(req.messages)
-        batch.append(replace(req, max_tokens=max(0, min(req.max_tokens, budget))))
+    batch = [generation_request(p, model) for p in payloads]
     started = time.perf_counter()
     results = model.generate(batch)
     latency_ms = (time.perf_counter() - started) * 1000
-    return [emit("completed", "infer", {
-        "request_id": ev.data["request_id"], "tenant": ev.tenant,
-        "reserved_tokens": ev.data["reserved_tokens"], "text": r.text,
-        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-        "model": model.name, "model_version": r.model_version or model.version,
-        "latency_ms": latency_ms,
-        "finish_reason": r.finish_reason, "batch_size": len(batch), "device": model.device,
-    }) for ev, r in zip(events, results, strict=True)]
+    return [Completed(p.request_id, p.tenant, p.reserved_tokens, r.text, r.prompt_tokens,
+                      r.completion_tokens, model.name, r.model_version or model.version,
+                      latency_ms, r.finish_reason, len(batch), model.device)
+            for p, r in zip(payloads, results, strict=True)]
 
 
-def on_poison(ev: Event, reason: str, ports: InferPorts) -> list[Event]:
-    return [emit("failed", "infer", {"request_id": ev.data["request_id"], "tenant": ev.tenant,
-                                     "reserved_tokens": ev.data["reserved_tokens"],
-                                     "reason": reason})]
+def on_poison(p: Reserved, reason: str, ports: InferPorts) -> list[Failed]:
+    """Answer `failed`, so settle releases the reservation."""
+    return [Failed(p.request_id, p.tenant, p.reserved_tokens, reason)]
 
 
 STEP = Step(name="infer", consumes=("reserved",), produces=("completed", "failed"),
-            handle=handle, make_ports=make_ports, on_poison=on_poison,
-            batch_max=lambda s: s.batch_max, one_to_one=True)
+            handle=handle, on_poison=on_poison, batch_max=lambda s: s.batch_max,
+            one_to_one=True)

@@ -4,59 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
-
-from events.envelope import Event
-from quotaflow.adapters import request_store as requests
-from quotaflow.runtime.bootstrap import open_postgres
-from quotaflow.runtime.emit import emit
+from events.payloads import Recorded, Rejected, Settled
+from quotaflow.ports import FinalRecord, RequestStore
 from quotaflow.runtime.step import Step
-from quotaflow.settings import Settings
-
-FINAL = ("completed", "failed", "expired", "rejected")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecordPorts:
-    db: psycopg.Connection[Any]
-
-    def ready(self) -> bool:
-        return not self.db.closed
-
-    def close(self) -> None:
-        self.db.close()
+    requests: RequestStore
 
 
-def make_ports(settings: Settings) -> RecordPorts:
-    return RecordPorts(open_postgres(settings))
+def final_record(p: Settled | Rejected) -> FinalRecord:
+    """The request's terminal state as the read model keeps it."""
+    if isinstance(p, Rejected):
+        return FinalRecord(p.request_id, "rejected", p.reason, charged_tokens=0)
+    return FinalRecord(p.request_id, p.status, p.reason, p.charged_tokens, output=p.text,
+                       prompt_tokens=p.prompt_tokens, completion_tokens=p.completion_tokens,
+                       reserved_tokens=p.reserved_tokens, model_version=p.model_version or None)
 
 
-def handle(events: Sequence[Event], ports: RecordPorts) -> list[Event]:
-    out = []
-    with ports.db.transaction():
-        for ev in events:
-            d = ev.data
-            if ev.type.name == "rejected":
-                status = "rejected"
-                requests.mark(ports.db, str(d["request_id"]), status,
-                              only_from=("queued", "reserved"), reason=d["reason"],
-                              charged_tokens=0)
-            else:
-                status = str(d["status"])
-                requests.mark(ports.db, str(d["request_id"]), status,
-                              only_from=("queued", "reserved"),
-                              output=d["text"], reason=d["reason"],
-                              prompt_tokens=d["prompt_tokens"],
-                              completion_tokens=d["completion_tokens"],
-                              reserved_tokens=d["reserved_tokens"],
-                              charged_tokens=d["charged_tokens"],
-                              model_version=d["model_version"] or None)
-            out.append(emit("recorded", "record", {"request_id": d["request_id"],
-                                                   "tenant": ev.tenant, "status": status}))
-    return out
+def handle(payloads: Sequence[Settled | Rejected], ports: RecordPorts) -> list[Recorded]:
+    """Write the whole batch at once (all or none); one `recorded` per input, in order."""
+    records = [final_record(p) for p in payloads]
+    ports.requests.finish(records)
+    return [Recorded(r.request_id, p.tenant, r.status)
+            for p, r in zip(payloads, records, strict=True)]
 
 
 STEP = Step(name="record", consumes=("settled", "rejected"), produces=("recorded",),
-            handle=handle, make_ports=make_ports, batch_max=lambda s: 256)
+            handle=handle, batch_max=lambda s: 256)

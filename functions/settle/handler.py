@@ -6,89 +6,77 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from confluent_kafka import Producer
-
-from events.envelope import Event
-from quotaflow.adapters import kafka
-from quotaflow.adapters import request_store as requests
-from quotaflow.ledger.commands import EndCommand, Outcome, ReleaseReservation, SettleReservation
-from quotaflow.ledger.outbox import LedgerRelay
-from quotaflow.ledger.projection import RedisProjection
-from quotaflow.ledger.store import PostgresLedger
+from events.payloads import Completed, Failed, Settled, to_record
+from quotaflow.ports import (
+    EndCommand,
+    Ledger,
+    LedgerOutbox,
+    Outcome,
+    Projection,
+    ReleaseReservation,
+    SettleReservation,
+    payload_hash,
+)
 from quotaflow.runtime import metrics
-from quotaflow.runtime.bootstrap import open_ledger
-from quotaflow.runtime.emit import emit
 from quotaflow.runtime.step import Step
-from quotaflow.settings import Settings
+
+STATUS = {"ReservationSettled": "completed", "ReservationReleased": "failed",
+          "ReservationExpired": "expired"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SettlePorts:
-    ledger: PostgresLedger
-    projection: RedisProjection
-    relay: LedgerRelay
+    ledger: Ledger
+    projection: Projection
+    outbox: LedgerOutbox
     reservation_ttl_s: int
 
-    def ready(self) -> bool:
-        return not self.ledger.conn.closed
 
-    def close(self) -> None:
-        self.relay.close()
-        self.ledger.close()
-
-
-def make_ports(settings: Settings) -> SettlePorts:
-    ledger, projection = open_ledger(settings)
-    producer: Producer = kafka.make_producer(settings)
-    relay = LedgerRelay(PostgresLedger.connect(settings.postgres_url), producer,
-                        settings.topic("ledger"))
-    return SettlePorts(ledger, projection, relay, settings.reservation_ttl_s)
+def command(p: Completed | Failed) -> EndCommand:
+    """Completed charges prompt + completion tokens; Failed releases the whole reservation."""
+    digest = payload_hash(to_record(p))
+    if isinstance(p, Completed):
+        return SettleReservation(p.tenant, p.request_id, p.prompt_tokens + p.completion_tokens,
+                                 digest)
+    return ReleaseReservation(p.tenant, p.request_id, p.reason, digest)
 
 
-def _command(ev: Event) -> EndCommand:
-    d = ev.data
-    digest = requests.payload_hash(dict(d))
-    if ev.type.name == "completed":
-        return SettleReservation(ev.tenant, str(d["request_id"]),
-                                 int(d["prompt_tokens"]) + int(d["completion_tokens"]), digest)
-    return ReleaseReservation(ev.tenant, str(d["request_id"]), str(d["reason"]), digest)
-
-
-def _settled(o: Outcome, d: dict[str, Any]) -> Event:
-    status = {"ReservationSettled": "completed", "ReservationReleased": "failed",
-              "ReservationExpired": "expired"}.get(o.kind or "")
-    if status is None:  # refused: a late settlement after expiry, or a conflicting redelivery
-        status = "expired" if o.reason == "reservation_expired" else "failed"
+def settled(o: Outcome, p: Completed | Failed | None) -> Settled:
+    """What record needs of a reservation's end (`p` is None for an expiry)."""
+    # Refused: a late settlement after expiry, or a conflicting redelivery.
+    status = STATUS.get(o.kind or "") or (
+        "expired" if o.reason == "reservation_expired" else "failed")
     charged = o.amount if o.kind == "ReservationSettled" else 0
-    return emit("settled", "settle", {
-        "request_id": o.request_id, "tenant": o.tenant, "status": status,
-        "reserved_tokens": o.reserved or int(d.get("reserved_tokens", 0)),
-        "charged_tokens": charged, "released_tokens": o.released if charged else o.amount,
-        "prompt_tokens": int(d.get("prompt_tokens", 0)),
-        "completion_tokens": int(d.get("completion_tokens", 0)),
-        "text": d.get("text"), "model": str(d.get("model", "")),
-        "model_version": str(d.get("model_version", "")),
-        "reason": o.reason or d.get("reason"), "ledger_seq": o.seq})
+    done = p if isinstance(p, Completed) else None
+    return Settled(
+        request_id=o.request_id, tenant=o.tenant, status=status,
+        reserved_tokens=o.reserved or (p.reserved_tokens if p else 0), charged_tokens=charged,
+        released_tokens=o.released if o.kind == "ReservationSettled" else o.amount,
+        prompt_tokens=done.prompt_tokens if done else 0,
+        completion_tokens=done.completion_tokens if done else 0,
+        text=done.text if done else None, model=done.model if done else "",
+        model_version=done.model_version if done else "",
+        reason=o.reason or (p.reason if isinstance(p, Failed) else None), ledger_seq=o.seq)
 
 
-def handle(events: Sequence[Event], ports: SettlePorts) -> list[Event]:
-    outcomes = ports.ledger.end([_command(ev) for ev in events])
+def handle(payloads: Sequence[Completed | Failed], ports: SettlePorts) -> list[Settled]:
+    """End the batch's reservations in one ledger call; one output per input, in order."""
+    outcomes = ports.ledger.end([command(p) for p in payloads])
     ports.projection.catch_up(ports.ledger)
     for o in outcomes:
         metrics.LEDGER_DECISIONS.labels(o.kind or "refused").inc()
-    return [_settled(o, dict(ev.data)) for ev, o in zip(events, outcomes, strict=True)]
+    return [settled(o, p) for p, o in zip(payloads, outcomes, strict=True)]
 
 
-def sweep(ports: SettlePorts) -> list[Event]:
+def sweep(ports: SettlePorts) -> list[Settled]:
     """Expire stale reservations and publish committed ledger events to the ledger topic."""
     expired = ports.ledger.expire_stale(ports.reservation_ttl_s)
     ports.projection.catch_up(ports.ledger)
-    ports.relay.publish_pending()
-    return [_settled(o, {}) for o in expired]
+    ports.outbox.publish_pending()
+    return [settled(o, None) for o in expired]
 
 
 STEP = Step(name="settle", consumes=("completed", "failed"), produces=("settled",),
-            handle=handle, make_ports=make_ports, tick=sweep,
-            tick_interval_s=lambda s: float(s.sweep_interval_s), batch_max=lambda s: 256)
+            handle=handle, tick=sweep, tick_interval_s=lambda s: float(s.sweep_interval_s),
+            batch_max=lambda s: 256)

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from quotaflow.adapters import kafka
+from quotaflow.runtime.steps import CONSUMER_STEPS
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow")
@@ -18,7 +19,7 @@ def register(sub: Any) -> None:
     r = sub.add_parser("run", help="run one pipeline step as a Kafka consumer loop",
                        description="Runs STEP until SIGINT/SIGTERM. Configuration comes from the "
                        "environment (see README: Configuration).")
-    r.add_argument("step", choices=("estimate", "reserve", "infer", "settle", "record"))
+    r.add_argument("step", choices=CONSUMER_STEPS)
     r.set_defaults(func=_run)
     t = sub.add_parser("topics", help="Kafka topics from kafka/topics.yaml")
     tsub = t.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
@@ -35,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from quotaflow.runtime.steps import load_step
-    from quotaflow.runtime.worker import KafkaWorker
+    from quotaflow.runtime.worker import KafkaWorker  # wires the step's ports from settings
 
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level)

@@ -7,7 +7,7 @@ makes KafkaSource retry and, after its retries, dead-letter the record."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Producer
@@ -15,19 +15,23 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from events.catalog import PING_TYPE, SWEEP_TYPE
-from events.envelope import Event, UndecodableEvent, from_http
+from events.envelope import Envelope, UndecodableEvent, from_http
+from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import metrics
 from quotaflow.runtime.batching import MicroBatcher
 from quotaflow.runtime.problem import Problem
-from quotaflow.runtime.step import AnyStep
+from quotaflow.runtime.step import AnyStep, Resources
+from quotaflow.runtime.wiring import Held, wire
 from quotaflow.runtime.worker import handle_with_retries, publish
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def add_health_routes(app: Flask, ready: Any) -> None:
+def add_health_routes(app: Flask, ready: Callable[[], bool]) -> None:
+    """Liveness, readiness (by `ready()`) and Prometheus metrics routes."""
+
     @app.get("/health/liveness")
     def liveness() -> Response:
         return jsonify(status="ok")
@@ -42,35 +46,41 @@ def add_health_routes(app: Flask, ready: Any) -> None:
 
 
 def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
-               producer: Producer | None = None) -> Flask:
-    ports = ports if ports is not None else step.make_ports(settings)
+               producer: Producer | None = None, resources: Resources | None = None) -> Flask:
+    """The step's Flask app; its ports are wired from `settings` unless given.
+    `app.extensions["quotaflow"]["resources"]` is what it holds open (ready/close)."""
+    if ports is None:
+        wired = wire(step.name, settings)
+        ports, resources = wired.ports, wired.resources
+    held = resources or Held()
     producer = producer if producer is not None else kafka.make_producer(settings)
     app = Flask(f"quotaflow.{step.name}")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes * 16
-    app.extensions["quotaflow"] = {"ports": ports, "producer": producer, "step": step}
-    add_health_routes(app, ports.ready)
+    app.extensions["quotaflow"] = {"ports": ports, "resources": held, "producer": producer,
+                                   "step": step}
+    add_health_routes(app, held.ready)
 
-    def give_up(_msg: Any, event: Event, reason: str) -> list[Event]:
+    def give_up(_msg: Any, env: Envelope, reason: str) -> Sequence[Payload]:
         # KafkaSource dead-letters on a non-2xx: answer the poison outputs instead when the step
         # has them (a release for a failed inference), so the pipeline goes on.
         if step.on_poison is None:
             raise Problem(500, "Handler failed", reason, slug="handler-failed")
-        return step.on_poison(event, reason, ports)
+        return step.on_poison(env.payload, reason, ports)
 
-    def handle_one(ev: Event) -> list[Event]:
-        return handle_with_retries(step, ports, settings, [(None, ev)], give_up)
+    def handle_one(env: Envelope) -> list[Payload]:
+        return handle_with_retries(step, ports, settings, [(None, env)], give_up)
 
-    def handle_gathered(events: Sequence[Event]) -> list[list[Event]]:
+    def handle_gathered(envelopes: Sequence[Envelope]) -> list[list[Payload]]:
         try:
-            outputs = step.handle(events, ports)
-            if len(outputs) == len(events):
+            outputs = step.handle([env.payload for env in envelopes], ports)
+            if len(outputs) == len(envelopes):
                 return [[o] for o in outputs]
         except Exception:
             log.exception("step %s: gathered batch of %d failed; one by one", step.name,
-                          len(events))
-        return [handle_one(ev) for ev in events]
+                          len(envelopes))
+        return [handle_one(env) for env in envelopes]
 
-    batcher: MicroBatcher[Event, list[Event]] | None = None
+    batcher: MicroBatcher[Envelope, list[Payload]] | None = None
     if step.one_to_one and step.batch_max(settings) > 1:
         batcher = MicroBatcher(handle_gathered, step.batch_max(settings), settings.batch_wait_ms)
 
@@ -95,8 +105,8 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
                               f"not {ev.type.ce_type}")
             metrics.EVENTS_IN.labels(step.name, ev.type.name).inc()
             outputs = batcher.submit(ev) if batcher else handle_one(ev)
-        publish(step, settings, producer, outputs)
+        sent = publish(step, settings, producer, outputs)
         kafka.flush(producer)
-        return jsonify(produced=[o.id for o in outputs]), 200
+        return jsonify(produced=[env.id for env in sent]), 200
 
     return app

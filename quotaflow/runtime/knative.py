@@ -10,6 +10,8 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from quotaflow.runtime.entry import create_app, resources_of
+from quotaflow.runtime.step import Resources
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.knative")
@@ -18,43 +20,39 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def build_app(step: str, settings: Settings) -> tuple[Any, Any]:
-    """The step's Flask app and its ports ("all": admit plus every step's Kafka loop)."""
+def build_app(step: str, settings: Settings) -> tuple[Any, Resources]:
+    """The step's Flask app and what it holds open ("all": admit plus every step's Kafka
+    loop)."""
     if step == "all":
         return _all_in_one(settings)
-    if step == "admit":
-        from quotaflow.door.app import create_app as admit_app
-
-        app = admit_app(settings)
-    else:
-        from quotaflow.runtime.http_entry import create_app
-        from quotaflow.runtime.steps import load_step
-
-        app = create_app(load_step(step), settings)
-    return app, app.extensions["quotaflow"]["ports"]
+    app = create_app(step, settings)
+    return app, resources_of(app)
 
 
-class _AllPorts:
-    def __init__(self, admit_ports: Any, workers: list[Any], stop: threading.Event) -> None:
-        self.admit_ports, self.workers, self.stop = admit_ports, workers, stop
+class _AllInOne:
+    """Ready while admit is and every step's thread is alive (a dead loop makes it unready)."""
+
+    def __init__(self, admit: Resources, workers: list[threading.Thread],
+                 stop: threading.Event) -> None:
+        self.admit, self.workers, self.stop = admit, workers, stop
 
     def ready(self) -> bool:
-        return bool(self.admit_ports.ready()) and all(w.is_alive() for w in self.workers)
+        return bool(self.admit.ready()) and all(w.is_alive() for w in self.workers)
 
     def close(self) -> None:
         self.stop.set()
         for w in self.workers:
             w.join(15)
+        self.admit.close()
 
 
-def _all_in_one(settings: Settings) -> tuple[Any, Any]:
+def _all_in_one(settings: Settings) -> tuple[Any, Resources]:
     """Small installs: admit's HTTP door plus the five steps as Kafka loops in one process
     (keep it at min-scale 1: Kafka records do not wake a scaled-to-zero HTTP service)."""
-    from quotaflow.door.app import create_app as admit_app
     from quotaflow.runtime.steps import CONSUMER_STEPS, load_step
     from quotaflow.runtime.worker import KafkaWorker
 
-    app = admit_app(settings)
+    app = create_app("admit", settings)
     stop = threading.Event()
     workers = []
     for name in CONSUMER_STEPS:
@@ -63,21 +61,23 @@ def _all_in_one(settings: Settings) -> tuple[Any, Any]:
                                   daemon=True)
         thread.start()
         workers.append(thread)
-    return app, _AllPorts(app.extensions["quotaflow"]["ports"], workers, stop)
+    return app, _AllInOne(resources_of(app), workers, stop)
 
 
 class KnativeFunction:
+    """One function instance: `step` is a step name, or "all"."""
+
     def __init__(self, step: str) -> None:
         self.step = step
         self._asgi: Any = None
-        self._ports: Any = None
+        self._resources: Resources | None = None
 
     def start(self, cfg: Mapping[str, str]) -> None:
         from asgiref.wsgi import WsgiToAsgi
 
         settings = Settings.from_env(cfg)
         logging.getLogger().setLevel(settings.log_level)
-        app, self._ports = build_app(self.step, settings)
+        app, self._resources = build_app(self.step, settings)
         self._asgi = WsgiToAsgi(app)  # type: ignore[no-untyped-call]
         log.info("function %s started", self.step)
 
@@ -95,13 +95,14 @@ class KnativeFunction:
         return True, "alive"
 
     def ready(self) -> tuple[bool, str]:
-        if self._ports is None:
+        if self._resources is None:
             return False, "starting"
-        return (True, "ready") if self._ports.ready() else (False, "backing services unreachable")
+        if self._resources.ready():
+            return True, "ready"
+        return False, "backing services unreachable"
 
     def stop(self) -> None:
-        close = getattr(self._ports, "close", None)
-        if close is not None:
-            close()
+        if self._resources is not None:
+            self._resources.close()
         log.info("function %s stopped", self.step)
 

@@ -1,4 +1,5 @@
-"""The pipeline steps that consume Kafka, by name (admit is the HTTP door)."""
+"""The one list of pipeline steps: the ones that consume Kafka, by name, and admit (the
+HTTP door)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ ALL_STEPS = ("admit", *CONSUMER_STEPS)
 
 
 def load_step(name: str) -> AnyStep:
+    """The `STEP` of `functions/<name>/handler.py`."""
     if name not in CONSUMER_STEPS:
         raise KeyError(f"unknown step {name!r}; steps are {', '.join(CONSUMER_STEPS)}")
     step: AnyStep = import_module(f"functions.{name}.handler").STEP

@@ -10,25 +10,35 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from events.catalog import dead_letter_suffix
-from events.envelope import Event, UndecodableEvent, from_kafka, to_kafka
+from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
+from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import metrics
-from quotaflow.runtime.step import AnyStep
+from quotaflow.runtime.step import AnyStep, Resources
+from quotaflow.runtime.wiring import Held, wire
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def publish(step: AnyStep, settings: Settings, producer: Producer, events: Sequence[Event]) -> None:
-    for ev in events:
-        kafka.produce(producer, settings.topic(ev.type.topic), to_kafka(ev))
-        metrics.EVENTS_OUT.labels(step.name, ev.type.name).inc()
+Batch = list[tuple[Message | None, Envelope]]
+OnDead = Callable[[Message | None, Envelope, str], Sequence[Payload]]
+
+
+def publish(step: AnyStep, settings: Settings, producer: Producer,
+            payloads: Sequence[Payload]) -> list[Envelope]:
+    """Produce each output in the envelope `step` sends it in (not yet flushed)."""
+    envelopes = [Envelope.of(p, step.name) for p in payloads]
+    for env in envelopes:
+        kafka.produce(producer, settings.topic(env.type.topic), to_kafka(env))
+        metrics.EVENTS_OUT.labels(step.name, env.type.name).inc()
+    return envelopes
 
 
 def dead_letter(step: AnyStep, producer: Producer, msg: Message, reason: str) -> None:
@@ -56,22 +66,21 @@ def batch_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
 
 
 def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
-                        batch: list[tuple[Message | None, Event]],
-                        on_dead: Any) -> list[Event]:
+                        batch: Sequence[tuple[Message | None, Envelope]],
+                        on_dead: OnDead) -> list[Payload]:
     """Handle a batch; if it fails, handle each event alone with retries, and give an event
-    that still fails to `on_dead(msg, event, reason)` so the rest of the batch goes on."""
-    events = [ev for _, ev in batch]
+    that still fails to `on_dead(msg, envelope, reason)` so the rest of the batch goes on."""
     with metrics.HANDLER_SECONDS.labels(step.name).time():
         try:
-            return step.handle(events, ports)
+            return list(step.handle([env.payload for _, env in batch], ports))
         except Exception:
             log.exception("step %s: batch of %d failed; retrying one by one", step.name, len(batch))
-    outputs: list[Event] = []
+    outputs: list[Payload] = []
     for msg, ev in batch:
         reason = ""
         for attempt in range(max(1, settings.handler_retries)):
             try:
-                outputs += step.handle([ev], ports)
+                outputs += step.handle([ev.payload], ports)
                 break
             except Exception as exc:
                 reason = f"handler_error: {type(exc).__name__}: {exc}"
@@ -84,10 +93,17 @@ def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
 
 
 class KafkaWorker:
-    def __init__(self, step: AnyStep, settings: Settings, ports: Any | None = None) -> None:
+    """One step as a Kafka consumer loop; its ports are wired from `settings` unless given."""
+
+    def __init__(self, step: AnyStep, settings: Settings, ports: Any | None = None,
+                 resources: Resources | None = None) -> None:
+        if ports is None:
+            wired = wire(step.name, settings)
+            ports, resources = wired.ports, wired.resources
         self.step = step
         self.settings = settings
-        self.ports = ports if ports is not None else step.make_ports(settings)
+        self.ports = ports
+        self.resources = resources or Held()
         self.producer = kafka.make_producer(settings)
         self.consumer: Consumer = kafka.make_consumer(
             settings, settings.consumer_group_prefix + step.name)
@@ -103,7 +119,7 @@ class KafkaWorker:
         finally:
             self.consumer.close()
             self.producer.flush(10)
-            self.ports.close()
+            self.resources.close()
 
     def _assigned(self, _consumer: Consumer, partitions: list[Any]) -> None:
         log.info("step %s assigned %d partitions", self.step.name, len(partitions))
@@ -120,7 +136,7 @@ class KafkaWorker:
         if room > 0:
             msgs += self.consumer.consume(num_messages=room,
                                           timeout=self.settings.batch_wait_ms / 1000)
-        batch: list[tuple[Message | None, Event]] = []
+        batch: Batch = []
         for msg in msgs:
             if msg.error():
                 log.warning("consumer error on %s: %s", msg.topic(), msg.error())
@@ -151,12 +167,12 @@ class KafkaWorker:
             self.consumer.commit(offsets=done, asynchronous=True)
         return len(batch)
 
-    def _poison(self, msg: Message | None, ev: Event, reason: str) -> list[Event]:
+    def _poison(self, msg: Message | None, ev: Envelope, reason: str) -> Sequence[Payload]:
         if msg is not None:
             dead_letter(self.step, self.producer, msg, reason)
         if self.step.on_poison is None:
             return []
-        return self.step.on_poison(ev, reason, self.ports)
+        return self.step.on_poison(ev.payload, reason, self.ports)
 
     def _maybe_tick(self) -> None:
         interval = self.step.tick_interval_s(self.settings)

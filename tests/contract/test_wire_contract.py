@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,22 +15,22 @@ import pytest
 
 from events import avro
 from events.catalog import EVENTS, parse_dataschema
-from events.envelope import Event, UndecodableEvent, from_kafka, to_kafka
+from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
+from events.payloads import Admitted, Completed, Message, from_record, to_record
 from functions.estimate.handler import EstimatePorts
 from functions.estimate.handler import handle as estimate
 from quotaflow.model.standin import StandInModel
-from quotaflow.runtime.emit import messages_of
+from quotaflow.ports import ChatMessage
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
-def admitted(tenant: str = "acme") -> Event:
-    return Event(type=EVENTS["admitted"], id="req-1/admitted", source="/quotaflow/admit",
-                 tenant=tenant, data={
-                     "request_id": "req-1", "tenant": tenant, "key_id": "k1", "model": "m",
-                     "messages": [{"role": "user", "content": "hello there"}],
-                     "max_tokens": 5, "temperature": None, "top_p": None, "seed": None,
-                     "admitted_at_ms": datetime(2026, 11, 22, tzinfo=UTC)})
+ADMITTED = Admitted("req-1", "acme", "k1", "m", (Message("user", "hello there"),), 5, None,
+                    None, None, datetime(2026, 11, 22, tzinfo=UTC))
+
+
+def admitted() -> Envelope:
+    return Envelope.of(ADMITTED, "admit")
 
 
 def plain_fastavro_decode(headers: dict[str, bytes], value: bytes,
@@ -40,7 +41,8 @@ def plain_fastavro_decode(headers: dict[str, bytes], value: bytes,
     writer = fastavro.parse_schema(json.loads((SCHEMAS / name / f"{version}.avsc").read_text()))
     reader = writer if reader_version is None else fastavro.parse_schema(
         json.loads((SCHEMAS / name / f"v{reader_version}.avsc").read_text()))
-    out: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(value), writer, reader)
+    out = fastavro.schemaless_reader(io.BytesIO(value), writer, reader)
+    assert isinstance(out, dict)
     return out
 
 
@@ -59,16 +61,17 @@ def test_kafka_record_carries_binary_mode_headers_and_tenant_key() -> None:
 
 def test_record_produced_by_estimate_decodes_in_the_next_step_with_only_schemas_and_fastavro(
 ) -> None:
-    (out,) = estimate([admitted()], EstimatePorts(StandInModel()))
-    msg = to_kafka(out)
+    (out,) = estimate([ADMITTED], EstimatePorts(StandInModel()))
+    msg = to_kafka(Envelope.of(out, "estimate"))
     decoded = plain_fastavro_decode(msg.headers, msg.value)
     assert decoded["request_id"] == "req-1"
     assert decoded["prompt_tokens"] == StandInModel().count_prompt_tokens(
-        messages_of(admitted().data))
+        [ChatMessage("user", "hello there")])
     assert decoded["estimate_tokens"] == decoded["prompt_tokens"] + 5
     # and the runtime's own decoder agrees
     again = from_kafka(list(msg.headers.items()), msg.key, msg.value)
-    assert dict(again.data) == decoded
+    assert again.payload == out
+    assert to_record(again.payload) == decoded
 
 
 def completed_v1() -> dict[str, Any]:
@@ -78,14 +81,15 @@ def completed_v1() -> dict[str, Any]:
 
 
 def test_next_schema_version_reads_records_written_with_the_previous_one() -> None:
-    old = Event(type=EVENTS["completed"], id="r/completed", source="/x", tenant="t",
-                data=completed_v1(), writer_version=1)
-    msg = to_kafka(old)
-    assert msg.headers["ce_dataschema"] == b"urn:quotaflow:schema:completed:v1"
-    decoded = from_kafka(list(msg.headers.items()), msg.key, msg.value)
-    assert decoded.data["finish_reason"] == "unknown"  # v2 default filled in
-    assert decoded.data["batch_size"] == 1
-    assert decoded.data["text"] == "hi"
+    # What a producer still on v1 sends: the v1 record, its writer schema named.
+    current = to_kafka(Envelope.of(from_record(Completed, completed_v1()), "infer"))
+    msg = replace(current, value=avro.encode("completed", 1, completed_v1()), headers={
+        **current.headers, "ce_dataschema": b"urn:quotaflow:schema:completed:v1"})
+    decoded = from_kafka(list(msg.headers.items()), msg.key, msg.value).payload
+    assert isinstance(decoded, Completed)
+    assert decoded.finish_reason == "unknown"  # v2 default filled in
+    assert decoded.batch_size == 1
+    assert decoded.text == "hi"
     assert plain_fastavro_decode(msg.headers, msg.value, reader_version=2)["device"] == "cpu"
 
 

@@ -1,6 +1,6 @@
-"""The Knative entry (`events.knative.KnativeFunction`, what `function.new()` returns) over
-ASGI: honest readiness before start-up, and settle taking the PingSource sweep exactly as
-PingSource delivers it."""
+"""The Knative entry (`quotaflow.runtime.knative.KnativeFunction`, what `function.new()`
+returns) over ASGI: honest readiness before start-up, and settle taking the PingSource sweep
+exactly as PingSource delivers it."""
 
 from __future__ import annotations
 

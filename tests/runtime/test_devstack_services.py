@@ -9,7 +9,8 @@ import psycopg
 import pytest
 import redis
 
-from quotaflow.devstack.stack import DevStack, DevStackError, free_port
+from quotaflow.devstack.process import DevStackError, free_port
+from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,8 @@ import pytest
 from confluent_kafka import Consumer
 from werkzeug.serving import make_server
 
-from events.envelope import from_kafka, to_http
+from events.envelope import Envelope, from_kafka, to_http
+from events.payloads import Completed
 from functions.infer.handler import STEP as INFER
 from functions.infer.handler import InferPorts
 from quotaflow.adapters import kafka
@@ -66,16 +67,17 @@ def test_concurrent_deliveries_are_micro_batched_and_on_kafka_before_the_answer(
                   "auto.offset.reset": "earliest", "session.timeout.ms": 2000,
                   "fetch.wait.max.ms": 50})
     c.subscribe([settings.topic("completed")])
-    got = []
+    got: list[Envelope] = []
     deadline = time.monotonic() + 20
     while len(got) < 8 and time.monotonic() < deadline:
         got += [from_kafka(m.headers(), m.key(), m.value()) for m in c.consume(50, 0.3)
                 if not m.error()]
     c.close()
-    assert sorted(e.data["request_id"] for e in got) == sorted(f"b{i}" for i in range(8))
-    assert max(e.data["batch_size"] for e in got) > 1, "no two deliveries shared a batch"
-    for e in got:
-        assert e.data["text"].split()[0] == "words"
+    completed = [e.payload for e in got if isinstance(e.payload, Completed)]
+    assert sorted(p.request_id for p in completed) == sorted(f"b{i}" for i in range(8))
+    assert max(p.batch_size for p in completed) > 1, "no two deliveries shared a batch"
+    for p in completed:
+        assert p.text.split()[0] == "words"
 
 
 def test_undecodable_delivery_is_a_400_problem_naming_the_cause(

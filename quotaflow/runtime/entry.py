@@ -1,0 +1,33 @@
+"""Every step's HTTP app by name: what `functions/<step>/app.py` and the Knative entry serve."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from quotaflow.runtime.step import Resources
+from quotaflow.settings import Settings
+
+
+def create_app(step: str, settings: Settings) -> Flask:
+    """The Flask app of `step`: admit's door, or a consumer step's CloudEvents entry with its
+    ports wired from `settings`."""
+    if step == "admit":
+        from quotaflow.door.app import create_app as admit_app
+
+        return admit_app(settings)
+    from quotaflow.runtime import http_entry
+    from quotaflow.runtime.steps import load_step
+
+    return http_entry.create_app(load_step(step), settings)
+
+
+def create(step: str) -> Flask:
+    """`create_app` with settings from the environment (a WSGI factory needs no import of
+    `quotaflow.settings`)."""
+    return create_app(step, Settings.from_env())
+
+
+def resources_of(app: Flask) -> Resources:
+    """What an app made by `create_app` holds open (its readiness and close)."""
+    resources: Resources = app.extensions["quotaflow"]["resources"]
+    return resources

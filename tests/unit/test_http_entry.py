@@ -1,0 +1,133 @@
+"""A step's HTTP CloudEvents entry (what Knative's KafkaSource calls) through Flask's test
+client, with a producer that keeps what it is given: outputs are flushed before the 2xx, a
+poison delivery is answered by its poison outputs, and what cannot be handled is a problem."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from events.envelope import to_http
+from functions.infer.handler import STEP as INFER
+from functions.infer.handler import InferPorts
+from functions.settle.handler import STEP as SETTLE
+from functions.settle.handler import SettlePorts
+from quotaflow.ledger.commands import ReserveTokens
+from quotaflow.model.standin import StandInModel
+from quotaflow.runtime.http_entry import create_app
+from quotaflow.runtime.wiring import Held
+from quotaflow.settings import Settings
+from tests.unit.fakes import World, reserved
+from tests.unit.runtime_fakes import FakeProducer, Fragile, fragile_step, upstream
+
+SETTINGS = replace(Settings(), topic_prefix="t.", batch_max=8, batch_wait_ms=20,
+                   handler_retries=1)
+SWEEP = {"ce-specversion": "1.0", "ce-type": "dev.knative.sources.ping", "ce-source": "/ping",
+         "ce-id": "p1", "content-type": "application/json"}
+
+
+def app(step: Any, ports: Any, producer: FakeProducer, **kw: Any) -> Flask:
+    return create_app(step, SETTINGS, ports=ports, producer=producer, **kw)  # type: ignore[arg-type]
+
+
+def client(step: Any, ports: Any, producer: FakeProducer, **kw: Any) -> FlaskClient:
+    return app(step, ports, producer, **kw).test_client()
+
+
+def deliver(c: FlaskClient, payload: Any) -> Any:
+    headers, body = to_http(upstream(payload))
+    return c.post("/", headers=headers, data=body)
+
+
+def test_a_delivery_is_answered_after_its_outputs_are_flushed() -> None:
+    producer = FakeProducer()
+    c = client(INFER, InferPorts(StandInModel()), producer)
+    r = deliver(c, reserved("r1", "one two", 20))
+    assert r.status_code == 200
+    assert r.get_json() == {"produced": ["r1/completed"]}
+    assert producer.flushed == 1 and producer.produced[0].topic == "t.completed"
+    assert producer.produced[0].envelope().payload.text == "two one"  # type: ignore[union-attr]
+
+
+def test_concurrent_deliveries_share_one_handler_call() -> None:
+    producer, codes = FakeProducer(), []
+    infer = app(INFER, InferPorts(StandInModel()), producer)
+    threads = [threading.Thread(target=lambda i=i: codes.append(
+        deliver(infer.test_client(), reserved(f"b{i}", "a b", 20)).status_code))
+        for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 6
+    got = [p.envelope().payload for p in producer.produced]
+    assert max(p.batch_size for p in got) > 1  # type: ignore[union-attr]
+
+
+def test_a_poison_delivery_is_answered_with_its_poison_outputs() -> None:
+    from functions.infer.handler import on_poison
+
+    producer = FakeProducer()
+    c = client(fragile_step(on_poison), Fragile(), producer)
+    r = deliver(c, reserved("boom1", "x", 6))
+    assert r.status_code == 200 and r.get_json() == {"produced": ["boom1/failed"]}
+    assert producer.produced[0].envelope().payload.reason.startswith(  # type: ignore[union-attr]
+        "handler_error: RuntimeError: model exploded")
+
+
+def test_a_poison_delivery_without_poison_outputs_is_a_500_problem() -> None:
+    c = client(fragile_step(), Fragile(), FakeProducer())
+    r = deliver(c, reserved("boom1", "x", 6))
+    assert r.status_code == 500 and r.content_type == "application/problem+json"
+    assert "model exploded" in r.get_json()["detail"]
+
+
+@pytest.mark.parametrize("mutate, detail", [
+    (lambda h, b: (h, b[:3]), "Avro decode failed"),
+    (lambda h, b: ({**h, "ce-type": "dev.quotaflow.request.settled",
+                    "ce-dataschema": "urn:quotaflow:schema:settled:v1"}, b), ""),
+])
+def test_an_undecodable_or_unexpected_delivery_is_a_400_problem(mutate: Any, detail: str) -> None:
+    c = client(INFER, InferPorts(StandInModel()), FakeProducer())
+    headers, body = mutate(*to_http(upstream(reserved("r1", "x", 6))))
+    r = c.post("/", headers=headers, data=body)
+    assert r.status_code == 400 and r.content_type == "application/problem+json"
+    assert detail in r.get_json()["detail"]
+
+
+def test_the_sweep_runs_the_steps_tick_and_only_a_step_that_has_one_takes_it() -> None:
+    w = World()
+    w.ledger.add_tenant("acme", 100)
+    w.ledger.reserve([ReserveTokens("acme", "old", 30, "h")])
+    w.clock.advance(301)
+    producer = FakeProducer()
+    settle = client(SETTLE, SettlePorts(w.ledger, w.projection, w.outbox, 300), producer)
+    r = settle.post("/", headers=SWEEP, data=b'{"sweep": "reservations"}')
+    assert r.status_code == 200 and r.get_json() == {"produced": ["old/settled"]}
+    assert w.outbox.published
+    r = client(INFER, InferPorts(StandInModel()), FakeProducer()).post("/", headers=SWEEP)
+    assert r.status_code == 400
+
+
+def test_readiness_follows_what_the_step_holds_open() -> None:
+    closed = [False]
+    c = client(INFER, InferPorts(StandInModel()), FakeProducer(),
+               resources=Held(connections=[_Conn(closed)]))  # type: ignore[list-item]
+    assert c.get("/health/readiness").status_code == 200
+    closed[0] = True
+    assert c.get("/health/readiness").status_code == 503
+    assert c.get("/health/liveness").status_code == 200
+
+
+class _Conn:
+    def __init__(self, closed: list[bool]) -> None:
+        self._closed = closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed[0]

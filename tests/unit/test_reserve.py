@@ -1,0 +1,75 @@
+"""reserve: a batch is decided at once by the ledger; a request over the quota is rejected
+while the others reserve, a redelivery is never charged twice, and the read model moves to
+`reserved` only for what was reserved."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from events.payloads import Rejected, Reserved
+from functions.reserve.handler import ReservePorts, handle, on_poison
+from quotaflow.ledger.domain import Balance
+from tests.unit.fakes import World, admitted, estimated
+
+
+def ports(world: World) -> ReservePorts:
+    return ReservePorts(world.ledger, world.projection, world.requests)
+
+
+def test_the_request_over_quota_is_rejected_while_the_rest_of_the_batch_reserves() -> None:
+    w = World()
+    w.ledger.add_tenant("acme", 100)
+    w.queue(*(admitted(f"r{i}") for i in range(3)))
+    out = handle([estimated("r0", 40), estimated("r1", 40), estimated("r2", 40)], ports(w))
+
+    r0, r1, r2 = out
+    assert isinstance(r0, Reserved) and isinstance(r1, Reserved)
+    assert (r0.reserved_tokens, r0.period) == (40, "2026-11")
+    assert r0.ledger_seq < r1.ledger_seq
+    assert isinstance(r2, Rejected)
+    assert (r2.reason, r2.requested_tokens, r2.period) == ("quota_exceeded", 40, "2026-11")
+    assert r2.ledger_seq is not None and r2.ledger_seq > r1.ledger_seq
+    # The projection has caught up with the ledger before the outputs leave.
+    assert w.projection.balance("acme", "2026-11") == Balance(granted=100, reserved=80)
+    assert [w.status("acme", f"r{i}") for i in range(3)] == ["reserved", "reserved", "queued"]
+    view = w.requests.fetch("acme", "r0")
+    assert view is not None and (view.reserved_tokens, view.prompt_tokens) == (40, 4)
+
+
+def test_a_redelivered_batch_gets_the_same_outcome_and_is_not_charged_twice() -> None:
+    w = World()
+    w.ledger.add_tenant("acme", 100)
+    batch = [estimated("r0", 60), estimated("r1", 60)]
+    first = handle(batch, ports(w))
+    again = handle(batch, ports(w))
+    assert again == first
+    assert [type(o) for o in first] == [Reserved, Rejected]
+    assert w.ledger.balance("acme", "2026-11") == Balance(granted=100, reserved=60)
+    assert w.projection.balance("acme", "2026-11") == Balance(granted=100, reserved=60)
+
+
+def test_the_same_request_id_with_another_payload_is_refused_not_reserved_again() -> None:
+    w = World()
+    w.ledger.add_tenant("acme", 100)
+    handle([estimated("r0", 30)], ports(w))
+    (out,) = handle([replace(estimated("r0", 30), max_tokens=99)], ports(w))
+    assert isinstance(out, Rejected)
+    assert out.reason.startswith("idempotency_conflict")
+    assert w.ledger.balance("acme", "2026-11").reserved == 30
+
+
+def test_an_unknown_tenant_is_rejected_and_its_request_stays_queued() -> None:
+    w = World()
+    w.queue(admitted("r0", tenant="ghost"))
+    (out,) = handle([estimated("r0", 10, tenant="ghost")], ports(w))
+    assert isinstance(out, Rejected) and out.reason == "unknown_tenant"
+    assert w.status("ghost", "r0") == "queued"
+
+
+def test_an_unprocessable_request_is_rejected_for_its_estimate_without_a_ledger_event() -> None:
+    w = World()
+    (r,) = on_poison(estimated("r0", 25), "handler_error: boom", ports(w))
+    assert (r.request_id, r.requested_tokens, r.reason) == (
+        "r0", 25, "unprocessable: handler_error: boom")
+    assert r.period is None and r.ledger_seq is None
+    assert w.ledger.events_after(0) == []

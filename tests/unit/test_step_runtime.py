@@ -1,0 +1,98 @@
+"""The runtime's step machinery without services: the one step list and its wiring agree,
+the stand-in model wires with nothing reachable, what a step holds decides its readiness, a
+dead step loop makes the all-in-one function unready, and micro-batches gather and fail
+together."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+
+from events.catalog import EVENTS
+from functions.estimate.handler import EstimatePorts
+from functions.infer.handler import InferPorts
+from quotaflow.model.standin import StandInModel
+from quotaflow.runtime.batching import MicroBatcher
+from quotaflow.runtime.knative import _AllInOne
+from quotaflow.runtime.steps import ALL_STEPS, CONSUMER_STEPS, load_step
+from quotaflow.runtime.wiring import WIRING, Held, wire
+from quotaflow.settings import Settings
+
+
+def test_every_consumer_step_loads_under_its_name_and_has_its_wiring() -> None:
+    assert set(WIRING) == set(CONSUMER_STEPS) and ("admit", *CONSUMER_STEPS) == ALL_STEPS
+    for name in CONSUMER_STEPS:
+        step = load_step(name)
+        assert step.name == name
+        assert all(e in EVENTS for e in (*step.consumes, *step.produces)), name
+    with pytest.raises(KeyError, match="unknown step"):
+        load_step("admit")
+
+
+def test_the_model_steps_wire_the_stand_in_with_no_service_reachable() -> None:
+    settings = replace(Settings(), model_source="standin")
+    est, inf = wire("estimate", settings), wire("infer", settings)
+    assert isinstance(est.ports, EstimatePorts) and isinstance(inf.ports, InferPorts)
+    assert isinstance(inf.ports.generator, StandInModel)
+    assert est.resources.ready() and inf.resources.ready()
+    with pytest.raises(KeyError, match="no wiring"):
+        wire("admit", settings)
+
+
+class _Conn:
+    closed = False
+
+
+def test_held_resources_are_ready_until_a_connection_closes_and_close_in_order() -> None:
+    conn, closed = _Conn(), []
+    held = Held([conn], [lambda: closed.append("a"), lambda: closed.append("b")])  # type: ignore[list-item]
+    assert held.ready()
+    conn.closed = True
+    assert not held.ready()
+    held.close()
+    assert closed == ["a", "b"]
+
+
+def test_a_dead_step_loop_makes_the_all_in_one_function_unready() -> None:
+    stop = threading.Event()
+    alive = threading.Thread(target=stop.wait, daemon=True)
+    dead = threading.Thread(target=lambda: None, daemon=True)
+    alive.start()
+    dead.start()
+    dead.join()
+    assert _AllInOne(Held(), [alive], stop).ready()
+    everything = _AllInOne(Held(), [alive, dead], stop)
+    assert not everything.ready()
+    everything.close()
+    assert stop.is_set() and not alive.is_alive()
+
+
+def test_concurrent_submissions_are_gathered_into_one_batch() -> None:
+    batches: list[list[int]] = []
+
+    def double(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        return [2 * i for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(double, max_size=4, max_wait_ms=50)
+    results: dict[int, int] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: batcher.submit(i, 5)}))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {0: 0, 1: 2, 2: 4, 3: 6}
+    assert sorted(len(b) for b in batches)[-1] > 1
+
+
+def test_a_failed_batch_fails_every_submission_in_it() -> None:
+    def explode(items: object) -> list[int]:
+        raise RuntimeError("no")
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(explode, max_size=2, max_wait_ms=1)
+    with pytest.raises(RuntimeError, match="no"):
+        batcher.submit(1, 5)
