@@ -31,9 +31,11 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     topic_prefix: str = "quotaflow."
     consumer_group_prefix: str = "quotaflow-"
-    # Tansu joins a group only after session.timeout.ms / 2 (FACTS.md): keep it small.
+    # The local broker (Tansu) joins a group only after session.timeout.ms / 2: keep it small
+    # (README, Kafka broker quirks).
     kafka_session_timeout_ms: int = 6000
-    # Per-hop latency on Tansu's memory engine is bounded by fetch.wait.max.ms (FACTS.md).
+    # Per-hop latency on Tansu's memory engine is bounded by fetch.wait.max.ms (README, Kafka
+    # broker quirks).
     kafka_fetch_wait_max_ms: int = 50
     max_body_bytes: int = 64 * 1024
     max_prompt_chars: int = 32_000

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from quotaflow.devstack.stack import (
-    free_port,
-    port_open,
-    tansu_binary,
-    wait_for,
-)
+from quotaflow.devstack.process import free_port, port_open, wait_for
+from quotaflow.devstack.services import tansu_binary
 from quotaflow.model.build import build
 
 REPO = Path(__file__).resolve().parent.parent

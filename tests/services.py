@@ -10,7 +10,8 @@ from functools import cache
 from pathlib import Path
 
 from quotaflow.adapters import postgres as db
-from quotaflow.devstack.stack import DevStack, postgres_reachable, redis_reachable
+from quotaflow.devstack.services import postgres_reachable, redis_reachable
+from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from quotaflow import client
-from quotaflow.devstack.stack import DevStack, DevStackError, read_state, stop_pids
+from quotaflow.devstack.process import DevStackError, read_state, stop_pids
+from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
 
 

