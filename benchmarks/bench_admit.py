@@ -4,8 +4,9 @@ way (gunicorn, 2 sync-thread workers) in the same run.
     .venv/bin/python benchmarks/bench_admit.py [--requests 2000] [--concurrency 16]
 
 The baseline parses the CloudEvent with the SDK and answers 202, nothing else. admit also
-authenticates the key (PostgreSQL), rate-limits (Redis), pre-checks the quota (Redis), records
-the request (PostgreSQL) and produces it to Kafka with a flush before answering."""
+authenticates the key (PostgreSQL, then cached), rate-limits and pre-checks the quota (Redis,
+one round trip), records the request (PostgreSQL) and produces it to Kafka with a flush before
+answering; the billing period comes from the ledger's clock, read every few seconds."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import redis
 
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
-from quotaflow.devstack.stack import DevStack, free_port, port_open, wait_for
+from quotaflow.devstack.process import free_port, port_open, wait_for
+from quotaflow.devstack.stack import DevStack
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings

@@ -12,10 +12,12 @@ from typing import Any
 
 from events.catalog import REQUESTED_TYPE
 
-FINAL = ("completed", "rejected", "failed", "expired")
+TERMINAL = ("completed", "rejected", "failed", "expired")  # a request ends in one of these
 
 
 class ApiError(RuntimeError):
+    """A 4xx or 5xx answer; `problem` is its application/problem+json body."""
+
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
         super().__init__(f"{status}: {problem.get('detail', problem)}")
         self.status = status
@@ -40,6 +42,8 @@ def _call(method: str, url: str, key: str, body: bytes | None = None,
 
 def submit(base_url: str, key: str, data: dict[str, Any], *, source: str = "/quotaflow/cli",
            event_id: str | None = None) -> dict[str, Any]:
+    """POST `data` as a binary-mode CloudEvent; returns `{request_id, status_url}`. Sending the
+    same `event_id` again is the same request."""
     headers = {"ce-specversion": "1.0", "ce-id": event_id or str(uuid.uuid4()),
                "ce-source": source, "ce-type": REQUESTED_TYPE,
                "Content-Type": "application/json"}
@@ -48,18 +52,21 @@ def submit(base_url: str, key: str, data: dict[str, Any], *, source: str = "/quo
 
 
 def status(base_url: str, key: str, request_id: str) -> dict[str, Any]:
+    """The request's status, output and usage."""
     return _call("GET", f"{base_url.rstrip('/')}/v1/requests/{request_id}", key)[1]
 
 
 def quota(base_url: str, key: str) -> dict[str, Any]:
+    """The key's tenant's balance in its current period."""
     return _call("GET", f"{base_url.rstrip('/')}/v1/quota", key)[1]
 
 
 def wait(base_url: str, key: str, request_id: str, timeout_s: float = 120,
          poll_s: float = 0.02) -> dict[str, Any]:
+    """Poll the request's status until it ends or `timeout_s` passes; returns the last one."""
     deadline = time.monotonic() + timeout_s
     while True:
         st = status(base_url, key, request_id)
-        if st["status"] in FINAL or time.monotonic() > deadline:
+        if st["status"] in TERMINAL or time.monotonic() > deadline:
             return st
         time.sleep(poll_s)

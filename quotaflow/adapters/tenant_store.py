@@ -1,4 +1,6 @@
-"""Tenants and API keys. A key reads `qf_<key_id>_<secret>`; only a hash of the secret is kept."""
+"""Tenants and API keys in PostgreSQL. A key reads `qf_<key_id>_<secret>`; only a hash of the
+secret is kept. `PostgresTenants` is the `TenantDirectory` admit authenticates against;
+`create_tenant` and `create_key` are what the CLI and the tests use to make them."""
 
 from __future__ import annotations
 
@@ -6,26 +8,32 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import errors
 
 from quotaflow.ledger.store import PostgresLedger
+from quotaflow.ports import Principal
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-@dataclass(frozen=True)
-class Principal:
-    tenant: str
-    key_id: str
-    rate_limit_per_min: int
-    plan_period: str
+class TenantExists(ValueError):
+    """A tenant of that name already exists."""
 
 
-def _hash(secret: str) -> str:
+def secret_hash(secret: str) -> str:
+    """The digest stored for a key's secret (the secret itself is never stored)."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(api_key: str) -> tuple[str, str] | None:
+    """`(key_id, secret)` of a well-formed key, else None."""
+    parts = api_key.split("_", 2)
+    if len(parts) != 3 or parts[0] != "qf":
+        return None
+    return parts[1], parts[2]
 
 
 def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period: str = "month",
@@ -37,33 +45,52 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
         raise ValueError("tokens must not be negative")
     if period not in ("day", "month"):
         raise ValueError("period must be 'day' or 'month'")
-    with conn.transaction():
-        conn.execute("INSERT INTO tenants (tenant_id, plan_period, grant_tokens,"
-                     " rate_limit_per_min) VALUES (%s, %s, %s, %s)",
-                     (name, period, tokens, rate_limit_per_min))
-        conn.execute("INSERT INTO ledger_streams (tenant_id) VALUES (%s)", (name,))
-    ledger = PostgresLedger(conn)
-    ledger.grant(name, tokens)
+    try:
+        with conn.transaction():
+            conn.execute("INSERT INTO tenants (tenant_id, plan_period, grant_tokens,"
+                         " rate_limit_per_min) VALUES (%s, %s, %s, %s)",
+                         (name, period, tokens, rate_limit_per_min))
+            conn.execute("INSERT INTO ledger_streams (tenant_id) VALUES (%s)", (name,))
+    except errors.UniqueViolation:
+        raise TenantExists(f"tenant {name!r} already exists") from None
+    PostgresLedger(conn).grant(name, tokens)
     return create_key(conn, name)
 
 
 def create_key(conn: psycopg.Connection[Any], tenant: str) -> str:
+    """Issue another API key for `tenant`; the returned key is the only copy of its secret."""
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)
     conn.execute("INSERT INTO api_keys (key_id, tenant_id, secret_hash) VALUES (%s, %s, %s)",
-                 (key_id, tenant, _hash(secret)))
+                 (key_id, tenant, secret_hash(secret)))
     return f"qf_{key_id}_{secret}"
 
 
-def authenticate(conn: psycopg.Connection[Any], api_key: str) -> Principal | None:
-    parts = api_key.split("_", 2)
-    if len(parts) != 3 or parts[0] != "qf":
-        return None
-    row = conn.execute(
-        "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period "
-        "FROM api_keys k JOIN tenants t USING (tenant_id) "
-        "WHERE k.key_id = %s AND k.revoked_at IS NULL", (parts[1],)).fetchone()
-    if row is None or not hmac.compare_digest(row[0], _hash(parts[2])):
-        return None
-    return Principal(tenant=row[1], key_id=parts[1], rate_limit_per_min=row[2],
-                     plan_period=row[3])
+def revoke_key(conn: psycopg.Connection[Any], api_key: str) -> None:
+    """Revoke a key: it no longer authenticates."""
+    parts = split_key(api_key)
+    if parts is not None:
+        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND "
+                     "revoked_at IS NULL", (parts[0],))
+
+
+class PostgresTenants:
+    """The `TenantDirectory` over the `tenants` and `api_keys` tables."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def authenticate(self, api_key: str) -> Principal | None:
+        """The key's principal, or None for an unknown, malformed or revoked key."""
+        parts = split_key(api_key)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        row = self.conn.execute(
+            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period "
+            "FROM api_keys k JOIN tenants t USING (tenant_id) "
+            "WHERE k.key_id = %s AND k.revoked_at IS NULL", (key_id,)).fetchone()
+        if row is None or not hmac.compare_digest(row[0], secret_hash(secret)):
+            return None
+        return Principal(tenant=row[1], key_id=key_id, rate_limit_per_min=row[2],
+                         plan_period=row[3])

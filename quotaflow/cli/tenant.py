@@ -37,14 +37,9 @@ def _create(args: argparse.Namespace) -> int:
         try:
             key = tenants.create_tenant(conn, args.name, args.tokens, args.period,
                                         args.rate_limit)
-        except ValueError as exc:
+        except ValueError as exc:  # a bad argument, or TenantExists
             print(f"error: {exc}")
             return 2
-        except Exception as exc:  # psycopg UniqueViolation and friends
-            if "duplicate key" in str(exc):
-                print(f"error: tenant {args.name!r} already exists")
-                return 2
-            raise
         RedisProjection.connect(settings.redis_url).catch_up(PostgresLedger(conn))
     print(f"created tenant {args.name}: {args.tokens} tokens per {args.period}, "
           f"{args.rate_limit} requests/min per key")

@@ -1,5 +1,7 @@
-"""admit's HTTP contract on real PostgreSQL, Redis and Kafka: bad input gets a 4xx
-application/problem+json naming what was wrong, never a 5xx; good input gets a 202."""
+"""admit's HTTP contract on real PostgreSQL, Redis and Kafka (database `qf_test_admit`, Redis
+db 7): bad input gets a 4xx application/problem+json naming what was wrong, never a 5xx; good
+input gets a 202; an unreachable backing service gets a 503. The same behaviour on in-memory
+ports, in more detail, is in tests/unit/test_admit_door.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import redis
 
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
-from quotaflow.door.app import AdmitPorts, create_app
+from quotaflow.door.app import create_app
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
@@ -37,8 +39,10 @@ def env(kafka_bootstrap: str) -> Iterator[dict[str, Any]]:
         small = tenants.create_tenant(conn, "tiny", 10)
         limited = tenants.create_tenant(conn, "chatty", 10_000, rate_limit_per_min=3)
         RedisProjection.connect(redis_url).catch_up(PostgresLedger(conn))
-    app = create_app(settings, AdmitPorts(settings))
-    yield {"client": app.test_client(), "key": key, "small": small, "limited": limited}
+    app = create_app(settings)
+    yield {"client": app.test_client(), "key": key, "small": small, "limited": limited,
+           "settings": settings}
+    app.extensions["quotaflow"]["resources"].close()
 
 
 def headers(key: str | None, **over: str) -> dict[str, str]:
@@ -215,3 +219,16 @@ def test_quota_reads_the_projection(env: dict[str, Any]) -> None:
 def test_unknown_path_and_method_are_problems(env: dict[str, Any]) -> None:
     assert_problem(env["client"].get("/nope"), 404)
     assert_problem(env["client"].delete("/v1/quota"), 405)
+
+
+def test_readiness_answers_ready_with_the_services_up(env: dict[str, Any]) -> None:
+    assert env["client"].get("/health/readiness").status_code == 200
+
+
+def test_an_unreachable_database_is_503_with_retry_after(env: dict[str, Any]) -> None:
+    down = replace(env["settings"], postgres_url="postgresql://nobody@127.0.0.1:1/x")
+    client = create_app(down).test_client()
+    resp = client.post("/", headers=headers(env["key"]), data=body())
+    assert_problem(resp, 503, "a backing service failed")
+    assert resp.headers["Retry-After"] == "5"
+    assert client.get("/health/readiness").status_code == 503

@@ -1,0 +1,76 @@
+"""admit: a client's request becomes a stored `queued` request and the `admitted` payload that
+starts the pipeline. `(tenant, source, id)` is the idempotency key: the same event sent again is
+the same request; the same key with another payload is a conflict. The HTTP door
+(`quotaflow.door`) authenticates, parses and rate-limits before, and publishes after."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from events.payloads import Admitted, Message
+from quotaflow.ports import Clock, NewRequest, Principal, RequestStore, payload_hash
+
+_NAMESPACE = uuid.UUID("5b0f6c1e-3f7a-4d0e-9a51-6f1e0c2b7a10")
+
+
+class ClientRequest(Protocol):
+    """A validated client request: its CloudEvents source and id, and the normalized data."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def ce_id(self) -> str: ...
+
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class AdmitPorts:
+    requests: RequestStore
+    clock: Clock  # the ledger's clock: `admitted_at_ms` and the billing period agree with it
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The request's id, whether this call created it, and the payloads to publish."""
+
+    request_id: str
+    created: bool
+    admitted: list[Admitted]
+
+
+class IdempotencyConflict(Exception):
+    """The client's event id was already used by this source with a different payload."""
+
+
+def request_id_for(tenant: str, source: str, ce_id: str) -> str:
+    """(tenant, source, id) is the idempotency key of a client request."""
+    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{source}\x00{ce_id}"))
+
+
+def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts) -> Admission:
+    """Store the request; raise `IdempotencyConflict` on a changed payload."""
+    request_id = request_id_for(principal.tenant, request.source, request.ce_id)
+    data = request.data
+    digest = payload_hash(dict(data))
+    stored = ports.requests.insert(NewRequest(request_id, principal.tenant, principal.key_id,
+                                              request.source, request.ce_id, digest,
+                                              data["model"]))
+    if stored.payload_hash != digest:
+        raise IdempotencyConflict(f"event id {request.ce_id!r} from source {request.source!r} "
+                                  "was already sent with a different payload")
+    if not stored.created and stored.status != "queued":
+        return Admission(request_id, False, [])
+    # A resend of a request still queued is published again (the first publish may have been
+    # lost); downstream steps are idempotent by request id.
+    return Admission(request_id, stored.created, [Admitted(
+        request_id=request_id, tenant=principal.tenant, key_id=principal.key_id,
+        model=data["model"],
+        messages=tuple(Message(m["role"], m["content"]) for m in data["messages"]),
+        max_tokens=data["max_tokens"], temperature=data["temperature"], top_p=data["top_p"],
+        seed=data["seed"], admitted_at_ms=ports.clock.now())])

@@ -1,0 +1,60 @@
+"""admit's fast refusals before anything is stored: the per-key rate limit (a fixed one-minute
+window) and the quota pre-check on the projected balance, both through the `AdmissionGate` in
+one round trip. The pre-check is advisory; reserve decides against the ledger. Periods come
+from the ledger's clock, so admit and the ledger agree on which period a request falls in."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+from quotaflow.ledger.domain import Balance, period_of
+from quotaflow.ports import AdmissionGate, Clock, Principal
+from quotaflow.runtime.problem import Problem
+
+
+class Balances(Protocol):
+    """The projected balances `GET /v1/quota` reads."""
+
+    def balance(self, tenant: str, period: str) -> Balance: ...
+
+
+def seconds_to_next_period(plan_period: str, now: datetime) -> int:
+    """Whole seconds (at least 1) until the period after `now`'s begins, in UTC."""
+    if plan_period == "day":
+        nxt = datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp() + 86400
+    else:
+        y, m = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+        nxt = datetime(y, m, 1, tzinfo=UTC).timestamp()
+    return max(1, int(nxt - now.timestamp()))
+
+
+class AdmissionLimits:
+    """The rate limit and the quota pre-check, timed by the ledger's clock."""
+
+    def __init__(self, gate: AdmissionGate, clock: Clock) -> None:
+        self.gate = gate
+        self.clock = clock
+
+    def period(self, principal: Principal) -> str:
+        """The principal's billing period now."""
+        return period_of(principal.plan_period, self.clock.now().astimezone(UTC))
+
+    def check(self, principal: Principal, needs_tokens: int) -> None:
+        """Count the request; a 429 Problem with Retry-After when over the key's rate limit or
+        when the tenant's projected balance cannot cover `needs_tokens`."""
+        now = self.clock.now().astimezone(UTC)
+        period = period_of(principal.plan_period, now)
+        count, balance = self.gate.check(principal.key_id, int(now.timestamp() // 60),
+                                         principal.tenant, period)
+        if count > principal.rate_limit_per_min:
+            retry = max(1, int(60 - now.timestamp() % 60))
+            raise Problem(429, "Rate limit exceeded", f"key {principal.key_id} may send "
+                          f"{principal.rate_limit_per_min} requests a minute",
+                          slug="rate-limited", headers={"Retry-After": str(retry)})
+        if balance.granted and balance.remaining < needs_tokens:
+            retry = seconds_to_next_period(principal.plan_period, now)
+            raise Problem(429, "Quota exhausted", f"tenant {principal.tenant} has "
+                          f"{max(balance.remaining, 0)} tokens left in period {period}; this "
+                          f"request may need {needs_tokens}", slug="quota-exhausted",
+                          headers={"Retry-After": str(retry)})

@@ -1,0 +1,32 @@
+"""The JSON bodies of admit's reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quotaflow.ledger.domain import Balance
+from quotaflow.ports import RequestView
+
+
+def request_json(view: RequestView) -> dict[str, Any]:
+    """`GET /v1/requests/{id}`: status, output, usage, model, reason and times (ISO 8601)."""
+    return {
+        "request_id": view.request_id,
+        "status": view.status,
+        "output": view.output,
+        "usage": {"prompt_tokens": view.prompt_tokens,
+                  "completion_tokens": view.completion_tokens,
+                  "reserved_tokens": view.reserved_tokens,
+                  "charged_tokens": view.charged_tokens},
+        "model": {"name": view.model, "version": view.model_version},
+        "reason": view.reason,
+        "created_at": view.created_at.isoformat(),
+        "updated_at": view.updated_at.isoformat(),
+    }
+
+
+def quota_json(tenant: str, period: str, balance: Balance) -> dict[str, Any]:
+    """`GET /v1/quota`: the tenant's projected balance in its current period."""
+    return {"tenant": tenant, "period": period, "granted": balance.granted,
+            "reserved": balance.reserved, "spent": balance.spent,
+            "remaining": balance.remaining}

@@ -1,0 +1,144 @@
+"""admit's ports, and the one function that opens the real ones from `Settings`.
+
+Gunicorn serves the door from several threads and a psycopg connection runs one statement at
+a time, so each thread gets its own PostgreSQL connection (opened on first use, reopened when
+closed); Redis and Kafka clients are shared, both are thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis
+
+from quotaflow.adapters.kafka import KafkaPublisher
+from quotaflow.adapters.postgres_clock import PostgresClock
+from quotaflow.adapters.redis_gate import RedisAdmissionGate
+from quotaflow.adapters.request_store import PostgresRequestStore
+from quotaflow.adapters.tenant_store import PostgresTenants
+from quotaflow.door.limits import Balances
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ports import (
+    AdmissionGate,
+    Clock,
+    FinalRecord,
+    Inserted,
+    NewRequest,
+    Principal,
+    Publisher,
+    RequestStore,
+    RequestView,
+    TenantDirectory,
+)
+from quotaflow.runtime.step import Resources
+from quotaflow.settings import Settings
+
+
+class NothingHeld:
+    """The resources of ports that hold nothing open (the in-memory fakes)."""
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class DoorPorts:
+    """Everything the door talks to; `resources` answers readiness and closes them."""
+
+    tenants: TenantDirectory
+    gate: AdmissionGate
+    balances: Balances
+    requests: RequestStore
+    publisher: Publisher
+    clock: Clock  # the ledger's
+    resources: Resources = field(default_factory=NothingHeld)
+
+
+class ThreadConnections:
+    """One autocommit PostgreSQL connection per thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[psycopg.Connection[Any]] = []
+
+    def get(self) -> psycopg.Connection[Any]:
+        """This thread's connection."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = psycopg.connect(self.url, autocommit=True)
+            self._local.conn = conn
+            with self._lock:
+                self._opened = [c for c in self._opened if not c.closed] + [conn]
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
+
+
+class _ThreadTenants:
+    def __init__(self, connections: ThreadConnections) -> None:
+        self.connections = connections
+
+    def authenticate(self, api_key: str) -> Principal | None:
+        return PostgresTenants(self.connections.get()).authenticate(api_key)
+
+
+class _ThreadRequests:
+    def __init__(self, connections: ThreadConnections) -> None:
+        self.connections = connections
+
+    def insert(self, request: NewRequest) -> Inserted:
+        return PostgresRequestStore(self.connections.get()).insert(request)
+
+    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
+        PostgresRequestStore(self.connections.get()).mark_reserved(
+            request_id, reserved_tokens, prompt_tokens)
+
+    def finish(self, records: Sequence[FinalRecord]) -> None:
+        PostgresRequestStore(self.connections.get()).finish(records)
+
+    def fetch(self, tenant: str, request_id: str) -> RequestView | None:
+        return PostgresRequestStore(self.connections.get()).fetch(tenant, request_id)
+
+
+@dataclass(frozen=True)
+class _Held:
+    connections: ThreadConnections
+    redis: redis.Redis
+    publisher: KafkaPublisher
+
+    def ready(self) -> bool:
+        try:
+            self.connections.get().execute("SELECT 1")
+            return bool(self.redis.ping())
+        except (psycopg.Error, redis.RedisError):
+            return False
+
+    def close(self) -> None:
+        self.publisher.producer.flush(5)
+        self.connections.close()
+        self.redis.close()
+
+
+def connect(settings: Settings) -> DoorPorts:
+    """The real ports: PostgreSQL (tenants, requests, the ledger's clock), Redis (rate limit,
+    pre-check, balances) and Kafka (the `admitted` topic)."""
+    connections = ThreadConnections(settings.postgres_url)
+    client = redis.Redis.from_url(settings.redis_url)
+    publisher = KafkaPublisher.from_settings(settings)
+    return DoorPorts(
+        tenants=_ThreadTenants(connections), gate=RedisAdmissionGate(client),
+        balances=RedisProjection(client), requests=_ThreadRequests(connections),
+        publisher=publisher, clock=PostgresClock(connections.get),
+        resources=_Held(connections, client, publisher))

@@ -1,0 +1,91 @@
+"""The `AdmissionGate` contract, run against the in-memory gate and Redis (db index 13): each
+check counts one request in its key's minute window and reads the balance the projection holds
+for the tenant's period. `-k memory` runs the fake alone, with no services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+import redis
+
+from quotaflow.adapters.memory.gate import MemoryAdmissionGate
+from quotaflow.adapters.redis_gate import RedisAdmissionGate
+from quotaflow.ledger.commands import StoredEvent
+from quotaflow.ledger.domain import Balance, Kind
+from quotaflow.ports import AdmissionGate
+
+REDIS_DB = 13
+MINUTE = 29_932_560  # 2026-11-29 12:00 UTC, in minutes since the epoch
+
+
+@dataclass
+class Gate:
+    """A gate and how to apply ledger events to the projection it reads."""
+
+    gate: AdmissionGate
+    apply: Callable[[Sequence[StoredEvent]], int]
+
+
+def _memory() -> Gate:
+    gate = MemoryAdmissionGate()
+    return Gate(gate, gate.projection.apply)
+
+
+def _redis() -> Gate:
+    from quotaflow.ledger.projection import RedisProjection
+    from tests.services import redis_base
+
+    client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
+    client.flushdb()
+    return Gate(RedisAdmissionGate(client), RedisProjection(client).apply)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def gate(request: pytest.FixtureRequest) -> Gate:
+    return _memory() if request.param == "memory" else _redis()
+
+
+def event(seq: int, kind: Kind, amount: int, tenant: str = "acme", period: str = "2026-11",
+          released: int = 0) -> StoredEvent:
+    return StoredEvent(seq, tenant, seq, kind, None if kind is Kind.QUOTA_GRANTED else f"r{seq}",
+                       period, amount, released, None, datetime(2026, 11, 29, tzinfo=UTC))
+
+
+def test_checks_count_the_keys_requests_in_their_minute(gate: Gate) -> None:
+    counts = [gate.gate.check("k1", MINUTE, "acme", "2026-11")[0] for _ in range(3)]
+    assert counts == [1, 2, 3]
+
+
+def test_another_minute_or_another_key_counts_apart(gate: Gate) -> None:
+    gate.gate.check("k1", MINUTE, "acme", "2026-11")
+    assert gate.gate.check("k1", MINUTE + 1, "acme", "2026-11")[0] == 1
+    assert gate.gate.check("k2", MINUTE, "acme", "2026-11")[0] == 1
+    assert gate.gate.check("k1", MINUTE, "acme", "2026-11")[0] == 2
+
+
+def test_a_period_with_nothing_projected_reads_zero(gate: Gate) -> None:
+    assert gate.gate.check("k1", MINUTE, "nobody", "2026-11")[1] == Balance()
+
+
+def test_the_balance_is_the_projections_for_the_tenant_and_period(gate: Gate) -> None:
+    gate.apply([event(1, Kind.QUOTA_GRANTED, 100), event(2, Kind.TOKENS_RESERVED, 30),
+                event(3, Kind.TOKENS_RESERVED, 20),
+                event(4, Kind.RESERVATION_SETTLED, 12, released=18),
+                event(5, Kind.QUOTA_GRANTED, 7, period="2026-12"),
+                event(6, Kind.QUOTA_GRANTED, 5, tenant="other")])
+    _, balance = gate.gate.check("k1", MINUTE, "acme", "2026-11")
+    assert balance == Balance(granted=100, reserved=20, spent=12)
+    assert balance.remaining == 68
+    assert gate.gate.check("k1", MINUTE, "acme", "2026-12")[1] == Balance(granted=7)
+
+
+def test_a_redis_window_expires_after_its_minute_is_over() -> None:
+    from quotaflow.adapters.redis_gate import WINDOW_TTL_S, window_key
+    from tests.services import redis_base
+
+    client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
+    RedisAdmissionGate(client).check("k1", MINUTE, "acme", "2026-11")
+    assert 60 < client.ttl(window_key("k1", MINUTE)) <= WINDOW_TTL_S

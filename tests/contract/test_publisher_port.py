@@ -1,0 +1,108 @@
+"""The `Publisher` contract, run against the in-memory publisher and Kafka (the session's
+broker): what `publish` returned from is held by the bus, decodable, in order, under its event
+type's topic and keyed by tenant; a bus that does not confirm in time raises `PublishTimeout`.
+`-k memory` runs the fake alone, with no services."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import pytest
+
+from events.envelope import Envelope, from_kafka
+from events.payloads import Admitted, Message
+from quotaflow.adapters.memory.publisher import MemoryPublisher
+from quotaflow.ports import Publisher, PublishTimeout
+from quotaflow.settings import Settings
+
+
+@dataclass
+class Bus:
+    """A publisher, what the bus holds of a tenant's envelopes, and one that cannot confirm."""
+
+    publisher: Publisher
+    held: Callable[[str, int], list[Envelope]]
+    unavailable: Callable[[], Publisher]
+
+
+def _memory() -> Bus:
+    publisher = MemoryPublisher()
+
+    def unavailable() -> Publisher:
+        down = MemoryPublisher()
+        down.unavailable = True
+        return down
+
+    return Bus(publisher, lambda tenant, n: [e for e in publisher.published
+                                             if e.tenant == tenant][:n], unavailable)
+
+
+def _kafka(bootstrap: str) -> Iterator[Bus]:
+    from confluent_kafka import Producer
+
+    from quotaflow.adapters import kafka
+
+    settings = replace(Settings(), kafka_bootstrap=bootstrap,
+                       topic_prefix=f"contract-{uuid.uuid4().hex[:8]}.")
+    kafka.create_topics(settings)
+    publisher = kafka.KafkaPublisher.from_settings(settings)
+
+    def held(tenant: str, n: int) -> list[Envelope]:
+        consumer = kafka.make_consumer(settings, f"contract-{uuid.uuid4().hex}")
+        consumer.subscribe([settings.topic("admitted")])
+        out: list[Envelope] = []
+        deadline = datetime.now(UTC).timestamp() + 20
+        while len(out) < n and datetime.now(UTC).timestamp() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            envelope = from_kafka(msg.headers(), msg.key(), msg.value())
+            if envelope.tenant == tenant:
+                assert msg.key() == tenant.encode()
+                out.append(envelope)
+        consumer.close()
+        return out
+
+    def unavailable() -> Publisher:
+        producer = Producer({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 1000})
+        return kafka.KafkaPublisher(producer, settings.topic, timeout_s=0.3)
+
+    yield Bus(publisher, held, unavailable)
+    publisher.producer.flush(5)
+
+
+@pytest.fixture(params=["memory", "kafka"])
+def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
+    if request.param == "memory":
+        yield _memory()
+    else:
+        yield from _kafka(request.getfixturevalue("kafka_bootstrap"))
+
+
+def admitted(tenant: str, n: int) -> Envelope:
+    return Envelope.of(Admitted(
+        request_id=f"{tenant}-r{n}", tenant=tenant, key_id="k1", model="m",
+        messages=(Message("user", f"prompt {n}"),), max_tokens=8, temperature=0.5, top_p=None,
+        seed=n, admitted_at_ms=datetime(2026, 11, 29, 12, 0, tzinfo=UTC)), "admit")
+
+
+def test_published_envelopes_are_held_in_order_with_their_payloads(bus: Bus) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    sent = [admitted(tenant, n) for n in range(3)]
+    bus.publisher.publish(sent)
+    held = bus.held(tenant, 3)
+    assert [(e.id, e.type.name, e.source, e.payload) for e in held] == [
+        (e.id, e.type.name, e.source, e.payload) for e in sent]
+
+
+def test_publishing_nothing_is_harmless(bus: Bus) -> None:
+    bus.publisher.publish([])
+    bus.unavailable().publish([])
+
+
+def test_a_bus_that_does_not_confirm_raises_publish_timeout(bus: Bus) -> None:
+    with pytest.raises(PublishTimeout):
+        bus.unavailable().publish([admitted("down", 1)])

@@ -1,0 +1,92 @@
+"""admit's use case on in-memory ports: the request id, idempotent resends, conflicts, and the
+`admitted` payloads it hands back for the door to publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from events.payloads import Message
+from functions.admit.handler import AdmitPorts, IdempotencyConflict, admit, request_id_for
+from quotaflow.adapters.clock import FixedClock
+from quotaflow.adapters.memory.requests import MemoryRequestStore
+from quotaflow.ports import NewRequest, Principal
+
+ACME = Principal("acme", "key-1", 600, "month")
+
+
+@dataclass(frozen=True)
+class Sent:
+    source: str = "/my/app"
+    ce_id: str = "e-1"
+    data: dict[str, Any] = field(default_factory=lambda: {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+        "temperature": None, "top_p": None, "seed": None})
+
+
+def ports() -> AdmitPorts:
+    clock = FixedClock(datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
+    return AdmitPorts(MemoryRequestStore(clock), clock)
+
+
+def test_request_id_is_the_same_uuid5_of_tenant_source_and_id_as_before() -> None:
+    assert request_id_for("acme", "/my/app", "e-1") == "49525443-f45e-5561-9d45-4cfe7873b79a"
+    assert request_id_for("other", "/my/app", "e-1") != request_id_for("acme", "/my/app", "e-1")
+
+
+def test_a_new_request_is_stored_queued_with_the_same_payload_hash_as_before() -> None:
+    p = ports()
+    out = admit(ACME, Sent(), p)
+    assert out.created
+    # Inserting the same id again answers what the first insert stored.
+    stored = p.requests.insert(NewRequest(out.request_id, "acme", "key-1", "/my/app", "e-1",
+                                          "another-hash", "m"))
+    assert (stored.created, stored.status, stored.payload_hash) == (
+        False, "queued", "839e51e84336429ca440747204ae03cc70fa6cfbbaf2c7686b60f7b9e077bb2c")
+
+
+def test_a_new_request_returns_its_admitted_payload_stamped_by_the_clock() -> None:
+    out = admit(ACME, Sent(), ports())
+    (payload,) = out.admitted
+    assert payload.request_id == out.request_id == request_id_for("acme", "/my/app", "e-1")
+    assert (payload.tenant, payload.key_id, payload.model) == ("acme", "key-1", "m")
+    assert payload.messages == (Message("user", "hi"),)
+    assert (payload.max_tokens, payload.temperature, payload.top_p, payload.seed) == (
+        8, None, None, None)
+    assert payload.admitted_at_ms == datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def test_a_resend_while_queued_is_the_same_request_published_again() -> None:
+    p = ports()
+    first = admit(ACME, Sent(), p)
+    second = admit(ACME, Sent(), p)
+    assert second.request_id == first.request_id
+    assert not second.created
+    assert second.admitted == first.admitted
+
+
+def test_a_resend_after_the_request_moved_on_publishes_nothing() -> None:
+    p = ports()
+    first = admit(ACME, Sent(), p)
+    p.requests.mark_reserved(first.request_id, 20, 12)
+    again = admit(ACME, Sent(), p)
+    assert (again.request_id, again.created, again.admitted) == (first.request_id, False, [])
+
+
+def test_the_same_event_id_with_another_payload_is_a_conflict() -> None:
+    p = ports()
+    admit(ACME, Sent(), p)
+    changed = Sent(data={**Sent().data, "max_tokens": 9})
+    with pytest.raises(IdempotencyConflict, match="different payload"):
+        admit(ACME, changed, p)
+
+
+def test_the_same_event_id_from_another_source_is_another_request() -> None:
+    p = ports()
+    a = admit(ACME, Sent(), p)
+    b = admit(ACME, Sent(source="/other"), p)
+    assert a.request_id != b.request_id
+    assert b.created
