@@ -1,6 +1,6 @@
 -- quotaflow schema v2: the ledger's commands as functions, one statement per batch.
 --
--- events/ledger/domain.py states the rules. These functions apply them inside PostgreSQL so
+-- quotaflow/ledger/domain.py states the rules. These functions apply them inside PostgreSQL so
 -- that a batch of commands costs one round trip (locks, reads, decisions, appends and, in
 -- autocommit, the commit) instead of a dozen statements and Python between them.
 -- tests/ledger/test_sql_rules.py checks them against domain.py on random batches.
@@ -8,7 +8,7 @@
 -- Every command function returns one row per command, in command order (`ord`):
 --   request_id, tenant, kind (the event appended, NULL when refused), period, amount,
 --   released, seq, reason, reserved (the reservation's size)
--- which is events.ledger.store.Outcome. A redelivered command gets its first outcome back.
+-- which is quotaflow.ledger.commands.Outcome. A redelivered command gets its first outcome back.
 --
 -- The functions look rows up by key, a batch of keys at a time: the plan to want is an index
 -- probe per key, whatever the size of the table. Two things make sure of it, both measured:
@@ -59,7 +59,7 @@ DROP INDEX ledger_events_request;
 -- an element a command instead of by sorting seven aggregates after the loop.
 CREATE TYPE ledger_new_event AS (tenant_id text, kind text, request_id text, period text,
                                  amount bigint, released bigint, reason text);
--- events.ledger.store.Outcome, less the request id.
+-- quotaflow.ledger.commands.Outcome, less the request id.
 CREATE TYPE ledger_outcome AS (tenant text, kind text, period text, amount bigint,
                                released bigint, seq bigint, reason text, reserved bigint);
 

@@ -1,83 +1,87 @@
-"""The request read model (table `requests`): what `GET /v1/requests/{id}` answers."""
+"""The request read model in PostgreSQL (table `requests`): what `GET /v1/requests/{id}`
+answers. A status only moves forward: `queued` -> `reserved` -> a terminal one."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-_NAMESPACE = uuid.UUID("5b0f6c1e-3f7a-4d0e-9a51-6f1e0c2b7a10")
+from quotaflow.ports import FinalRecord, Inserted, NewRequest, RequestView
+
+# A field a record leaves None keeps what was stored (a rejection carries no usage).
+_FINISH = (
+    "UPDATE requests SET status = %(status)s, reason = %(reason)s, "
+    "charged_tokens = %(charged_tokens)s, output = coalesce(%(output)s, output), "
+    "prompt_tokens = coalesce(%(prompt_tokens)s, prompt_tokens), "
+    "completion_tokens = coalesce(%(completion_tokens)s, completion_tokens), "
+    "reserved_tokens = coalesce(%(reserved_tokens)s, reserved_tokens), "
+    "model_version = coalesce(%(model_version)s, model_version), updated_at = now() "
+    "WHERE request_id = %(request_id)s AND status IN ('queued', 'reserved')")
+_VIEW_COLUMNS = ("request_id, status, output, prompt_tokens, completion_tokens, "
+                 "reserved_tokens, charged_tokens, model, model_version, reason, created_at, "
+                 "updated_at")
 
 
-def request_id_for(tenant: str, source: str, ce_id: str) -> str:
-    """(tenant, source, id) is the idempotency key of a client request."""
-    return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{source}\x00{ce_id}"))
+class PostgresRequestStore:
+    """The `RequestStore` on one connection; each call commits what it wrote (`finish` in one
+    transaction), unless the caller holds a transaction open around it."""
 
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
 
-def payload_hash(data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    @classmethod
+    def connect(cls, url: str) -> PostgresRequestStore:
+        return cls(psycopg.connect(url, autocommit=True))
 
+    def close(self) -> None:
+        self.conn.close()
 
-@dataclass(frozen=True)
-class NewRequest:
-    request_id: str
-    tenant: str
-    key_id: str
-    source: str
-    ce_id: str
-    payload_hash: str
-    model: str
+    def insert(self, request: NewRequest) -> Inserted:
+        """Insert a queued request; a known id keeps what was stored first."""
+        r = request
+        row = self._execute(
+            "INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, payload_hash, "
+            "status, model) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING payload_hash, status",
+            (r.request_id, r.tenant, r.key_id, r.source, r.ce_id, r.payload_hash, r.model))
+        if row is not None:
+            return Inserted(True, row[0], row[1])
+        row = self._execute("SELECT payload_hash, status FROM requests WHERE request_id = %s",
+                            (r.request_id,))
+        if row is None:  # deleted between the two statements: nothing to answer from
+            raise LookupError(f"request {r.request_id} vanished while being stored")
+        return Inserted(False, row[0], row[1])
 
+    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
+        """A `queued` request is now `reserved`; any later status is left alone."""
+        self._execute("UPDATE requests SET status = 'reserved', reserved_tokens = %s, "
+                      "prompt_tokens = %s, updated_at = now() "
+                      "WHERE request_id = %s AND status = 'queued'",
+                      (reserved_tokens, prompt_tokens, request_id))
 
-def insert_request(conn: psycopg.Connection[Any], r: NewRequest) -> tuple[bool, str, str]:
-    """Insert a queued request; returns (created, stored payload hash, stored status)."""
-    row = conn.execute(
-        "INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, payload_hash, status,"
-        " model) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s) ON CONFLICT (request_id) DO NOTHING"
-        " RETURNING payload_hash, status",
-        (r.request_id, r.tenant, r.key_id, r.source, r.ce_id, r.payload_hash, r.model)).fetchone()
-    if row is not None:
-        return True, row[0], row[1]
-    row = conn.execute("SELECT payload_hash, status FROM requests WHERE request_id = %s",
-                       (r.request_id,)).fetchone()
-    assert row is not None
-    return False, row[0], row[1]
+    def finish(self, records: Sequence[FinalRecord]) -> None:
+        """Write terminal states in one transaction; a terminal status is never overwritten."""
+        if not records:
+            return
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(_FINISH, [dataclasses.asdict(r) for r in records])
 
+    def fetch(self, tenant: str, request_id: str) -> RequestView | None:
+        """The tenant's own request, or None."""
+        row = self._execute(
+            f"SELECT {_VIEW_COLUMNS} FROM requests WHERE request_id = %s AND tenant_id = %s",
+            (request_id, tenant))
+        return RequestView(*row) if row is not None else None
 
-def mark(conn: psycopg.Connection[Any], request_id: str, status: str, *,
-         only_from: tuple[str, ...] = (), **fields: Any) -> None:
-    """Set a request's status (and fields); `only_from` guards against moving backwards."""
-    sets = ", ".join([f"{k} = %s" for k in fields] + ["status = %s", "updated_at = now()"])
-    sql = f"UPDATE requests SET {sets} WHERE request_id = %s"
-    params: list[Any] = [*fields.values(), status, request_id]
-    if only_from:
-        sql += " AND status = ANY(%s)"
-        params.append(list(only_from))
-    conn.execute(sql, params)
-
-
-def fetch(conn: psycopg.Connection[Any], tenant: str, request_id: str) -> dict[str, Any] | None:
-    cur = conn.execute(
-        "SELECT request_id, status, model, model_version, prompt_tokens, completion_tokens,"
-        " reserved_tokens, charged_tokens, output, reason, created_at, updated_at"
-        " FROM requests WHERE request_id = %s AND tenant_id = %s", (request_id, tenant))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    r = dict(zip([d.name for d in cur.description or []], row, strict=True))
-    return {
-        "request_id": r["request_id"],
-        "status": r["status"],
-        "output": r["output"],
-        "usage": {k: r[k] for k in ("prompt_tokens", "completion_tokens", "reserved_tokens",
-                                    "charged_tokens")},
-        "model": {"name": r["model"], "version": r["model_version"]},
-        "reason": r["reason"],
-        "created_at": r["created_at"].isoformat(),
-        "updated_at": r["updated_at"].isoformat(),
-    }
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """One statement, committed: alone in autocommit (no BEGIN/COMMIT round trips on the
+        reserve step's path), else in a transaction of its own or within the caller's."""
+        if self.conn.autocommit:
+            cur = self.conn.execute(sql, params)
+        else:
+            with self.conn.transaction():
+                cur = self.conn.execute(sql, params)
+        return cur.fetchone() if cur.description else None

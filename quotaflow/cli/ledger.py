@@ -11,6 +11,7 @@ from quotaflow.settings import Settings
 
 
 def register(sub: Any) -> None:
+    """Add the ledger's commands to the CLI's subparsers."""
     m = sub.add_parser("migrate", help="apply PostgreSQL migrations (infra/migrations)")
     m.set_defaults(func=_migrate)
     a = sub.add_parser(

@@ -23,6 +23,8 @@ Key = tuple[str, str]  # (tenant, period)
 
 @dataclass
 class Statement:
+    """What a tenant's period came to, replayed from the ledger."""
+
     tenant: str
     period: str
     granted: int = 0
@@ -54,6 +56,8 @@ class Reservation:
 
 @dataclass
 class Audit:
+    """The replay's statements and every difference found."""
+
     statements: dict[Key, Statement] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
     reservations: dict[str, Reservation] = field(default_factory=dict)
@@ -66,33 +70,26 @@ class Audit:
 
 def _stream(conn: psycopg.Connection[Any], tenant: str | None, period: str | None,
             batch: int = 50_000) -> Iterator[tuple[Any, ...]]:
-    where, params = [], []
-    if tenant:
-        where.append("tenant_id = %s")
-        params.append(tenant)
-    if period:
-        where.append("period = %s")
-        params.append(period)
+    filters = [(column, v) for column, v in (("tenant_id", tenant), ("period", period)) if v]
+    where = " AND ".join(f"{column} = %s" for column, _ in filters)
     sql = ("SELECT seq, tenant_id, stream_version, kind, request_id, period, amount, released "
-           "FROM ledger_events" + (" WHERE " + " AND ".join(where) if where else "") +
-           " ORDER BY seq")
+           "FROM ledger_events" + (f" WHERE {where}" if where else "") + " ORDER BY seq")
     with conn.transaction(), conn.cursor(name="quotaflow_audit") as cur:
         cur.itersize = batch
-        cur.execute(sql, params)
+        cur.execute(sql, [v for _, v in filters])
         yield from cur
 
 
 def replay(conn: psycopg.Connection[Any], tenant: str | None = None, period: str | None = None,
            progress: Callable[[int, int], None] | None = None) -> Audit:
-    total = 0
-    if progress:
-        row = conn.execute("SELECT count(*) FROM ledger_events").fetchone()
-        total = int(row[0]) if row else 0
+    """Replay the ledger in sequence order into statements, checking its invariants."""
+    count = conn.execute("SELECT count(*) FROM ledger_events").fetchone() if progress else None
+    total = int(count[0]) if count else 0
     audit = Audit()
     st = audit.statements
     find = audit.findings.append
     versions: dict[str, int] = {}
-    reservations: dict[str, Reservation] = {}
+    reservations = audit.reservations
     n = 0
     for seq, t, version, kind, request_id, p, amount, released in _stream(conn, tenant, period):
         n += 1
@@ -145,12 +142,12 @@ def replay(conn: psycopg.Connection[Any], tenant: str | None = None, period: str
     audit.events = n
     if progress:
         progress(n, total)
-    audit.reservations = reservations
     return audit
 
 
 def compare_snapshot(audit: Audit, conn: psycopg.Connection[Any], tenant: str | None,
                      period: str | None) -> None:
+    """Compare the replay with the balances snapshot the decisions read."""
     rows = conn.execute(
         "SELECT tenant_id, period, granted, reserved, spent FROM balances").fetchall()
     seen = set()
@@ -169,6 +166,7 @@ def compare_snapshot(audit: Audit, conn: psycopg.Connection[Any], tenant: str | 
 
 def compare_projection(audit: Audit, projection: RedisProjection, tenant: str | None,
                        period: str | None) -> None:
+    """Compare the replay with the projection's balances."""
     projected = projection.balances()
     for (t, p), b in sorted(projected.items()):
         if (tenant and t != tenant) or (period and p != period):
@@ -183,6 +181,7 @@ def compare_projection(audit: Audit, projection: RedisProjection, tenant: str | 
 
 
 def compare_requests(audit: Audit, conn: psycopg.Connection[Any], tenant: str | None) -> None:
+    """Compare the request records' final states with the ledger's endings."""
     reservations = audit.reservations
     charged_by_request = dict(conn.execute(
         "SELECT request_id, amount FROM ledger_events WHERE kind = 'ReservationSettled'"
@@ -207,6 +206,7 @@ def compare_requests(audit: Audit, conn: psycopg.Connection[Any], tenant: str | 
 
 
 def render(audit: Audit, fmt: str) -> str:
+    """The statements and differences as a table, JSON or CSV."""
     rows = [s.row() for _, s in sorted(audit.statements.items())]
     columns = ["tenant", "period", "granted", "reserved", "settled", "released", "expired",
                "charged", "rejected", "open", "remaining"]

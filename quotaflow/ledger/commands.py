@@ -21,6 +21,8 @@ def payload_hash(payload: Any) -> str:
 
 @dataclass(frozen=True)
 class ReserveTokens:
+    """Hold a request's worst case (prompt tokens + max_tokens)."""
+
     tenant: str
     request_id: str
     amount: int
@@ -29,6 +31,8 @@ class ReserveTokens:
 
 @dataclass(frozen=True)
 class SettleReservation:
+    """End a reservation, charging the tokens actually used."""
+
     tenant: str
     request_id: str
     actual_tokens: int
@@ -37,6 +41,8 @@ class SettleReservation:
 
 @dataclass(frozen=True)
 class ReleaseReservation:
+    """End a reservation, charging nothing."""
+
     tenant: str
     request_id: str
     reason: str
@@ -69,6 +75,8 @@ class Outcome(NamedTuple):
 
 @dataclass(frozen=True)
 class StoredEvent:
+    """A committed ledger event with its global sequence and its stream version."""
+
     seq: int
     tenant: str
     stream_version: int

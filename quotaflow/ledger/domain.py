@@ -14,6 +14,8 @@ from enum import StrEnum
 
 
 class Kind(StrEnum):
+    """The ledger's event kinds, as stored."""
+
     QUOTA_GRANTED = "QuotaGranted"
     TOKENS_RESERVED = "TokensReserved"
     RESERVATION_SETTLED = "ReservationSettled"
@@ -22,11 +24,10 @@ class Kind(StrEnum):
     REQUEST_REJECTED = "RequestRejected"
 
 
-ENDINGS = (Kind.RESERVATION_SETTLED, Kind.RESERVATION_RELEASED, Kind.RESERVATION_EXPIRED)
-
-
 @dataclass(frozen=True)
 class Balance:
+    """A tenant's tokens in one period."""
+
     granted: int = 0
     reserved: int = 0  # tokens held by open reservations
     spent: int = 0
@@ -75,6 +76,7 @@ def apply(balance: Balance, event: LedgerEvent) -> Balance:
 
 def decide_reserve(balance: Balance, tenant: str, period: str, request_id: str,
                    amount: int) -> LedgerEvent:
+    """Reserve `amount` if it fits the period's grant, else reject the request."""
     if amount <= 0:
         return LedgerEvent(Kind.REQUEST_REJECTED, tenant, period, amount, request_id,
                            reason="invalid_amount")
@@ -86,6 +88,8 @@ def decide_reserve(balance: Balance, tenant: str, period: str, request_id: str,
 
 @dataclass(frozen=True)
 class Reservation:
+    """An admitted request's hold on tokens, and how it ended (None while open)."""
+
     tenant: str
     request_id: str
     period: str
@@ -106,12 +110,14 @@ def decide_settle(r: Reservation, actual_tokens: int) -> LedgerEvent:
 
 
 def decide_release(r: Reservation, reason: str) -> LedgerEvent:
+    """Return the whole reservation; nothing is charged."""
     _check_open(r)
     return LedgerEvent(Kind.RESERVATION_RELEASED, r.tenant, r.period, r.amount, r.request_id,
                        reason=reason)
 
 
 def decide_expire(r: Reservation) -> LedgerEvent:
+    """End a reservation its step never settled; nothing is charged."""
     _check_open(r)
     return LedgerEvent(Kind.RESERVATION_EXPIRED, r.tenant, r.period, r.amount, r.request_id,
                        reason="ttl")

@@ -12,8 +12,9 @@ from datetime import UTC
 
 from confluent_kafka import Producer
 
-from events.catalog import event
-from events.envelope import Event, to_kafka
+from events.catalog import EVENTS
+from events.envelope import Envelope, to_kafka
+from events.payloads import LedgerEntry
 from quotaflow.adapters import kafka
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.store import PostgresLedger
@@ -22,22 +23,26 @@ log = logging.getLogger(__name__)
 CURSOR = "ledger-topic"
 
 
-def ledger_record(ev: StoredEvent) -> Event:
-    return Event(type=event("ledger"), id=f"ledger/{ev.seq}", source="/quotaflow/ledger",
-                 tenant=ev.tenant, time=ev.recorded_at.astimezone(UTC), data={
-                     "seq": ev.seq, "tenant": ev.tenant, "stream_version": ev.stream_version,
-                     "kind": ev.kind.value, "request_id": ev.request_id, "period": ev.period,
-                     "amount": ev.amount, "released": ev.released,
-                     "recorded_at_ms": ev.recorded_at})
+def ledger_envelope(ev: StoredEvent) -> Envelope:
+    """The record of one committed ledger event: id `ledger/<seq>`, timed when it was recorded."""
+    entry = LedgerEntry(seq=ev.seq, tenant=ev.tenant, stream_version=ev.stream_version,
+                        kind=ev.kind.value, request_id=ev.request_id, period=ev.period,
+                        amount=ev.amount, released=ev.released, recorded_at_ms=ev.recorded_at)
+    return Envelope(type=EVENTS[LedgerEntry.event_name], id=f"ledger/{ev.seq}",
+                    source="/quotaflow/ledger", tenant=ev.tenant, payload=entry,
+                    time=ev.recorded_at.astimezone(UTC))
 
 
 class LedgerRelay:
+    """The `LedgerOutbox` on PostgreSQL and Kafka."""
+
     def __init__(self, ledger: PostgresLedger, producer: Producer, topic: str) -> None:
         self.ledger = ledger
         self.producer = producer
         self.topic = topic
 
     def publish_pending(self, batch: int = 5000) -> int:
+        """Publish every committed event after the cursor; returns how many."""
         conn = self.ledger.conn
         published = 0
         while True:
@@ -48,7 +53,7 @@ class LedgerRelay:
                     return published  # another relay is publishing
                 events = self.ledger.events_after(int(row[0]), batch)
                 for ev in events:
-                    kafka.produce(self.producer, self.topic, to_kafka(ledger_record(ev)))
+                    kafka.produce(self.producer, self.topic, to_kafka(ledger_envelope(ev)))
                 kafka.flush(self.producer)
                 if events:
                     conn.execute("UPDATE outbox_cursors SET seq = %s WHERE name = %s",

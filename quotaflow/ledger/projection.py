@@ -15,17 +15,20 @@ from events.resources import data_path
 from quotaflow.ledger import domain
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance
-from quotaflow.ledger.store import PostgresLedger
+from quotaflow.ports import Ledger
 
 PREFIX = "qf:"
 LAST_SEQ_KEY = PREFIX + "projection:last_seq"
 
 
 def balance_key(tenant: str, period: str) -> str:
+    """The Redis hash of one (tenant, period) balance."""
     return f"{PREFIX}balance:{tenant}:{period}"
 
 
 class RedisProjection:
+    """The `Projection` in Redis: one hash per (tenant, period) and the last sequence applied."""
+
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._script = client.register_script((data_path("redis") / "apply_ledger.lua").read_text())
@@ -47,7 +50,8 @@ class RedisProjection:
         applied, _last = self._script(keys=keys, args=args)
         return int(applied)
 
-    def catch_up(self, ledger: PostgresLedger, batch: int = 5000) -> int:
+    def catch_up(self, ledger: Ledger, batch: int = 5000) -> int:
+        """Apply every ledger event after the last one applied; returns how many were new."""
         total = 0
         while True:
             events = ledger.events_after(self.last_seq(), batch)
@@ -65,6 +69,7 @@ class RedisProjection:
                        int(raw.get(b"spent", 0)))
 
     def balances(self) -> dict[tuple[str, str], Balance]:
+        """Every projected balance (the audit compares them with the replay)."""
         out: dict[tuple[str, str], Balance] = {}
         for key in self.redis.scan_iter(match=f"{PREFIX}balance:*", count=1000):
             _, _, rest = key.decode().partition(f"{PREFIX}balance:")
@@ -73,6 +78,7 @@ class RedisProjection:
         return out
 
     def clear(self) -> None:
+        """Drop every balance and the last sequence."""
         keys = list(self.redis.scan_iter(match=f"{PREFIX}balance:*", count=1000))
         pipe = self.redis.pipeline()
         for k in keys:
@@ -80,7 +86,7 @@ class RedisProjection:
         pipe.delete(LAST_SEQ_KEY)
         pipe.execute()
 
-    def rebuild(self, ledger: PostgresLedger) -> int:
+    def rebuild(self, ledger: Ledger) -> int:
         """Drop the projection and replay the whole ledger into it."""
         self.clear()
         return self.catch_up(ledger)

@@ -12,7 +12,8 @@ snapshot, the reservations and the idempotency records.
 The rules are written twice on purpose: `domain` is the readable, pure statement of them (the
 audit replays with it); the SQL runs them next to the data, because a decision made in Python
 cost a dozen statements and two round trips a batch (BENCHMARKS.md, ledger).
-`tests/ledger/test_sql_rules.py` checks that the two agree on random batches.
+`tests/ledger/test_sql_rules.py` checks that the two agree on random batches, against
+`quotaflow.adapters.memory.ledger.MemoryLedger` (the rules of `domain` in memory).
 The caller commits Kafka offsets only after a call returns.
 """
 
@@ -51,6 +52,7 @@ EVENT_COLUMNS = ("seq, tenant_id, stream_version, kind, request_id, period, amou
 
 
 def row_to_event(row: Sequence[Any]) -> StoredEvent:
+    """A `ledger_events` row, read in `EVENT_COLUMNS` order."""
     return StoredEvent(row[0], row[1], row[2], Kind(row[3]), row[4], row[5], row[6], row[7],
                        row[8], row[9])
 
@@ -72,6 +74,7 @@ class PostgresLedger:
     # -- commands ---------------------------------------------------------------------
 
     def reserve(self, commands: Sequence[ReserveTokens]) -> list[Outcome]:
+        """Reserve each command's tokens or reject it (the reserve step)."""
         return self._call("ledger_reserve(%b::text[], %b::text[], %b::bigint[], %b::text[])",
                           [c.tenant for c in commands], [c.request_id for c in commands],
                           [c.amount for c in commands], [c.payload_hash for c in commands])
@@ -90,6 +93,7 @@ class PostgresLedger:
         return self._call("ledger_expire(%s, %s)", ttl_s, limit)
 
     def grant(self, tenant: str, tokens: int, period: str | None = None) -> Outcome:
+        """Grant `tokens` for `period` (default: the tenant's current one)."""
         try:
             (outcome,) = self._call("ledger_grant(%s, %s, %s)", tenant, tokens, period)
         except pg_errors.NoDataFound:
@@ -99,12 +103,14 @@ class PostgresLedger:
     # -- reads ------------------------------------------------------------------------
 
     def balance(self, tenant: str, period: str) -> Balance:
+        """The balances snapshot, as of the last commit."""
         row = self.conn.execute(
             "SELECT granted, reserved, spent FROM balances WHERE tenant_id=%s AND period=%s",
             (tenant, period)).fetchone()
         return Balance(*row) if row else Balance()
 
     def current_period(self, tenant: str) -> str:
+        """The tenant's period by PostgreSQL's clock, the one the decisions use."""
         row = self.conn.execute(
             "SELECT plan_period, now() FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone()
         if row is None:
@@ -112,6 +118,7 @@ class PostgresLedger:
         return domain.period_of(row[0], row[1])
 
     def events_after(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
+        """Committed events above `seq`, in sequence order."""
         rows = self.conn.execute(
             f"SELECT {EVENT_COLUMNS} FROM ledger_events WHERE seq > %s ORDER BY seq LIMIT %s",
             (seq, limit)).fetchall()

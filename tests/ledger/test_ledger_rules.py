@@ -29,7 +29,8 @@ def test_burst_of_1000_concurrent_reservations_never_overshoots_the_grant(
     def reserve(i: int) -> Outcome:
         if not hasattr(local, "ledger"):
             local.ledger = PostgresLedger.connect(ledger_url)
-        return local.ledger.reserve([ReserveTokens("burst", f"b{i}", 10, "h")])[0]
+        ledger: PostgresLedger = local.ledger
+        return ledger.reserve([ReserveTokens("burst", f"b{i}", 10, "h")])[0]
 
     with ThreadPoolExecutor(32) as pool:
         outcomes = list(pool.map(reserve, range(1000)))

@@ -1,0 +1,171 @@
+"""An in-memory `Ledger` built only on `quotaflow.ledger.domain`, by a `Clock`.
+
+It promises what the PostgreSQL store promises (infra/migrations/0002_ledger_functions.sql):
+idempotency by (request id, command) with the payload hash, the same command twice in a batch
+answered once, a period's first decision granting the plan, reservations that end exactly
+once, and the same refusal reasons. tests/ledger/test_sql_rules.py checks the SQL against it on
+random batches; the unit tests run the handlers on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from quotaflow.ledger import domain
+from quotaflow.ledger.commands import (
+    EndCommand,
+    Outcome,
+    ReserveTokens,
+    SettleReservation,
+    StoredEvent,
+)
+from quotaflow.ledger.domain import Balance, Kind, LedgerEvent, Reservation
+from quotaflow.ports import Clock
+
+CONFLICT = "idempotency_conflict: same request id, different payload"
+C = TypeVar("C", ReserveTokens, EndCommand)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    plan_period: str  # day or month
+    grant_tokens: int
+
+
+class MemoryLedger:
+    """The whole ledger in dictionaries; each call decides its batch at one moment of `clock`."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._plans: dict[str, _Plan] = {}
+        self._balances: dict[tuple[str, str], Balance] = {}
+        self._reservations: dict[str, Reservation] = {}
+        self._reserved_at: dict[str, datetime] = {}
+        self._records: dict[tuple[str, str], tuple[str, Outcome]] = {}
+        self._events: list[StoredEvent] = []
+        self._versions: dict[str, int] = {}
+
+    def add_tenant(self, tenant: str, grant_tokens: int, plan_period: str = "month") -> None:
+        """A tenant with a recurring grant per period, granted now for the current period."""
+        if tenant in self._plans:
+            raise ValueError(f"tenant {tenant!r} exists")
+        if grant_tokens < 0:
+            raise ValueError("tokens must not be negative")
+        domain.period_of(plan_period, self.clock.now())  # refuses anything but day or month
+        self._plans[tenant] = _Plan(plan_period, grant_tokens)
+        self.grant(tenant, grant_tokens)
+
+    # -- commands ---------------------------------------------------------------------
+
+    def reserve(self, commands: Sequence[ReserveTokens]) -> list[Outcome]:
+        """Reserve each command's tokens or reject it; one outcome per command, in order."""
+        now = self.clock.now()
+        return self._decide("reserve", commands, lambda c: self._reserve_one(c, now))
+
+    def end(self, commands: Sequence[EndCommand]) -> list[Outcome]:
+        """Settle or release reservations; an ended or expired one is refused."""
+        return self._decide("end", commands, self._end_one)
+
+    def expire_stale(self, ttl_s: int, limit: int = 1000) -> list[Outcome]:
+        """Expire open reservations older than `ttl_s` by the clock, oldest first."""
+        cutoff = self.clock.now() - timedelta(seconds=ttl_s)
+        stale = sorted((at, rid) for rid, at in self._reserved_at.items()
+                       if at < cutoff and self._reservations[rid].ended is None)[:limit]
+        out = []
+        for _, rid in stale:
+            ev = domain.decide_expire(self._reservations[rid])
+            seq = self._append(ev)
+            out.append(Outcome(rid, ev.tenant, ev.kind.value, ev.period, ev.amount, 0, seq,
+                               ev.reason, ev.amount))
+        return out
+
+    def grant(self, tenant: str, tokens: int, period: str | None = None) -> Outcome:
+        """Grant `tokens` to `tenant` for `period` (default: its current period)."""
+        if tenant not in self._plans:
+            raise LookupError(f"unknown tenant {tenant!r}")
+        period = self.current_period(tenant) if period is None else period
+        seq = self._append(LedgerEvent(Kind.QUOTA_GRANTED, tenant, period, tokens))
+        return Outcome("", tenant, Kind.QUOTA_GRANTED.value, period, tokens, 0, seq)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def balance(self, tenant: str, period: str) -> Balance:
+        return self._balances.get((tenant, period), Balance())
+
+    def current_period(self, tenant: str) -> str:
+        """The tenant's billing period now, by the clock."""
+        plan = self._plans.get(tenant)
+        if plan is None:
+            raise LookupError(f"unknown tenant {tenant!r}")
+        return domain.period_of(plan.plan_period, self.clock.now())
+
+    def events_after(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
+        """Events above `seq`, in sequence order (sequence numbers are 1, 2, ...)."""
+        start = max(seq, 0)
+        return self._events[start:start + limit]
+
+    # -- internals --------------------------------------------------------------------
+
+    def _decide(self, command: str, batch: Sequence[C],
+                decide: Callable[[C], Outcome]) -> list[Outcome]:
+        out: list[Outcome] = []
+        decided: dict[str, tuple[str, Outcome]] = {}
+        for c in batch:
+            first = self._records.get((c.request_id, command)) or decided.get(c.request_id)
+            if first is not None:
+                same = first[0] == c.payload_hash
+                out.append(first[1] if same else
+                           Outcome(c.request_id, c.tenant, None, "", 0, reason=CONFLICT))
+                continue
+            outcome = decide(c)
+            decided[c.request_id] = (c.payload_hash, outcome)
+            out.append(outcome)
+        self._records.update(((rid, command), v) for rid, v in decided.items())
+        return out
+
+    def _reserve_one(self, c: ReserveTokens, now: datetime) -> Outcome:
+        plan = self._plans.get(c.tenant)
+        if plan is None:
+            return Outcome(c.request_id, c.tenant, None, "", c.amount, reason="unknown_tenant")
+        period = domain.period_of(plan.plan_period, now)
+        if (c.tenant, period) not in self._balances:  # the period's first decision
+            self._append(LedgerEvent(Kind.QUOTA_GRANTED, c.tenant, period, plan.grant_tokens))
+        ev = domain.decide_reserve(self._balances[(c.tenant, period)], c.tenant, period,
+                                   c.request_id, c.amount)
+        seq = self._append(ev)
+        return Outcome(c.request_id, c.tenant, ev.kind.value, period, c.amount, 0, seq,
+                       ev.reason, c.amount)
+
+    def _end_one(self, c: EndCommand) -> Outcome:
+        r = self._reservations.get(c.request_id)
+        if r is None or r.tenant != c.tenant:
+            return Outcome(c.request_id, c.tenant, None, "", 0, reason="unknown_reservation")
+        if r.ended is not None:
+            why = "reservation_expired" if r.ended is Kind.RESERVATION_EXPIRED else "already_ended"
+            return Outcome(c.request_id, c.tenant, None, r.period, 0, reason=why,
+                           reserved=r.amount)
+        ev = (domain.decide_settle(r, c.actual_tokens) if isinstance(c, SettleReservation)
+              else domain.decide_release(r, c.reason))
+        seq = self._append(ev)
+        return Outcome(c.request_id, c.tenant, ev.kind.value, r.period, ev.amount, ev.released,
+                       seq, ev.reason, r.amount)
+
+    def _append(self, ev: LedgerEvent) -> int:
+        """Store one event and move the balance, the stream version and the reservations."""
+        now = self.clock.now()
+        key = (ev.tenant, ev.period)
+        self._balances[key] = domain.apply(self._balances.get(key, Balance()), ev)
+        version = self._versions[ev.tenant] = self._versions.get(ev.tenant, 0) + 1
+        seq = len(self._events) + 1
+        self._events.append(StoredEvent(seq, ev.tenant, version, ev.kind, ev.request_id,
+                                        ev.period, ev.amount, ev.released, ev.reason, now))
+        if ev.request_id is not None and ev.kind is Kind.TOKENS_RESERVED:
+            self._reservations[ev.request_id] = Reservation(ev.tenant, ev.request_id, ev.period,
+                                                            ev.amount)
+            self._reserved_at[ev.request_id] = now
+        elif ev.request_id is not None and ev.kind is not Kind.REQUEST_REJECTED:
+            r = self._reservations[ev.request_id]
+            self._reservations[ev.request_id] = replace(r, ended=ev.kind)
+        return seq

@@ -1,0 +1,103 @@
+"""The `Projection` contract, run against `MemoryProjection` and `RedisProjection` (Redis db
+index 12), both fed by the same in-memory ledger: catching up gives the ledger's balances,
+applying an event twice changes nothing, and the last sequence applied follows the ledger.
+`-k memory` runs the in-memory projection alone, with no services."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import pytest
+
+from quotaflow.adapters.clock import FixedClock
+from quotaflow.adapters.memory.ledger import MemoryLedger
+from quotaflow.adapters.memory.projection import MemoryProjection
+from quotaflow.ledger.commands import (
+    ReleaseReservation,
+    ReserveTokens,
+    SettleReservation,
+    StoredEvent,
+)
+from quotaflow.ledger.domain import Balance
+from quotaflow.ports import Projection
+from tests.contract.ledger_backends import redis_client
+
+
+class AppliedProjection(Projection, Protocol):
+    """A projection that also takes events directly, as both adapters do."""
+
+    def apply(self, events: Sequence[StoredEvent]) -> int: ...
+
+
+@pytest.fixture(params=["memory", "redis"])
+def projection(request: pytest.FixtureRequest) -> AppliedProjection:
+    if request.param == "memory":
+        return MemoryProjection()
+    from quotaflow.ledger.projection import RedisProjection
+
+    return RedisProjection(redis_client())
+
+
+@pytest.fixture
+def ledger() -> MemoryLedger:
+    """Two tenants with reservations settled, released, rejected and still open."""
+    ledger = MemoryLedger(FixedClock())
+    ledger.add_tenant("acme", 500)
+    ledger.add_tenant("bravo", 100, plan_period="day")
+    ledger.reserve([ReserveTokens("acme", f"a{i}", 100, "h") for i in range(4)]
+                   + [ReserveTokens("bravo", "b1", 80, "h"), ReserveTokens("bravo", "b2", 80, "h")])
+    ledger.end([SettleReservation("acme", "a0", 30, "s"),
+                ReleaseReservation("acme", "a1", "x", "r"),
+                SettleReservation("bravo", "b1", 80, "s")])
+    return ledger
+
+
+def balances_of(ledger: MemoryLedger) -> dict[tuple[str, str], Balance]:
+    keys = {(e.tenant, e.period) for e in ledger.events_after(0)}
+    return {(t, p): ledger.balance(t, p) for t, p in keys}
+
+
+def test_catching_up_gives_the_ledgers_balances(projection: AppliedProjection,
+                                                ledger: MemoryLedger) -> None:
+    assert projection.catch_up(ledger) == len(ledger.events_after(0))
+    expected = balances_of(ledger)
+    assert {k: projection.balance(*k) for k in expected} == expected
+    acme = projection.balance("acme", ledger.current_period("acme"))
+    assert (acme.granted, acme.reserved, acme.spent) == (500, 200, 30)
+
+
+def test_catching_up_again_applies_only_what_is_new(projection: AppliedProjection,
+                                                   ledger: MemoryLedger) -> None:
+    projection.catch_up(ledger)
+    assert projection.catch_up(ledger) == 0
+    ledger.end([SettleReservation("acme", "a2", 100, "s")])
+    assert projection.catch_up(ledger) == 1
+    expected = balances_of(ledger)
+    assert {k: projection.balance(*k) for k in expected} == expected
+
+
+def test_applying_events_again_changes_nothing(projection: AppliedProjection,
+                                               ledger: MemoryLedger) -> None:
+    projection.catch_up(ledger)
+    before = {k: projection.balance(*k) for k in balances_of(ledger)}
+    assert projection.apply(ledger.events_after(0)) == 0
+    assert projection.apply(ledger.events_after(2, limit=3)) == 0
+    assert {k: projection.balance(*k) for k in before} == before
+
+
+def test_last_seq_starts_at_zero_and_follows_the_ledger(projection: AppliedProjection,
+                                                       ledger: MemoryLedger) -> None:
+    assert projection.last_seq() == 0
+    events = ledger.events_after(0)
+    projection.apply(events[:3])
+    assert projection.last_seq() == events[2].seq
+    projection.catch_up(ledger)
+    assert projection.last_seq() == events[-1].seq
+
+
+def test_a_period_never_projected_has_a_zero_balance(projection: AppliedProjection,
+                                                     ledger: MemoryLedger) -> None:
+    projection.catch_up(ledger)
+    assert projection.balance("acme", "1999-01") == Balance()
+    assert projection.balance("nobody", ledger.current_period("acme")) == Balance()

@@ -1,0 +1,57 @@
+"""The ledger topic's records: the relay's envelope of a committed event (the same bytes on the
+wire as before payloads were typed), and the in-memory outbox's once-each, in-order publishing.
+Neither needs a service."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from events.envelope import from_kafka, to_kafka
+from events.payloads import LedgerEntry
+from quotaflow.adapters.clock import FixedClock
+from quotaflow.adapters.memory.ledger import MemoryLedger
+from quotaflow.adapters.memory.outbox import MemoryOutbox
+from quotaflow.ledger.commands import ReserveTokens, SettleReservation, StoredEvent
+from quotaflow.ledger.domain import Kind
+from quotaflow.ledger.outbox import ledger_envelope
+
+RECORDED = datetime(2026, 11, 29, 13, 0, 1, 123000, tzinfo=timezone(timedelta(hours=2)))
+SETTLED = StoredEvent(42, "acme", 7, Kind.RESERVATION_SETTLED, "r1", "2026-11", 30, 70, None,
+                      RECORDED)
+# Written by the relay before typed payloads (events.envelope.Event with a dict of data).
+WIRE_VALUE = ("540861636d650e245265736572766174696f6e536574746c6564020472310e323032362d3131"
+              "3c8c01c6efb1efc468")
+
+
+def test_a_ledger_record_keeps_its_wire_bytes_id_source_and_time() -> None:
+    message = to_kafka(ledger_envelope(SETTLED))
+    headers = dict(message.headers)
+    assert message.value is not None and message.value.hex() == WIRE_VALUE
+    assert message.key in ("acme", b"acme")
+    assert (headers["ce_id"], headers["ce_source"], headers["ce_time"],
+            headers["ce_type"], headers["ce_dataschema"]) == \
+        (b"ledger/42", b"/quotaflow/ledger", b"2026-11-29T11:00:01.123000Z",
+         b"dev.quotaflow.ledger.entry", b"urn:quotaflow:schema:ledger:v1")
+
+
+def test_a_ledger_record_decodes_to_the_committed_event() -> None:
+    message = to_kafka(ledger_envelope(SETTLED))
+    decoded = from_kafka(message.headers, message.key, message.value)
+    assert decoded.payload == LedgerEntry(42, "acme", 7, "ReservationSettled", "r1", "2026-11",
+                                          30, 70, RECORDED)
+    assert decoded.time == RECORDED.astimezone(UTC)
+
+
+def test_the_memory_outbox_publishes_each_committed_event_once_in_order() -> None:
+    ledger = MemoryLedger(FixedClock())
+    outbox = MemoryOutbox(ledger)
+    ledger.add_tenant("acme", 100)
+    ledger.reserve([ReserveTokens("acme", "r1", 40, "h")])
+    assert outbox.publish_pending() == 2
+    assert outbox.publish_pending() == 0
+    ledger.end([SettleReservation("acme", "r1", 10, "s")])
+    ledger.reserve([ReserveTokens("acme", "r1", 40, "h")])  # a redelivery: no new event
+    assert outbox.publish_pending(batch=1) == 1
+    assert [e.kind for e in outbox.published] == [
+        Kind.QUOTA_GRANTED, Kind.TOKENS_RESERVED, Kind.RESERVATION_SETTLED]
+    assert outbox.published == ledger.events_after(0)
