@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from typing import Any, TypeVar
 
 import psycopg
@@ -115,7 +116,7 @@ class PostgresLedger:
             "SELECT plan_period, now() FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone()
         if row is None:
             raise LookupError(f"unknown tenant {tenant!r}")
-        return domain.period_of(row[0], row[1])
+        return domain.period_of(row[0], row[1].astimezone(UTC))
 
     def events_after(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
         """Committed events above `seq`, in sequence order."""
