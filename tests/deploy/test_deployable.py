@@ -13,7 +13,6 @@ import time
 import urllib.request
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,12 +22,12 @@ import pytest
 import yaml
 from confluent_kafka import Consumer
 
-from events.catalog import EVENTS
-from events.envelope import Event, from_kafka, to_http
+from events.envelope import Envelope, from_kafka, to_http
+from events.payloads import Recorded, Settled
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
-from quotaflow.cli.func import prepare
-from quotaflow.devstack.stack import free_port
+from quotaflow.deploy.context import prepare
+from quotaflow.devstack.process import free_port
 from quotaflow.settings import Settings
 from tests.conftest import REPO
 from tests.services import fresh_database, redis_base
@@ -40,8 +39,8 @@ def build_context(tmp: Path, step: str) -> Path:
     """functions/STEP as `kn func deploy --path functions/STEP` would see it after prepare."""
     (tmp / "functions").mkdir()
     shutil.copytree(REPO / "functions" / step, tmp / "functions" / step,
-                    ignore=shutil.ignore_patterns("__pycache__", "events", "functions", "build",
-                                                  "*.egg-info"))
+                    ignore=shutil.ignore_patterns("__pycache__", "events", "functions",
+                                                  "quotaflow", "build", "*.egg-info"))
     return prepare(step, root=tmp)
 
 
@@ -89,13 +88,10 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
             assert time.monotonic() < deadline, "function never became ready"
             time.sleep(0.2)
 
-        settled = Event(type=EVENTS["settled"], id="req-9/settled", source="/quotaflow/settle",
-                        tenant="acme", time=datetime.now(UTC), data={
-                            "request_id": "req-9", "tenant": "acme", "status": "completed",
-                            "reserved_tokens": 40, "charged_tokens": 25, "released_tokens": 15,
-                            "prompt_tokens": 20, "completion_tokens": 5, "text": "hello",
-                            "model": "m", "model_version": "v1", "reason": None,
-                            "ledger_seq": 7})
+        settled = Envelope.of(Settled(
+            request_id="req-9", tenant="acme", status="completed", reserved_tokens=40,
+            charged_tokens=25, released_tokens=15, prompt_tokens=20, completion_tokens=5,
+            text="hello", model="m", model_version="v1", reason=None, ledger_seq=7), "settle")
         headers, body = to_http(settled)  # ce-* headers, content-type application/avro
         req = urllib.request.Request(base + "/", data=body, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -111,7 +107,8 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
         c.close()
         assert got, "no recorded event on Kafka"
         recorded = from_kafka(got[0].headers(), got[0].key(), got[0].value())
-        assert (recorded.id, recorded.data["status"]) == ("req-9/recorded", "completed")
+        assert recorded.id == "req-9/recorded"
+        assert recorded.payload == Recorded(request_id="req-9", tenant="acme", status="completed")
         with db.connect(url) as conn:
             row = conn.execute("SELECT status, charged_tokens, output FROM requests "
                                "WHERE request_id = 'req-9'").fetchone()

@@ -1,0 +1,44 @@
+"""`quotaflow func prepare STEP`: make functions/STEP a self-contained build context.
+
+`kn func deploy --path functions/STEP` builds only what is inside that directory, so the shared
+code is copied in beside `function/`: the `events` package (with schemas, migrations, Redis
+scripts and the topic declaration under events/_data), the `quotaflow` package and the
+`functions` package's modules: every step's, not only STEP's, since the runtime's wiring
+imports each step's ports. The copies are build outputs (.gitignored); run this before every
+deploy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from events.resources import data_path
+from quotaflow.runtime.steps import ALL_STEPS
+
+REPO = Path(__file__).resolve().parents[2]
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "_data")
+
+
+def prepare(step: str, root: Path = REPO) -> Path:
+    """Fill root/functions/STEP with the shared code (from this checkout); its path."""
+    target = root / "functions" / step
+    events_dst = target / "events"
+    shutil.rmtree(events_dst, ignore_errors=True)
+    shutil.copytree(REPO / "events", events_dst, ignore=_IGNORE)
+    data = events_dst / "_data"
+    data.mkdir()
+    for name in ("schemas", "migrations", "redis"):
+        shutil.copytree(data_path(name), data / name, ignore=_IGNORE)
+    shutil.copy2(data_path("topics.yaml"), data / "topics.yaml")
+    runtime_dst = target / "quotaflow"
+    shutil.rmtree(runtime_dst, ignore_errors=True)
+    shutil.copytree(REPO / "quotaflow", runtime_dst, ignore=_IGNORE)
+    pkg = target / "functions"
+    shutil.rmtree(pkg, ignore_errors=True)
+    pkg.mkdir()
+    shutil.copy2(REPO / "functions" / "__init__.py", pkg / "__init__.py")
+    for name in ALL_STEPS:
+        (pkg / name).mkdir()
+        for module in sorted((REPO / "functions" / name).glob("*.py")):
+            shutil.copy2(module, pkg / name / module.name)
+    return target

@@ -1,0 +1,66 @@
+"""How each function is sized and what it needs: the one table `quotaflow func generate`
+renders every `func.yaml` and `pyproject.toml` from. Keep `knative/services/<step>.yaml` in
+step with it (tests/deploy checks scale and concurrency).
+
+"all" is the root func.yaml: admit's HTTP door plus the five Kafka loops in one process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quotaflow.settings import ENV_NAMES
+
+CONFIG_MAP = "quotaflow-config"
+SECRET = "quotaflow-secrets"
+# Settings fields every function reads from the ConfigMap, then from the Secret, in this order.
+FROM_CONFIG_MAP = ("kafka_bootstrap", "topic_prefix", "model_source", "model_name",
+                   "model_alias", "model_bucket", "model_cache_dir", "public_url",
+                   "reservation_ttl_s", "batch_max", "batch_wait_ms", "log_level")
+FROM_SECRET = ("postgres_url", "redis_url", "s3_endpoint_url")
+# Read by boto3 itself, not by Settings; secrets too.
+LIBRARY_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+RUNTIME_DEPENDENCIES = ("cloudevents>=2.2,<3", "flask>=3.0", "asgiref>=3.8",
+                        "confluent-kafka>=2.16", "fastavro>=1.9", "psycopg[binary]>=3.2",
+                        "redis>=5.0", "prometheus-client>=0.20", "pyyaml>=6.0")
+# The model comes from a directory or the S3 registry (QF_MODEL_SOURCE=registry): boto3 for both
+# steps that load it.
+TOKENIZER_DEPENDENCIES = ("numpy>=1.26", "transformers>=4.57", "tokenizers>=0.20", "boto3>=1.34")
+GENERATOR_DEPENDENCIES = (*TOKENIZER_DEPENDENCIES, "onnxruntime>=1.20")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """One function's Knative scale and resources, and what its build context installs."""
+
+    scale_min: int
+    scale_max: int
+    target: int  # in-flight requests per instance the autoscaler aims for
+    concurrency: int  # hard limit per instance (containerConcurrency)
+    cpu: tuple[str, str]  # request, limit
+    memory: tuple[str, str]  # request, limit
+    metric: str = "concurrency"
+    window: str = "60s"
+    extra_dependencies: tuple[str, ...] = ()  # beyond RUNTIME_DEPENDENCIES
+
+
+_SMALL = Sizing(0, 10, 20, 50, ("250m", "1"), ("256Mi", "512Mi"))
+
+SIZING: dict[str, Sizing] = {
+    "all": Sizing(1, 1, 50, 100, ("2", "4"), ("3Gi", "6Gi")),
+    "admit": Sizing(0, 20, 50, 100, ("250m", "1"), ("512Mi", "1Gi")),
+    "estimate": Sizing(0, 10, 20, 50, ("250m", "1"), ("512Mi", "1Gi"),
+                       extra_dependencies=TOKENIZER_DEPENDENCIES),
+    "reserve": _SMALL,
+    "infer": Sizing(0, 8, 8, 8, ("2", "4"), ("2Gi", "4Gi"),
+                    extra_dependencies=GENERATOR_DEPENDENCIES),
+    "settle": _SMALL,
+    "record": _SMALL,
+}
+
+
+def env_refs() -> list[tuple[str, str, str]]:
+    """(variable, "configMap" or "secret", object name) for every variable a func.yaml sets."""
+    return ([(ENV_NAMES[f], "configMap", CONFIG_MAP) for f in FROM_CONFIG_MAP]
+            + [(ENV_NAMES[f], "secret", SECRET) for f in FROM_SECRET]
+            + [(name, "secret", SECRET) for name in LIBRARY_SECRETS])
