@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from events.envelope import from_kafka
+from events.payloads import LedgerEntry
 from quotaflow import client
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
@@ -107,9 +108,11 @@ def test_committed_ledger_events_reach_the_ledger_topic(stack: DevStack) -> None
     records = read_topic(stack, stack.settings.topic("ledger"), 10_000, timeout_s=8)
     mine = [from_kafka(m.headers(), m.key(), m.value()) for m in records  # type: ignore[attr-defined]
             if m.key() == name.encode()]  # type: ignore[attr-defined]
-    kinds = [e.data["kind"] for e in mine]
+    entries = [e.payload for e in mine]
+    assert all(isinstance(e, LedgerEntry) for e in entries)
+    kinds = [e.kind for e in entries if isinstance(e, LedgerEntry)]
     assert kinds[:3] == ["QuotaGranted", "TokensReserved", "ReservationSettled"], kinds
-    assert [e.id for e in mine] == [f"ledger/{e.data['seq']}" for e in mine]
+    assert [e.id for e in mine] == [f"ledger/{getattr(e.payload, 'seq', None)}" for e in mine]
 
 
 def test_health_and_metrics_are_served(stack: DevStack) -> None:
