@@ -19,9 +19,9 @@ from quotaflow.door.app import create_app
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
+from tests.problems import MODEL, assert_problem, body
 from tests.services import fresh_database, redis_base
 
-MODEL = "smollm2-135m-instruct"
 REDIS_DB = 7
 
 
@@ -54,21 +54,8 @@ def headers(key: str | None, **over: str) -> dict[str, str]:
     return {k: v for k, v in h.items() if v != ""}
 
 
-def body(**over: Any) -> bytes:
-    data = {"model": MODEL, "prompt": "hello", "max_tokens": 8}
-    data.update(over)
-    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
 
 
-def assert_problem(resp: Any, status: int, *needles: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.get_data(as_text=True)
-    assert resp.headers["Content-Type"] == "application/problem+json"
-    problem: dict[str, Any] = json.loads(resp.get_data())
-    assert problem["status"] == status
-    for n in needles:
-        assert n in problem["detail"], problem
-    assert "Traceback" not in resp.get_data(as_text=True)
-    return problem
 
 
 @pytest.mark.parametrize("drop", ["ce-id", "ce-source", "ce-type", "ce-specversion"])

@@ -24,8 +24,7 @@ from quotaflow.door.app import create_app
 from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Inserted, NewRequest
 from quotaflow.settings import Settings
-
-MODEL = "smollm2-135m-instruct"
+from tests.problems import MODEL, assert_problem, body
 
 
 class Door:
@@ -69,19 +68,8 @@ def headers(key: str | None, **over: str) -> dict[str, str]:
     return {k: v for k, v in h.items() if v != ""}
 
 
-def body(**over: Any) -> bytes:
-    data = {"model": MODEL, "prompt": "hello", "max_tokens": 8, **over}
-    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
 
 
-def assert_problem(resp: Any, status: int, *needles: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.get_data(as_text=True)
-    assert resp.headers["Content-Type"] == "application/problem+json"
-    problem: dict[str, Any] = json.loads(resp.get_data())
-    assert problem["status"] == status
-    for needle in needles:
-        assert needle in problem["detail"], problem
-    return problem
 
 
 @pytest.mark.parametrize("over, status, needle", [
