@@ -24,6 +24,7 @@ class PostgresClock:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._anchor: tuple[float, datetime] | None = None  # (monotonic, database time)
+        self._last = datetime.min.replace(tzinfo=UTC)
 
     def now(self) -> datetime:
         """The database's time now, in UTC."""
@@ -37,4 +38,9 @@ class PostgresClock:
             anchor = (at, row[0].astimezone(UTC))
             with self._lock:
                 self._anchor = anchor
-        return anchor[1] + timedelta(seconds=at - anchor[0])
+        # A re-read anchors on a query whose delay differs from the last one's (and the two
+        # clocks drift): the extrapolation may step back by that much. Callers read a period or
+        # a rate-limit minute from it, so it never goes backwards.
+        with self._lock:
+            self._last = max(self._last, anchor[1] + timedelta(seconds=at - anchor[0]))
+            return self._last

@@ -6,9 +6,9 @@ clock alone, with no services."""
 from __future__ import annotations
 
 import time
-from itertools import pairwise
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import psycopg
