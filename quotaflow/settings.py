@@ -42,6 +42,18 @@ class Settings:
     max_tokens_limit: int = 512
     reservation_ttl_s: int = 300
     sweep_interval_s: int = 30
+    # The reconciler re-drives a request left queued or reserved this long without progress
+    # (a lost message, a dead process), and ends it `failed` past the deadline.
+    redrive_after_s: int = 60
+    request_deadline_s: int = 900
+    # How long a backing service may take before the caller gives up (admit answers 503).
+    db_connect_timeout_s: int = 3
+    db_statement_timeout_ms: int = 5000
+    redis_timeout_ms: int = 2000
+    # The longest pause between retries of an infrastructure error (a step keeps retrying).
+    retry_backoff_max_s: int = 10
+    # How long an admit process trusts a looked-up API key (a revocation takes this long).
+    auth_cache_ms: int = 1000
     batch_max: int = 8
     batch_wait_ms: int = 5
     handler_retries: int = 3
@@ -83,6 +95,8 @@ class Settings:
             )
         if self.batch_max < 1:
             raise SettingsError("QF_BATCH_MAX must be at least 1")
+        if self.request_deadline_s <= self.redrive_after_s:
+            raise SettingsError("QF_REQUEST_DEADLINE_S must be longer than QF_REDRIVE_AFTER_S")
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -113,6 +127,13 @@ ENV_NAMES: dict[str, str] = {
     "max_tokens_limit": "QF_MAX_TOKENS_LIMIT",
     "reservation_ttl_s": "QF_RESERVATION_TTL_S",
     "sweep_interval_s": "QF_SWEEP_INTERVAL_S",
+    "redrive_after_s": "QF_REDRIVE_AFTER_S",
+    "request_deadline_s": "QF_REQUEST_DEADLINE_S",
+    "db_connect_timeout_s": "QF_DB_CONNECT_TIMEOUT_S",
+    "db_statement_timeout_ms": "QF_DB_STATEMENT_TIMEOUT_MS",
+    "redis_timeout_ms": "QF_REDIS_TIMEOUT_MS",
+    "retry_backoff_max_s": "QF_RETRY_BACKOFF_MAX_S",
+    "auth_cache_ms": "QF_AUTH_CACHE_MS",
     "batch_max": "QF_BATCH_MAX",
     "batch_wait_ms": "QF_BATCH_WAIT_MS",
     "handler_retries": "QF_HANDLER_RETRIES",
