@@ -1,18 +1,18 @@
 """Tenants and API keys in PostgreSQL. A key reads `qf_<key_id>_<secret>`; only a hash of the
-secret is kept. `PostgresTenants` is the `TenantDirectory` admit authenticates against;
-`create_tenant` and `create_key` are what the CLI and the tests use to make them."""
+secret is kept. `PostgresTenants` is the `TenantDirectory` admit authenticates against, and
+lists and revokes keys for the CLI; `create_tenant` and `create_key` make tenants and keys."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import re
-import secrets
 from typing import Any
 
 import psycopg
 from psycopg import errors
 
+from quotaflow.adapters.api_keys import ApiKeyInfo, api_key_parts, new_key_parts
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.ports import Principal
 
@@ -23,17 +23,13 @@ class TenantExists(ValueError):
     """A tenant of that name already exists."""
 
 
+class UnknownTenant(LookupError):
+    """No tenant of that name."""
+
+
 def secret_hash(secret: str) -> str:
     """The digest stored for a key's secret (the secret itself is never stored)."""
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def split_key(api_key: str) -> tuple[str, str] | None:
-    """`(key_id, secret)` of a well-formed key, else None."""
-    parts = api_key.split("_", 2)
-    if len(parts) != 3 or parts[0] != "qf":
-        return None
-    return parts[1], parts[2]
 
 
 def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period: str = "month",
@@ -59,19 +55,23 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
 
 def create_key(conn: psycopg.Connection[Any], tenant: str) -> str:
     """Issue another API key for `tenant`; the returned key is the only copy of its secret."""
-    key_id = secrets.token_hex(6)
-    secret = secrets.token_urlsafe(24)
-    conn.execute("INSERT INTO api_keys (key_id, tenant_id, secret_hash) VALUES (%s, %s, %s)",
-                 (key_id, tenant, secret_hash(secret)))
+    key_id, secret = new_key_parts()
+    row = conn.execute("INSERT INTO api_keys (key_id, tenant_id, secret_hash) SELECT %s, "
+                       "tenant_id, %s FROM tenants WHERE tenant_id = %s RETURNING key_id",
+                       (key_id, secret_hash(secret), tenant)).fetchone()
+    if row is None:
+        raise UnknownTenant(f"no tenant {tenant!r}")
     return f"qf_{key_id}_{secret}"
 
 
-def revoke_key(conn: psycopg.Connection[Any], api_key: str) -> None:
-    """Revoke a key: it no longer authenticates."""
-    parts = split_key(api_key)
-    if parts is not None:
-        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND "
-                     "revoked_at IS NULL", (parts[0],))
+def revoke_key(conn: psycopg.Connection[Any], key_id: str) -> bool:
+    """Revoke key `key_id` (or the key itself, given whole): it no longer authenticates.
+    False when there is no such key; revoking a revoked key keeps its first revocation time."""
+    parts = api_key_parts(key_id)
+    key_id = parts[0] if parts else key_id
+    row = conn.execute("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
+                       "WHERE key_id = %s RETURNING key_id", (key_id,)).fetchone()
+    return row is not None
 
 
 class PostgresTenants:
@@ -81,8 +81,9 @@ class PostgresTenants:
         self.conn = conn
 
     def authenticate(self, api_key: str) -> Principal | None:
-        """The key's principal, or None for an unknown, malformed or revoked key."""
-        parts = split_key(api_key)
+        """The key's principal, or None for an unknown, malformed or revoked key. A malformed
+        key is refused without a query."""
+        parts = api_key_parts(api_key)
         if parts is None:
             return None
         key_id, secret = parts
@@ -94,3 +95,17 @@ class PostgresTenants:
             return None
         return Principal(tenant=row[1], key_id=key_id, rate_limit_per_min=row[2],
                          plan_period=row[3])
+
+    def list_keys(self, tenant: str) -> list[ApiKeyInfo]:
+        """The tenant's keys, oldest first, revoked ones included; `UnknownTenant` if none."""
+        if self.conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s",
+                             (tenant,)).fetchone() is None:
+            raise UnknownTenant(f"no tenant {tenant!r}")
+        rows = self.conn.execute("SELECT key_id, created_at, revoked_at FROM api_keys "
+                                 "WHERE tenant_id = %s ORDER BY created_at, key_id",
+                                 (tenant,)).fetchall()
+        return [ApiKeyInfo(*row) for row in rows]
+
+    def revoke(self, key_id: str) -> bool:
+        """`revoke_key` on this connection."""
+        return revoke_key(self.conn, key_id)

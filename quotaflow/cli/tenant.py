@@ -1,4 +1,4 @@
-"""`quotaflow tenant ...`: create tenants and API keys."""
+"""`quotaflow tenant ...`: create tenants (their keys: `quotaflow key`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Any
 
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
+from quotaflow.cli import key as key_cli
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
 
 
 def register(sub: Any) -> None:
+    """Add `tenant create|key` to the command line."""
     p = sub.add_parser("tenant", help="create tenants and API keys")
     tsub = p.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
     c = tsub.add_parser("create", help="create a tenant with a recurring token grant; prints its "
@@ -25,9 +27,10 @@ def register(sub: Any) -> None:
     c.add_argument("--rate-limit", type=int, default=600,
                    help="requests per minute per API key (default: 600)")
     c.set_defaults(func=_create)
-    k = tsub.add_parser("key", help="issue another API key for a tenant")
-    k.add_argument("name")
-    k.set_defaults(func=_key)
+    k = tsub.add_parser("key", help="issue another API key for a tenant (as `quotaflow key "
+                        "create`)")
+    k.add_argument("tenant")
+    k.set_defaults(func=key_cli.create)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -44,11 +47,4 @@ def _create(args: argparse.Namespace) -> int:
     print(f"created tenant {args.name}: {args.tokens} tokens per {args.period}, "
           f"{args.rate_limit} requests/min per key")
     print(key)
-    return 0
-
-
-def _key(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    with db.connect(settings.postgres_url, autocommit=True) as conn:
-        print(tenants.create_key(conn, args.name))
     return 0

@@ -1,20 +1,41 @@
 """Who is calling: the bearer key of the Authorization header, checked against the
-`TenantDirectory`, a valid key remembered for a few seconds."""
+`TenantDirectory`.
+
+A looked-up key is trusted for `cache_s` (`Settings.auth_cache_ms`): that bounds how long a
+revoked key keeps working in one process. Failed authentications cost no query each:
+- a malformed key is refused by its form alone;
+- a key that failed is remembered as failed for `cache_s`;
+- each process looks up at most `failures_per_s` keys a second that then fail. Past that
+  budget a key not known to be valid is answered 429 with Retry-After, not 401: the door did
+  not look it up, so it may be valid, and a client told 401 would drop a good key where one
+  told 429 waits and retries. A key that was valid in the last hour is still looked up, so a
+  flood of bad keys does not lock out the tenants whose keys the process has seen."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
+from quotaflow.adapters.api_keys import api_key_parts
 from quotaflow.ports import Principal, TenantDirectory
 from quotaflow.runtime.problem import Problem
 
-CACHE_S = 10.0  # a revoked key keeps working this long
+FAILURES_PER_S = 10.0
+KNOWN_S = 3600.0  # how long a key once valid may still be looked up past the budget
 CACHE_MAX = 10_000
+V = TypeVar("V")
 
 
 def _unauthorized(detail: str, challenge: str = "Bearer") -> Problem:
     return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def _invalid() -> Problem:
+    return _unauthorized("the API key is not valid or was revoked",
+                         'Bearer error="invalid_token"')
 
 
 def bearer_key(authorization: str) -> str:
@@ -27,29 +48,85 @@ def bearer_key(authorization: str) -> str:
     return key.strip()
 
 
-class Authenticator:
-    """Authenticates keys against `directory`, remembering valid ones for `cache_s`."""
+class FailureBudget:
+    """A token bucket of failed lookups: `rate` a second, at most `rate` at once."""
 
-    def __init__(self, directory: TenantDirectory, cache_s: float = CACHE_S,
+    def __init__(self, rate: float, monotonic: Callable[[], float]) -> None:
+        self.rate = rate
+        self._monotonic = monotonic
+        self._tokens = rate
+        self._at = monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take one lookup from the budget; False when none is left."""
+        with self._lock:
+            now = self._monotonic()
+            self._tokens = min(self.rate, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
+    def give_back(self) -> None:
+        """The lookup taken succeeded: it does not count."""
+        with self._lock:
+            self._tokens = min(self.rate, self._tokens + 1)
+
+
+class Authenticator:
+    """Authenticates keys against `directory`, trusting a lookup for `cache_s`."""
+
+    def __init__(self, directory: TenantDirectory, cache_s: float = 1.0,
+                 failures_per_s: float = FAILURES_PER_S,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.directory = directory
         self.cache_s = cache_s
         self._monotonic = monotonic
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self.budget = FailureBudget(failures_per_s, monotonic)
+        # By a digest of the key, so that no secret stays in memory. Threads share these
+        # maps: single dict operations are atomic, and a lost entry costs one lookup.
+        self._valid: dict[bytes, tuple[float, Principal]] = {}  # (looked up at, principal)
+        self._failed: dict[bytes, float] = {}  # failed lookup's time
 
     def principal(self, authorization: str) -> Principal:
-        """The caller's principal, or a 401 Problem."""
+        """The caller's principal, or a 401 (429 past the failure budget) Problem."""
         api_key = bearer_key(authorization)
+        if api_key_parts(api_key) is None:
+            raise _invalid()
+        digest = hashlib.sha256(api_key.encode()).digest()
         now = self._monotonic()
-        hit = self._cache.get(api_key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        found = self.directory.authenticate(api_key)
+        valid = self._valid.get(digest)
+        if valid is not None and now - valid[0] < self.cache_s:
+            return valid[1]
+        failed = self._failed.get(digest)
+        if failed is not None and now - failed < self.cache_s:
+            raise _invalid()
+        known = valid is not None and now - valid[0] < KNOWN_S
+        budgeted = self.budget.take()
+        if not budgeted and not known:
+            raise Problem(429, "Too many failed authentications",
+                          "this server is refusing unchecked API keys for a moment after "
+                          "too many invalid ones; send the request again",
+                          slug="auth-throttled", headers={"Retry-After": "1"})
+        try:
+            found = self.directory.authenticate(api_key)
+        except Exception:
+            if budgeted:  # a directory that is down is no failed authentication
+                self.budget.give_back()
+            raise
         if found is None:
-            raise _unauthorized("the API key is not valid or was revoked",
-                                'Bearer error="invalid_token"')
-        # Threads share the cache: single dict operations are atomic, a lost entry is harmless.
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[api_key] = (now + self.cache_s, found)
+            self._valid.pop(digest, None)
+            _remember(self._failed, digest, now)
+            raise _invalid()
+        if budgeted:
+            self.budget.give_back()
+        _remember(self._valid, digest, (now, found))
         return found
+
+
+def _remember(cache: dict[bytes, V], digest: bytes, value: V) -> None:
+    if len(cache) >= CACHE_MAX:
+        cache.clear()
+    cache[digest] = value

@@ -1,13 +1,21 @@
 """admit, the pure part: turn a client's HTTP CloudEvent into a validated request, or a
 Problem naming what was wrong. No I/O here; `app.py` wires authentication, rate limit,
-quota pre-check, the read model and Kafka around it."""
+quota pre-check, the read model and Kafka around it.
+
+What is accepted is what every later hop can carry: JSON is strict (`strict_json`); attribute
+values follow the CloudEvents string rule (no control characters, lone surrogates or
+noncharacters); prompt text may hold neither U+0000 (PostgreSQL text cannot store it, and the
+model's output, which can echo it, is stored there) nor a lone surrogate (not encodable as
+UTF-8, so neither as Avro). Such input is refused whole, never altered: what the client sent
+is what its idempotency hash covers."""
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.exceptions import BaseCloudEventException
@@ -15,11 +23,18 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from events.catalog import REQUESTED_TYPE
+from quotaflow.door.strict_json import decode_json
 from quotaflow.runtime.problem import Problem
 
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
 DATA_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed"}
 ROLES = ("system", "user", "assistant")
+MAX_ATTRIBUTE_CHARS = 1024
+_NONCHARACTERS = "".join(chr(p * 0x10000 + 0xFFFE) + chr(p * 0x10000 + 0xFFFF)
+                         for p in range(17))
+_NOT_IN_ATTRIBUTES = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+                                f"{_NONCHARACTERS}]")
+_NOT_IN_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -44,20 +59,53 @@ def _bad(detail: str, slug: str = "bad-event") -> Problem:
     return Problem(400, "Bad CloudEvent", detail, slug=slug)
 
 
+def _header(name: str, raw: str) -> str:
+    """A ce-* header's value, percent-decoded as the CloudEvents HTTP binding says."""
+    if not raw.isascii():
+        raise _bad(f"{name} must be ASCII; percent-encode other characters as UTF-8",
+                   "invalid-attribute")
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise _bad(f"{name} is not percent-encoded UTF-8", "invalid-attribute") from None
+
+
+def _attribute(label: str, value: Any) -> None:
+    """A string attribute value follows the CloudEvents string rule."""
+    if not isinstance(value, str):
+        return
+    if len(value) > MAX_ATTRIBUTE_CHARS:
+        raise _bad(f"{label} has {len(value)} characters; the limit is {MAX_ATTRIBUTE_CHARS}",
+                   "invalid-attribute")
+    found = _NOT_IN_ATTRIBUTES.search(value)
+    if found is not None:
+        raise _bad(f"{label} contains U+{ord(found.group()):04X} at character {found.start()}; "
+                   "CloudEvents attribute values may not hold control characters, lone "
+                   "surrogates or noncharacters", "invalid-attribute")
+
+
+def _text(label: str, value: str) -> None:
+    found = _NOT_IN_TEXT.search(value)
+    if found is None:
+        return
+    why = ("U+0000, which cannot be stored" if found.group() == "\x00" else
+           f"a lone surrogate U+{ord(found.group()):04X}, which is not encodable as UTF-8")
+    raise _bad(f"{label} contains {why} (character {found.start()})", "invalid-data")
+
+
 def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequest:
+    """The client's request in `headers` and `body`, or a Problem naming what is wrong."""
     lower = {k.lower(): v for k, v in headers.items()}
     content_type = lower.get("content-type", "").split(";")[0].strip().lower()
     binary = any(k.startswith("ce-") for k in lower)
+    attributes: dict[str, Any]
     if binary:
         if content_type != "application/json":
             raise Problem(415, "Unsupported content type",
                           f"binary-mode data must be application/json, got {content_type!r}")
-        attributes = {k[3:]: v for k, v in lower.items() if k.startswith("ce-")}
+        attributes = {k[3:]: _header(k, v) for k, v in lower.items() if k.startswith("ce-")}
     elif content_type == "application/cloudevents+json":
-        try:
-            envelope = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _bad(f"body is not valid JSON: {exc}", "invalid-json") from None
+        envelope = decode_json(body, "body")
         if not isinstance(envelope, dict):
             raise _bad("a structured CloudEvent must be a JSON object")
         attributes = {k: v for k, v in envelope.items() if k not in ("data", "data_base64")}
@@ -69,22 +117,9 @@ def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequ
                       "send a binary-mode CloudEvent (ce-* headers, Content-Type: "
                       "application/json) or a structured one (application/cloudevents+json); "
                       f"got Content-Type {content_type or 'none'!r}")
-
-    missing = [a for a in REQUIRED_ATTRIBUTES if not attributes.get(a)]
-    if missing:
-        names = ", ".join(("ce-" if binary else "") + m for m in missing)
-        raise _bad(f"missing required CloudEvents attribute(s): {names}", "missing-attribute")
-    if attributes["specversion"] != "1.0":
-        raise _bad(f"specversion must be 1.0, got {attributes['specversion']!r}",
-                   "unsupported-specversion")
-    if attributes["type"] != REQUESTED_TYPE:
-        raise _bad(f"unknown event type {attributes['type']!r}; send {REQUESTED_TYPE}",
-                   "unknown-type")
+    _check_attributes(attributes, "ce-" if binary else "")
     if binary:
-        try:
-            json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _bad(f"data is not valid JSON: {exc}", "invalid-json") from None
+        decode_json(body, "data")
     try:
         event = ce_http.from_http(ce_http.HTTPMessage(headers=dict(headers), body=body),
                                   JSONFormat(), CloudEvent)
@@ -99,7 +134,26 @@ def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequ
     return ClientRequest(event.get_source(), event.get_id(), validate_data(data, limits))
 
 
+def _check_attributes(attributes: dict[str, Any], prefix: str) -> None:
+    missing = [a for a in REQUIRED_ATTRIBUTES if attributes.get(a) in (None, "")]
+    if missing:
+        names = ", ".join(prefix + m for m in missing)
+        raise _bad(f"missing required CloudEvents attribute(s): {names}", "missing-attribute")
+    for name in REQUIRED_ATTRIBUTES:
+        if not isinstance(attributes[name], str):
+            raise _bad(f"{prefix}{name} must be a string", "invalid-attribute")
+    if attributes["specversion"] != "1.0":
+        raise _bad(f"specversion must be 1.0, got {attributes['specversion']!r}",
+                   "unsupported-specversion")
+    if attributes["type"] != REQUESTED_TYPE:
+        raise _bad(f"unknown event type {attributes['type']!r}; send {REQUESTED_TYPE}",
+                   "unknown-type")
+    for name, value in attributes.items():
+        _attribute(prefix + name, value)
+
+
 def validate_data(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    """`data` checked against `limits` and normalized (a prompt becomes one user message)."""
     def bad(detail: str) -> Problem:
         return _bad(detail, "invalid-data")
 
@@ -116,6 +170,7 @@ def validate_data(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
     if "prompt" in data:
         if not isinstance(data["prompt"], str) or not data["prompt"].strip():
             raise bad("data.prompt must be a non-empty string")
+        _text("data.prompt", data["prompt"])
         messages = [{"role": "user", "content": data["prompt"]}]
     else:
         messages = data["messages"]
@@ -128,6 +183,7 @@ def validate_data(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
                 raise bad(f"data.messages[{i}].role must be one of {', '.join(ROLES)}")
             if not isinstance(m["content"], str):
                 raise bad(f"data.messages[{i}].content must be a string")
+            _text(f"data.messages[{i}].content", m["content"])
     chars = sum(len(m["content"]) for m in messages)
     if chars > limits.max_prompt_chars:
         raise Problem(413, "Prompt too large",

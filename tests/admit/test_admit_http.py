@@ -1,7 +1,8 @@
 """admit's HTTP contract on real PostgreSQL, Redis and Kafka (database `qf_test_admit`, Redis
-db 7): bad input gets a 4xx application/problem+json naming what was wrong, never a 5xx; good
-input gets a 202; an unreachable backing service gets a 503. The same behaviour on in-memory
-ports, in more detail, is in tests/unit/test_admit_door.py."""
+db 7): bad input gets a 4xx application/problem+json naming what was wrong, never a 5xx, and
+leaves no request row (the nastiest: U+0000 in the path, the id and the prompt, a lone
+surrogate, JSON nested 5,000 deep); good input gets a 202; an unreachable backing service gets
+a 503. The same behaviour on in-memory ports, in more detail, is in tests/unit/test_admit_*.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
@@ -210,6 +212,70 @@ def test_unknown_path_and_method_are_problems(env: dict[str, Any]) -> None:
 
 def test_readiness_answers_ready_with_the_services_up(env: dict[str, Any]) -> None:
     assert env["client"].get("/health/readiness").status_code == 200
+
+
+def request_rows(env: dict[str, Any]) -> int:
+    with psycopg.connect(env["settings"].postgres_url) as conn:
+        row = conn.execute("SELECT count(*) FROM requests").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture(scope="module")
+def roomy(env: dict[str, Any]) -> Iterator[Any]:
+    """A client of a door with the default 64 KiB body limit (deep JSON needs 10 KB)."""
+    app = create_app(replace(env["settings"], max_body_bytes=64 * 1024))
+    yield app.test_client()
+    app.extensions["quotaflow"]["resources"].close()
+
+
+DEEP = b"[" * 5000 + b"]" * 5000
+NASTY = [
+    ("binary", {"ce-id": "a%00b"}, body(), "ce-id contains U+0000"),
+    ("binary", {"ce-source": "/x\x00"}, body(), "ce-source contains U+0000"),
+    ("binary", {}, b'{"model": "%s", "prompt": "a\\ud800b", "max_tokens": 8}' % MODEL.encode(),
+     "data.prompt contains a lone surrogate U+D800"),
+    ("binary", {}, b'{"model": "%s", "prompt": "a\\u0000b", "max_tokens": 8}' % MODEL.encode(),
+     "data.prompt contains U+0000"),
+    ("binary", {}, b'{"model": ' + DEEP + b"}", "data nests JSON deeper than 16 levels"),
+    ("structured", {}, json.dumps({"specversion": "1.0", "id": "a\x00", "source": "/t",
+                                   "type": "dev.quotaflow.inference.requested",
+                                   "data": json.loads(body())}).encode(),
+     "id contains U+0000"),
+    ("structured", {}, json.dumps({"specversion": "1.0", "id": "a", "source": "/t\x00",
+                                   "type": "dev.quotaflow.inference.requested",
+                                   "data": json.loads(body())}).encode(),
+     "source contains U+0000"),
+    ("structured", {}, b'{"specversion": "1.0", "data": ' + DEEP + b"}",
+     "body nests JSON deeper than 16 levels"),
+]
+
+
+@pytest.mark.parametrize("mode, over, data, needle", NASTY, ids=[n[3] for n in NASTY])
+def test_nasty_input_is_a_400_and_leaves_no_request_row(
+        env: dict[str, Any], roomy: Any, mode: str, over: dict[str, str], data: bytes,
+        needle: str) -> None:
+    before = request_rows(env)
+    if mode == "binary":
+        h = headers(env["key"], **{"ce-id": "nasty"} | over)
+    else:
+        h = {"Authorization": f"Bearer {env['key']}",
+             "Content-Type": "application/cloudevents+json"}
+    for _ in range(2):  # a retry is refused the same way
+        assert_problem(roomy.post("/", headers=h, data=data), 400, needle)
+    assert request_rows(env) == before
+
+
+@pytest.mark.parametrize("rid", ["ab%00c", "%00", "not-a-uuid"])
+def test_a_request_id_with_nul_or_not_a_uuid_is_404(env: dict[str, Any], rid: str) -> None:
+    resp = env["client"].get(f"/v1/requests/{rid}",
+                             headers={"Authorization": f"Bearer {env['key']}"})
+    assert_problem(resp, 404, "request ids are the UUIDs")
+
+
+def test_a_key_with_nul_is_401(env: dict[str, Any]) -> None:
+    resp = env["client"].get("/v1/quota", headers={"Authorization": "Bearer qf_a\x00b_c"})
+    assert_problem(resp, 401, "not valid")
 
 
 def test_an_unreachable_database_is_503_with_retry_after(env: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
 """The `TenantDirectory` contract, run against the in-memory directory and PostgreSQL (database
-`qf_test_contract_admit`): a key authenticates to its principal until it is revoked; an
-unknown, malformed or forged key never does. `-k memory` runs the fake alone, with no services."""
+`qf_test_contract_admit`): a key authenticates to its principal until it is revoked (by its id
+or whole); an unknown, malformed or forged key never does, and a malformed one costs no lookup
+(the fake counts lookups as PostgreSQL counts queries); a tenant's keys are listed with their
+revocation, never their secrets. `-k memory` runs the fake alone, with no services."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import psycopg
 import pytest
 
 from quotaflow.adapters import tenant_store
+from quotaflow.adapters.api_keys import ApiKeyInfo
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.ports import Principal, TenantDirectory
 
@@ -20,11 +23,26 @@ DATABASE = "qf_test_contract_admit"
 
 @dataclass
 class Directory:
-    """A directory and how to issue keys in it (tenant, rate limit, plan period) and revoke."""
+    """A directory; how to issue keys in it (tenant, rate limit, plan period), revoke one (by
+    id or whole) and list a tenant's; how many lookups it has made."""
 
     tenants: TenantDirectory
     issue: Callable[[str, int, str], str]
-    revoke: Callable[[str], None]
+    revoke: Callable[[str], bool]
+    list_keys: Callable[[str], list[ApiKeyInfo]]
+    lookups: Callable[[], int]
+
+
+class CountingConnection:
+    """A connection that counts the statements run through it."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.statements = 0
+
+    def execute(self, *args: Any) -> Any:
+        self.statements += 1
+        return self.conn.execute(*args)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +56,7 @@ def pg() -> Iterator[psycopg.Connection[Any]]:
 def _memory() -> Directory:
     tenants = MemoryTenants()
     return Directory(tenants, lambda t, rate, period: tenants.create_key(t, rate, period),
-                     tenants.revoke)
+                     tenants.revoke, tenants.list_keys, lambda: tenants.lookups)
 
 
 def _postgres(conn: psycopg.Connection[Any]) -> Directory:
@@ -50,8 +68,10 @@ def _postgres(conn: psycopg.Connection[Any]) -> Directory:
         made[tenant] = tenant_store.create_tenant(conn, tenant, 100, period, rate)
         return made[tenant]
 
-    return Directory(tenant_store.PostgresTenants(conn), issue,
-                     lambda key: tenant_store.revoke_key(conn, key))
+    counting = CountingConnection(conn)
+    tenants = tenant_store.PostgresTenants(counting)  # type: ignore[arg-type]
+    return Directory(tenants, issue, tenants.revoke, tenants.list_keys,
+                     lambda: counting.statements)
 
 
 _counter = iter(range(1_000_000))
@@ -100,12 +120,58 @@ def test_an_unknown_or_malformed_key_does_not_authenticate(directory: Directory,
 def test_a_revoked_key_no_longer_authenticates_and_others_still_do(directory: Directory) -> None:
     tenant = unique("acme")
     kept, revoked = directory.issue(tenant, 60, "month"), directory.issue(tenant, 60, "month")
-    directory.revoke(revoked)
+    assert directory.revoke(revoked)
     assert directory.tenants.authenticate(revoked) is None
     assert directory.tenants.authenticate(kept) is not None
+
+
+@pytest.mark.parametrize("key", ["", "not-a-key", "qf_abc", "qf_0123456789ab_short",
+                                 "qf_0123456789ab_" + "s" * 31 + "\x00"])
+def test_a_malformed_key_costs_no_lookup_and_an_unknown_one_exactly_one(
+        directory: Directory, key: str) -> None:
+    before = directory.lookups()
+    assert directory.tenants.authenticate(key) is None
+    assert directory.lookups() == before
+    assert directory.tenants.authenticate("qf_0123456789ab_" + "s" * 32) is None
+    assert directory.lookups() == before + 1
+
+
+def test_a_key_is_revoked_by_its_id_and_listed_with_its_revocation_never_its_secret(
+        directory: Directory) -> None:
+    tenant = unique("acme")
+    first, second = directory.issue(tenant, 60, "month"), directory.issue(tenant, 60, "month")
+    first_id, second_id = first.split("_")[1], second.split("_")[1]
+    assert directory.revoke(second_id) is True
+    assert directory.tenants.authenticate(second) is None
+    listed = directory.list_keys(tenant)
+    assert [k.key_id for k in listed] == [first_id, second_id]
+    assert listed[0].revoked_at is None and listed[1].revoked_at is not None
+    assert listed[0].created_at <= listed[1].created_at
+    assert first.split("_", 2)[2] not in repr(listed)
+
+
+def test_revoking_twice_keeps_the_first_revocation_and_an_unknown_id_is_false(
+        directory: Directory) -> None:
+    tenant = unique("acme")
+    key = directory.issue(tenant, 60, "month")
+    assert directory.revoke(key) is True
+    (first,) = directory.list_keys(tenant)
+    assert directory.revoke(key.split("_")[1]) is True
+    assert directory.list_keys(tenant) == [first]
+    assert directory.revoke("0123456789ab") is False
+
+
+def test_listing_the_keys_of_an_unknown_tenant_is_a_lookup_error(directory: Directory) -> None:
+    with pytest.raises(LookupError, match="no tenant 'nobody'"):
+        directory.list_keys("nobody")
 
 
 def test_creating_an_existing_tenant_is_refused_by_name(pg: psycopg.Connection[Any]) -> None:
     tenant_store.create_tenant(pg, "twice", 10)
     with pytest.raises(tenant_store.TenantExists, match="'twice' already exists"):
         tenant_store.create_tenant(pg, "twice", 10)
+
+
+def test_a_key_for_an_unknown_tenant_is_refused_by_name(pg: psycopg.Connection[Any]) -> None:
+    with pytest.raises(tenant_store.UnknownTenant, match="no tenant 'nobody'"):
+        tenant_store.create_key(pg, "nobody")

@@ -1,5 +1,6 @@
-"""admit's authenticator (its cache bounds how long a revoked key works) and the calendar
-behind the quota pre-check's Retry-After."""
+"""admit's authenticator (its cache bounds how long a revoked key works; failed
+authentications are throttled without a lookup each, counted by the memory directory's
+`lookups`) and the calendar behind the quota pre-check's Retry-After."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.door.auth import Authenticator, bearer_key
 from quotaflow.door.limits import seconds_to_next_period
-from quotaflow.ports import Principal
 from quotaflow.runtime.problem import Problem
 
 
@@ -39,27 +39,85 @@ def test_a_revoked_key_works_until_its_cache_entry_expires() -> None:
     assert "revoked" in refused.value.detail
 
 
-class CountingTenants(MemoryTenants):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lookups = 0
-
-    def authenticate(self, api_key: str) -> Principal | None:
-        self.lookups += 1
-        return super().authenticate(api_key)
-
-
-def test_a_valid_key_is_looked_up_once_per_cache_period_and_an_invalid_one_every_time() -> None:
-    tenants, ticks = CountingTenants(), Ticks()
+def test_a_valid_key_is_looked_up_once_per_cache_period() -> None:
+    tenants, ticks = MemoryTenants(), Ticks()
     key = tenants.create_key("acme")
-    auth = Authenticator(tenants, cache_s=10, monotonic=ticks)
+    auth = Authenticator(tenants, cache_s=1, monotonic=ticks)
     for _ in range(3):
         auth.principal(f"Bearer {key}")
     assert tenants.lookups == 1
-    for _ in range(2):
-        with pytest.raises(Problem):
-            auth.principal("Bearer qf_nothere_secret")
-    assert tenants.lookups == 3
+    ticks.now += 1
+    auth.principal(f"Bearer {key}")
+    assert tenants.lookups == 2
+
+
+def refused(auth: Authenticator, key: str) -> Problem:
+    with pytest.raises(Problem) as caught:
+        auth.principal(f"Bearer {key}")
+    return caught.value
+
+
+def unknown_key(n: int) -> str:
+    return f"qf_{n:012x}_{'s' * 32}"
+
+
+@pytest.mark.parametrize("key", ["not-a-key", "qf_abc", "qf_nothere_secret",
+                                 "qf_0123456789ab_short", "qf_0123456789AB_" + "s" * 32,
+                                 "qf_0123456789ab_" + "s" * 31 + "\x00",
+                                 "qf_0123456789ab_" + "s" * 31 + "\u00e9"])
+def test_a_malformed_key_is_401_without_a_lookup(key: str) -> None:
+    tenants = MemoryTenants()
+    auth = Authenticator(tenants, failures_per_s=0, monotonic=Ticks())
+    problem = refused(auth, key)
+    assert problem.status == 401 and "not valid" in problem.detail
+    assert tenants.lookups == 0
+
+
+def test_a_key_that_failed_is_refused_without_a_lookup_for_the_cache_period() -> None:
+    tenants, ticks = MemoryTenants(), Ticks()
+    auth = Authenticator(tenants, cache_s=1, monotonic=ticks)
+    for _ in range(5):
+        assert refused(auth, unknown_key(1)).status == 401
+    assert tenants.lookups == 1
+    ticks.now += 1
+    assert refused(auth, unknown_key(1)).status == 401
+    assert tenants.lookups == 2
+
+
+def test_failed_lookups_past_the_budget_are_429_with_retry_after_without_a_lookup() -> None:
+    tenants, ticks = MemoryTenants(), Ticks()
+    auth = Authenticator(tenants, cache_s=1, failures_per_s=5, monotonic=ticks)
+    answers = [refused(auth, unknown_key(n)) for n in range(20)]
+    assert [p.status for p in answers] == [401] * 5 + [429] * 15
+    assert answers[-1].headers["Retry-After"] == "1"
+    assert tenants.lookups == 5
+    ticks.now += 0.4  # two lookups' worth of budget back
+    assert [refused(auth, unknown_key(100 + n)).status for n in range(3)] == [401, 401, 429]
+    assert tenants.lookups == 7
+
+
+def test_valid_lookups_do_not_spend_the_failure_budget() -> None:
+    tenants, ticks = MemoryTenants(), Ticks()
+    auth = Authenticator(tenants, cache_s=1, failures_per_s=2, monotonic=ticks)
+    keys = [tenants.create_key(f"t{n}") for n in range(10)]
+    assert [auth.principal(f"Bearer {k}").tenant for k in keys] == [f"t{n}" for n in range(10)]
+    assert [refused(auth, unknown_key(n)).status for n in range(3)] == [401, 401, 429]
+
+
+def test_past_the_budget_a_key_once_valid_is_still_looked_up_and_a_new_one_waits() -> None:
+    tenants, ticks = MemoryTenants(), Ticks()
+    auth = Authenticator(tenants, cache_s=1, failures_per_s=2, monotonic=ticks)
+    seen, revoked = tenants.create_key("acme"), tenants.create_key("acme")
+    auth.principal(f"Bearer {seen}")
+    auth.principal(f"Bearer {revoked}")
+    tenants.revoke(revoked)
+    ticks.now += 5  # both cache entries stale, the budget full
+    for n in range(2):
+        refused(auth, unknown_key(n))
+    assert refused(auth, unknown_key(3)).status == 429  # the budget is spent
+    assert auth.principal(f"Bearer {seen}").tenant == "acme"
+    assert refused(auth, revoked).status == 401  # looked up: its revocation is seen
+    assert refused(auth, tenants.create_key("acme")).status == 429
 
 
 @pytest.mark.parametrize("header, detail", [
@@ -88,3 +146,15 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_key_trimmed() -> None:
 def test_retry_after_counts_the_seconds_to_the_next_period(plan: str, now: datetime,
                                                            seconds: int) -> None:
     assert seconds_to_next_period(plan, now) == seconds
+
+
+def test_a_directory_that_is_down_does_not_spend_the_failure_budget() -> None:
+    class Down(MemoryTenants):
+        def authenticate(self, api_key: str) -> None:
+            raise ConnectionError("connection refused")
+
+    auth = Authenticator(Down(), failures_per_s=2, monotonic=Ticks())
+    for n in range(5):
+        with pytest.raises(ConnectionError):
+            auth.principal(f"Bearer {unknown_key(n)}")
+    assert auth.budget.take() and auth.budget.take() and not auth.budget.take()
