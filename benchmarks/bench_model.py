@@ -2,18 +2,26 @@
 request of a freshly started process (model load included) versus a warm one.
 
     .venv/bin/python benchmarks/bench_model.py --model-dir DIR [--device cpu|cuda|both]
+    .venv/bin/python benchmarks/bench_model.py --model-dir DIR --streaming [--redis-url URL]
 
 Ratios are against measurements of the same run: batch 8 against batch 1, cold against warm,
-CUDA against CPU."""
+CUDA against CPU. `--streaming` measures generation while streaming every request of a batch of
+8: tokens/s, time to the first delta and median time between deltas, through a sink that only
+stamps the time (the bare loop's own figures), the in-memory stream and Redis (one pipelined
+round trip per decode step), each against the stamping sink."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PROMPTS = ["What is the capital of France?", "Name three primary colours.",
            "Write one sentence about the sea.", "What is 12 times 12?",
@@ -56,6 +64,62 @@ def cold_start(model_dir: Path, gpu: bool) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+class Stamped:
+    """A sink wrapper noting when each publish that carries deltas is made, and the time
+    spent inside the sink (the transport's own cost, immune to a busy machine's drift)."""
+
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner
+        self.stamps: list[float] = []
+        self.inside = 0.0
+
+    def publish(self, deltas: Any = (), ends: Any = (), watch: Any = ()) -> set[str]:
+        now = time.perf_counter()
+        if deltas:
+            self.stamps.append(now)
+        cancelled: set[str] = self.inner.publish(deltas, ends, watch) if self.inner else set()
+        self.inside += time.perf_counter() - now
+        return cancelled
+
+
+def streaming(model_dir: Path, gpu: bool, max_tokens: int, rounds: int,
+              redis_url: str | None) -> dict[str, dict[str, float]]:
+    """Batch-of-8 streaming figures per sink: tok/s, first delta (ms), median gap (ms)."""
+    from quotaflow.adapters.memory.stream import MemoryTokenStream
+    from quotaflow.model.base import ChatMessage, GenerationRequest
+    from quotaflow.model.onnx_decoder import OnnxGenerator
+
+    gen = OnnxGenerator(model_dir, prefer_gpu=gpu)
+    gen.warm_up()
+    sinks: dict[str, Callable[[], Any]] = {"stamp only": lambda: None,
+                                          "memory": MemoryTokenStream}
+    if redis_url:
+        import redis
+
+        from quotaflow.adapters.redis_stream import RedisTokenStream
+
+        sinks["redis"] = lambda: RedisTokenStream(redis.Redis.from_url(redis_url),
+                                                  stream_ttl_s=60)
+    runs: dict[str, list[tuple[int, float, float, list[float], float]]] = {n: [] for n in sinks}
+    for _ in range(rounds):  # sinks interleaved, so drift on a shared machine hits them alike
+        for name, make in sinks.items():
+            run = uuid.uuid4().hex  # fresh stream ids: a reused id would add nothing
+            reqs = [GenerationRequest((ChatMessage("user", p),), max_tokens,
+                                      request_id=f"bench-{run}-{i}", stream=True)
+                    for i, p in enumerate(PROMPTS)]
+            sink = Stamped(make())
+            started = time.perf_counter()
+            tokens = sum(r.completion_tokens for r in gen.generate(reqs, sink))
+            elapsed = time.perf_counter() - started
+            gaps = [b - a for a, b in zip(sink.stamps, sink.stamps[1:], strict=False)]
+            runs[name].append((tokens, elapsed, sink.stamps[0] - started, gaps, sink.inside))
+    return {name: {"tok_s": sum(r[0] for r in rs) / sum(r[1] for r in rs),
+                   "first_ms": 1000 * statistics.median(r[2] for r in rs),
+                   "gap_ms": 1000 * statistics.median(g for r in rs for g in r[3]),
+                   "sink_share": sum(r[4] for r in rs) / sum(r[1] for r in rs)}
+            for name, rs in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +127,20 @@ def main() -> None:
     ap.add_argument("--device", choices=("cpu", "cuda", "both"), default="cpu")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--streaming", action="store_true")
+    ap.add_argument("--redis-url", help="also stream through Redis (e.g. a spare db index)")
     args = ap.parse_args()
+    if args.streaming:
+        figures = streaming(args.model_dir, args.device == "cuda", args.max_tokens,
+                            args.rounds, args.redis_url)
+        base = figures["stamp only"]
+        for name, f in figures.items():
+            print(f"{name}: {f['tok_s']:.1f} tok/s ({f['tok_s'] / base['tok_s']:.2f}x), first "
+                  f"delta {f['first_ms']:.1f} ms ({f['first_ms'] / base['first_ms']:.2f}x), "
+                  f"between deltas {f['gap_ms']:.1f} ms ({f['gap_ms'] / base['gap_ms']:.2f}x); "
+                  f"{100 * f['sink_share']:.2f}% of the time inside the sink")
+        print(json.dumps(figures, indent=2))
+        return
     devices = ["cpu", "cuda"] if args.device == "both" else [args.device]
     results = {}
     for dev in devices:

@@ -47,9 +47,9 @@ def parse_dataschema(uri: str) -> tuple[str, int]:
 
 
 _EVENTS = [
-    EventType("admitted", "dev.quotaflow.request.admitted", "admitted", 1),
-    EventType("estimated", "dev.quotaflow.request.estimated", "estimated", 1),
-    EventType("reserved", "dev.quotaflow.request.reserved", "reserved", 1),
+    EventType("admitted", "dev.quotaflow.request.admitted", "admitted", 2),
+    EventType("estimated", "dev.quotaflow.request.estimated", "estimated", 2),
+    EventType("reserved", "dev.quotaflow.request.reserved", "reserved", 2),
     EventType("rejected", "dev.quotaflow.request.rejected", "rejected", 2),
     EventType("completed", "dev.quotaflow.request.completed", "completed", 2),
     EventType("failed", "dev.quotaflow.request.failed", "failed", 1),

@@ -34,6 +34,10 @@ class RequestPayload:
     top_p: float | None
     seed: int | None
     admitted_at_ms: datetime  # Avro timestamp-millis: a timezone-aware datetime in Python
+    # v2 (keyword-only, so the steps' own fields may follow without defaults): generation ends
+    # before the first stop sequence; `stream` asks infer to publish the token deltas.
+    stop: tuple[str, ...] = dataclasses.field(default=(), kw_only=True)
+    stream: bool = dataclasses.field(default=False, kw_only=True)
 
     def request_fields(self) -> dict[str, Any]:
         """The client request's fields, to carry into the next step's payload."""
@@ -159,6 +163,8 @@ def to_record(payload: Payload) -> dict[str, Any]:
     record = {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)}
     if "messages" in record:
         record["messages"] = [{"role": m.role, "content": m.content} for m in record["messages"]]
+    if "stop" in record:
+        record["stop"] = list(record["stop"])
     return record
 
 
@@ -167,4 +173,6 @@ def from_record(cls: type[P], record: dict[str, Any]) -> P:
     values = dict(record)
     if "messages" in values:
         values["messages"] = tuple(Message(m["role"], m["content"]) for m in values["messages"])
+    if "stop" in values:
+        values["stop"] = tuple(values["stop"])
     return cls(**values)

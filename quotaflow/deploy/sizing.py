@@ -26,7 +26,7 @@ RUNTIME_DEPENDENCIES = ("cloudevents>=2.2,<3", "flask>=3.0", "asgiref>=3.8",
                         "redis>=5.0", "prometheus-client>=0.20", "pyyaml>=6.0")
 # The model comes from a directory or the S3 registry (QF_MODEL_SOURCE=registry): boto3 for both
 # steps that load it.
-TOKENIZER_DEPENDENCIES = ("numpy>=1.26", "transformers>=4.57", "tokenizers>=0.20", "boto3>=1.34")
+TOKENIZER_DEPENDENCIES = ("numpy>=1.26", "transformers>=4.57", "tokenizers>=0.22", "boto3>=1.34")
 GENERATOR_DEPENDENCIES = (*TOKENIZER_DEPENDENCIES, "onnxruntime>=1.20")
 
 

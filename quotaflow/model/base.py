@@ -1,9 +1,15 @@
 """The interface every model serves behind. estimate counts with `Tokenizer`; infer runs
-`Generator.generate` on a micro-batch. Token counts are the model's own, so billing is exact."""
+`Generator.generate` on a micro-batch. Token counts are the model's own, so billing is exact.
+
+Streaming is part of generation, not a wrapper around it: while it decodes a batch, a generator
+hands each request's new text to a `TokenSink` after every step (in order, numbered) and stops a
+request the sink reports cancelled. The text a result carries is, by construction, the
+concatenation of the deltas streamed for it, whether anyone streamed or not: the same code path
+produces both, so greedy streamed text equals non-streamed text."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,16 +27,49 @@ class GenerationRequest:
     temperature: float | None = None  # None or 0: greedy
     top_p: float | None = None
     seed: int | None = None
-    request_id: str = ""  # routes canary traffic; never changes the output
+    request_id: str = ""  # routes canary traffic and names the stream; never changes the output
+    stop: tuple[str, ...] = ()  # generation ends before the first of these the text contains
+    stream: bool = False  # publish this request's deltas to the sink as they are decoded
 
 
 @dataclass(frozen=True)
 class GenerationResult:
     text: str
     prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of sequence) | "length" (max_tokens reached)
+    completion_tokens: int  # forward passes run for this request: what is billed
+    # "stop" (end of sequence or a stop sequence) | "length" (max_tokens reached)
+    # | "cancelled" (the client hung up; the text is what was generated until then)
+    finish_reason: str
     model_version: str = ""  # the version that produced it, when a router picked one
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """New text of one request: `seq` counts 1, 2, 3... per request, with no gap."""
+
+    request_id: str
+    seq: int
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """A request's last stream entry: how it ended and its exact token counts."""
+
+    request_id: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TokenSink(Protocol):
+    """Where a generator sends deltas while it decodes (infer: the `TokenStream` port)."""
+
+    def publish(self, deltas: Sequence[TokenDelta] = (), ends: Sequence[StreamEnd] = (),
+                watch: Collection[str] = ()) -> set[str]:
+        """Append `deltas`, then `ends`, to their requests' streams, in order, and answer which
+        request ids of `watch` were cancelled: all in one round trip."""
+        ...
 
 
 class Tokenizer(Protocol):
@@ -51,6 +90,9 @@ class Generator(Tokenizer, Protocol):
         """"cuda" or "cpu": where generation runs."""
         ...
 
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Generate for every request of the batch; a result never depends on its batch-mates."""
+    def generate(self, batch: Sequence[GenerationRequest], sink: TokenSink | None = None
+                 ) -> list[GenerationResult]:
+        """Generate for every request of the batch; a result never depends on its batch-mates.
+        With a sink: stream the deltas of requests with `stream` set, and stop any request the
+        sink reports cancelled within a few tokens."""
         ...

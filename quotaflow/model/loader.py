@@ -20,6 +20,7 @@ from quotaflow.model.base import (
     GenerationResult,
     Generator,
     Tokenizer,
+    TokenSink,
 )
 from quotaflow.model.onnx_decoder import OnnxGenerator
 from quotaflow.model.registry import Aliases, ModelRegistry
@@ -111,14 +112,16 @@ class RegistryRouter:
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return self._stable().count_prompt_tokens(messages)
 
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def generate(self, batch: Sequence[GenerationRequest], sink: TokenSink | None = None
+                 ) -> list[GenerationResult]:
+        """Each version's group in turn, each streaming through `sink`."""
         aliases = self.aliases()
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(batch):
             groups.setdefault(aliases.pick(r.request_id), []).append(i)
         results: list[GenerationResult | None] = [None] * len(batch)
         for version, idx in groups.items():
-            for i, res in zip(idx, self.generator(version).generate([batch[i] for i in idx]),
-                              strict=True):
+            group = self.generator(version).generate([batch[i] for i in idx], sink)
+            for i, res in zip(idx, group, strict=True):
                 results[i] = res
         return [r for r in results if r is not None]

@@ -3,7 +3,12 @@
 The decoder takes `input_ids`, `attention_mask`, `position_ids` and `past.<i>.key|value`, and
 returns the last position's `logits` and `present.<i>.key|value`. A batch is left-padded, so
 every row's last position is its real last token; padded positions are masked out, which is why
-a row's output does not depend on its batch-mates (greedy, fp32)."""
+a row's output does not depend on its batch-mates (greedy, fp32).
+
+Each row's text is decoded incrementally as its tokens come (`quotaflow.model.streaming`):
+after every step the batch's new text goes to the sink in one round trip, which also answers
+which rows were cancelled; a cancelled, stopped or finished row is fed end-of-sequence from then
+on and billed only for the tokens it generated."""
 
 from __future__ import annotations
 
@@ -16,34 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult
+from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.metrics import BATCH_SIZE, INFERENCE_SECONDS, TOKENS
+from quotaflow.model.sampling import pick
+from quotaflow.model.session import open_session
+from quotaflow.model.streaming import BatchStream
 from quotaflow.model.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
-
-
-def providers_available() -> list[str]:
-    import onnxruntime as ort
-
-    names: list[str] = ort.get_available_providers()
-    return names
-
-
-def _session(path: Path, prefer_gpu: bool) -> tuple[Any, str]:
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if prefer_gpu and "CUDAExecutionProvider" in providers_available():
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        preload = getattr(ort, "preload_dlls", None)
-        if preload is not None:  # onnxruntime-gpu: load CUDA/cuDNN from the nvidia wheels
-            preload()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=providers)
-    device = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-    return sess, device
 
 
 class OnnxGenerator:
@@ -55,7 +40,7 @@ class OnnxGenerator:
         self._version = str(meta["version"])
         self.tokenizer = ChatTokenizer(model_dir)
         started = time.perf_counter()
-        self.session, self._device = _session(model_dir / "model.onnx", prefer_gpu)
+        self.session, self._device = open_session(model_dir / "model.onnx", prefer_gpu)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.layers = sum(1 for n in inputs if n.startswith("past.") and n.endswith(".key"))
         kv = inputs["past.0.key"].shape  # [batch, kv_heads, past, head_dim]
@@ -82,21 +67,19 @@ class OnnxGenerator:
         """One tiny generation, so the first request does not pay for lazy initialization."""
         self.generate([GenerationRequest((ChatMessage("user", "hi"),), max_tokens=2)])
 
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    def generate(self, batch: Sequence[GenerationRequest], sink: TokenSink | None = None
+                 ) -> list[GenerationResult]:
         if not batch:
             return []
         started = time.perf_counter()
         prompts = [self.tokenizer.encode_chat(r.messages) for r in batch]
-        outputs = self._decode(prompts, batch)
-        eos = self.tokenizer.eos_token_id
-        results = []
-        for prompt, out in zip(prompts, outputs, strict=True):
-            stopped = bool(out) and out[-1] == eos
-            text_ids = out[:-1] if stopped else out
-            finish = "stop" if stopped else "length"
-            results.append(GenerationResult(
-                text=self.tokenizer.decode(text_ids), prompt_tokens=len(prompt),
-                completion_tokens=len(out), finish_reason=finish, model_version=self._version))
+        stream = BatchStream(batch, sink)
+        outputs = self._decode(prompts, batch, stream)
+        results = [GenerationResult(
+            text=row.text, prompt_tokens=len(prompt), completion_tokens=len(out),
+            finish_reason=finish or "stop", model_version=self._version)
+            for prompt, out, row, finish in zip(prompts, outputs, stream.rows, stream.finish,
+                                                strict=True)]
         labels = (self._name, self._version, self._device)
         INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
         BATCH_SIZE.labels(*labels).observe(len(batch))
@@ -104,8 +87,8 @@ class OnnxGenerator:
         TOKENS.labels(*labels, "completion").inc(sum(r.completion_tokens for r in results))
         return results
 
-    def _decode(self, prompts: list[list[int]], batch: Sequence[GenerationRequest]
-                ) -> list[list[int]]:
+    def _decode(self, prompts: list[list[int]], batch: Sequence[GenerationRequest],
+                stream: BatchStream) -> list[list[int]]:
         n = len(prompts)
         width = max(len(p) for p in prompts)
         ids = np.full((n, width), self.tokenizer.pad_token_id, dtype=np.int64)
@@ -119,24 +102,43 @@ class OnnxGenerator:
         step_ids, step_pos = ids, positions
         budgets = [max(0, r.max_tokens) for r in batch]
         rngs = [np.random.default_rng(r.seed) for r in batch]
+        decoders = [self.tokenizer.text_decoder() for _ in batch]
         out: list[list[int]] = [[] for _ in range(n)]
-        done = [b == 0 for b in budgets]
+        done = [False] * n
         next_pos = positions[:, -1:] + 1
         eos = self.tokenizer.eos_token_id
+
+        def end(i: int, finish: str) -> None:
+            done[i] = True
+            stream.add(i, decoders[i].rest())
+            stream.end(i, finish, len(prompts[i]), len(out[i]))
+
+        for i in range(n):
+            if budgets[i] == 0:
+                end(i, "length")
+        for i in stream.sync([i for i in range(n) if not done[i]]):
+            end(i, "cancelled")
         while not all(done):
             logits, past = self._step(step_ids, mask, step_pos, past)
             chosen = np.empty((n, 1), dtype=np.int64)
             for i in range(n):
-                token = eos if done[i] else _pick(logits[i], batch[i], rngs[i])
+                token = eos if done[i] else pick(logits[i], batch[i], rngs[i])
                 chosen[i, 0] = token
-                if not done[i]:
-                    out[i].append(token)
-                    done[i] = token == eos or len(out[i]) >= budgets[i]
+                if done[i]:
+                    continue
+                out[i].append(token)
+                if token == eos or stream.add(i, decoders[i].step(token)):
+                    end(i, "stop")
+                elif len(out[i]) >= budgets[i]:
+                    end(i, "length")
+            for i in stream.sync([i for i in range(n) if not done[i]]):
+                end(i, "cancelled")
             if all(done):
                 break
             mask = np.concatenate([mask, np.ones((n, 1), dtype=np.int64)], axis=1)
             step_ids, step_pos = chosen, next_pos
             next_pos = next_pos + 1
+        stream.close()
         return out
 
     def _step(self, ids: Any, mask: Any, positions: Any, past: list[Any]
@@ -167,19 +169,3 @@ class OnnxGenerator:
         outputs = io.get_outputs()
         return outputs[0].numpy(), list(outputs[1:])
 
-
-def _pick(logits: Any, r: GenerationRequest, rng: np.random.Generator) -> int:
-    """Greedy unless a temperature is set; sampling draws from the request's own RNG."""
-    if not r.temperature:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / r.temperature
-    probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
-    if r.top_p is not None and 0 < r.top_p < 1:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, r.top_p)) + 1]
-        kept = np.zeros_like(probs)
-        kept[keep] = probs[keep]
-        probs = kept / kept.sum()
-    return int(rng.choice(len(probs), p=probs))

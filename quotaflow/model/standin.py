@@ -2,13 +2,16 @@
 
 Tokens are whitespace-separated words; the "chat template" adds one token per message for its
 role marker. The completion echoes the last user message, reversed word by word, truncated to
-max_tokens. Useful for plumbing tests and for running the pipeline without building a model."""
+max_tokens. It decodes one word per step through the same streaming machinery as the real model
+(stop sequences, deltas, cancellation), so the pipeline's streaming runs without building one.
+Useful for plumbing tests and for running the pipeline without building a model."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult
+from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
+from quotaflow.model.streaming import BatchStream
 
 
 class StandInModel:
@@ -19,17 +22,37 @@ class StandInModel:
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return sum(1 + len(m.content.split()) for m in messages)
 
-    def generate(self, batch: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        return [self._one(r) for r in batch]
+    def generate(self, batch: Sequence[GenerationRequest], sink: TokenSink | None = None
+                 ) -> list[GenerationResult]:
+        stream = BatchStream(batch, sink)
+        words = [_answer(r) for r in batch]
+        prompts = [self.count_prompt_tokens(r.messages) for r in batch]
+        out = [0] * len(batch)  # words generated so far: one forward pass each
 
-    def _one(self, request: GenerationRequest) -> GenerationResult:
-        user = [m.content for m in request.messages if m.role == "user"]
-        words = (user[-1] if user else "").split()[::-1]
-        out = words[: request.max_tokens]
-        finish = "length" if len(words) > request.max_tokens else "stop"
-        return GenerationResult(
-            text=" ".join(out),
-            prompt_tokens=self.count_prompt_tokens(request.messages),
-            completion_tokens=len(out),
-            finish_reason=finish,
-        )
+        def end(i: int, finish: str) -> None:
+            stream.end(i, finish, prompts[i], out[i])
+
+        for i, r in enumerate(batch):
+            if not words[i] or r.max_tokens <= 0:
+                end(i, "stop" if not words[i] else "length")
+        live = [i for i in range(len(batch)) if stream.finish[i] is None]
+        for i in stream.sync(live):
+            end(i, "cancelled")
+        while live := [i for i in range(len(batch)) if stream.finish[i] is None]:
+            for i in live:
+                word = words[i][out[i]]
+                out[i] += 1
+                if stream.add(i, word if out[i] == 1 else " " + word) or out[i] == len(words[i]):
+                    end(i, "stop")
+                elif out[i] >= batch[i].max_tokens:
+                    end(i, "length")
+            for i in stream.sync([i for i in live if stream.finish[i] is None]):
+                end(i, "cancelled")
+        stream.close()
+        return [GenerationResult(row.text, prompts[i], out[i], stream.finish[i] or "stop")
+                for i, row in enumerate(stream.rows)]
+
+
+def _answer(request: GenerationRequest) -> list[str]:
+    user = [m.content for m in request.messages if m.role == "user"]
+    return (user[-1] if user else "").split()[::-1]

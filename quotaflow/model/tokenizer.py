@@ -1,7 +1,12 @@
 """The model's own tokenizer and chat template, loaded from a built model directory.
 
 estimate counts with it and infer feeds exactly what it encodes, so the reservation is
-computed from the same token ids the model sees. Needs transformers/tokenizers, not torch."""
+computed from the same token ids the model sees. Needs transformers/tokenizers, not torch.
+
+Streaming decodes incrementally with the tokenizers library's `DecodeStream`, which holds a
+token back until it completes a UTF-8 character, so a delta never carries half a character and
+text is only ever appended. At the end, whatever it still holds is taken from a full decode, so
+the text equals `decode(ids)` exactly."""
 
 from __future__ import annotations
 
@@ -37,3 +42,33 @@ class ChatTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
+
+    def text_decoder(self) -> TextDecoder:
+        """An incremental decoder for one generated sequence."""
+        return TextDecoder(self)
+
+
+class TextDecoder:
+    """One sequence's text, token by token: `step` answers the text each token completes."""
+
+    def __init__(self, tokenizer: ChatTokenizer) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer = tokenizer
+        self._backend = tokenizer._tok.backend_tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+        self._ids: list[int] = []
+        self._text = ""
+
+    def step(self, token_id: int) -> str:
+        """The text `token_id` completes ("" while it ends inside a character)."""
+        self._ids.append(token_id)
+        piece = self._stream.step(self._backend, token_id) or ""
+        self._text += piece
+        return piece
+
+    def rest(self) -> str:
+        """The sequence is over: the text still held back (an unfinished character decodes
+        as U+FFFD, as a full decode shows it)."""
+        full = self._tokenizer.decode(self._ids)
+        return full[len(self._text):] if full.startswith(self._text) else ""

@@ -41,7 +41,8 @@ REQUEST: dict[str, Any] = dict(
     temperature=0.5, top_p=None, seed=7, admitted_at_ms=AT)
 SAMPLES: list[Payload] = [
     Admitted(**REQUEST),
-    Estimated(**REQUEST, prompt_tokens=5, estimate_tokens=13),
+    Estimated(**REQUEST, prompt_tokens=5, estimate_tokens=13, stop=("\n\n", "END"),
+              stream=True),
     Reserved(**REQUEST, prompt_tokens=5, reserved_tokens=13, period="2026-11", ledger_seq=4),
     Rejected("r-1", "acme", 13, "quota_exceeded", "2026-11", 5),
     Rejected("r-2", "acme", 13, "unprocessable: bad"),
@@ -70,6 +71,8 @@ def _python_type(avro_type: Any) -> Any:
         if avro_type.get("logicalType") == "timestamp-millis":
             return datetime
         if avro_type["type"] == "array":
+            if avro_type["items"] == "string":
+                return tuple[str, ...]
             assert avro_type["items"]["name"] == "Message"
             return tuple[Message, ...]
         return _python_type(avro_type["type"])
@@ -102,7 +105,8 @@ def test_payload_class_has_the_schemas_fields_in_order_with_its_types_and_its_de
         # field, but a default it has is the schema's.
         if field.default is not dataclasses.MISSING:
             assert "default" in avro_field, (name, field.name)
-            assert field.default == avro_field["default"], (name, field.name)
+            default = list(field.default) if isinstance(field.default, tuple) else field.default
+            assert default == avro_field["default"], (name, field.name)
 
 
 @pytest.mark.parametrize("payload", SAMPLES, ids=lambda p: type(p).__name__)
@@ -116,3 +120,13 @@ def test_payload_survives_the_avro_codec_and_the_kafka_binding_unchanged(
         EVENTS[name], "ledger/9", "/quotaflow/ledger", payload.tenant, payload))
     assert from_kafka(message.headers, message.key, message.value).payload == payload
 
+
+
+@pytest.mark.parametrize("name", ["admitted", "estimated", "reserved"])
+def test_a_v1_request_record_reads_as_v2_with_no_stop_sequences_and_no_streaming(
+        name: str) -> None:
+    payload = next(p for p in SAMPLES if p.event_name == name)
+    v1 = {k: v for k, v in to_record(payload).items() if k not in ("stop", "stream")}
+    record = avro.decode(name, 1, avro.encode(name, 1, v1))
+    decoded = from_record(PAYLOADS[name], record)
+    assert (decoded.stop, decoded.stream) == ((), False)  # type: ignore[union-attr]

@@ -55,7 +55,7 @@ def test_kafka_record_carries_binary_mode_headers_and_tenant_key() -> None:
         assert h in msg.headers, h
     assert msg.headers["ce_specversion"] == b"1.0"
     assert msg.headers["ce_type"] == b"dev.quotaflow.request.admitted"
-    assert parse_dataschema(msg.headers["ce_dataschema"].decode()) == ("admitted", 1)
+    assert parse_dataschema(msg.headers["ce_dataschema"].decode()) == ("admitted", 2)
     assert not msg.value.startswith(b"Obj")  # raw Avro, not an object container file
 
 

@@ -1,0 +1,30 @@
+"""An ONNX Runtime session on CUDA when it is there and asked for, else on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def providers_available() -> list[str]:
+    import onnxruntime as ort
+
+    names: list[str] = ort.get_available_providers()
+    return names
+
+
+def open_session(path: Path, prefer_gpu: bool) -> tuple[Any, str]:
+    """The session for `path` and its device ("cuda" or "cpu")."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if prefer_gpu and "CUDAExecutionProvider" in providers_available():
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:  # onnxruntime-gpu: load CUDA/cuDNN from the nvidia wheels
+            preload()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    device = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    return sess, device
