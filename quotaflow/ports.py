@@ -27,7 +27,19 @@ from quotaflow.model.base import (
     GenerationRequest,
     GenerationResult,
     Generator,
+    StreamEnd,
+    TokenDelta,
     Tokenizer,
+)
+from quotaflow.model.token_stream import StreamEntry, TokenStream
+from quotaflow.request_records import (
+    FinalRecord,
+    Inserted,
+    NewRequest,
+    OpenRequest,
+    OpenRequests,
+    RequestStore,
+    RequestView,
 )
 
 __all__ = [
@@ -44,6 +56,8 @@ __all__ = [
     "Ledger",
     "LedgerOutbox",
     "NewRequest",
+    "OpenRequest",
+    "OpenRequests",
     "Outcome",
     "Principal",
     "Projection",
@@ -55,7 +69,11 @@ __all__ = [
     "ReserveTokens",
     "SettleReservation",
     "StoredEvent",
+    "StreamEnd",
+    "StreamEntry",
     "TenantDirectory",
+    "TokenDelta",
+    "TokenStream",
     "Tokenizer",
     "payload_hash",
 ]
@@ -111,80 +129,6 @@ class LedgerOutbox(Protocol):
 
 
 @dataclass(frozen=True)
-class NewRequest:
-    """A client request as admit stores it, before any step has seen it."""
-
-    request_id: str
-    tenant: str
-    key_id: str
-    source: str
-    ce_id: str
-    payload_hash: str
-    model: str
-
-
-@dataclass(frozen=True)
-class Inserted:
-    """What storing a request found: whether it is new, and the stored hash and status."""
-
-    created: bool
-    payload_hash: str
-    status: str
-
-
-@dataclass(frozen=True)
-class FinalRecord:
-    """A request's terminal state, as record writes it. A terminal status is never
-    overwritten: only a `queued` or `reserved` request takes it."""
-
-    request_id: str
-    status: str  # completed, failed, expired or rejected
-    reason: str | None
-    charged_tokens: int
-    output: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    reserved_tokens: int | None = None
-    model_version: str | None = None
-
-
-@dataclass(frozen=True)
-class RequestView:
-    """What `GET /v1/requests/{id}` answers."""
-
-    request_id: str
-    status: str
-    output: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    reserved_tokens: int | None
-    charged_tokens: int | None
-    model: str
-    model_version: str | None
-    reason: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class RequestStore(Protocol):
-    """The request read model: each request's status, usage and output."""
-
-    def insert(self, request: NewRequest) -> Inserted: ...
-
-    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
-        """A `queued` request is now `reserved`; any later status is left alone."""
-        ...
-
-    def finish(self, records: Sequence[FinalRecord]) -> None:
-        """Write terminal states, all or none."""
-        ...
-
-    def fetch(self, tenant: str, request_id: str) -> RequestView | None:
-        """The tenant's own request, or None (another tenant's request is never visible)."""
-        ...
-
-
-@dataclass(frozen=True)
 class Principal:
     """Who an API key belongs to, and the limits that apply to it."""
 
@@ -198,7 +142,6 @@ class TenantDirectory(Protocol):
     def authenticate(self, api_key: str) -> Principal | None:
         """The key's principal, or None for an unknown, malformed or revoked key."""
         ...
-
 
 class AdmissionGate(Protocol):
     """admit's fast checks in one round trip: count this request in its key's one-minute

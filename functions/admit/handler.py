@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from events.payloads import Admitted, Message
+from events.payloads import Admitted
 from quotaflow.ports import Clock, NewRequest, Principal, RequestStore, payload_hash
+from quotaflow.runtime.idempotency import admitted_payload, to_millis
 
 _NAMESPACE = uuid.UUID("5b0f6c1e-3f7a-4d0e-9a51-6f1e0c2b7a10")
 
@@ -32,7 +33,7 @@ class ClientRequest(Protocol):
 @dataclass(frozen=True)
 class AdmitPorts:
     requests: RequestStore
-    clock: Clock  # the ledger's clock: `admitted_at_ms` and the billing period agree with it
+    clock: Clock  # the ledger's clock: the admission time and the billing period agree with it
 
 
 @dataclass(frozen=True)
@@ -54,23 +55,21 @@ def request_id_for(tenant: str, source: str, ce_id: str) -> str:
 
 
 def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts) -> Admission:
-    """Store the request; raise `IdempotencyConflict` on a changed payload."""
+    """Store the request with its data and admission time; raise `IdempotencyConflict` on a
+    changed payload."""
     request_id = request_id_for(principal.tenant, request.source, request.ce_id)
-    data = request.data
-    digest = payload_hash(dict(data))
-    stored = ports.requests.insert(NewRequest(request_id, principal.tenant, principal.key_id,
-                                              request.source, request.ce_id, digest,
-                                              data["model"]))
+    data = dict(request.data)
+    digest = payload_hash(data)
+    stored = ports.requests.insert(NewRequest(
+        request_id, principal.tenant, principal.key_id, request.source, request.ce_id, digest,
+        data["model"], data, to_millis(ports.clock.now())))
     if stored.payload_hash != digest:
         raise IdempotencyConflict(f"event id {request.ce_id!r} from source {request.source!r} "
                                   "was already sent with a different payload")
     if not stored.created and stored.status != "queued":
         return Admission(request_id, False, [])
     # A resend of a request still queued is published again (the first publish may have been
-    # lost); downstream steps are idempotent by request id.
-    return Admission(request_id, stored.created, [Admitted(
-        request_id=request_id, tenant=principal.tenant, key_id=principal.key_id,
-        model=data["model"],
-        messages=tuple(Message(m["role"], m["content"]) for m in data["messages"]),
-        max_tokens=data["max_tokens"], temperature=data["temperature"], top_p=data["top_p"],
-        seed=data["seed"], admitted_at_ms=ports.clock.now())])
+    # lost), identical to the first: same data, the first admission's time. Every step
+    # downstream then answers its first outcome.
+    return Admission(request_id, stored.created, [admitted_payload(
+        request_id, principal.tenant, principal.key_id, data, stored.admitted_at)])

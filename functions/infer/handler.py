@@ -2,7 +2,13 @@
 
 The completion budget is what the reservation leaves after the prompt, so the charge can never
 exceed the reservation. A request that fails every retry goes to the dead-letter topic and is
-answered `failed`, so settle releases its reservation."""
+answered `failed`, so settle releases its reservation.
+
+Streaming: the generator publishes the deltas of requests that asked for it (`stream`) to the
+token stream as it decodes, and stops any request whose client hung up; its completion tokens
+are then what was generated, and settle releases the rest of the reservation. Only requests that
+asked are published: a stream costs a write per token and Redis memory until it expires, which
+nobody would read for the others; every request is still checked for cancellation."""
 
 from __future__ import annotations
 
@@ -11,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.payloads import Completed, Failed, Reserved
-from quotaflow.ports import ChatMessage, GenerationRequest, Generator
+from quotaflow.ports import ChatMessage, GenerationRequest, Generator, TokenStream
 from quotaflow.runtime.step import Step
 
 
 @dataclass(frozen=True)
 class InferPorts:
     generator: Generator
+    stream: TokenStream | None = None  # None: nothing is streamed or cancelled
 
 
 def generation_request(p: Reserved, model: Generator) -> GenerationRequest:
@@ -25,7 +32,7 @@ def generation_request(p: Reserved, model: Generator) -> GenerationRequest:
     messages = tuple(ChatMessage(m.role, m.content) for m in p.messages)
     budget = p.reserved_tokens - model.count_prompt_tokens(messages)
     return GenerationRequest(messages, max(0, min(p.max_tokens, budget)), p.temperature,
-                             p.top_p, p.seed, p.request_id)
+                             p.top_p, p.seed, p.request_id, p.stop, p.stream)
 
 
 def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed]:
@@ -33,7 +40,7 @@ def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed]:
     model = ports.generator
     batch = [generation_request(p, model) for p in payloads]
     started = time.perf_counter()
-    results = model.generate(batch)
+    results = model.generate(batch, ports.stream) if ports.stream else model.generate(batch)
     latency_ms = (time.perf_counter() - started) * 1000
     return [Completed(p.request_id, p.tenant, p.reserved_tokens, r.text, r.prompt_tokens,
                       r.completion_tokens, model.name, r.model_version or model.version,

@@ -1,7 +1,14 @@
-"""record: write each request's final state and output to the read model clients poll."""
+"""record: write each request's final state and output to the read model clients poll.
+
+A status only moves forward and a terminal one is never overwritten (the store guards it), so a
+redelivered or late record changes nothing. What could stop a request from ending here is a
+value PostgreSQL cannot store: text with U+0000 or a lone surrogate is stored with U+FFFD in
+their place, and a record that still cannot be written is written without its output and usage
+(`on_poison`). If even that fails, the reconciler ends the request at its deadline."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,19 +16,27 @@ from events.payloads import Recorded, Rejected, Settled
 from quotaflow.ports import FinalRecord, RequestStore
 from quotaflow.runtime.step import Step
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 
 @dataclass(frozen=True)
 class RecordPorts:
     requests: RequestStore
 
 
+def storable(text: str | None) -> str | None:
+    """`text` as PostgreSQL can store it: U+0000 and lone surrogates become U+FFFD."""
+    return None if text is None else _UNSTORABLE.sub("\ufffd", text)
+
+
 def final_record(p: Settled | Rejected) -> FinalRecord:
     """The request's terminal state as the read model keeps it."""
     if isinstance(p, Rejected):
-        return FinalRecord(p.request_id, "rejected", p.reason, charged_tokens=0)
-    return FinalRecord(p.request_id, p.status, p.reason, p.charged_tokens, output=p.text,
-                       prompt_tokens=p.prompt_tokens, completion_tokens=p.completion_tokens,
-                       reserved_tokens=p.reserved_tokens, model_version=p.model_version or None)
+        return FinalRecord(p.request_id, "rejected", storable(p.reason), charged_tokens=0)
+    return FinalRecord(p.request_id, p.status, storable(p.reason), p.charged_tokens,
+                       output=storable(p.text), prompt_tokens=p.prompt_tokens,
+                       completion_tokens=p.completion_tokens, reserved_tokens=p.reserved_tokens,
+                       model_version=storable(p.model_version) or None)
 
 
 def handle(payloads: Sequence[Settled | Rejected], ports: RecordPorts) -> list[Recorded]:
@@ -32,5 +47,15 @@ def handle(payloads: Sequence[Settled | Rejected], ports: RecordPorts) -> list[R
             for p, r in zip(payloads, records, strict=True)]
 
 
+def on_poison(p: Settled | Rejected, reason: str, ports: RecordPorts) -> list[Recorded]:
+    """End the request with what the ledger decided (its status and charge), without the
+    output and usage that could not be written."""
+    full = final_record(p)
+    why = storable(f"unrecordable: {reason}")
+    ports.requests.finish([FinalRecord(full.request_id, full.status, (why or "")[:500],
+                                       full.charged_tokens)])
+    return [Recorded(p.request_id, p.tenant, full.status)]
+
+
 STEP = Step(name="record", consumes=("settled", "rejected"), produces=("recorded",),
-            handle=handle, batch_max=lambda s: 256)
+            handle=handle, on_poison=on_poison, batch_max=lambda s: 256)

@@ -1,15 +1,17 @@
 """reserve: the authoritative quota check. The whole batch is decided in one ledger call;
 each request gets TokensReserved (-> `reserved`) or RequestRejected (-> `rejected`).
-A redelivered request gets its first outcome again."""
+A redelivered or resent request gets its first outcome again: the command's digest covers only
+the client's request and its estimate (`quotaflow.runtime.idempotency`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.payloads import Estimated, Rejected, Reserved, to_record
-from quotaflow.ports import Ledger, Projection, RequestStore, ReserveTokens, payload_hash
+from events.payloads import Estimated, Rejected, Reserved
+from quotaflow.ports import Ledger, Projection, RequestStore, ReserveTokens
 from quotaflow.runtime import metrics
+from quotaflow.runtime.idempotency import reserve_digest
 from quotaflow.runtime.step import Step
 
 
@@ -23,7 +25,8 @@ class ReservePorts:
 def handle(payloads: Sequence[Estimated], ports: ReservePorts) -> list[Reserved | Rejected]:
     """Reserve each request's worst case, or reject it; one output per input, in order."""
     outcomes = ports.ledger.reserve([
-        ReserveTokens(p.tenant, p.request_id, p.estimate_tokens, payload_hash(to_record(p)))
+        ReserveTokens(p.tenant, p.request_id, p.estimate_tokens,
+                      reserve_digest(p, p.estimate_tokens))
         for p in payloads])
     ports.projection.catch_up(ports.ledger)
     out: list[Reserved | Rejected] = []

@@ -1,24 +1,28 @@
 """settle: end each reservation exactly once. `completed` charges the real tokens and returns
 the rest; `failed` releases it all. Periodically (a timer locally, a PingSource on Knative) it
-expires reservations older than the TTL and publishes committed ledger events."""
+expires reservations older than the TTL, runs the reconciler (re-drives requests that stopped
+moving, ends those past their deadline) and publishes committed ledger events."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.payloads import Completed, Failed, Settled, to_record
+from events.payloads import Admitted, Completed, Failed, Reserved, Settled
 from quotaflow.ports import (
     EndCommand,
+    FinalRecord,
     Ledger,
     LedgerOutbox,
+    OpenRequest,
     Outcome,
     Projection,
     ReleaseReservation,
     SettleReservation,
-    payload_hash,
 )
 from quotaflow.runtime import metrics
+from quotaflow.runtime.idempotency import end_digest
+from quotaflow.runtime.reconcile import Reconciler, reconcile
 from quotaflow.runtime.step import Step
 
 STATUS = {"ReservationSettled": "completed", "ReservationReleased": "failed",
@@ -31,11 +35,13 @@ class SettlePorts:
     projection: Projection
     outbox: LedgerOutbox
     reservation_ttl_s: int
+    reconciler: Reconciler | None = None  # None: the tick only expires and publishes
 
 
 def command(p: Completed | Failed) -> EndCommand:
-    """Completed charges prompt + completion tokens; Failed releases the whole reservation."""
-    digest = payload_hash(to_record(p))
+    """Completed charges prompt + completion tokens; Failed releases the whole reservation.
+    Every ending of a request has one digest: a second one gets the first one's outcome."""
+    digest = end_digest(p.request_id)
     if isinstance(p, Completed):
         return SettleReservation(p.tenant, p.request_id, p.prompt_tokens + p.completion_tokens,
                                  digest)
@@ -43,12 +49,13 @@ def command(p: Completed | Failed) -> EndCommand:
 
 
 def settled(o: Outcome, p: Completed | Failed | None) -> Settled:
-    """What record needs of a reservation's end (`p` is None for an expiry)."""
-    # Refused: a late settlement after expiry, or a conflicting redelivery.
+    """What record needs of a reservation's end (`p` is None for an expiry). The status and
+    the charge are the ledger's; the output travels only with the charge it was billed for."""
+    # Refused: a late settlement after expiry, or nothing was reserved.
     status = STATUS.get(o.kind or "") or (
         "expired" if o.reason == "reservation_expired" else "failed")
     charged = o.amount if o.kind == "ReservationSettled" else 0
-    done = p if isinstance(p, Completed) else None
+    done = p if isinstance(p, Completed) and o.kind == "ReservationSettled" else None
     return Settled(
         request_id=o.request_id, tenant=o.tenant, status=status,
         reserved_tokens=o.reserved or (p.reserved_tokens if p else 0), charged_tokens=charged,
@@ -69,14 +76,42 @@ def handle(payloads: Sequence[Completed | Failed], ports: SettlePorts) -> list[S
     return [settled(o, p) for p, o in zip(payloads, outcomes, strict=True)]
 
 
-def sweep(ports: SettlePorts) -> list[Settled]:
-    """Expire stale reservations and publish committed ledger events to the ledger topic."""
-    expired = ports.ledger.expire_stale(ports.reservation_ttl_s)
+def on_poison(p: Completed | Failed, reason: str, ports: SettlePorts) -> list[Settled]:
+    """Release the reservation (or get the ending it already had) and end the request, so it
+    is neither left `reserved` nor charged for what could not be settled."""
+    release = Failed(p.request_id, p.tenant, p.reserved_tokens, f"unprocessable: {reason}"[:500])
+    return handle([release], ports)
+
+
+def sweep(ports: SettlePorts) -> list[Settled | Admitted | Reserved]:
+    """Expire stale reservations, reconcile open requests, publish the ledger's events."""
+    out: list[Settled | Admitted | Reserved] = [
+        settled(o, None) for o in ports.ledger.expire_stale(ports.reservation_ttl_s)]
+    if ports.reconciler is not None:
+        work = reconcile(ports.reconciler, ports.ledger)
+        end_overdue(work.overdue, ports.reconciler, ports)
+        out += [*work.admitted, *work.reserved]
     ports.projection.catch_up(ports.ledger)
     ports.outbox.publish_pending()
-    return [settled(o, None) for o in expired]
+    return out
 
 
-STEP = Step(name="settle", consumes=("completed", "failed"), produces=("settled",),
-            handle=handle, tick=sweep, tick_interval_s=lambda s: float(s.sweep_interval_s),
+def end_overdue(overdue: Sequence[OpenRequest], r: Reconciler, ports: SettlePorts) -> None:
+    """End requests past their deadline `failed`: release their reservation (or get how it
+    already ended), then write the record here rather than through record, so a request ends
+    even when its records cannot reach record or record cannot write them."""
+    if not overdue:
+        return
+    why = f"deadline: not ended within {r.request_deadline_s} s of admission"
+    ended = handle([Failed(q.request_id, q.tenant, q.reserved_tokens or 0, why)
+                    for q in overdue], ports)
+    r.requests.finish([
+        FinalRecord(s.request_id, s.status, why if s.reason in (None, why) else
+                    f"{why} ({s.reason})", s.charged_tokens)
+        for s in ended])
+
+
+STEP = Step(name="settle", consumes=("completed", "failed"),
+            produces=("settled", "admitted", "reserved"), handle=handle, on_poison=on_poison,
+            tick=sweep, tick_interval_s=lambda s: float(s.sweep_interval_s),
             batch_max=lambda s: 256)

@@ -1,15 +1,21 @@
-"""The request read model in PostgreSQL (table `requests`): what `GET /v1/requests/{id}`
-answers. A status only moves forward: `queued` -> `reserved` -> a terminal one."""
+"""The request records in PostgreSQL (table `requests`), the system of record of every
+admitted request: what `GET /v1/requests/{id}` answers, and what the reconciler re-drives.
+A status only moves forward: `queued` -> `reserved` -> a terminal one; `rejected` only from
+`queued`; a terminal status is never overwritten."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal, overload
 
 import psycopg
+from psycopg.types.json import Jsonb
 
-from quotaflow.ports import FinalRecord, Inserted, NewRequest, RequestView
+from quotaflow.ports import FinalRecord, Inserted, NewRequest, OpenRequest, RequestView
+
+Conn = psycopg.Connection[Any]
 
 # A field a record leaves None keeps what was stored (a rejection carries no usage).
 _FINISH = (
@@ -19,41 +25,56 @@ _FINISH = (
     "completion_tokens = coalesce(%(completion_tokens)s, completion_tokens), "
     "reserved_tokens = coalesce(%(reserved_tokens)s, reserved_tokens), "
     "model_version = coalesce(%(model_version)s, model_version), updated_at = now() "
-    "WHERE request_id = %(request_id)s AND status IN ('queued', 'reserved')")
+    "WHERE request_id = %(request_id)s "
+    "AND (status = 'queued' OR (status = 'reserved' AND %(status)s <> 'rejected'))")
 _VIEW_COLUMNS = ("request_id, status, output, prompt_tokens, completion_tokens, "
                  "reserved_tokens, charged_tokens, model, model_version, reason, created_at, "
                  "updated_at")
+_OPEN_COLUMNS = ("request_id, tenant_id, key_id, status, payload, created_at, reserved_tokens, "
+                 "prompt_tokens, redrives")
 
 
 class PostgresRequestStore:
-    """The `RequestStore` on one connection; each call commits what it wrote (`finish` in one
-    transaction), unless the caller holds a transaction open around it."""
+    """The `RequestStore` and `OpenRequests` on one connection; each call commits what it
+    wrote (`finish` in one transaction), unless the caller holds a transaction open around it.
+    Given a connection provider (a `quotaflow.adapters.postgres.Reconnecting`) instead, each
+    call uses the connection it answers, so a lost connection is replaced on the next call."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+    def __init__(self, conn: Conn | Callable[[], Conn]) -> None:
+        self._connection: Callable[[], Conn] = conn if callable(conn) else (lambda: conn)
+        self._close: Callable[[], None] = getattr(conn, "close", lambda: None)
+
+    @property
+    def conn(self) -> Conn:
+        """The connection the next statement runs on."""
+        return self._connection()
 
     @classmethod
     def connect(cls, url: str) -> PostgresRequestStore:
         return cls(psycopg.connect(url, autocommit=True))
 
     def close(self) -> None:
-        self.conn.close()
+        self._close()
 
     def insert(self, request: NewRequest) -> Inserted:
-        """Insert a queued request; a known id keeps what was stored first."""
+        """Insert a queued request with its data, admitted at `request.admitted_at`; a known
+        id keeps what was stored first."""
         r = request
         row = self._execute(
             "INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, payload_hash, "
-            "status, model) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s) "
-            "ON CONFLICT (request_id) DO NOTHING RETURNING payload_hash, status",
-            (r.request_id, r.tenant, r.key_id, r.source, r.ce_id, r.payload_hash, r.model))
+            "status, model, payload, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, %s, %s) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING payload_hash, status, created_at",
+            (r.request_id, r.tenant, r.key_id, r.source, r.ce_id, r.payload_hash, r.model,
+             Jsonb(dict(r.payload)), r.admitted_at, r.admitted_at))
         if row is not None:
-            return Inserted(True, row[0], row[1])
-        row = self._execute("SELECT payload_hash, status FROM requests WHERE request_id = %s",
-                            (r.request_id,))
+            return Inserted(True, *row)
+        row = self._execute(
+            "SELECT payload_hash, status, created_at FROM requests WHERE request_id = %s",
+            (r.request_id,))
         if row is None:  # deleted between the two statements: nothing to answer from
             raise LookupError(f"request {r.request_id} vanished while being stored")
-        return Inserted(False, row[0], row[1])
+        return Inserted(False, *row)
 
     def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
         """A `queued` request is now `reserved`; any later status is left alone."""
@@ -63,10 +84,12 @@ class PostgresRequestStore:
                       (reserved_tokens, prompt_tokens, request_id))
 
     def finish(self, records: Sequence[FinalRecord]) -> None:
-        """Write terminal states in one transaction; a terminal status is never overwritten."""
+        """Write terminal states in one transaction; a terminal status is never overwritten,
+        and a reserved request is never rejected."""
         if not records:
             return
-        with self.conn.transaction(), self.conn.cursor() as cur:
+        conn = self.conn
+        with conn.transaction(), conn.cursor() as cur:
             cur.executemany(_FINISH, [dataclasses.asdict(r) for r in records])
 
     def fetch(self, tenant: str, request_id: str) -> RequestView | None:
@@ -76,12 +99,37 @@ class PostgresRequestStore:
             (request_id, tenant))
         return RequestView(*row) if row is not None else None
 
-    def _execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def open_since(self, cutoff: datetime, limit: int) -> list[OpenRequest]:
+        """Open requests with no progress and no re-drive since `cutoff`, stalest first."""
+        rows = self._execute(
+            f"SELECT {_OPEN_COLUMNS} FROM requests WHERE status IN ('queued', 'reserved') "
+            "AND greatest(updated_at, redriven_at) < %s "
+            "ORDER BY greatest(updated_at, redriven_at) LIMIT %s", (cutoff, limit), every=True)
+        return [OpenRequest(*row) for row in rows]
+
+    def note_redriven(self, request_ids: Sequence[str]) -> None:
+        """Count a re-drive of each request, now."""
+        if request_ids:
+            self._execute("UPDATE requests SET redrives = redrives + 1, redriven_at = now() "
+                          "WHERE request_id = ANY(%s)", (list(request_ids),))
+
+    @overload
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None: ...
+
+    @overload
+    def _execute(self, sql: str, params: tuple[Any, ...],
+                 every: Literal[True]) -> list[tuple[Any, ...]]: ...
+
+    def _execute(self, sql: str, params: tuple[Any, ...], every: bool = False) -> Any:
         """One statement, committed: alone in autocommit (no BEGIN/COMMIT round trips on the
-        reserve step's path), else in a transaction of its own or within the caller's."""
-        if self.conn.autocommit:
-            cur = self.conn.execute(sql, params)
+        reserve step's path), else in a transaction of its own or within the caller's.
+        Answers its first row, or every row."""
+        conn = self.conn
+        if conn.autocommit:
+            cur = conn.execute(sql, params)
         else:
-            with self.conn.transaction():
-                cur = self.conn.execute(sql, params)
+            with conn.transaction():
+                cur = conn.execute(sql, params)
+        if every:
+            return cur.fetchall()
         return cur.fetchone() if cur.description else None

@@ -17,8 +17,10 @@ def register(sub: Any) -> None:
     a = sub.add_parser(
         "audit", help="replay the ledger into statements and check it",
         description="Replays the ledger (PostgreSQL) into per-tenant statements, checks its "
-        "invariants, and compares the replay with the balances snapshot, the Redis projection "
-        "and the request records. Prints the differences; exits 1 if there is any.")
+        "invariants, and compares the replay with the balances snapshot and the Redis "
+        "projection, and every request record (of the tenant, whatever the period) with its "
+        "ledger events: status, charge, requests still open past QF_REQUEST_DEADLINE_S. "
+        "Prints the differences; exits 1 if there is any.")
     a.add_argument("--tenant", default=None, help="only this tenant")
     a.add_argument("--period", default=None, help="only this period (2026-11 or 2026-11-22)")
     a.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -39,6 +41,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from quotaflow.ledger import audit as a
+    from quotaflow.ledger.audit_records import compare_requests
     from quotaflow.ledger.projection import RedisProjection
 
     settings = Settings.from_env()
@@ -48,7 +51,7 @@ def _audit(args: argparse.Namespace) -> int:
         if not args.no_projection:
             a.compare_projection(result, RedisProjection.connect(settings.redis_url),
                                  args.tenant, args.period)
-        a.compare_requests(result, conn, args.tenant)
+        compare_requests(result, conn, args.tenant, settings.request_deadline_s)
     sys.stdout.write(a.render(result, args.format))
     if args.format != "table" and result.findings:
         for f in result.findings:

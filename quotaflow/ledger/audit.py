@@ -1,5 +1,5 @@
 """Replay the ledger into per-tenant statements, check its invariants, and compare the replay
-with the balances snapshot, the Redis projection and the request records.
+with the balances snapshot and the Redis projection (the request records: `audit_records`).
 
 Deterministic: the same ledger gives byte-identical output (sorted, no wall-clock values)."""
 
@@ -178,31 +178,6 @@ def compare_projection(audit: Audit, projection: RedisProjection, tenant: str | 
     for key, s in sorted(audit.statements.items()):
         if key not in projected and s.balance() != Balance():
             audit.findings.append(f"{key[0]} {key[1]}: missing from the Redis projection")
-
-
-def compare_requests(audit: Audit, conn: psycopg.Connection[Any], tenant: str | None) -> None:
-    """Compare the request records' final states with the ledger's endings."""
-    reservations = audit.reservations
-    charged_by_request = dict(conn.execute(
-        "SELECT request_id, amount FROM ledger_events WHERE kind = 'ReservationSettled'"
-        + (" AND tenant_id = %s" if tenant else ""), [tenant] if tenant else []).fetchall())
-    rows = conn.execute(
-        "SELECT request_id, tenant_id, status, charged_tokens FROM requests"
-        " WHERE status IN ('completed', 'failed', 'expired')"
-        + (" AND tenant_id = %s" if tenant else "") + " ORDER BY request_id",
-        [tenant] if tenant else []).fetchall()
-    for request_id, t, status, charged in rows:
-        r = reservations.get(request_id)
-        if status == "completed":
-            if request_id not in charged_by_request:
-                audit.findings.append(f"{t}: request {request_id} recorded completed with no "
-                                      "ReservationSettled in the ledger (missing settlement)")
-            elif int(charged or 0) != int(charged_by_request[request_id]):
-                audit.findings.append(f"{t}: request {request_id} recorded charged {charged}, "
-                                      f"the ledger charged {charged_by_request[request_id]}")
-        elif r is not None and r.ended is None:
-            audit.findings.append(f"{t}: request {request_id} recorded {status} but its "
-                                  "reservation is still open")
 
 
 def render(audit: Audit, fmt: str) -> str:

@@ -1,21 +1,33 @@
-"""The `RequestStore` contract, run against `MemoryRequestStore` and `PostgresRequestStore`
-(database `qf_test_contract_ledger`): a status only moves forward (`queued` -> `reserved` ->
-terminal), a terminal status is never overwritten, and a tenant sees only its own requests.
-`-k memory` runs the in-memory store alone, with no services."""
+"""The `RequestStore` and `OpenRequests` contract, run against `MemoryRequestStore` and
+`PostgresRequestStore` (database `qf_test_contract_ledger`): a request keeps the client's data
+and admission time; a status only moves forward (`queued` -> `reserved` -> terminal,
+`rejected` only from `queued`), a terminal status is never overwritten; a tenant sees only its
+own requests; the reconciler finds the open requests that stopped moving, and its re-drives
+are counted. `-k memory` runs the in-memory store alone, with no services."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import pytest
 
 from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.ports import FinalRecord, Inserted, NewRequest, RequestStore
+from quotaflow.ports import FinalRecord, Inserted, NewRequest, OpenRequests, RequestStore
 from tests.contract.ledger_backends import postgres
+
+ADMITTED = datetime.now(UTC).replace(microsecond=123000) - timedelta(minutes=5)
+DATA: dict[str, Any] = {"model": "m1", "messages": [{"role": "user", "content": "hi \u00e9"}],
+                        "max_tokens": 8, "temperature": 0.7, "top_p": None, "seed": 2**40}
+
+
+class Store(RequestStore, OpenRequests, Protocol):
+    """Both ports, as both adapters have them."""
 
 
 @pytest.fixture(params=["memory", "postgres"])
-def store(request: pytest.FixtureRequest) -> Iterator[RequestStore]:
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     if request.param == "memory":
         yield MemoryRequestStore()
         return
@@ -25,8 +37,10 @@ def store(request: pytest.FixtureRequest) -> Iterator[RequestStore]:
         yield PostgresRequestStore(conn)
 
 
-def new(request_id: str, tenant: str = "acme", digest: str = "h1") -> NewRequest:
-    return NewRequest(request_id, tenant, "key1", "/app", f"ce-{request_id}", digest, "m1")
+def new(request_id: str, tenant: str = "acme", digest: str = "h1",
+        admitted: datetime = ADMITTED) -> NewRequest:
+    return NewRequest(request_id, tenant, "key1", "/app", f"ce-{request_id}", digest, "m1",
+                      DATA, admitted)
 
 
 def completed(request_id: str, charged: int = 40) -> FinalRecord:
@@ -35,23 +49,26 @@ def completed(request_id: str, charged: int = 40) -> FinalRecord:
                        model_version="v1")
 
 
-def test_a_new_request_is_stored_queued(store: RequestStore) -> None:
-    assert store.insert(new("r1")) == Inserted(True, "h1", "queued")
+def test_a_new_request_is_stored_queued_admitted_when_admit_said(store: Store) -> None:
+    assert store.insert(new("r1")) == Inserted(True, "h1", "queued", ADMITTED)
     view = store.fetch("acme", "r1")
     assert view is not None
     assert (view.request_id, view.status, view.model, view.output, view.charged_tokens,
             view.reason, view.model_version) == ("r1", "queued", "m1", None, None, None, None)
-    assert view.created_at.tzinfo is not None and view.updated_at >= view.created_at
+    assert view.created_at == ADMITTED and view.updated_at >= view.created_at
 
 
-def test_a_known_request_id_keeps_what_was_stored_first(store: RequestStore) -> None:
+def test_a_known_request_id_keeps_what_was_stored_first(store: Store) -> None:
     store.insert(new("r1", digest="h1"))
-    assert store.insert(new("r1", digest="h2")) == Inserted(False, "h1", "queued")
+    later = ADMITTED + timedelta(seconds=30)
+    assert store.insert(new("r1", digest="h2", admitted=later)) == Inserted(
+        False, "h1", "queued", ADMITTED)
     store.mark_reserved("r1", 69, 37)
-    assert store.insert(new("r1", digest="h1")) == Inserted(False, "h1", "reserved")
+    assert store.insert(new("r1", digest="h1", admitted=later)) == Inserted(
+        False, "h1", "reserved", ADMITTED)
 
 
-def test_marking_reserved_moves_only_a_queued_request(store: RequestStore) -> None:
+def test_marking_reserved_moves_only_a_queued_request(store: Store) -> None:
     store.insert(new("r1"))
     store.mark_reserved("r1", 69, 37)
     view = store.fetch("acme", "r1")
@@ -66,7 +83,7 @@ def test_marking_reserved_moves_only_a_queued_request(store: RequestStore) -> No
     assert store.fetch("acme", "unknown") is None
 
 
-def test_finishing_writes_the_final_state_from_queued_or_reserved(store: RequestStore) -> None:
+def test_finishing_writes_the_final_state_from_queued_or_reserved(store: Store) -> None:
     store.insert(new("done"))
     store.mark_reserved("done", 69, 37)
     store.insert(new("refused"))
@@ -81,17 +98,21 @@ def test_finishing_writes_the_final_state_from_queued_or_reserved(store: Request
         ("rejected", "quota_exceeded", 0, None)
 
 
-def test_a_rejection_keeps_the_usage_already_stored(store: RequestStore) -> None:
+def test_a_reserved_request_is_never_rejected(store: Store) -> None:
+    # The ledger accepted it: a rejection arriving now (a resend refused as a conflict) would
+    # tell the client "rejected" for a request that goes on to be charged.
     store.insert(new("r1"))
     store.mark_reserved("r1", 69, 37)
-    store.finish([FinalRecord("r1", "rejected", "unprocessable", 0)])
+    store.finish([FinalRecord("r1", "rejected", "idempotency_conflict", 0)])
     view = store.fetch("acme", "r1")
     assert view is not None
-    assert (view.status, view.reserved_tokens, view.prompt_tokens, view.charged_tokens) == \
-        ("rejected", 69, 37, 0)
+    assert (view.status, view.reserved_tokens, view.charged_tokens) == ("reserved", 69, None)
+    store.finish([completed("r1")])
+    view = store.fetch("acme", "r1")
+    assert view is not None and (view.status, view.charged_tokens) == ("completed", 40)
 
 
-def test_finishing_never_overwrites_a_terminal_status(store: RequestStore) -> None:
+def test_finishing_never_overwrites_a_terminal_status(store: Store) -> None:
     store.insert(new("r1"))
     store.finish([completed("r1", charged=40)])
     store.finish([FinalRecord("r1", "expired", "ttl", 0),
@@ -102,7 +123,7 @@ def test_finishing_never_overwrites_a_terminal_status(store: RequestStore) -> No
 
 
 def test_the_same_request_twice_in_one_batch_takes_the_first_record(
-        store: RequestStore) -> None:
+        store: Store) -> None:
     store.insert(new("r1"))
     store.finish([FinalRecord("r1", "failed", "oom", 0), completed("r1")])
     view = store.fetch("acme", "r1")
@@ -110,8 +131,44 @@ def test_the_same_request_twice_in_one_batch_takes_the_first_record(
     assert (view.status, view.reason) == ("failed", "oom")
 
 
-def test_a_tenant_sees_only_its_own_requests(store: RequestStore) -> None:
+def test_a_tenant_sees_only_its_own_requests(store: Store) -> None:
     store.insert(new("r1", tenant="acme"))
     assert store.fetch("acme", "r1") is not None
     assert store.fetch("bravo", "r1") is None
     assert store.fetch("acme", "never") is None
+
+
+def test_open_requests_that_stopped_moving_are_found_with_their_data(store: Store) -> None:
+    store.insert(new("idle", admitted=ADMITTED))
+    store.insert(new("newer", admitted=ADMITTED + timedelta(seconds=1)))
+    store.insert(new("moved", admitted=ADMITTED))
+    store.mark_reserved("moved", 69, 37)  # progress now
+    store.insert(new("ended", admitted=ADMITTED))
+    store.finish([FinalRecord("ended", "failed", "oom", 0)])
+    cutoff = datetime.now(UTC) - timedelta(minutes=1)
+    found = store.open_since(cutoff, 10)
+    assert [r.request_id for r in found] == ["idle", "newer"]  # stalest first
+    idle = found[0]
+    assert (idle.tenant, idle.key_id, idle.status, idle.admitted_at, idle.redrives,
+            idle.reserved_tokens, idle.prompt_tokens) == (
+        "acme", "key1", "queued", ADMITTED, 0, None, None)
+    assert dict(idle.payload or {}) == DATA
+    assert [r.request_id for r in store.open_since(cutoff, 1)] == ["idle"]
+    later = store.open_since(datetime.now(UTC) + timedelta(minutes=1), 10)
+    moved = next(r for r in later if r.request_id == "moved")
+    assert (moved.status, moved.reserved_tokens, moved.prompt_tokens) == ("reserved", 69, 37)
+    assert "ended" not in {r.request_id for r in later}
+
+
+def test_a_re_drive_is_counted_and_hides_the_request_until_the_cutoff_passes_it(
+        store: Store) -> None:
+    store.insert(new("r1"))
+    store.insert(new("r2"))
+    store.note_redriven(["r1", "unknown"])
+    cutoff = datetime.now(UTC) - timedelta(minutes=1)
+    assert [r.request_id for r in store.open_since(cutoff, 10)] == ["r2"]
+    store.note_redriven(["r1"])
+    after = {r.request_id: r.redrives
+             for r in store.open_since(datetime.now(UTC) + timedelta(minutes=1), 10)}
+    assert after == {"r1": 2, "r2": 0}
+    store.note_redriven([])  # nothing to count, and no error

@@ -1,5 +1,6 @@
 """`quotaflow audit`: replays the ledger, passes a clean one with byte-identical output, and
-finds a tampered projection, a tampered snapshot and a missing settlement."""
+finds a tampered projection, a tampered snapshot, and every request record, whatever its
+status, that disagrees with its ledger events (or is still open past the deadline)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,23 @@ import psycopg
 import pytest
 
 from quotaflow.ledger import audit
-from quotaflow.ledger.commands import ReserveTokens, SettleReservation
+from quotaflow.ledger.audit_records import compare_requests
+from quotaflow.ledger.commands import ReleaseReservation, ReserveTokens, SettleReservation
 from quotaflow.ledger.projection import RedisProjection, balance_key
 from quotaflow.ledger.store import PostgresLedger
 from tests.ledger.conftest import LEDGER_REDIS_DB, make_tenant
 from tests.services import redis_base
+
+DEADLINE_S = 900
+
+
+def record(conn: psycopg.Connection[Any], request_id: str, tenant: str, status: str,
+           charged: int | None, age_s: int = 0) -> None:
+    """A request record as the steps leave it, admitted `age_s` seconds ago."""
+    conn.execute("INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, "
+                 "payload_hash, status, model, charged_tokens, created_at) VALUES (%s, %s, "
+                 "'k', '/s', %s, 'h', %s, 'm', %s, now() - make_interval(secs => %s))",
+                 (request_id, tenant, request_id, status, charged, age_s))
 
 
 @pytest.fixture
@@ -42,7 +55,7 @@ def run_audit(conn: psycopg.Connection[Any], projection: RedisProjection) -> aud
     result = audit.replay(conn)
     audit.compare_snapshot(result, conn, None, None)
     audit.compare_projection(result, projection, None, None)
-    audit.compare_requests(result, conn, None)
+    compare_requests(result, conn, None, DEADLINE_S)
     return result
 
 
@@ -99,3 +112,80 @@ def test_cli_output_is_byte_identical_across_runs_and_exits_nonzero_on_a_differe
     bad = cli()
     assert bad.returncode == 1
     assert "DIFFERENCE" in bad.stdout
+
+
+@pytest.fixture
+def every_status(conn: psycopg.Connection[Any], ledger: PostgresLedger,
+                 projection: RedisProjection, history: str) -> None:
+    """A consistent record of each status beside the history's completed ones."""
+    make_tenant(conn, "cud", 1000)
+    ledger.reserve([ReserveTokens("cud", rid, 10, "h") for rid in ("rel", "exp", "open")])
+    ledger.end([ReleaseReservation("cud", "rel", "oom", "e")])
+    conn.execute("UPDATE reservations SET reserved_at = now() - interval '1 hour' "
+                 "WHERE request_id = 'exp'")
+    ledger.expire_stale(60)
+    record(conn, "b1", "bud", "rejected", 0)  # a RequestRejected in the ledger
+    record(conn, "poison", "cud", "rejected", 0)  # unprocessable: nothing reserved
+    record(conn, "rel", "cud", "failed", 0)
+    record(conn, "exp", "cud", "expired", 0)
+    record(conn, "open", "cud", "reserved", None, age_s=DEADLINE_S - 60)
+    record(conn, "new", "cud", "queued", None)
+    projection.catch_up(ledger)
+
+
+def test_a_record_of_every_status_that_agrees_with_the_ledger_passes(
+        conn: psycopg.Connection[Any], projection: RedisProjection, every_status: None) -> None:
+    result = run_audit(conn, projection)
+    assert result.ok, result.findings
+
+
+@pytest.mark.parametrize(("tamper", "finding"), [
+    # The resend bug: billed by the ledger, told "rejected".
+    ("UPDATE requests SET status = 'rejected', charged_tokens = 0 WHERE request_id = 'a0'",
+     "a0 recorded rejected but the ledger charged 40"),
+    ("UPDATE requests SET status = 'failed', charged_tokens = 0 WHERE request_id = 'a1'",
+     "a1 recorded failed but the ledger charged 40"),
+    ("UPDATE requests SET charged_tokens = 41 WHERE request_id = 'a2'",
+     "a2 recorded charged 41, the ledger charged 40"),
+    ("UPDATE requests SET status = 'failed', charged_tokens = 0 WHERE request_id = 'open'",
+     "open recorded failed but its reservation is still open"),
+    ("UPDATE requests SET status = 'rejected', charged_tokens = 0 WHERE request_id = 'open'",
+     "open recorded rejected but its reservation is still open"),
+    ("UPDATE requests SET charged_tokens = 5 WHERE request_id = 'rel'",
+     "rel recorded failed with a charge of 5"),
+    ("UPDATE requests SET charged_tokens = 3 WHERE request_id = 'b1'",
+     "b1 recorded rejected with a charge of 3"),
+    ("UPDATE requests SET status = 'completed', charged_tokens = 0 WHERE request_id = 'exp'",
+     "exp recorded completed with no ReservationSettled"),
+    ("UPDATE requests SET created_at = created_at - interval '2 minutes' "
+     "WHERE request_id = 'open'",
+     "open still reserved past the deadline of 900 s"),
+    ("UPDATE requests SET created_at = now() - interval '1 hour' WHERE request_id = 'new'",
+     "new still queued past the deadline of 900 s"),
+    ("DELETE FROM requests WHERE request_id = 'a1'",
+     "a1 charged 40 by the ledger has no request record"),
+    ("UPDATE requests SET status = 'lost' WHERE request_id = 'new'",
+     "new has an unknown status 'lost'"),
+])
+def test_a_request_record_that_disagrees_with_the_ledger_is_found(
+        conn: psycopg.Connection[Any], projection: RedisProjection, every_status: None,
+        tamper: str, finding: str) -> None:
+    conn.execute(tamper)
+    findings = run_audit(conn, projection).findings
+    assert any(finding in f for f in findings), findings
+    assert len(findings) == 1, findings
+
+
+def test_cli_exits_nonzero_for_a_rejected_record_the_ledger_charged(
+        ledger_url: str, conn: psycopg.Connection[Any], every_status: None) -> None:
+    env = {**os.environ, "POSTGRES_URL": ledger_url, "QF_REQUEST_DEADLINE_S": "900"}
+    ok = subprocess.run([sys.executable, "-m", "quotaflow", "audit", "--no-projection"],
+                        env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    conn.execute("UPDATE requests SET status = 'rejected', charged_tokens = 0 "
+                 "WHERE request_id = 'a0'")
+    bad = subprocess.run([sys.executable, "-m", "quotaflow", "audit", "--no-projection",
+                          "--tenant", "aud"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1
+    assert "DIFFERENCE: aud: request a0 recorded rejected but the ledger charged 40" in bad.stdout

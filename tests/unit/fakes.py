@@ -32,10 +32,14 @@ class World:
         self.requests = MemoryRequestStore(self.clock)
 
     def queue(self, *payloads: Admitted) -> None:
-        """Store each request as admit does: `queued`."""
+        """Store each request as admit does: `queued`, with its data and admission time."""
         for p in payloads:
+            data = {"model": p.model, "max_tokens": p.max_tokens,
+                    "messages": [{"role": m.role, "content": m.content} for m in p.messages],
+                    "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed}
             self.requests.insert(NewRequest(p.request_id, p.tenant, p.key_id, "/test",
-                                            p.request_id, "hash", p.model))
+                                            p.request_id, "hash", p.model, data,
+                                            p.admitted_at_ms))
 
     def status(self, tenant: str, request_id: str) -> str:
         view = self.requests.fetch(tenant, request_id)

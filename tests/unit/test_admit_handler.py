@@ -32,6 +32,11 @@ def ports() -> AdmitPorts:
     return AdmitPorts(MemoryRequestStore(clock), clock)
 
 
+def clock_of(p: AdmitPorts) -> FixedClock:
+    assert isinstance(p.clock, FixedClock)
+    return p.clock
+
+
 def test_request_id_is_the_same_uuid5_of_tenant_source_and_id_as_before() -> None:
     assert request_id_for("acme", "/my/app", "e-1") == "49525443-f45e-5561-9d45-4cfe7873b79a"
     assert request_id_for("other", "/my/app", "e-1") != request_id_for("acme", "/my/app", "e-1")
@@ -43,9 +48,10 @@ def test_a_new_request_is_stored_queued_with_the_same_payload_hash_as_before() -
     assert out.created
     # Inserting the same id again answers what the first insert stored.
     stored = p.requests.insert(NewRequest(out.request_id, "acme", "key-1", "/my/app", "e-1",
-                                          "another-hash", "m"))
-    assert (stored.created, stored.status, stored.payload_hash) == (
-        False, "queued", "839e51e84336429ca440747204ae03cc70fa6cfbbaf2c7686b60f7b9e077bb2c")
+                                          "another-hash", "m", {}, datetime.now(UTC)))
+    assert (stored.created, stored.status, stored.payload_hash, stored.admitted_at) == (
+        False, "queued", "839e51e84336429ca440747204ae03cc70fa6cfbbaf2c7686b60f7b9e077bb2c",
+        datetime(2026, 11, 29, 12, 0, tzinfo=UTC))
 
 
 def test_a_new_request_returns_its_admitted_payload_stamped_by_the_clock() -> None:
@@ -59,13 +65,29 @@ def test_a_new_request_returns_its_admitted_payload_stamped_by_the_clock() -> No
     assert payload.admitted_at_ms == datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
-def test_a_resend_while_queued_is_the_same_request_published_again() -> None:
+def test_a_resend_while_queued_is_published_again_identical_to_the_first() -> None:
     p = ports()
+    clock_of(p).advance(0.0015)  # admission times travel to the millisecond
     first = admit(ACME, Sent(), p)
+    clock_of(p).advance(30)
     second = admit(ACME, Sent(), p)
     assert second.request_id == first.request_id
     assert not second.created
+    # The first admission's time, not the resend's: a new timestamp made the resend a
+    # "different payload" downstream.
     assert second.admitted == first.admitted
+    assert first.admitted[0].admitted_at_ms == datetime(2026, 11, 29, 12, 0, 0, 1000,
+                                                        tzinfo=UTC)
+
+
+def test_the_stored_request_keeps_the_clients_data_to_be_published_again() -> None:
+    p = ports()
+    out = admit(ACME, Sent(), p)
+    assert isinstance(p.requests, MemoryRequestStore)
+    clock_of(p).advance(61)
+    (stored,) = p.requests.open_since(clock_of(p).now(), 10)
+    assert (stored.request_id, stored.status, stored.payload, stored.admitted_at) == (
+        out.request_id, "queued", Sent().data, out.admitted[0].admitted_at_ms)
 
 
 def test_a_resend_after_the_request_moved_on_publishes_nothing() -> None:
@@ -90,3 +112,9 @@ def test_the_same_event_id_from_another_source_is_another_request() -> None:
     b = admit(ACME, Sent(source="/other"), p)
     assert a.request_id != b.request_id
     assert b.created
+
+
+def test_stop_sequences_and_streaming_the_client_asked_for_travel_in_the_payload() -> None:
+    sent = Sent(data={**Sent().data, "stop": ["\n\n"], "stream": True})
+    (payload,) = admit(ACME, sent, ports()).admitted
+    assert (payload.stop, payload.stream) == (("\n\n",), True)

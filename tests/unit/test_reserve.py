@@ -5,6 +5,7 @@ while the others reserve, a redelivery is never charged twice, and the read mode
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 from events.payloads import Rejected, Reserved
 from functions.reserve.handler import ReservePorts, handle, on_poison
@@ -73,3 +74,24 @@ def test_an_unprocessable_request_is_rejected_for_its_estimate_without_a_ledger_
         "r0", 25, "unprocessable: handler_error: boom")
     assert r.period is None and r.ledger_seq is None
     assert w.ledger.events_after(0) == []
+
+
+def test_a_resend_admitted_later_with_another_key_gets_the_first_outcome() -> None:
+    w = World()
+    w.ledger.add_tenant("acme", 100)
+    first = handle([estimated("r0", 60), estimated("r1", 60)], ports(w))
+    # The same client requests again, stamped at another time and sent with another key of
+    # the tenant: neither is what the client asked for, so neither makes a conflict.
+    later = [replace(estimated(rid, 60), key_id="key-2",
+                     admitted_at_ms=estimated(rid, 60).admitted_at_ms + timedelta(seconds=30))
+             for rid in ("r0", "r1")]
+    again = handle(later, ports(w))
+    assert [type(o) for o in again] == [Reserved, Rejected]
+    r0, r1 = first
+    a0, a1 = again
+    assert isinstance(r0, Reserved) and isinstance(a0, Reserved)
+    assert (a0.reserved_tokens, a0.period, a0.ledger_seq) == (
+        r0.reserved_tokens, r0.period, r0.ledger_seq)
+    assert isinstance(r1, Rejected) and isinstance(a1, Rejected)
+    assert (a1.reason, a1.ledger_seq) == ("quota_exceeded", r1.ledger_seq)
+    assert w.ledger.balance("acme", "2026-11") == Balance(granted=100, reserved=60)

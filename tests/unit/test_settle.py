@@ -1,11 +1,12 @@
 """settle: each reservation ends exactly once. A completion is charged its prompt and
-completion tokens and the rest returned; a failure releases it all; the sweep expires stale
-reservations and publishes the committed ledger events."""
+completion tokens and the rest returned; a failure releases it all; any second ending gets the
+first one's outcome; a poison record releases; the sweep expires stale reservations and
+publishes the committed ledger events (the reconciler in the sweep: test_reconcile)."""
 
 from __future__ import annotations
 
 from events.payloads import Completed, Failed
-from functions.settle.handler import SettlePorts, handle, sweep
+from functions.settle.handler import SettlePorts, handle, on_poison, sweep
 from quotaflow.ledger.commands import ReserveTokens
 from quotaflow.ledger.domain import Balance
 from tests.unit.fakes import World
@@ -85,3 +86,40 @@ def test_the_sweep_expires_only_stale_reservations_and_publishes_the_ledger() ->
     assert w.outbox.published[-1].kind == "ReservationExpired"
     assert sweep(ports(w)) == []
     assert len(w.outbox.published) == len(w.ledger.events_after(0))
+
+
+def test_a_second_ending_of_a_reservation_gets_the_first_ones_outcome() -> None:
+    w = world_with(("r1", 50))
+    (first,) = handle([completed("r1", prompt=10, completion=5)], ports(w))
+    # A second inference (its first `settled` was lost) counting differently, a failure, the
+    # reconciler's deadline: none is a conflict recorded as a failure; all get the charge.
+    again = handle([completed("r1", prompt=10, completion=9), failed("r1")], ports(w))
+    assert [(s.status, s.charged_tokens, s.released_tokens) for s in again] == [
+        ("completed", 15, 35), ("completed", 15, 35)]
+    assert (first.status, first.charged_tokens) == ("completed", 15)
+    assert w.ledger.balance("acme", "2026-11") == Balance(granted=1000, spent=15)
+
+
+def test_an_output_travels_only_with_the_charge_it_was_billed_for() -> None:
+    w = world_with(("late", 50), ("r2", 50))
+    handle([failed("r2")], ports(w))
+    w.clock.advance(TTL_S + 1)
+    sweep(ports(w))
+    expired, after_failure = handle([completed("late", 10, 5), completed("r2", 10, 5)], ports(w))
+    assert (expired.status, expired.text, expired.completion_tokens) == ("expired", None, 0)
+    assert (after_failure.status, after_failure.text, after_failure.charged_tokens) == (
+        "failed", None, 0)
+
+
+def test_a_poison_record_releases_the_reservation_and_ends_the_request_failed() -> None:
+    w = world_with(("r1", 50), ("done", 50))
+    (s,) = on_poison(completed("r1", 10, 5), "handler_error: boom", ports(w))
+    assert (s.request_id, s.status, s.charged_tokens, s.released_tokens) == (
+        "r1", "failed", 0, 50)
+    assert s.reason == "unprocessable: handler_error: boom"
+    assert w.ledger.balance("acme", "2026-11") == Balance(granted=1000, reserved=50)
+    # One already settled keeps its settlement.
+    handle([completed("done", 10, 5)], ports(w))
+    (d,) = on_poison(completed("done", 10, 5), "handler_error: boom", ports(w))
+    assert (d.status, d.charged_tokens) == ("completed", 15)
+    assert w.ledger.balance("acme", "2026-11") == Balance(granted=1000, spent=15)
