@@ -4,6 +4,7 @@ creation from kafka/topics.yaml."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,9 +31,41 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_producer(settings: Settings) -> Producer:
+class HealingProducer:
+    """A confluent-kafka producer that `flush` replaces with a new one when a flush did not
+    deliver everything. An idempotent producer whose broker lost its state (a restarted local
+    broker keeps nothing) is refused for good (UNKNOWN_PRODUCER_ID) and would retry forever;
+    the callers re-send what was not delivered (their retry), and every consumer is
+    idempotent by request id, so a resend duplicates nothing."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.renewed = 0
+        self._inner = Producer(config)
+
+    def produce(self, topic: str, value: bytes | None = None, key: Any = None,
+                headers: Any = None, on_delivery: Any = None) -> None:
+        self._inner.produce(topic, value=value, key=key, headers=headers,
+                            on_delivery=on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        return int(self._inner.poll(timeout))
+
+    def flush(self, timeout: float = -1) -> int:
+        return int(self._inner.flush(timeout))
+
+    def renew(self) -> None:
+        """Drop what is queued and start a new client."""
+        self._inner.purge()
+        self._inner.flush(0)
+        self._inner = Producer(self.config)
+        self.renewed += 1
+        log.warning("Kafka producer renewed after an undelivered flush")
+
+
+def make_producer(settings: Settings) -> HealingProducer:
     """A producer for `settings`' brokers."""
-    return Producer(producer_config(settings))
+    return HealingProducer(producer_config(settings))
 
 
 def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
@@ -53,22 +86,47 @@ def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
     return Consumer(config)
 
 
-def produce(producer: Producer, topic: str, message: KafkaMessage) -> None:
+AnyProducer = Producer | HealingProducer
+
+# Deliveries that failed, by producer: librdkafka drops a message it gave up on from its
+# queue, so an empty queue after `flush` does not mean every message was delivered.
+_failed: dict[int, list[str]] = {}
+_failed_lock = threading.Lock()
+
+
+def _on_delivery(producer: AnyProducer) -> Callable[[KafkaError | None, Any], None]:
+    def report(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            with _failed_lock:
+                _failed.setdefault(id(producer), []).append(str(err))
+    return report
+
+
+def produce(producer: AnyProducer, topic: str, message: KafkaMessage) -> None:
     """Queue `message` on `topic`, waiting while the local queue is full."""
     while True:
         try:
             producer.produce(topic, value=message.value, key=message.key,
-                             headers=list(message.headers.items()))
+                             headers=list(message.headers.items()),
+                             on_delivery=_on_delivery(producer))
             return
         except BufferError:  # local queue full: let deliveries drain, then retry
             producer.poll(0.05)
 
 
-def flush(producer: Producer, timeout_s: float = 30.0) -> None:
-    """Wait until every queued message is delivered; RuntimeError if some are not in time."""
+def flush(producer: AnyProducer, timeout_s: float = 30.0) -> None:
+    """Wait until every queued message is delivered; `PublishTimeout` (an infrastructure
+    error: the caller retries) if some are not in time or failed."""
     remaining = producer.flush(timeout_s)
-    if remaining:
-        raise RuntimeError(f"{remaining} Kafka messages not delivered within {timeout_s} s")
+    with _failed_lock:
+        failed = _failed.pop(id(producer), [])
+    if remaining or failed:
+        if isinstance(producer, HealingProducer):
+            producer.renew()
+            with _failed_lock:
+                _failed.pop(id(producer), None)  # the purged messages' reports
+        raise PublishTimeout(f"{remaining} Kafka messages not delivered within {timeout_s} s"
+                             + (f", {len(failed)} failed ({failed[0]})" if failed else ""))
 
 
 def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
@@ -93,7 +151,7 @@ class KafkaPublisher:
     """The `Publisher` over a producer: each envelope to its event type's topic, keyed by
     tenant, then one flush; not confirmed within `timeout_s` -> `PublishTimeout`."""
 
-    def __init__(self, producer: Producer, topic: Callable[[str], str],
+    def __init__(self, producer: AnyProducer, topic: Callable[[str], str],
                  timeout_s: float = 10.0) -> None:
         self.producer = producer
         self.topic = topic
@@ -110,7 +168,4 @@ class KafkaPublisher:
             return
         for envelope in envelopes:
             produce(self.producer, self.topic(envelope.type.topic), to_kafka(envelope))
-        remaining = self.producer.flush(self.timeout_s)
-        if remaining:
-            raise PublishTimeout(f"{remaining} Kafka messages not delivered within "
-                                 f"{self.timeout_s} s")
+        flush(self.producer, self.timeout_s)

@@ -1,19 +1,83 @@
-"""PostgreSQL connections and versioned migrations (infra/migrations/NNNN_name.sql)."""
+"""PostgreSQL connections and versioned migrations (infra/migrations/NNNN_name.sql).
+
+A long-running process holds its connections in `Reconnecting`: after a server restart, a
+failover or `pg_terminate_backend` the next call opens a new connection instead of failing
+on the dead one forever. Every connection a process opens for its work has a connect timeout
+and a statement timeout, so an unreachable or stuck server costs seconds, not minutes."""
 
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 from events.resources import data_path
+from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
+Conn = psycopg.Connection[Any]
 
 
-def connect(url: str, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(url, autocommit=autocommit)
+def connect(url: str, autocommit: bool = False, connect_timeout_s: int = 0,
+            statement_timeout_ms: int = 0) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection; a timeout of 0 leaves the server's default (none)."""
+    options: dict[str, Any] = {}
+    if connect_timeout_s:
+        options["connect_timeout"] = connect_timeout_s
+    if statement_timeout_ms:
+        options["options"] = f"-c statement_timeout={statement_timeout_ms}"
+    return psycopg.connect(url, autocommit=autocommit, **options)
+
+
+class Reconnecting:
+    """One connection, opened on first use and reopened on the next call after it was closed
+    or broken. Calling it answers the open connection."""
+
+    def __init__(self, url: str, autocommit: bool = True, connect_timeout_s: int = 0,
+                 statement_timeout_ms: int = 0) -> None:
+        self.url = url
+        self.autocommit = autocommit
+        self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self.reconnects = 0
+        self._conn: Conn | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, autocommit: bool = True) -> Reconnecting:
+        """A holder with `settings`' database, connect timeout and statement timeout."""
+        return cls(settings.postgres_url, autocommit, settings.db_connect_timeout_s,
+                   settings.db_statement_timeout_ms)
+
+    def __call__(self) -> Conn:
+        with self._lock:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    self.reconnects += 1
+                    log.warning("PostgreSQL connection lost; reconnecting")
+                    conn.close()
+                conn = connect(self.url, self.autocommit, self.connect_timeout_s,
+                               self.statement_timeout_ms)
+                self._conn = conn
+            return conn
+
+    @property
+    def closed(self) -> bool:
+        """False while a connection is open or can be opened now (readiness)."""
+        try:
+            return bool(self().closed)
+        except psycopg.Error:
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 def ensure_database(url: str) -> None:

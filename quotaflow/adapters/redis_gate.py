@@ -7,6 +7,7 @@ from dataclasses import fields
 
 import redis
 
+from quotaflow.adapters.redis_client import connect_redis as connect_redis  # re-exported
 from quotaflow.ledger.domain import Balance
 from quotaflow.ledger.projection import PREFIX, balance_key
 

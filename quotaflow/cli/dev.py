@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from quotaflow import client
-from quotaflow.devstack.process import DevStackError, read_state, stop_pids
+from quotaflow.devstack import control
+from quotaflow.devstack.process import DevStackError, pid_alive, read_state
 from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
 
@@ -29,7 +30,8 @@ def register(sub: Any) -> None:
                          "is reachable); prints the admit URL")
     _stack_args(up)
     up.add_argument("--detach", action="store_true",
-                    help="start in the background and return; stop with `quotaflow dev down`")
+                    help="start in the background (a supervisor process of its own) and "
+                    "return; stop with `quotaflow dev down`")
     up.set_defaults(func=_up)
     down = dsub.add_parser("down", help="stop a stack started with --detach")
     down.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
@@ -95,13 +97,10 @@ def _start(args: argparse.Namespace) -> DevStack:
 
 
 def _serve(stack: DevStack) -> int:
-    _say("serving; Ctrl-C to stop")
+    # The stack's supervisor restarts a process that dies; this one only waits to be stopped.
+    _say("serving (a process that dies is restarted); Ctrl-C to stop")
     try:
         while True:
-            dead = [n for n, p in stack.procs.items() if p.poll() is not None]
-            if dead:
-                _say(f"process(es) exited: {', '.join(dead)}; logs in {stack.logs}")
-                break
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -111,6 +110,14 @@ def _serve(stack: DevStack) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    running = control.running_state(args.state_dir)
+    if running is not None:
+        _say(f"a stack is already running from {args.state_dir} (admit URL "
+             f"{running.get('admit_url')}); nothing changed. Stop it with `quotaflow dev "
+             "down` first.")
+        return 1
+    if args.detach:
+        return _up_detached(args)
     try:
         stack = _start(args)
     except DevStackError as exc:
@@ -118,32 +125,39 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     _say(f"logs in {stack.logs}")
     print(f"admit URL: {stack.admit_url}", flush=True)
-    if args.detach:
-        return 0
     return _serve(stack)
 
 
+def _up_detached(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "quotaflow", "dev", "up", "--port", str(args.port),
+            "--kafka-port", str(args.kafka_port), "--state-dir", str(args.state_dir),
+            "--model", args.model]
+    return control.start_detached(argv, args.state_dir, _say)
+
+
 def _down(args: argparse.Namespace) -> int:
-    state = read_state(args.state_dir)
-    if state is None:
+    stopped = control.stop_recorded(args.state_dir)
+    if stopped is None:
         _say(f"no running stack recorded in {args.state_dir}")
-        return 0
-    pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
-    stop_pids(pids)
-    (args.state_dir / "state.json").unlink(missing_ok=True)
-    _say(f"stopped {len(pids)} processes")
+    else:
+        _say(f"stopped {stopped} processes")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     state = read_state(args.state_dir)
-    if state is None:
+    if state is None or control.running_state(args.state_dir) is None:
         print("not running")
         return 1
     pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
+    restarts: dict[str, int] = state.get("restarts", {})  # type: ignore[assignment]
+    supervisor = state.get("supervisor")
+    print(f"{'supervisor':10} pid {supervisor!s:>7} "
+          f"{'running' if pid_alive(supervisor) else 'stopped'}")
     for name, pid in pids.items():
-        alive = Path(f"/proc/{pid}").exists()
-        print(f"{name:10} pid {pid:7} {'running' if alive else 'stopped'}")
+        alive = pid_alive(pid)
+        print(f"{name:10} pid {pid:7} {'running' if alive else 'stopped':8} "
+              f"restarts {restarts.get(name, 0)}")
     print(f"admit URL: {state['admit_url']} (metrics at /metrics)")
     metrics: dict[str, str] = state.get("metrics", {})  # type: ignore[assignment]
     for step, url in metrics.items():

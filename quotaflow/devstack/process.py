@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,15 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
         return s.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    """True if GET `url` answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -57,6 +67,19 @@ def stop_pids(pids: dict[str, int]) -> None:
         if _alive(pids[name]):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pids[name], signal.SIGKILL)
+
+
+def pid_alive(pid: object) -> bool:
+    """True if process `pid` (an int, else False) exists."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _alive(pid: int) -> bool:

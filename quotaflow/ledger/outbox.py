@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC
 
-from confluent_kafka import Producer
-
 from events.catalog import EVENTS
 from events.envelope import Envelope, to_kafka
 from events.payloads import LedgerEntry
@@ -36,7 +34,7 @@ def ledger_envelope(ev: StoredEvent) -> Envelope:
 class LedgerRelay:
     """The `LedgerOutbox` on PostgreSQL and Kafka."""
 
-    def __init__(self, ledger: PostgresLedger, producer: Producer, topic: str) -> None:
+    def __init__(self, ledger: PostgresLedger, producer: kafka.AnyProducer, topic: str) -> None:
         self.ledger = ledger
         self.producer = producer
         self.topic = topic

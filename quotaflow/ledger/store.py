@@ -60,17 +60,25 @@ def row_to_event(row: Sequence[Any]) -> StoredEvent:
 
 class PostgresLedger:
     """The ledger on an autocommit connection: each command call is one statement and so
-    one transaction, committed when it returns."""
+    one transaction, committed when it returns. Given a connection provider (a
+    `quotaflow.adapters.postgres.Reconnecting`) instead of a connection, each call uses the
+    connection it answers, so a lost connection is replaced on the next call."""
 
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
+    def __init__(self, conn: Conn | Callable[[], Conn]) -> None:
+        self._connection: Callable[[], Conn] = conn if callable(conn) else (lambda: conn)
+        self._close: Callable[[], None] = getattr(conn, "close", lambda: None)
+
+    @property
+    def conn(self) -> Conn:
+        """The connection the next statement runs on."""
+        return self._connection()
 
     @classmethod
     def connect(cls, url: str) -> PostgresLedger:
         return cls(psycopg.connect(url, autocommit=True))
 
     def close(self) -> None:
-        self.conn.close()
+        self._close()
 
     # -- commands ---------------------------------------------------------------------
 
@@ -124,6 +132,19 @@ class PostgresLedger:
             f"SELECT {EVENT_COLUMNS} FROM ledger_events WHERE seq > %s ORDER BY seq LIMIT %s",
             (seq, limit)).fetchall()
         return [row_to_event(r) for r in rows]
+
+    def balance_snapshot(self, after: tuple[str, str],
+                         limit: int) -> tuple[int, list[tuple[str, str, Balance]]]:
+        """Up to `limit` rows of the balances snapshot after (tenant, period) in key order,
+        and the last sequence they include: one statement, so one snapshot, and commits
+        happen in sequence order, so the rows are the replay of every event up to it."""
+        rows = self.conn.execute(
+            "WITH w AS (SELECT coalesce(max(seq), 0) AS seq FROM ledger_events) "
+            "SELECT w.seq, b.tenant_id, b.period, b.granted, b.reserved, b.spent FROM w "
+            "LEFT JOIN LATERAL (SELECT * FROM balances WHERE (tenant_id, period) > (%s, %s) "
+            "ORDER BY tenant_id, period LIMIT %s) b ON true", (*after, limit)).fetchall()
+        return int(rows[0][0]), [(r[1], r[2], Balance(r[3], r[4], r[5]))
+                                 for r in rows if r[1] is not None]
 
     # -- internals --------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 KafkaSource delivers each record as a binary-mode CloudEvent and discards the reply, so the
 step produces its outputs to Kafka itself and answers 2xx only after they are flushed; a non-2xx
-makes KafkaSource retry and, after its retries, dead-letter the record."""
+makes KafkaSource retry and, after its retries, dead-letter the record. An infrastructure error
+(PostgreSQL, Redis or Kafka unreachable) is answered 503 with `Retry-After` and never given the
+poison treatment: the record is fine, KafkaSource delivers it again."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Producer
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -20,6 +21,7 @@ from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import metrics
 from quotaflow.runtime.batching import MicroBatcher
+from quotaflow.runtime.faults import INFRA_RETRIES, error_name, is_infrastructure
 from quotaflow.runtime.problem import Problem
 from quotaflow.runtime.step import AnyStep, Resources
 from quotaflow.runtime.wiring import Held, wire
@@ -46,7 +48,8 @@ def add_health_routes(app: Flask, ready: Callable[[], bool]) -> None:
 
 
 def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
-               producer: Producer | None = None, resources: Resources | None = None) -> Flask:
+               producer: kafka.AnyProducer | None = None,
+               resources: Resources | None = None) -> Flask:
     """The step's Flask app; its ports are wired from `settings` unless given.
     `app.extensions["quotaflow"]["resources"]` is what it holds open (ready/close)."""
     if ports is None:
@@ -75,7 +78,9 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
             outputs = step.handle([env.payload for env in envelopes], ports)
             if len(outputs) == len(envelopes):
                 return [[o] for o in outputs]
-        except Exception:
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise
             log.exception("step %s: gathered batch of %d failed; one by one", step.name,
                           len(envelopes))
         return [handle_one(env) for env in envelopes]
@@ -90,6 +95,19 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
 
     @app.post("/")
     def receive() -> Response | tuple[Response, int]:
+        try:
+            return handle_request()
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            INFRA_RETRIES.labels(step.name, error_name(exc)).inc()
+            log.warning("step %s: %s: %s; answering 503", step.name, error_name(exc),
+                        str(exc)[:300])
+            raise Problem(503, "Backing service unavailable",
+                          f"{error_name(exc)}: a backing service is unreachable; retry",
+                          slug="unavailable", headers={"Retry-After": "2"}) from None
+
+    def handle_request() -> Response | tuple[Response, int]:
         if request.headers.get("ce-type") in (SWEEP_TYPE, PING_TYPE):
             if step.tick is None:
                 raise Problem(400, "Bad event", f"step {step.name} does not take {SWEEP_TYPE}")

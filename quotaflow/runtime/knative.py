@@ -30,14 +30,18 @@ def build_app(step: str, settings: Settings) -> tuple[Any, Resources]:
 
 
 class _AllInOne:
-    """Ready while admit is and every step's thread is alive (a dead loop makes it unready)."""
+    """Alive while every step's thread is (a dead loop makes Kubernetes restart the
+    container: nothing else would bring it back); ready while alive and admit is ready."""
 
     def __init__(self, admit: Resources, workers: list[threading.Thread],
                  stop: threading.Event) -> None:
         self.admit, self.workers, self.stop = admit, workers, stop
 
+    def alive(self) -> bool:
+        return all(w.is_alive() for w in self.workers)
+
     def ready(self) -> bool:
-        return bool(self.admit.ready()) and all(w.is_alive() for w in self.workers)
+        return self.alive() and bool(self.admit.ready())
 
     def close(self) -> None:
         self.stop.set()
@@ -92,6 +96,9 @@ class KnativeFunction:
         await self._asgi(scope, receive, send)
 
     def alive(self) -> tuple[bool, str]:
+        if isinstance(self._resources, _AllInOne) and not self._resources.alive():
+            dead = [w.name for w in self._resources.workers if not w.is_alive()]
+            return False, f"step thread(s) died: {', '.join(dead)}"
         return True, "alive"
 
     def ready(self) -> tuple[bool, str]:

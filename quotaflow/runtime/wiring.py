@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import psycopg
+from typing import Any, Protocol
 
 from functions.estimate.handler import EstimatePorts
 from functions.infer.handler import InferPorts
@@ -18,12 +16,23 @@ from functions.record.handler import RecordPorts
 from functions.reserve.handler import ReservePorts
 from functions.settle.handler import SettlePorts
 from quotaflow.adapters import kafka
+from quotaflow.adapters.postgres import Reconnecting
+from quotaflow.adapters.postgres_clock import PostgresClock
+from quotaflow.adapters.redis_stream import RedisTokenStream
 from quotaflow.adapters.request_store import PostgresRequestStore
 from quotaflow.ledger.outbox import LedgerRelay
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
+from quotaflow.runtime.reconcile import Reconciler
 from quotaflow.runtime.step import Resources
 from quotaflow.settings import Settings
+
+
+class Connection(Protocol):
+    """A PostgreSQL connection, or a `Reconnecting` holder (closed while it cannot reopen)."""
+
+    @property
+    def closed(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class Held:
     """What a step holds open: ready while none of its PostgreSQL connections is closed;
     `close` runs the closers in order."""
 
-    connections: Sequence[psycopg.Connection[Any]] = ()
+    connections: Sequence[Connection] = ()
     closers: Sequence[Callable[[], None]] = field(default=())
 
     def ready(self) -> bool:
@@ -56,32 +65,51 @@ def wire_estimate(settings: Settings) -> Wired:
     return Wired(EstimatePorts(load_tokenizer(settings)), Held())
 
 
+def _postgres(settings: Settings) -> Reconnecting:
+    # Opened on first use and reopened after it is lost (a failover, pg_terminate_backend),
+    # with the connect and statement timeouts of `settings`.
+    return Reconnecting.from_settings(settings)
+
+
+def _projection(settings: Settings) -> RedisProjection:
+    return RedisProjection.connect(settings.redis_url, settings.redis_timeout_ms)
+
+
 def wire_reserve(settings: Settings) -> Wired:
-    ledger = PostgresLedger.connect(settings.postgres_url)
-    requests = PostgresRequestStore.connect(settings.postgres_url)
-    ports = ReservePorts(ledger, RedisProjection.connect(settings.redis_url), requests)
-    return Wired(ports, Held((ledger.conn, requests.conn), (ledger.close, requests.close)))
+    ledger_db, requests_db = _postgres(settings), _postgres(settings)
+    ledger, requests = PostgresLedger(ledger_db), PostgresRequestStore(requests_db)
+    ports = ReservePorts(ledger, _projection(settings), requests)
+    return Wired(ports, Held((ledger_db, requests_db), (ledger.close, requests.close)))
 
 
 def wire_infer(settings: Settings) -> Wired:
     from quotaflow.model.loader import load_generator  # loads ONNX Runtime: only when needed
 
-    return Wired(InferPorts(load_generator(settings)), Held())
+    # Token deltas and cancellations travel through Redis (see quotaflow.adapters.redis_stream).
+    stream = RedisTokenStream.connect(settings.redis_url, settings.redis_timeout_ms)
+    return Wired(InferPorts(load_generator(settings), stream), Held((), (stream.redis.close,)))
 
 
 def wire_settle(settings: Settings) -> Wired:
-    ledger = PostgresLedger.connect(settings.postgres_url)
+    ledger_db, requests_db = _postgres(settings), _postgres(settings)
+    ledger = PostgresLedger(ledger_db)
     # The relay holds its own connection: its cursor transaction must not wrap the decisions.
-    relay = LedgerRelay(PostgresLedger.connect(settings.postgres_url),
+    relay = LedgerRelay(PostgresLedger(_postgres(settings)),
                         kafka.make_producer(settings), settings.topic("ledger"))
-    ports = SettlePorts(ledger, RedisProjection.connect(settings.redis_url), relay,
-                        settings.reservation_ttl_s)
-    return Wired(ports, Held((ledger.conn,), (relay.close, ledger.close)))
+    # The reconciler reads and ends request records by the ledger's clock (PostgreSQL's).
+    requests = PostgresRequestStore(requests_db)
+    reconciler = Reconciler(requests, PostgresClock(requests_db),
+                            settings.redrive_after_s, settings.request_deadline_s)
+    ports = SettlePorts(ledger, _projection(settings), relay,
+                        settings.reservation_ttl_s, reconciler)
+    return Wired(ports, Held((ledger_db, requests_db),
+                             (relay.close, ledger.close, requests.close)))
 
 
 def wire_record(settings: Settings) -> Wired:
-    requests = PostgresRequestStore.connect(settings.postgres_url)
-    return Wired(RecordPorts(requests), Held((requests.conn,), (requests.close,)))
+    requests_db = _postgres(settings)
+    requests = PostgresRequestStore(requests_db)
+    return Wired(RecordPorts(requests), Held((requests_db,), (requests.close,)))
 
 
 WIRING: dict[str, Callable[[Settings], Wired]] = {

@@ -2,7 +2,11 @@
 
 At-least-once: poll a batch, handle it, produce the outputs, flush, and only then commit the
 offsets. Output ids derive from the request id and the step, and the ledger is idempotent by
-request id, so a batch redelivered after a crash changes nothing."""
+request id, so a batch redelivered after a crash changes nothing.
+
+An infrastructure error (`quotaflow.runtime.faults`) commits and dead-letters nothing: the
+consumer is rewound to the batch and handles it again after a backoff, for as long as the
+outage lasts (the adapters reconnect). Only an error about a record is dead-lettered."""
 
 from __future__ import annotations
 
@@ -13,13 +17,20 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from events.catalog import dead_letter_suffix
 from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
 from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import metrics
+from quotaflow.runtime.faults import (
+    INFRA_RETRIES,
+    backoff_s,
+    error_name,
+    is_infrastructure,
+    producer_failed,
+)
 from quotaflow.runtime.step import AnyStep, Resources
 from quotaflow.runtime.wiring import Held, wire
 from quotaflow.settings import Settings
@@ -31,7 +42,7 @@ Batch = list[tuple[Message | None, Envelope]]
 OnDead = Callable[[Message | None, Envelope, str], Sequence[Payload]]
 
 
-def publish(step: AnyStep, settings: Settings, producer: Producer,
+def publish(step: AnyStep, settings: Settings, producer: kafka.AnyProducer,
             payloads: Sequence[Payload]) -> list[Envelope]:
     """Produce each output in the envelope `step` sends it in (not yet flushed)."""
     envelopes = [Envelope.of(p, step.name) for p in payloads]
@@ -41,7 +52,7 @@ def publish(step: AnyStep, settings: Settings, producer: Producer,
     return envelopes
 
 
-def dead_letter(step: AnyStep, producer: Producer, msg: Message, reason: str) -> None:
+def dead_letter(step: AnyStep, producer: kafka.AnyProducer, msg: Message, reason: str) -> None:
     original = msg.headers() or []
     headers = list(original.items() if isinstance(original, dict) else original)
     headers += [("qf_dlq_reason", reason.encode()[:2000]), ("qf_dlq_step", step.name.encode()),
@@ -52,6 +63,17 @@ def dead_letter(step: AnyStep, producer: Producer, msg: Message, reason: str) ->
                      headers=headers)
     metrics.DEAD_LETTERS.labels(step.name, reason.split(":")[0][:60]).inc()
     log.warning("dead-lettered %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), reason)
+
+
+def rewind_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
+    """Where to seek to read `msgs` again: per partition, its first record's offset."""
+    first: dict[tuple[str, int], int] = {}
+    for msg in msgs:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if msg.error() is None and topic is not None and partition is not None \
+                and offset is not None:
+            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+    return [TopicPartition(t, p, o) for (t, p), o in sorted(first.items())]
 
 
 def batch_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
@@ -69,11 +91,14 @@ def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
                         batch: Sequence[tuple[Message | None, Envelope]],
                         on_dead: OnDead) -> list[Payload]:
     """Handle a batch; if it fails, handle each event alone with retries, and give an event
-    that still fails to `on_dead(msg, envelope, reason)` so the rest of the batch goes on."""
+    that still fails to `on_dead(msg, envelope, reason)` so the rest of the batch goes on.
+    An infrastructure error is raised to the caller at once: it is no record's fault."""
     with metrics.HANDLER_SECONDS.labels(step.name).time():
         try:
             return list(step.handle([env.payload for _, env in batch], ports))
-        except Exception:
+        except Exception as exc:
+            if is_infrastructure(exc):
+                raise
             log.exception("step %s: batch of %d failed; retrying one by one", step.name, len(batch))
     outputs: list[Payload] = []
     for msg, ev in batch:
@@ -83,6 +108,8 @@ def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
                 outputs += step.handle([ev.payload], ports)
                 break
             except Exception as exc:
+                if is_infrastructure(exc):
+                    raise
                 reason = f"handler_error: {type(exc).__name__}: {exc}"
                 log.warning("step %s: %s attempt %d failed: %s\n%s", step.name, ev.id,
                             attempt + 1, reason, traceback.format_exc(limit=3))
@@ -108,14 +135,20 @@ class KafkaWorker:
         self.consumer: Consumer = kafka.make_consumer(
             settings, settings.consumer_group_prefix + step.name)
         self._last_tick = 0.0
+        self._failures = 0  # infrastructure errors in a row
+        self._stop = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         topics = [self.settings.topic(name) for name in self.step.consumes]
         self.consumer.subscribe(topics, on_assign=self._assigned)
         log.info("step %s consuming %s", self.step.name, ", ".join(topics))
         try:
             while not stop.is_set():
                 self.poll_once(timeout_s=0.2)
+        except Exception:
+            log.exception("step %s: the consumer loop failed", self.step.name)
+            raise
         finally:
             self.consumer.close()
             self.producer.flush(10)
@@ -151,12 +184,19 @@ class KafkaWorker:
                 continue
             metrics.EVENTS_IN.labels(self.step.name, ev.type.name).inc()
             batch.append((msg, ev))
-        if batch:
-            metrics.BATCH_SIZE.labels(self.step.name).observe(len(batch))
-            outputs = handle_with_retries(self.step, self.ports, self.settings, batch,
-                                          self._poison)
-            publish(self.step, self.settings, self.producer, outputs)
-        kafka.flush(self.producer)
+        try:
+            if batch:
+                metrics.BATCH_SIZE.labels(self.step.name).observe(len(batch))
+                outputs = handle_with_retries(self.step, self.ports, self.settings, batch,
+                                              self._poison)
+                publish(self.step, self.settings, self.producer, outputs)
+            kafka.flush(self.producer)
+        except Exception as exc:
+            if not is_infrastructure(exc):
+                raise
+            self._retry_later(msgs, exc)
+            return 0
+        self._failures = 0
         # Offsets only after the outputs (and the ledger, inside the handler) are durable. The
         # commit itself may be asynchronous: if it is lost, the batch is redelivered, harmlessly.
         # The offsets are this batch's, named here: commit() without them commits whatever has
@@ -166,6 +206,27 @@ class KafkaWorker:
         if done:
             self.consumer.commit(offsets=done, asynchronous=True)
         return len(batch)
+
+    def _retry_later(self, msgs: Sequence[Message], exc: Exception) -> None:
+        """Rewind to the batch's first offsets (nothing committed), back off, and let the
+        next poll take the same records again."""
+        delay = backoff_s(self._failures, self.settings.retry_backoff_max_s)
+        self._failures += 1
+        INFRA_RETRIES.labels(self.step.name, error_name(exc)).inc()
+        log.warning("step %s: %s: %s; batch of %d retried in %.1f s (attempt %d)",
+                    self.step.name, error_name(exc), str(exc)[:300], len(msgs), delay,
+                    self._failures)
+        for tp in rewind_offsets(msgs):
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as err:  # no longer ours (rebalanced): its owner re-reads
+                log.info("step %s: not rewinding %s[%d]: %s", self.step.name, tp.topic,
+                         tp.partition, err)
+        if producer_failed(exc):
+            log.warning("step %s: the Kafka producer failed for good; opening a new one",
+                        self.step.name)
+            self.producer = kafka.make_producer(self.settings)
+        self._stop.wait(delay)
 
     def _poison(self, msg: Message | None, ev: Envelope, reason: str) -> Sequence[Payload]:
         if msg is not None:

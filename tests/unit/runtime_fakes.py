@@ -31,7 +31,8 @@ class FakeProducer:
     flushed: int = 0
 
     def produce(self, topic: str, value: bytes, key: Any = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: list[tuple[str, bytes]] | None = None,
+                on_delivery: Any = None) -> None:
         self.produced.append(Produced(topic, value, key, list(headers or [])))
 
     def flush(self, timeout: float = -1) -> int:

@@ -131,3 +131,19 @@ class _Conn:
     @property
     def closed(self) -> bool:
         return self._closed[0]
+
+
+def test_an_outage_is_answered_503_with_retry_after_and_nothing_is_given_up() -> None:
+    from quotaflow.ports import PublishTimeout
+
+    class DownModel(StandInModel):
+        def generate(self, *a: Any, **kw: Any) -> Any:
+            raise PublishTimeout("broker unreachable")
+
+    poisoned: list[str] = []
+    step = replace(INFER, on_poison=lambda p, reason, ports: poisoned.append(reason) or [])
+    producer = FakeProducer()
+    r = deliver(client(step, InferPorts(DownModel()), producer), reserved("r1", "one", 20))
+    assert r.status_code == 503 and r.headers["Retry-After"]
+    assert r.content_type == "application/problem+json"
+    assert poisoned == [] and producer.produced == []

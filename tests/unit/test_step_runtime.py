@@ -96,3 +96,21 @@ def test_a_failed_batch_fails_every_submission_in_it() -> None:
     batcher: MicroBatcher[int, int] = MicroBatcher(explode, max_size=2, max_wait_ms=1)
     with pytest.raises(RuntimeError, match="no"):
         batcher.submit(1, 5)
+
+
+def test_a_dead_step_loop_fails_the_all_in_one_functions_liveness() -> None:
+    from quotaflow.runtime.knative import KnativeFunction
+
+    stop = threading.Event()
+    alive = threading.Thread(target=stop.wait, name="step-reserve", daemon=True)
+    dead = threading.Thread(target=lambda: None, name="step-infer", daemon=True)
+    alive.start()
+    dead.start()
+    fn = KnativeFunction("all")
+    fn._resources = _AllInOne(Held(), [alive], stop)
+    assert fn.alive() == (True, "alive")
+    fn._resources = _AllInOne(Held(), [alive, dead], stop)
+    dead.join()
+    ok, why = fn.alive()
+    assert not ok and "step-infer" in why
+    stop.set()
