@@ -1,0 +1,151 @@
+"""Injecting faults into a running local stack, and timing how long the pipeline takes to
+complete a fresh request after each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+import redis
+
+from quotaflow.chaos.facts import Outcome
+from quotaflow.chaos.load import Loader, event_request, send_until_answered
+from quotaflow.chaos.plan import PROBE_TENANT, Fault
+from quotaflow.devstack.stack import DevStack
+
+# The harness's own PostgreSQL connections: a `pg` fault spares them.
+OBSERVER = "quotaflow-chaos"
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    """A fault as injected: when (seconds after the load started), what it did, and how long
+    until a request sent after it completed (None: not before the next fault or the end)."""
+
+    kind: str
+    target: str
+    at_s: float
+    note: str
+    recovered_s: float | None
+
+
+class Injector:
+    """The four kinds of fault, against one stack's processes, database and Redis index."""
+
+    def __init__(self, stack: DevStack) -> None:
+        self.stack = stack
+
+    def inject(self, fault: Fault) -> str:
+        """Inject `fault` now; returns what was done."""
+        if fault.kind in ("kill", "broker"):
+            return self._kill(fault.target if fault.kind == "kill" else "kafka")
+        if fault.kind == "pg":
+            with psycopg.connect(self.stack.settings.postgres_url, autocommit=True,
+                                 application_name=OBSERVER, connect_timeout=5) as conn:
+                done = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                    "current_database() AND pid <> pg_backend_pid() AND application_name <> %s",
+                    (OBSERVER,)).fetchall()
+            return f"terminated {sum(1 for (ok,) in done if ok)} PostgreSQL connections"
+        if fault.kind == "redis":
+            redis.Redis.from_url(self.stack.settings.redis_url, socket_timeout=5).flushdb()
+            return "FLUSHDB"
+        raise ValueError(f"unknown fault kind {fault.kind!r}")
+
+    def _kill(self, name: str) -> str:
+        proc = self.stack.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return f"{name} was already down"
+        pid = proc.pid
+        try:
+            self.stack.kill(name)
+        except (ProcessLookupError, subprocess.TimeoutExpired) as exc:
+            return f"SIGKILL {name} (pid {pid}): {type(exc).__name__}"
+        return f"SIGKILL {name} (pid {pid})"
+
+
+def request_status(base_url: str, key: str, request_id: str) -> str | None:
+    """The request's status from admit, or None when admit does not answer."""
+    req = urllib.request.Request(f"{base_url.rstrip('/')}/v1/requests/{request_id}",
+                                 headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return str(json.loads(resp.read())["status"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class Prober:
+    """Sends fresh requests for the probe tenant until one completes: the pipeline works."""
+
+    def __init__(self, loader: Loader, model: str) -> None:
+        self.loader = loader
+        self.model = model
+        self.sent = 0
+
+    def recover(self, deadline: float) -> bool:
+        """True once a request sent now completes before `deadline` (monotonic)."""
+        key = self.loader.keys[PROBE_TENANT]
+        while time.monotonic() < deadline:
+            self.sent += 1
+            req = event_request(key, "/chaos/probe", f"probe-{self.sent}",
+                                {"model": self.model, "prompt": "probe", "max_tokens": 4})
+            status, body = send_until_answered(self.loader.base_url, req,
+                                               max(0.5, deadline - time.monotonic()))
+            request_id = body.get("request_id")
+            self.loader.record(Outcome(-self.sent, "probe", status, request_id,
+                                       str(body.get("detail", ""))[:160]))
+            while request_id and time.monotonic() < deadline:
+                state = request_status(self.loader.base_url, key, request_id)
+                if state == "completed":
+                    return True
+                if state in ("rejected", "failed", "expired"):
+                    break
+                time.sleep(0.1)
+            time.sleep(0.1)
+        return False
+
+
+class FaultRunner(threading.Thread):
+    """Injects the planned faults at their times (from `start_at`, monotonic), probing for
+    recovery after each until the next is due; after the last, for up to `final_wait_s`."""
+
+    def __init__(self, plan: list[Fault], injector: Injector, prober: Prober,
+                 stop: threading.Event, progress: Callable[[str], None],
+                 final_wait_s: float) -> None:
+        super().__init__(name="chaos-faults", daemon=True)
+        self.plan = plan
+        self.injector = injector
+        self.prober = prober
+        self.stop = stop
+        self.progress = progress
+        self.final_wait_s = final_wait_s
+        self.start_at = time.monotonic()
+        self.records: list[FaultRecord] = []
+        self.last_fault_at: float | None = None  # monotonic
+
+    def run(self) -> None:
+        for i, fault in enumerate(self.plan):
+            if self.stop.wait(max(0.0, self.start_at + fault.at_s - time.monotonic())):
+                return
+            try:
+                note = self.injector.inject(fault)
+            except (OSError, psycopg.Error, redis.RedisError) as exc:
+                note = f"failed to inject: {exc}"
+            now = self.last_fault_at = time.monotonic()
+            self.progress(f"fault {i + 1}/{len(self.plan)} at {now - self.start_at:.1f} s: "
+                          f"{fault.kind} {fault.target}: {note}")
+            due = (self.start_at + self.plan[i + 1].at_s if i + 1 < len(self.plan)
+                   else now + self.final_wait_s)
+            recovered = self.prober.recover(due)
+            took = round(time.monotonic() - now, 2) if recovered else None
+            self.records.append(FaultRecord(fault.kind, fault.target,
+                                            round(now - self.start_at, 2), note, took))
+            self.progress(f"  recovered in {took} s" if recovered
+                          else "  not recovered before the next fault")

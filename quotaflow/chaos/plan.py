@@ -1,0 +1,120 @@
+"""The seeded plan of a chaos run: its tenants, every send (new events, exact resends, bad
+inputs) and every fault with its time. Pure: the same arguments give the same plan."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+FUNCTIONS = ("admit", "estimate", "reserve", "infer", "settle", "record")
+FAULT_KINDS = ("kill", "broker", "pg", "redis")
+# Inputs the door must answer 4xx (`load.bad_request` builds each).
+BAD_INPUTS = ("invalid-json", "deep-json", "nul-in-id", "nul-in-source", "lone-surrogate",
+              "nul-in-prompt", "unknown-key", "missing-id", "max-tokens-zero",
+              "text-plain", "too-large")
+RESEND_SHARE = 0.10
+TWIN_SHARE = 0.3  # of resends, sent twice at the same moment
+SMALL_GRANT = 150  # tokens: about ten stand-in requests, then rejections
+LARGE_GRANT = 10_000_000
+PROBE_TENANT = "chaos-probe"
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """A tenant of the run and its grant per period."""
+
+    name: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Send:
+    """One planned POST. `kind` is new, resend (the exact event of send `original`) or bad
+    (the bad input named `bad`); a `twin` is sent twice at the same moment."""
+
+    index: int
+    kind: str
+    tenant: str
+    source: str
+    ce_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+    original: int | None = None
+    twin: bool = False
+    bad: str = ""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault to inject `at_s` seconds after the load starts; `target` names the process
+    for a kill."""
+
+    at_s: float
+    kind: str
+    target: str
+
+
+def tenants(count: int) -> list[TenantSpec]:
+    """`count` tenants; every third has a small grant, so some of its requests are rejected."""
+    return [TenantSpec(f"chaos-{i}", SMALL_GRANT if i % 3 == 2 else LARGE_GRANT)
+            for i in range(max(1, count))]
+
+
+def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
+    """`n` sends: about 10% exact resends of a recent earlier event (some as twins), each bad
+    input at least once (one more per 500 sends), the rest new events spread over tenants."""
+    rng = random.Random(seed)
+    n_bad = min(len(BAD_INPUTS) * max(1, n // 500), n // 5)
+    n_resend = int(n * RESEND_SHARE)
+    kinds = ["bad"] * n_bad + ["resend"] * n_resend
+    kinds += ["new"] * (n - len(kinds))
+    rng.shuffle(kinds)
+    out: list[Send] = []
+    news: list[Send] = []
+    for i, kind in enumerate(kinds):
+        if kind == "resend" and not news:
+            kind = "new"
+        if kind == "resend":
+            # A recent one, so the first is often still in flight.
+            first = rng.choice(news[-30:])
+            out.append(Send(i, "resend", first.tenant, first.source, first.ce_id, first.data,
+                            original=first.index, twin=rng.random() < TWIN_SHARE))
+            continue
+        tenant = rng.choice(tenant_names)
+        if kind == "bad":
+            out.append(Send(i, "bad", tenant, f"/chaos/{tenant}", f"bad-{i}",
+                            bad=BAD_INPUTS[sum(s.kind == "bad" for s in out) % len(BAD_INPUTS)]))
+            continue
+        data = {"model": model, "prompt": f"chaos request {i}: " + " ".join(
+            rng.choice(("alpha", "beta", "gamma", "delta", "quota", "token"))
+            for _ in range(rng.randint(1, 6))), "max_tokens": rng.randint(4, 16)}
+        send = Send(i, "new", tenant, f"/chaos/{tenant}", f"ev-{i}", data)
+        news.append(send)
+        out.append(send)
+    return out
+
+
+def faults(kinds: list[str], per_kind: int, every_s: float, seed: int) -> list[Fault]:
+    """`per_kind` faults of each kind in a seeded order, about `every_s` apart (0.5x-1.5x);
+    a kill picks one of the six function processes at random."""
+    rng = random.Random(seed ^ 0x5EED)
+    order = [k for k in kinds for _ in range(per_kind)]
+    rng.shuffle(order)
+    out: list[Fault] = []
+    t = 0.0
+    for kind in order:
+        t += every_s * rng.uniform(0.5, 1.5)
+        out.append(Fault(round(t, 2), kind, rng.choice(FUNCTIONS) if kind == "kill" else kind))
+    return out
+
+
+def parse_kinds(text: str) -> list[str]:
+    """`kill,broker,pg,redis` (any subset, or `none`) as a list; ValueError names a bad one."""
+    if text.strip() in ("", "none"):
+        return []
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kind(s) {', '.join(unknown)}; "
+                         f"choose from {','.join(FAULT_KINDS)}")
+    return list(dict.fromkeys(kinds))

@@ -1,0 +1,37 @@
+"""A small chaos run on the local stack (database `qf_test_chaos`, Redis db 8): 150 requests
+from four tenants with resends and bad inputs, two faults of each kind (a function process
+SIGKILLed, the broker killed, every PostgreSQL connection terminated, Redis flushed), and
+nothing lost, billed twice, over a grant or leaked."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from quotaflow.chaos.harness import ChaosConfig, run
+from quotaflow.chaos.report import load_counts, table
+from quotaflow.settings import Settings
+from tests.services import pg_base, redis_base
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.mark.timeout(400)
+def test_a_small_chaos_run_loses_and_double_bills_nothing(tmp_path: Path) -> None:
+    cfg = ChaosConfig(requests=150, tenants=4, concurrency=8, faults_per_kind=2, every_s=2.5,
+                      seed=11, timeout_s=60, database="qf_test_chaos", redis_db=8,
+                      state_dir=tmp_path / "stack")
+    base = Settings(postgres_url=f"{pg_base()}/postgres", redis_url=f"{redis_base()}/0")
+    started = time.monotonic()
+    result = run(cfg, base, lambda _msg: None)
+    elapsed = time.monotonic() - started
+
+    assert result.ok, table(result)
+    assert [f.kind for f in result.faults].count("kill") == 2
+    assert len(result.faults) == 8
+    load = load_counts(result.outcomes)
+    assert load["requests accepted"] > 100
+    assert result.snapshot.requests, "no request was recorded"
+    assert elapsed < 180, f"the run took {elapsed:.0f} s"
