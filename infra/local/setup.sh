@@ -26,3 +26,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 else
   echo "[setup] .venv is up to date"
 fi
+
+# The usage page's browser test drives Debian's chromium through Playwright, pointed at it:
+# Playwright never downloads a browser of its own. Without it that test fails, saying so.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[setup] installing Debian's chromium for the browser test"
+  as_root=""
+  [ "$(id -u)" -eq 0 ] || as_root="sudo"
+  { $as_root apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends \
+      chromium fonts-liberation fonts-dejavu-core >/dev/null; } ||
+    echo "[setup] could not install chromium: the browser test will fail" >&2
+fi

@@ -14,10 +14,14 @@ from quotaflow import __version__
 _GROUPS = (
     "quotaflow.cli.dev",
     "quotaflow.cli.tenant",
+    "quotaflow.cli.key",
     "quotaflow.cli.ledger",
+    "quotaflow.cli.usage",
+    "quotaflow.cli.analytics",
     "quotaflow.cli.model",
     "quotaflow.cli.ops",
     "quotaflow.cli.func",
+    "quotaflow.cli.chaos",
 )
 
 

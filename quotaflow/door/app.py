@@ -3,19 +3,23 @@
     POST /  (or /v1/requests)   -> 202 {request_id, status_url}
     GET  /v1/requests/{id}      -> status, output, usage, model
     GET  /v1/quota              -> {tenant, period, granted, reserved, spent, remaining}
-Errors are application/problem+json (RFC 9457), never a stack trace; a backing service that
-fails answers 503 with Retry-After."""
+Errors are application/problem+json (RFC 9457), never a stack trace. Bad input is a 4xx naming
+what was wrong; a backing service that is down (by the type of its error: `UNAVAILABLE`)
+answers 503 with Retry-After; anything else is a bug, answered 500 and logged with its trace."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 
+import psycopg
+import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from events.envelope import Envelope
 from functions.admit.handler import AdmitPorts, IdempotencyConflict, admit
-from quotaflow.door import views, wiring
+from quotaflow.door import ui_routes, views, wiring
 from quotaflow.door.auth import Authenticator
 from quotaflow.door.limits import AdmissionLimits
 from quotaflow.door.parse import Limits, parse
@@ -27,11 +31,25 @@ from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.admit")
 
+# The errors of a backing service that is down or too slow, as opposed to a bug: PostgreSQL
+# unreachable, restarted or past its statement timeout; Redis unreachable or slow; a socket
+# refused or timed out; Kafka's local queue full because the broker takes nothing.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, ConnectionError,
+    TimeoutError, BufferError)
+
+
+def _canonical_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
 
 def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Flask:
     """The door over `ports` (the real ones from `settings` when not given)."""
     ports = ports or wiring.connect(settings)
-    auth = Authenticator(ports.tenants)
+    auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000)
     limits = AdmissionLimits(ports.gate, ports.clock)
     admit_ports = AdmitPorts(ports.requests, ports.clock)
     parse_limits = Limits(settings.model_name, settings.max_tokens_limit,
@@ -40,6 +58,10 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     app = Flask("quotaflow.admit")
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
     add_health_routes(app, ports.resources.ready)
+    app.register_blueprint(ui_routes.blueprint(ports, settings, auth))
+    from quotaflow.door.usage import reader_for, usage_blueprint  # GET /v1/usage
+
+    app.register_blueprint(usage_blueprint(auth, reader_for(settings, ports)))
 
     @app.errorhandler(Problem)
     def problem(p: Problem) -> Response:
@@ -61,11 +83,16 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
                                slug="unavailable", headers={"Retry-After": "2"}))
 
     @app.errorhandler(Exception)
-    def unexpected(_exc: Exception) -> Response:
-        log.exception("admit failed")
-        return problem(Problem(503, "Service unavailable", "a backing service failed; send "
-                               "the same event again later", slug="unavailable",
-                               headers={"Retry-After": "5"}))
+    def unexpected(exc: Exception) -> Response:
+        if isinstance(exc, UNAVAILABLE):
+            log.warning("admit: a backing service is unavailable: %s: %s",
+                        type(exc).__name__, exc)
+            return problem(Problem(503, "Service unavailable", "a backing service failed; "
+                                   "send the same event again later", slug="unavailable",
+                                   headers={"Retry-After": "5"}))
+        log.exception("admit failed unexpectedly")
+        return problem(Problem(500, "Internal server error", "admit failed unexpectedly; the "
+                               "error is logged", slug="internal"))
 
     @app.post("/")
     @app.post("/v1/requests")
@@ -92,9 +119,12 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     @app.get("/v1/requests/<request_id>")
     def get_request(request_id: str) -> Response:
         principal = auth.principal(request.headers.get("Authorization", ""))
-        found = ports.requests.fetch(principal.tenant, request_id)
+        # Request ids are UUIDs: anything else names no request, and is not sent to the store.
+        found = ports.requests.fetch(principal.tenant, request_id) \
+            if _canonical_uuid(request_id) else None
         if found is None:
-            raise Problem(404, "Not found", f"no request {request_id} for this tenant")
+            raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "
+                          "request ids are the UUIDs POST answers")
         return jsonify(views.request_json(found))
 
     @app.get("/v1/quota")

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Print quotaflow's Kafka records as JSON lines, decoded with nothing but confluent-kafka,
+fastavro and the schema files in schemas/ (no quotaflow code).
+
+Each record is a CloudEvent in Kafka binary mode: the `ce_*` headers carry the event's
+attributes, `ce_dataschema` names the writer schema as `urn:quotaflow:schema:<name>:v<N>`
+(the file schemas/<name>/v<N>.avsc), and the value is raw Avro binary. This reader resolves
+every writer schema against the newest version it has (Avro schema resolution), so records
+written with an older schema decode too.
+
+    python kafka/examples/consume.py ledger completed --bootstrap 127.0.0.1:9092
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from confluent_kafka import Consumer
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+URN = re.compile(r"^urn:quotaflow:schema:([a-z_]+):v(\d+)$")
+
+
+class Schemas:
+    """Parsed schema files, read once each."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._parsed: dict[tuple[str, int], Any] = {}
+
+    def get(self, name: str, version: int) -> Any:
+        key = (name, version)
+        if key not in self._parsed:
+            path = self.root / name / f"v{version}.avsc"
+            self._parsed[key] = fastavro.parse_schema(json.loads(path.read_text()))
+        return self._parsed[key]
+
+    def newest(self, name: str) -> int:
+        return max(int(p.stem[1:]) for p in (self.root / name).glob("v*.avsc"))
+
+    def decode(self, urn: str, value: bytes) -> dict[str, Any]:
+        """The record of `value`, written with the schema `urn` names, read with the newest."""
+        match = URN.match(urn)
+        if not match:
+            raise ValueError(f"not a quotaflow schema URN: {urn!r}")
+        name, version = match.group(1), int(match.group(2))
+        record: dict[str, Any] = fastavro.schemaless_reader(
+            io.BytesIO(value), self.get(name, version), self.get(name, self.newest(name)))
+        return record
+
+
+def describe(msg: Any, schemas: Schemas) -> dict[str, Any]:
+    """One record as a JSON-ready dictionary: where it was, its CloudEvents attributes, data."""
+    headers = {k: (v or b"").decode() for k, v in msg.headers() or []}
+    out: dict[str, Any] = {
+        "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+        "key": (msg.key() or b"").decode(),
+        **{k[3:]: v for k, v in headers.items() if k.startswith("ce_")}}
+    try:
+        out["data"] = schemas.decode(headers.get("ce_dataschema", ""), msg.value() or b"")
+    except Exception as exc:  # a record this reader cannot decode is shown, not fatal
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("topics", nargs="+", help="topic names, with or without the prefix")
+    p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS",
+                                                         "127.0.0.1:9092"))
+    p.add_argument("--prefix", default="quotaflow.", help="prefix added to bare topic names")
+    p.add_argument("--group", default=None, help="consumer group (default: a new one, which "
+                   "reads each topic from its start)")
+    p.add_argument("--schemas", type=Path, default=SCHEMAS, help="the schemas/ folder")
+    p.add_argument("--max-records", type=int, default=0, help="stop after this many (0: never)")
+    p.add_argument("--idle-exit", type=float, default=0.0,
+                   help="stop after this many seconds without a record (0: never)")
+    args = p.parse_args(argv)
+    topics = [t if t.startswith(args.prefix) else args.prefix + t for t in args.topics]
+    consumer = Consumer({
+        "bootstrap.servers": args.bootstrap,
+        "group.id": args.group or f"quotaflow-example-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": True,
+        "session.timeout.ms": 6000,  # some brokers join a group only after half of it
+    })
+    consumer.subscribe(topics)
+    schemas = Schemas(args.schemas)
+    seen, last = 0, time.monotonic()
+    try:
+        while not (args.max_records and seen >= args.max_records):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if args.idle_exit and time.monotonic() - last > args.idle_exit:
+                    break
+                continue
+            if msg.error():
+                print(f"error: {msg.error()}", file=sys.stderr)
+                continue
+            print(json.dumps(describe(msg, schemas), default=str, sort_keys=True), flush=True)
+            seen, last = seen + 1, time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""Where the roll-ups live: the `UsageStore` port and its PostgreSQL adapter
+(infra/migrations/0005_usage_rollups.sql). One batch is one transaction: the bucket deltas,
+the ledger versions and outcomes applied, and the consumer's next offsets commit together or
+not at all, so a batch is never half applied and never applied twice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import psycopg
+
+from quotaflow.analytics.query import Key, UsageQuery, rows
+from quotaflow.analytics.rollup import (
+    COLUMNS,
+    Applied,
+    Attribution,
+    Batch,
+    Bucket,
+    Counts,
+    Position,
+    fold_ledger,
+    fold_outcomes,
+    merge,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+class UsageReader(Protocol):
+    """Reads usage rows (what `GET /v1/usage` needs)."""
+
+    def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
+        """The query's rows, ordered by tenant, start and group."""
+        ...
+
+
+class UsageStore(UsageReader, Protocol):
+    """The roll-ups with the consumer's position in the topics, applied exactly once."""
+
+    def offsets(self, consumer: str, positions: Sequence[Position]) -> dict[Position, int]:
+        """The stored next offsets of `consumer` for those topic partitions it has any for."""
+        ...
+
+    def apply(self, batch: Batch) -> Applied:
+        """Roll up what the batch has not applied before and store its next offsets, atomically."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every roll-up, version, outcome and offset (the next run rebuilds)."""
+        ...
+
+
+_SUMS = ", ".join(f"sum({c})" for c in COLUMNS)
+_UPSERT = (
+    f"INSERT INTO usage_rollups (tenant_id, minute, model, key_id, {', '.join(COLUMNS)}) "
+    "SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], "
+    + ", ".join("%s::float8[]" if c == "latency_ms" else "%s::bigint[]" for c in COLUMNS)
+    + ") ON CONFLICT (tenant_id, minute, model, key_id) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_rollups.{c} + EXCLUDED.{c}" for c in COLUMNS))
+
+
+class PostgresUsageStore:
+    """The `UsageStore` on PostgreSQL. Given a connection provider (such as the door's
+    per-thread connections), each call uses the connection it answers."""
+
+    def __init__(self, conn: Conn | Callable[[], Conn]) -> None:
+        self._connection: Callable[[], Conn] = conn if callable(conn) else (lambda: conn)
+        self._close: Callable[[], None] = getattr(conn, "close", lambda: None)
+
+    @classmethod
+    def connect(cls, url: str) -> PostgresUsageStore:
+        """A store on its own autocommit connection to `url`."""
+        return cls(psycopg.connect(url, autocommit=True))
+
+    @property
+    def conn(self) -> Conn:
+        """The connection the next statement runs on."""
+        return self._connection()
+
+    def close(self) -> None:
+        """Close the connection (or the provider's)."""
+        self._close()
+
+    def offsets(self, consumer: str, positions: Sequence[Position]) -> dict[Position, int]:
+        """The stored next offsets of `consumer` for those topic partitions it has any for."""
+        found = self.conn.execute(
+            "SELECT topic, partition, next_offset FROM usage_offsets WHERE consumer = %s",
+            (consumer,)).fetchall()
+        wanted = set(positions)
+        return {(t, p): int(o) for t, p, o in found if (t, p) in wanted}
+
+    def apply(self, batch: Batch) -> Applied:
+        """Roll up what the batch has not applied before and store its next offsets, in one
+        transaction. Tenants' version rows are locked in name order, so two consumers that
+        briefly share a partition during a rebalance serialize instead of double counting."""
+        conn = self.conn
+        with conn.transaction():
+            versions = self._lock_versions(conn, sorted({e.tenant for e in batch.ledger}))
+            attribution = self._attribution(conn, batch.request_ids())
+            fresh: set[tuple[str, str]] = set()
+            if batch.outcomes:
+                fresh = {(r, k) for r, k in conn.execute(
+                    "INSERT INTO usage_outcomes (request_id, kind) SELECT * FROM "
+                    "unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING "
+                    "RETURNING request_id, kind",
+                    ([o.request_id for o in batch.outcomes],
+                     [o.kind for o in batch.outcomes])).fetchall()}
+            before = dict(versions)
+            deltas, dup_ledger = fold_ledger(batch.ledger, versions, attribution)
+            outcome_deltas, dup_outcomes = fold_outcomes(batch.outcomes, fresh, attribution)
+            merge(deltas, outcome_deltas)
+            self._upsert(conn, deltas)
+            moved = sorted((t, v) for t, v in versions.items() if before.get(t) != v)
+            if moved:
+                conn.execute("UPDATE usage_streams s SET version = v.version FROM unnest("
+                             "%s::text[], %s::bigint[]) AS v(tenant_id, version) "
+                             "WHERE s.tenant_id = v.tenant_id",
+                             ([t for t, _ in moved], [v for _, v in moved]))
+            if batch.next_offsets:
+                offsets = sorted(batch.next_offsets.items())
+                conn.execute(
+                    "INSERT INTO usage_offsets (consumer, topic, partition, next_offset) "
+                    "SELECT %s, * FROM unnest(%s::text[], %s::int[], %s::bigint[]) "
+                    "ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = "
+                    "GREATEST(usage_offsets.next_offset, EXCLUDED.next_offset)",
+                    (batch.consumer, [t for (t, _), _ in offsets],
+                     [p for (_, p), _ in offsets], [o for _, o in offsets]))
+        return Applied(ledger=len(batch.ledger) - dup_ledger,
+                       outcomes=len(batch.outcomes) - dup_outcomes,
+                       duplicates=dup_ledger + dup_outcomes)
+
+    def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
+        """The query's rows, summed by PostgreSQL."""
+        group = {"model": "model", "key": "key_id"}.get(query.group or "", "''")
+        where: list[str] = []
+        params: list[Any] = [query.by]
+        for cond, value in (("tenant_id = %s", query.tenant), ("minute >= %s", query.start),
+                            ("minute < %s", query.end)):
+            if value is not None:
+                where.append(cond)
+                params.append(value)
+        found = self.conn.execute(
+            f"SELECT tenant_id, date_trunc(%s, minute, 'UTC'), {group}, {_SUMS} "
+            "FROM usage_rollups" + (" WHERE " + " AND ".join(where) if where else "")
+            + " GROUP BY 1, 2, 3", params).fetchall()
+        summed: dict[Key, Counts] = {
+            (r[0], r[1], r[2]): Counts.of(r[3:])
+            for r in found}
+        return rows(query, summed)
+
+    def reset(self) -> None:
+        """Forget every roll-up, version, outcome and offset, in one transaction."""
+        with self.conn.transaction():
+            self.conn.execute("TRUNCATE usage_rollups, usage_offsets, usage_streams, "
+                              "usage_outcomes")
+
+    @staticmethod
+    def _lock_versions(conn: Conn, tenants: list[str]) -> dict[str, int]:
+        if not tenants:
+            return {}
+        conn.execute("INSERT INTO usage_streams (tenant_id, version) SELECT unnest(%s::text[]),"
+                     " 0 ON CONFLICT DO NOTHING", (tenants,))
+        return {t: int(v) for t, v in conn.execute(
+            "SELECT tenant_id, version FROM usage_streams WHERE tenant_id = ANY(%s) "
+            "ORDER BY tenant_id FOR UPDATE", (tenants,)).fetchall()}
+
+    @staticmethod
+    def _attribution(conn: Conn, request_ids: set[str]) -> Attribution:
+        if not request_ids:
+            return {}
+        return {r: (m, k) for r, m, k in conn.execute(
+            "SELECT request_id, model, key_id FROM requests WHERE request_id = ANY(%s)",
+            (list(request_ids),)).fetchall()}
+
+    @staticmethod
+    def _upsert(conn: Conn, deltas: dict[Bucket, Counts]) -> None:
+        if not deltas:
+            return
+        ordered: list[tuple[Bucket, Counts]] = sorted(deltas.items(), key=_order)
+        columns: list[list[Any]] = [[b[0] for b, _ in ordered], [b[3] for b, _ in ordered],
+                                    [b[1] for b, _ in ordered], [b[2] for b, _ in ordered]]
+        columns += [[getattr(c, name) for _, c in ordered] for name in COLUMNS]
+        conn.execute(_UPSERT, columns)
+
+
+def _order(item: tuple[Bucket, Counts]) -> tuple[str, datetime, str, str]:
+    """Rows in primary-key order, so concurrent upserts lock them in the same order."""
+    (tenant, model, key_id, minute), _ = item
+    return tenant, minute, model, key_id
