@@ -79,6 +79,10 @@ class RequestStore(Protocol):
 
     def insert(self, request: NewRequest) -> Inserted: ...
 
+    def find(self, request_id: str) -> Inserted | None:
+        """What is stored for a request id (`created` False), or None when it is new."""
+        ...
+
     def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
         """A `queued` request is now `reserved`; any later status is left alone."""
         ...
@@ -89,6 +93,10 @@ class RequestStore(Protocol):
 
     def fetch(self, tenant: str, request_id: str) -> RequestView | None:
         """The tenant's own request, or None (another tenant's request is never visible)."""
+        ...
+
+    def recent(self, tenant: str, limit: int) -> list[RequestView]:
+        """The tenant's `limit` most recent requests, newest first."""
         ...
 
 

@@ -6,7 +6,7 @@ the same request; the same key with another payload is a conflict. The HTTP door
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,15 +54,21 @@ def request_id_for(tenant: str, source: str, ce_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{source}\x00{ce_id}"))
 
 
-def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts) -> Admission:
+def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts,
+          limits: Callable[[], None] = lambda: None) -> Admission:
     """Store the request with its data and admission time; raise `IdempotencyConflict` on a
-    changed payload."""
+    changed payload. `limits` (the rate limit and quota pre-check, which raise to refuse)
+    applies to a new request only: a resend of one already accepted gets its first answer,
+    never a new refusal."""
     request_id = request_id_for(principal.tenant, request.source, request.ce_id)
     data = dict(request.data)
     digest = payload_hash(data)
-    stored = ports.requests.insert(NewRequest(
-        request_id, principal.tenant, principal.key_id, request.source, request.ce_id, digest,
-        data["model"], data, to_millis(ports.clock.now())))
+    stored = ports.requests.find(request_id)
+    if stored is None:
+        limits()
+        stored = ports.requests.insert(NewRequest(
+            request_id, principal.tenant, principal.key_id, request.source, request.ce_id,
+            digest, data["model"], data, to_millis(ports.clock.now())))
     if stored.payload_hash != digest:
         raise IdempotencyConflict(f"event id {request.ce_id!r} from source {request.source!r} "
                                   "was already sent with a different payload")

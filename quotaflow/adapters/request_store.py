@@ -69,12 +69,17 @@ class PostgresRequestStore:
              Jsonb(dict(r.payload)), r.admitted_at, r.admitted_at))
         if row is not None:
             return Inserted(True, *row)
+        found = self.find(r.request_id)
+        if found is None:  # deleted between the two statements: nothing to answer from
+            raise LookupError(f"request {r.request_id} vanished while being stored")
+        return found
+
+    def find(self, request_id: str) -> Inserted | None:
+        """What is stored for `request_id`, or None."""
         row = self._execute(
             "SELECT payload_hash, status, created_at FROM requests WHERE request_id = %s",
-            (r.request_id,))
-        if row is None:  # deleted between the two statements: nothing to answer from
-            raise LookupError(f"request {r.request_id} vanished while being stored")
-        return Inserted(False, *row)
+            (request_id,))
+        return Inserted(False, *row) if row is not None else None
 
     def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
         """A `queued` request is now `reserved`; any later status is left alone."""
@@ -98,6 +103,13 @@ class PostgresRequestStore:
             f"SELECT {_VIEW_COLUMNS} FROM requests WHERE request_id = %s AND tenant_id = %s",
             (request_id, tenant))
         return RequestView(*row) if row is not None else None
+
+    def recent(self, tenant: str, limit: int) -> list[RequestView]:
+        """The tenant's `limit` most recent requests, newest first."""
+        rows = self._execute(
+            f"SELECT {_VIEW_COLUMNS} FROM requests WHERE tenant_id = %s "
+            "ORDER BY created_at DESC, request_id DESC LIMIT %s", (tenant, limit), every=True)
+        return [RequestView(*row) for row in rows]
 
     def open_since(self, cutoff: datetime, limit: int) -> list[OpenRequest]:
         """Open requests with no progress and no re-drive since `cutoff`, stalest first."""

@@ -107,8 +107,8 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
                           f"body exceeds the limit of {max_body} bytes")
         principal = auth.principal(request.headers.get("Authorization", ""))
         client_request = parse(dict(request.headers), body, parse_limits)
-        limits.check(principal, client_request.max_tokens + 1)
-        admission = admit(principal, client_request, admit_ports)
+        admission = admit(principal, client_request, admit_ports,
+                          lambda: limits.check(principal, client_request.max_tokens + 1))
         ports.publisher.publish([Envelope.of(p, "admit") for p in admission.admitted])
         metrics.ADMIT_RESPONSES.labels("202").inc()
         status_url = f"{settings.public_url.rstrip('/')}/v1/requests/{admission.request_id}"

@@ -9,18 +9,13 @@ needs, the caller's recent requests.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
-import psycopg
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from quotaflow.door import views
 from quotaflow.door.auth import Authenticator
-from quotaflow.door.wiring import DoorPorts, ThreadConnections
-from quotaflow.ports import RequestView
+from quotaflow.door.wiring import DoorPorts
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 
@@ -32,44 +27,6 @@ MAX_LIMIT = 100
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RequestView))
-_RECENT = (f"SELECT {_COLUMNS} FROM requests WHERE tenant_id = %s "
-           "ORDER BY created_at DESC, request_id DESC LIMIT %s")
-
-
-@runtime_checkable
-class RecentRequests(Protocol):
-    """Reads a tenant's latest requests (what a `RequestStore` with `recent` offers)."""
-
-    def recent(self, tenant: str, limit: int) -> Sequence[RequestView]:
-        """The tenant's `limit` most recent requests, newest first."""
-        ...
-
-
-class PostgresRecentRequests:
-    """`RecentRequests` over table `requests` (index `requests_tenant`), on the calling
-    thread's connection."""
-
-    def __init__(self, connection: Callable[[], psycopg.Connection[Any]]) -> None:
-        self.connection = connection
-
-    def recent(self, tenant: str, limit: int) -> list[RequestView]:
-        """The tenant's `limit` most recent requests, newest first."""
-        rows = self.connection().execute(_RECENT, (tenant, limit)).fetchall()
-        return [RequestView(*row) for row in rows]
-
-
-def recent_source(ports: DoorPorts, settings: Settings) -> RecentRequests:
-    """The request store itself when it can list recent requests, else a query of our own on
-    the door's per-thread PostgreSQL connections (or our own, opened on first use)."""
-    if isinstance(ports.requests, RecentRequests):
-        return ports.requests
-    connections = getattr(ports.resources, "connections", None)
-    if not isinstance(connections, ThreadConnections):
-        connections = ThreadConnections(settings.postgres_url)
-    return PostgresRecentRequests(connections.get)
-
-
 def parse_limit(raw: str | None) -> int:
     """`?limit=` as a whole number from 1 to `MAX_LIMIT` (`DEFAULT_LIMIT` when absent), or a
     400 naming the parameter."""
@@ -82,10 +39,8 @@ def parse_limit(raw: str | None) -> int:
     return int(raw)
 
 
-def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
-              recent: RecentRequests | None = None) -> Blueprint:
+def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator) -> Blueprint:
     """The page's routes over the door's ports and authenticator."""
-    source = recent or recent_source(ports, settings)
     bp = Blueprint("ui", __name__)
 
     @bp.after_request
@@ -106,7 +61,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
     def recent_requests() -> Response:
         principal = auth.principal(request.headers.get("Authorization", ""))
         limit = parse_limit(request.args.get("limit"))
-        found = source.recent(principal.tenant, limit)
+        found = ports.requests.recent(principal.tenant, limit)
         return jsonify(requests=[views.request_json(v) for v in found])
 
     return bp

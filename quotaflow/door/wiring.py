@@ -7,7 +7,6 @@ closed); Redis and Kafka clients are shared, both are thread-safe."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +25,9 @@ from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ports import (
     AdmissionGate,
     Clock,
-    FinalRecord,
-    Inserted,
-    NewRequest,
     Principal,
     Publisher,
     RequestStore,
-    RequestView,
     TenantDirectory,
 )
 from quotaflow.runtime.step import Resources
@@ -103,24 +98,6 @@ class _ThreadTenants:
         return PostgresTenants(self.connections.get()).authenticate(api_key)
 
 
-class _ThreadRequests:
-    def __init__(self, connections: ThreadConnections) -> None:
-        self.connections = connections
-
-    def insert(self, request: NewRequest) -> Inserted:
-        return PostgresRequestStore(self.connections.get()).insert(request)
-
-    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
-        PostgresRequestStore(self.connections.get()).mark_reserved(
-            request_id, reserved_tokens, prompt_tokens)
-
-    def finish(self, records: Sequence[FinalRecord]) -> None:
-        PostgresRequestStore(self.connections.get()).finish(records)
-
-    def fetch(self, tenant: str, request_id: str) -> RequestView | None:
-        return PostgresRequestStore(self.connections.get()).fetch(tenant, request_id)
-
-
 @dataclass(frozen=True)
 class _Held:
     connections: ThreadConnections
@@ -149,6 +126,6 @@ def connect(settings: Settings) -> DoorPorts:
     publisher = KafkaPublisher.from_settings(settings)
     return DoorPorts(
         tenants=_ThreadTenants(connections), gate=RedisAdmissionGate(client),
-        balances=RedisProjection(client), requests=_ThreadRequests(connections),
+        balances=RedisProjection(client), requests=PostgresRequestStore(connections.get),
         publisher=publisher, clock=PostgresClock(connections.get),
         resources=_Held(connections, client, publisher))

@@ -2,8 +2,9 @@
 `PostgresRequestStore` (database `qf_test_contract_ledger`): a request keeps the client's data
 and admission time; a status only moves forward (`queued` -> `reserved` -> terminal,
 `rejected` only from `queued`), a terminal status is never overwritten; a tenant sees only its
-own requests; the reconciler finds the open requests that stopped moving, and its re-drives
-are counted. `-k memory` runs the in-memory store alone, with no services."""
+own requests, newest first; a known id is found with what was stored; the reconciler finds
+the open requests that stopped moving, and its re-drives are counted. `-k memory` runs the
+in-memory store alone, with no services."""
 
 from __future__ import annotations
 
@@ -172,3 +173,23 @@ def test_a_re_drive_is_counted_and_hides_the_request_until_the_cutoff_passes_it(
              for r in store.open_since(datetime.now(UTC) + timedelta(minutes=1), 10)}
     assert after == {"r1": 2, "r2": 0}
     store.note_redriven([])  # nothing to count, and no error
+
+
+def test_a_known_request_is_found_with_what_was_stored_and_a_new_one_is_not(
+        store: Store) -> None:
+    assert store.find("r1") is None
+    store.insert(new("r1", digest="h7"))
+    store.mark_reserved("r1", 69, 37)
+    assert store.find("r1") == Inserted(False, "h7", "reserved", ADMITTED)
+
+
+def test_recent_requests_are_the_tenants_own_newest_first_and_limited(store: Store) -> None:
+    for i, tenant in enumerate(["acme", "other", "acme", "acme", "other"]):
+        store.insert(new(f"r{i}", tenant, admitted=ADMITTED + timedelta(seconds=i)))
+    store.finish([completed("r3", charged=7)])
+    assert [v.request_id for v in store.recent("acme", 10)] == ["r3", "r2", "r0"]
+    assert [v.request_id for v in store.recent("acme", 2)] == ["r3", "r2"]
+    assert store.recent("nobody", 10) == []
+    newest = store.recent("acme", 1)[0]
+    assert (newest.status, newest.charged_tokens, newest.created_at) == (
+        "completed", 7, ADMITTED + timedelta(seconds=3))

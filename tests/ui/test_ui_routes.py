@@ -22,34 +22,15 @@ from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.door.app import create_app
 from quotaflow.door.ui_routes import UI_DIR
 from quotaflow.door.wiring import DoorPorts
-from quotaflow.ports import Inserted, NewRequest, RequestView
 from quotaflow.settings import Settings
 from tests.problems import assert_problem, body
-
-
-class ListingRequests(MemoryRequestStore):
-    """The in-memory store plus `recent`, in insertion order (the clock is fixed)."""
-
-    def __init__(self, clock: FixedClock) -> None:
-        super().__init__(clock)
-        self.order: list[tuple[str, str]] = []
-
-    def insert(self, request: NewRequest) -> Inserted:
-        inserted = super().insert(request)
-        if inserted.created:
-            self.order.append((request.tenant, request.request_id))
-        return inserted
-
-    def recent(self, tenant: str, limit: int) -> list[RequestView]:
-        ids = [rid for t, rid in reversed(self.order) if t == tenant][:limit]
-        return [v for v in (self.fetch(tenant, rid) for rid in ids) if v is not None]
 
 
 class Door:
     def __init__(self) -> None:
         self.clock = FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC))
         tenants, gate = MemoryTenants(), MemoryAdmissionGate()
-        self.requests = ListingRequests(self.clock)
+        self.requests = MemoryRequestStore(self.clock)
         ledger = MemoryLedger(self.clock)
         self.keys = {}
         for tenant in ("acme", "other"):

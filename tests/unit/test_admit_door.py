@@ -22,7 +22,7 @@ from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.door.app import create_app
 from quotaflow.door.wiring import DoorPorts
-from quotaflow.ports import Inserted, NewRequest
+from quotaflow.ports import Inserted, NewRequest, ReserveTokens
 from quotaflow.settings import Settings
 from tests.problems import MODEL, assert_problem, body
 
@@ -34,7 +34,8 @@ class Door:
         self.clock = FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC))
         self.tenants, self.publisher = MemoryTenants(), MemoryPublisher()
         self.gate, self.requests = MemoryAdmissionGate(), MemoryRequestStore(self.clock)
-        ledger, self.keys = MemoryLedger(self.clock), {}
+        self.ledger = ledger = MemoryLedger(self.clock)
+        self.keys = {}
         for tenant, tokens, rate in (("acme", 1000, 1000), ("tiny", 10, 600),
                                      ("chatty", 10_000, 3)):
             ledger.add_tenant(tenant, tokens)
@@ -185,6 +186,24 @@ def test_the_quota_precheck_answers_429_until_the_next_period(door: Door) -> Non
     # From 2026-11-29 12:00:45 to 2026-12-01 00:00:00.
     assert resp.headers["Retry-After"] == str(36 * 3600 - 45)
     assert door.requests.fetch("tiny", "any") is None and door.publisher.published == []
+
+
+def test_a_resend_of_an_accepted_event_is_202_past_the_rate_limit_and_the_quota(
+        door: Door) -> None:
+    first = [door.post("chatty", over={"ce-id": f"r{i}"}) for i in range(3)]
+    assert door.post("chatty", over={"ce-id": "r3"}).status_code == 429
+    again = door.post("chatty", over={"ce-id": "r0"})  # the same event, while over the limit
+    assert again.status_code == 202, again.get_data(as_text=True)
+    assert again.get_json()["request_id"] == first[0].get_json()["request_id"]
+    # The same holds once the quota is gone: the ledger decides about the first send only.
+    accepted = door.post("tiny", data=body(max_tokens=5))
+    assert accepted.status_code == 202
+    door.ledger.reserve([ReserveTokens("tiny", "elsewhere", 10, "h")])
+    door.gate.projection.catch_up(door.ledger)
+    assert door.post("tiny", data=body(max_tokens=5), over={"ce-id": "new"}).status_code == 429
+    resent = door.post("tiny", data=body(max_tokens=5))
+    assert resent.status_code == 202, resent.get_data(as_text=True)
+    assert resent.get_json()["request_id"] == accepted.get_json()["request_id"]
 
 
 def test_the_billing_period_is_the_ledgers_clock(door: Door) -> None:

@@ -60,6 +60,13 @@ class MemoryRequestStore:
                         updated_at=request.admitted_at))
         return Inserted(True, request.payload_hash, "queued", request.admitted_at)
 
+    def find(self, request_id: str) -> Inserted | None:
+        """What is stored for `request_id`, or None."""
+        row = self._rows.get(request_id)
+        if row is None:
+            return None
+        return Inserted(False, row.payload_hash, row.view.status, row.view.created_at)
+
     def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
         """A `queued` request is now `reserved`; any later status is left alone."""
         self._update(request_id, moves_from("reserved"), status="reserved",
@@ -79,6 +86,12 @@ class MemoryRequestStore:
         """The tenant's own request, or None."""
         row = self._rows.get(request_id)
         return row.view if row is not None and row.tenant == tenant else None
+
+    def recent(self, tenant: str, limit: int) -> list[RequestView]:
+        """The tenant's `limit` most recent requests, newest first."""
+        own = [row.view for row in self._rows.values() if row.tenant == tenant]
+        own.sort(key=lambda v: (v.created_at, v.request_id), reverse=True)
+        return own[:limit]
 
     def open_since(self, cutoff: datetime, limit: int) -> list[OpenRequest]:
         """Open requests with no progress and no re-drive since `cutoff`, stalest first."""
