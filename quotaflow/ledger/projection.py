@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import redis
 
@@ -57,16 +57,6 @@ def balance_key(tenant: str, period: str) -> str:
 
 def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
-
-
-@runtime_checkable
-class BalanceSnapshots(Protocol):
-    """A ledger that can answer its balances snapshot in pages (`PostgresLedger` does)."""
-
-    def balance_snapshot(self, after: tuple[str, str],
-                         limit: int) -> tuple[int, list[tuple[str, str, Balance]]]:
-        """Rows after (tenant, period) in key order, and the last sequence they include."""
-        ...
 
 
 class RedisProjection:
@@ -136,15 +126,6 @@ class RedisProjection:
 
     def _rebuild_chunk(self, ledger: Ledger) -> bool:
         """Write one chunk of the rebuild; True once the projection is complete again."""
-        if not isinstance(ledger, BalanceSnapshots):
-            # No snapshot to rebuild from (the in-memory ledger of the tests): start a new
-            # generation from nothing and let the catch-up replay its few events.
-            self.clear()
-            pipe = self.redis.pipeline()
-            pipe.set(LAST_SEQ_KEY, 0)
-            pipe.set(GENERATION_KEY, uuid.uuid4().hex)
-            pipe.execute()
-            return True
         pipe = self.redis.pipeline()  # MULTI: a new rebuild starts whole or not at all
         pipe.hsetnx(REBUILD_KEY, "token", uuid.uuid4().hex)
         pipe.hsetnx(REBUILD_KEY, "cursor", _START)

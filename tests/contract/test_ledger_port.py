@@ -193,3 +193,19 @@ def test_events_after_lists_committed_events_in_order_with_stream_versions(
     assert lut.ledger.events_after(seqs[2]) == events[3:]
     assert lut.ledger.events_after(seqs[0], limit=2) == events[1:3]
     assert lut.ledger.events_after(seqs[-1]) == []
+
+
+def test_the_balance_snapshot_pages_every_balance_in_key_order_up_to_the_last_event(
+        lut: LedgerUnderTest) -> None:
+    for tenant in ("c", "a", "b"):
+        lut.add_tenant(tenant, 100)
+    period = lut.ledger.current_period("a")
+    lut.ledger.reserve([ReserveTokens("b", "r1", 30, "h")])
+    last = lut.ledger.events_after(0)[-1].seq
+    seq, first = lut.ledger.balance_snapshot(("", ""), 2)
+    assert seq == last
+    assert [(t, p) for t, p, _ in first] == [("a", period), ("b", period)]
+    assert first[1][2] == lut.ledger.balance("b", period)
+    seq, rest = lut.ledger.balance_snapshot(("b", period), 2)
+    assert (seq, [(t, b.granted) for t, _, b in rest]) == (last, [("c", 100)])
+    assert lut.ledger.balance_snapshot(("c", period), 2)[1] == []

@@ -60,7 +60,10 @@ def balances_of(ledger: MemoryLedger) -> dict[tuple[str, str], Balance]:
 
 def test_catching_up_gives_the_ledgers_balances(projection: AppliedProjection,
                                                 ledger: MemoryLedger) -> None:
-    assert projection.catch_up(ledger) == len(ledger.events_after(0))
+    # Each adapter may get there by replaying events or by a rebuild from the ledger's
+    # balances snapshot (which applies no event): the balances and the position must agree.
+    projection.catch_up(ledger)
+    assert projection.last_seq() == ledger.events_after(0)[-1].seq
     expected = balances_of(ledger)
     assert {k: projection.balance(*k) for k in expected} == expected
     acme = projection.balance("acme", ledger.current_period("acme"))

@@ -108,6 +108,14 @@ class MemoryLedger:
 
     # -- internals --------------------------------------------------------------------
 
+    def balance_snapshot(self, after: tuple[str, str],
+                         limit: int) -> tuple[int, list[tuple[str, str, Balance]]]:
+        """Up to `limit` balances after (tenant, period) in key order, and the last sequence
+        they include."""
+        keys = sorted(k for k in self._balances if k > after)[:limit]
+        last = self._events[-1].seq if self._events else 0
+        return last, [(t, p, self._balances[(t, p)]) for t, p in keys]
+
     def _decide(self, command: str, batch: Sequence[C],
                 decide: Callable[[C], Outcome]) -> list[Outcome]:
         out: list[Outcome] = []
