@@ -4,7 +4,6 @@ creation from kafka/topics.yaml."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,16 +88,18 @@ def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
 AnyProducer = Producer | HealingProducer
 
 # Deliveries that failed, by producer: librdkafka drops a message it gave up on from its
-# queue, so an empty queue after `flush` does not mean every message was delivered.
+# queue, so an empty queue after `flush` does not mean every message was delivered. No lock:
+# the report runs inside librdkafka's callbacks, where an error the client left pending (a
+# fatal producer error after a broker lost its state) aborts the report between taking a lock
+# and releasing it, and the lock stayed held for good (a step hung in `flush`). `setdefault`,
+# `append` and `pop` are each atomic under the GIL.
 _failed: dict[int, list[str]] = {}
-_failed_lock = threading.Lock()
 
 
 def _on_delivery(producer: AnyProducer) -> Callable[[KafkaError | None, Any], None]:
     def report(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
-            with _failed_lock:
-                _failed.setdefault(id(producer), []).append(str(err))
+            _failed.setdefault(id(producer), []).append(str(err))
     return report
 
 
@@ -114,17 +115,16 @@ def produce(producer: AnyProducer, topic: str, message: KafkaMessage) -> None:
             producer.poll(0.05)
 
 
-def flush(producer: AnyProducer, timeout_s: float = 30.0) -> None:
+def flush(producer: AnyProducer, timeout_s: float = 5.0) -> None:
     """Wait until every queued message is delivered; `PublishTimeout` (an infrastructure
-    error: the caller retries) if some are not in time or failed."""
+    error: the caller retries) if some are not in time or failed. The wait is short: a
+    producer whose broker lost its state never delivers, and the retry's renewed one does."""
     remaining = producer.flush(timeout_s)
-    with _failed_lock:
-        failed = _failed.pop(id(producer), [])
+    failed = _failed.pop(id(producer), [])
     if remaining or failed:
         if isinstance(producer, HealingProducer):
             producer.renew()
-            with _failed_lock:
-                _failed.pop(id(producer), None)  # the purged messages' reports
+            _failed.pop(id(producer), None)  # the purged messages' reports
         raise PublishTimeout(f"{remaining} Kafka messages not delivered within {timeout_s} s"
                              + (f", {len(failed)} failed ({failed[0]})" if failed else ""))
 
