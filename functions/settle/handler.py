@@ -18,6 +18,7 @@ from quotaflow.ports import (
     Outcome,
     Projection,
     ReleaseReservation,
+    ReserveTokens,
     SettleReservation,
 )
 from quotaflow.runtime import metrics
@@ -25,6 +26,9 @@ from quotaflow.runtime.idempotency import end_digest
 from quotaflow.runtime.reconcile import Reconciler, reconcile
 from quotaflow.runtime.step import Step
 
+# The digest of the reservation refused when a request's deadline closes it: no real
+# reservation command has it, so any later one is a conflict and reserves nothing.
+DEADLINE_DIGEST = "deadline"
 STATUS = {"ReservationSettled": "completed", "ReservationReleased": "failed",
           "ReservationExpired": "expired"}
 
@@ -97,18 +101,27 @@ def sweep(ports: SettlePorts) -> list[Settled | Admitted | Reserved]:
 
 
 def end_overdue(overdue: Sequence[OpenRequest], r: Reconciler, ports: SettlePorts) -> None:
-    """End requests past their deadline `failed`: release their reservation (or get how it
-    already ended), then write the record here rather than through record, so a request ends
-    even when its records cannot reach record or record cannot write them."""
+    """End requests past their deadline, writing the record here rather than through record,
+    so a request ends even when its records cannot reach record or record cannot write them.
+
+    A `queued` one may still be reserved later by a message only delayed: it is first closed at
+    the ledger, as a reservation refused (amount 0, a digest of its own), so a later reserve of
+    that request id is refused as a conflict and holds nothing; it ends `rejected`. One the
+    ledger had already reserved (or decided) ends `failed`, its reservation released."""
     if not overdue:
         return
     why = f"deadline: not ended within {r.request_deadline_s} s of admission"
-    ended = handle([Failed(q.request_id, q.tenant, q.reserved_tokens or 0, why)
-                    for q in overdue], ports)
-    r.requests.finish([
-        FinalRecord(s.request_id, s.status, why if s.reason in (None, why) else
-                    f"{why} ({s.reason})", s.charged_tokens)
-        for s in ended])
+    queued = [q for q in overdue if q.status == "queued"]
+    closed = {o.request_id for o in ports.ledger.reserve(
+        [ReserveTokens(q.tenant, q.request_id, 0, DEADLINE_DIGEST) for q in queued])
+        if o.kind == "RequestRejected"}
+    rest = [q for q in overdue if q.request_id not in closed]
+    ended = handle([Failed(q.request_id, q.tenant, q.reserved_tokens or 0, why) for q in rest],
+                   ports) if rest else []
+    r.requests.finish(
+        [FinalRecord(rid, "rejected", why, 0) for rid in sorted(closed)]
+        + [FinalRecord(s.request_id, s.status, why if s.reason in (None, why) else
+                       f"{why} ({s.reason})", s.charged_tokens) for s in ended])
 
 
 STEP = Step(name="settle", consumes=("completed", "failed"),

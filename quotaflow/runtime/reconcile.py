@@ -12,8 +12,10 @@ for `redrive_after_s` and:
   ledger's outcome of its reservation (asked again with the same digest, the ledger answers
   the first outcome and reserves nothing); settle ends the reservation once, and the TTL sweep
   expires it if inference never completes;
-- hands back the ones open past `request_deadline_s` since admission, for settle to end
-  `failed` with their reservation released.
+- hands back the ones open past `request_deadline_s` since admission, for settle to end: a
+  `queued` one is first closed at the ledger (so a delayed message cannot reserve for it
+  later) and ends `rejected`; one the ledger reserved ends `failed`, its reservation released
+  (or as the ledger already ended it).
 
 Bounded: each re-drive is counted and a request is re-driven at most once per
 `redrive_after_s`, so at most `request_deadline_s / redrive_after_s` times before its deadline

@@ -156,7 +156,7 @@ def test_a_request_whose_admitted_was_never_published_is_re_driven_and_ends(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_request_that_cannot_be_re_driven_ends_failed_at_its_deadline(
+def test_a_request_that_cannot_be_re_driven_ends_rejected_at_its_deadline(
         stack: DevStack) -> None:
     tenant, key = new_tenant(stack)
     stuck = str(uuid.uuid4())
@@ -166,7 +166,7 @@ def test_a_request_that_cannot_be_re_driven_ends_failed_at_its_deadline(
                      "'h', 'queued', 'm', now() - make_interval(secs => %s))",
                      (stuck, tenant, SOURCE, stuck, DEADLINE_S - 5))
     view = client.wait(stack.admit_url, key, stuck, timeout_s=60)
-    assert (view["status"], view["usage"]["charged_tokens"]) == ("failed", 0), view
+    assert (view["status"], view["usage"]["charged_tokens"]) == ("rejected", 0), view
     assert str(view["reason"]).startswith("deadline")
     result = audit(stack, tenant)
     assert result.returncode == 0, result.stdout + result.stderr

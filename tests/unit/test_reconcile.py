@@ -137,21 +137,47 @@ def test_re_drives_are_counted_and_spaced_and_a_request_that_moves_is_left_alone
     assert counted == {"idle": 2, "busy": 1}
 
 
-def test_past_its_deadline_a_queued_request_ends_failed_and_charged_nothing() -> None:
+def test_past_its_deadline_a_queued_request_ends_rejected_and_a_late_delivery_holds_nothing(
+        ) -> None:
     w = world()
     w.queue(admitted("r1"))
     w.clock.advance(DEADLINE_S + 1)
     assert sweep(ports(w)) == []
     v = w.requests.fetch("acme", "r1")
-    assert v is not None and (v.status, v.charged_tokens) == ("failed", 0)
+    assert v is not None and (v.status, v.charged_tokens) == ("rejected", 0)
     assert v.reason is not None and v.reason.startswith("deadline")
-    # A late delivery of its `admitted` reserves, but the request stays ended and is charged
-    # nothing: settle answers the deadline's first ending, and the TTL expires the rest.
+    # A late delivery of its `admitted` (a message only delayed) finds the request closed at
+    # the ledger: nothing is reserved, not even until the TTL, and the record stays as it was.
     run(w, [admitted("r1")])
-    assert view(w, "r1") == ("failed", 0)
-    w.clock.advance(TTL_S + 1)
-    sweep(ports(w))
+    assert view(w, "r1") == ("rejected", 0)
     assert w.ledger.balance("acme", "2026-11") == Balance(granted=1000)
+
+
+def test_past_its_deadline_a_queued_request_the_ledger_had_reserved_ends_failed_and_released(
+        ) -> None:
+    w = world()
+    w.queue(admitted("r1"))
+    # Reserved by the ledger, but its mark as `reserved` was lost.
+    reserve(estimate([admitted("r1")], EstimatePorts(MODEL)),
+            ReservePorts(w.ledger, w.projection, _Unmarked(w.requests)))  # type: ignore[arg-type]
+    assert view(w, "r1") == ("queued", None)
+    w.clock.advance(DEADLINE_S + 1)
+    sweep(replace(ports(w), reservation_ttl_s=DEADLINE_S * 2))  # the deadline comes first
+    assert view(w, "r1") == ("failed", 0)
+    assert w.ledger.balance("acme", "2026-11") == Balance(granted=1000)
+
+
+class _Unmarked:
+    """A request store whose `mark_reserved` is lost."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
 
 
 def test_past_its_deadline_a_request_whose_reservation_expired_ends_expired() -> None:
@@ -188,7 +214,7 @@ def test_a_request_stored_without_its_data_is_not_re_driven_but_ends_at_its_dead
     assert sweep(ports(w)) == []
     w.clock.advance(DEADLINE_S)
     sweep(ports(w))
-    assert view(w, "r1") == ("failed", 0)
+    assert view(w, "r1") == ("rejected", 0)
 
 
 def test_a_tick_without_a_reconciler_only_expires_and_publishes() -> None:
