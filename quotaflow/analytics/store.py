@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from events.payloads import LedgerEntry
 from quotaflow.analytics.query import Key, UsageQuery, rows
 from quotaflow.analytics.rollup import (
     COLUMNS,
@@ -26,6 +27,8 @@ from quotaflow.analytics.rollup import (
 )
 
 Conn = psycopg.Connection[Any]
+LEDGER_ENTRY_COLUMNS = ("e.seq, e.tenant_id, e.stream_version, e.kind, e.request_id, e.period, "
+                        "e.amount, e.released, e.recorded_at")
 
 
 class UsageReader(Protocol):
@@ -98,7 +101,9 @@ class PostgresUsageStore:
         conn = self.conn
         with conn.transaction():
             versions = self._lock_versions(conn, sorted({e.tenant for e in batch.ledger}))
-            attribution = self._attribution(conn, batch.request_ids())
+            ledger = self._with_gaps_filled(conn, batch.ledger, versions)
+            attribution = self._attribution(
+                conn, batch.request_ids() | {e.request_id for e in ledger if e.request_id})
             fresh: set[tuple[str, str]] = set()
             if batch.outcomes:
                 fresh = {(r, k) for r, k in conn.execute(
@@ -108,7 +113,7 @@ class PostgresUsageStore:
                     ([o.request_id for o in batch.outcomes],
                      [o.kind for o in batch.outcomes])).fetchall()}
             before = dict(versions)
-            deltas, dup_ledger = fold_ledger(batch.ledger, versions, attribution)
+            deltas, dup_ledger = fold_ledger(ledger, versions, attribution)
             outcome_deltas, dup_outcomes = fold_outcomes(batch.outcomes, fresh, attribution)
             merge(deltas, outcome_deltas)
             self._upsert(conn, deltas)
@@ -127,7 +132,7 @@ class PostgresUsageStore:
                     "GREATEST(usage_offsets.next_offset, EXCLUDED.next_offset)",
                     (batch.consumer, [t for (t, _), _ in offsets],
                      [p for (_, p), _ in offsets], [o for _, o in offsets]))
-        return Applied(ledger=len(batch.ledger) - dup_ledger,
+        return Applied(ledger=len(ledger) - dup_ledger,
                        outcomes=len(batch.outcomes) - dup_outcomes,
                        duplicates=dup_ledger + dup_outcomes)
 
@@ -155,6 +160,34 @@ class PostgresUsageStore:
         with self.conn.transaction():
             self.conn.execute("TRUNCATE usage_rollups, usage_offsets, usage_streams, "
                               "usage_outcomes")
+
+    @staticmethod
+    def _with_gaps_filled(conn: Conn, entries: Sequence[LedgerEntry],
+                          versions: dict[str, int]) -> list[LedgerEntry]:
+        """The batch's ledger entries, with any a tenant's stream skips read from the ledger.
+
+        The ledger topic is at least once, not complete: a broker that loses its data (the
+        local one keeps nothing across a restart) loses events the relay already published.
+        Stream versions have no holes, so a hole between the last version rolled up and this
+        batch's is such a loss; PostgreSQL, the system of record, fills it in the same
+        transaction, so the roll-ups stay equal to the ledger."""
+        seen: dict[str, set[int]] = {}
+        for e in entries:
+            seen.setdefault(e.tenant, set()).add(e.stream_version)
+        holes = [(tenant, low, top) for tenant, got in seen.items()
+                 for low, top in [(versions.get(tenant, 0), max(got))]
+                 if top > low and len({v for v in got if v > low}) != top - low]
+        if not holes:
+            return list(entries)
+        rows = conn.execute(
+            f"SELECT {LEDGER_ENTRY_COLUMNS} FROM unnest(%s::text[], %s::bigint[], "
+            "%s::bigint[]) AS w(tenant, lo, hi) JOIN ledger_events e ON e.tenant_id = w.tenant "
+            "AND e.stream_version > w.lo AND e.stream_version <= w.hi "
+            "ORDER BY e.tenant_id, e.stream_version",
+            ([h[0] for h in holes], [h[1] for h in holes], [h[2] for h in holes])).fetchall()
+        filled = {tenant for tenant, _, _ in holes}
+        return [*(e for e in entries if e.tenant not in filled),
+                *(LedgerEntry(*row) for row in rows)]
 
     @staticmethod
     def _lock_versions(conn: Conn, tenants: list[str]) -> dict[str, int]:
