@@ -18,6 +18,7 @@ from quotaflow.adapters.kafka import KafkaPublisher
 from quotaflow.adapters.postgres_clock import PostgresClock
 from quotaflow.adapters.redis_client import connect_redis
 from quotaflow.adapters.redis_gate import RedisAdmissionGate
+from quotaflow.adapters.redis_stream import RedisTokenStream
 from quotaflow.adapters.request_store import PostgresRequestStore
 from quotaflow.adapters.tenant_store import PostgresTenants
 from quotaflow.door.limits import Balances
@@ -29,6 +30,7 @@ from quotaflow.ports import (
     Publisher,
     RequestStore,
     TenantDirectory,
+    TokenStream,
 )
 from quotaflow.runtime.step import Resources
 from quotaflow.settings import Settings
@@ -55,6 +57,9 @@ class DoorPorts:
     publisher: Publisher
     clock: Clock  # the ledger's
     resources: Resources = field(default_factory=NothingHeld)
+    # Token deltas the OpenAI door and GET /v1/requests/{id}/events relay; None: no streaming
+    # (the relay falls back to the request record).
+    stream: TokenStream | None = None
 
 
 class ThreadConnections:
@@ -119,13 +124,15 @@ class _Held:
 
 def connect(settings: Settings) -> DoorPorts:
     """The real ports: PostgreSQL (tenants, requests, the ledger's clock), Redis (rate limit,
-    pre-check, balances) and Kafka (the `admitted` topic)."""
+    pre-check, balances, token streams) and Kafka (the `admitted` topic)."""
     connections = ThreadConnections(settings.postgres_url, settings.db_connect_timeout_s,
                                     settings.db_statement_timeout_ms)
     client = connect_redis(settings.redis_url, settings.redis_timeout_ms)
-    publisher = KafkaPublisher.from_settings(settings)
+    # A broker that does not confirm within a few seconds is a 503 the client can retry, well
+    # before a client's own timeout.
+    publisher = KafkaPublisher.from_settings(settings, timeout_s=3.0)
     return DoorPorts(
         tenants=_ThreadTenants(connections), gate=RedisAdmissionGate(client),
         balances=RedisProjection(client), requests=PostgresRequestStore(connections.get),
         publisher=publisher, clock=PostgresClock(connections.get),
-        resources=_Held(connections, client, publisher))
+        resources=_Held(connections, client, publisher), stream=RedisTokenStream(client))
