@@ -28,6 +28,8 @@ class Settings:
     # "standin" (deterministic, no weights), "dir:PATH" (a built model directory) or "registry"
     model_source: str = "standin"
     model_cache_dir: str = ".quotaflow/models"
+    # The stand-in's pause per decode step (0: none), so tests can hang up mid-stream.
+    standin_token_delay_ms: int = 0
     public_url: str = "http://127.0.0.1:8080"
     topic_prefix: str = "quotaflow."
     consumer_group_prefix: str = "quotaflow-"
@@ -117,6 +119,7 @@ ENV_NAMES: dict[str, str] = {
     "model_alias": "QF_MODEL_ALIAS",
     "model_source": "QF_MODEL_SOURCE",
     "model_cache_dir": "QF_MODEL_CACHE_DIR",
+    "standin_token_delay_ms": "QF_STANDIN_TOKEN_DELAY_MS",
     "public_url": "QF_PUBLIC_URL",
     "topic_prefix": "QF_TOPIC_PREFIX",
     "consumer_group_prefix": "QF_CONSUMER_GROUP_PREFIX",

@@ -62,6 +62,10 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     from quotaflow.door.usage import reader_for, usage_blueprint  # GET /v1/usage
 
     app.register_blueprint(usage_blueprint(auth, reader_for(settings, ports)))
+    from quotaflow.door.openai import request_events, routes  # OpenAI API; request SSE
+
+    app.register_blueprint(routes.blueprint(ports, settings, auth, unavailable=UNAVAILABLE))
+    app.register_blueprint(request_events.events_blueprint(ports, settings, auth))
 
     @app.errorhandler(Problem)
     def problem(p: Problem) -> Response:

@@ -27,7 +27,10 @@ from quotaflow.door.strict_json import decode_json
 from quotaflow.runtime.problem import Problem
 
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
-DATA_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed"}
+DATA_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed",
+               "stop", "stream"}
+MAX_STOP = 4  # stop sequences, as OpenAI allows
+MAX_STOP_CHARS = 256
 ROLES = ("system", "user", "assistant")
 MAX_ATTRIBUTE_CHARS = 1024
 _NONCHARACTERS = "".join(chr(p * 0x10000 + 0xFFFE) + chr(p * 0x10000 + 0xFFFF)
@@ -152,47 +155,59 @@ def _check_attributes(attributes: dict[str, Any], prefix: str) -> None:
         _attribute(prefix + name, value)
 
 
-def validate_data(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    """`data` checked against `limits` and normalized (a prompt becomes one user message)."""
-    def bad(detail: str) -> Problem:
-        return _bad(detail, "invalid-data")
+def validate_data(data: dict[str, Any], limits: Limits, prefix: str = "data.") -> dict[str, Any]:
+    """`data` checked against `limits` and normalized (a prompt becomes one user message).
+    Each Problem names the field as `prefix` + its name, and carries it as `parameter`.
+
+    `stop` (a string or up to 4) and `stream` are kept only when set: a request that does not
+    use them normalizes, and so hashes for idempotency, as it did before they existed, and
+    `stream: false` is the same request as no `stream`."""
+    def bad(detail: str, param: str | None = None) -> Problem:
+        detail = detail.replace("data.", prefix)
+        if param is None:
+            return _bad(detail, "invalid-data")
+        return Problem(400, "Bad CloudEvent", detail, slug="invalid-data", parameter=param)
 
     unknown = sorted(set(data) - DATA_FIELDS)
     if unknown:
-        raise bad(f"unknown field(s) in data: {', '.join(unknown)}")
+        raise bad(f"unknown field(s) in data: {', '.join(unknown)}", unknown[0])
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise bad("data.model is required (a string)")
+        raise bad("data.model is required (a string)", "model")
     if model != limits.model:
-        raise bad(f"unknown model {model!r}; this deployment serves {limits.model!r}")
+        raise bad(f"unknown model {model!r}; this deployment serves {limits.model!r}", "model")
     if ("prompt" in data) == ("messages" in data):
         raise bad("send exactly one of data.prompt or data.messages")
     if "prompt" in data:
         if not isinstance(data["prompt"], str) or not data["prompt"].strip():
-            raise bad("data.prompt must be a non-empty string")
-        _text("data.prompt", data["prompt"])
+            raise bad("data.prompt must be a non-empty string", "prompt")
+        _text(f"{prefix}prompt", data["prompt"])
         messages = [{"role": "user", "content": data["prompt"]}]
     else:
         messages = data["messages"]
         if not isinstance(messages, list) or not messages:
-            raise bad("data.messages must be a non-empty list")
+            raise bad("data.messages must be a non-empty list", "messages")
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or set(m) != {"role", "content"}:
-                raise bad(f"data.messages[{i}] must be an object with role and content")
+                raise bad(f"data.messages[{i}] must be an object with role and content",
+                          f"messages[{i}]")
             if m["role"] not in ROLES:
-                raise bad(f"data.messages[{i}].role must be one of {', '.join(ROLES)}")
+                raise bad(f"data.messages[{i}].role must be one of {', '.join(ROLES)}",
+                          f"messages[{i}].role")
             if not isinstance(m["content"], str):
-                raise bad(f"data.messages[{i}].content must be a string")
-            _text(f"data.messages[{i}].content", m["content"])
+                raise bad(f"data.messages[{i}].content must be a string",
+                          f"messages[{i}].content")
+            _text(f"{prefix}messages[{i}].content", m["content"])
     chars = sum(len(m["content"]) for m in messages)
     if chars > limits.max_prompt_chars:
         raise Problem(413, "Prompt too large",
                       f"the prompt has {chars} characters; the limit is {limits.max_prompt_chars}")
     max_tokens = data.get("max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise bad("data.max_tokens is required (an integer)")
+        raise bad("data.max_tokens is required (an integer)", "max_tokens")
     if not 1 <= max_tokens <= limits.max_tokens:
-        raise bad(f"data.max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}")
+        raise bad(f"data.max_tokens must be between 1 and {limits.max_tokens}, got {max_tokens}",
+                  "max_tokens")
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens,
                            "temperature": None, "top_p": None, "seed": None}
     for name, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
@@ -200,11 +215,34 @@ def validate_data(data: dict[str, Any], limits: Limits) -> dict[str, Any]:
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-            raise bad(f"data.{name} must be a number between {lo} and {hi}")
+            raise bad(f"data.{name} must be a number between {lo} and {hi}", name)
         out[name] = float(v)
     seed = data.get("seed")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise bad("data.seed must be a non-negative integer")
+            raise bad("data.seed must be a non-negative integer", "seed")
         out["seed"] = seed
+    stop = _stop(data.get("stop"), prefix)
+    if stop:
+        out["stop"] = stop
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad("data.stream must be true or false", "stream")
+    if stream:
+        out["stream"] = True
     return out
+
+
+def _stop(value: Any, prefix: str) -> list[str]:
+    """`stop` as a list: absent, one string, or a list of up to `MAX_STOP` non-empty ones."""
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if (not isinstance(stops, list) or len(stops) > MAX_STOP
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops)):
+        raise Problem(400, "Bad CloudEvent", f"{prefix}stop must be a string or a list of up "
+                      f"to {MAX_STOP} strings of 1 to {MAX_STOP_CHARS} characters",
+                      slug="invalid-data", parameter="stop")
+    for i, s in enumerate(stops):
+        _text(f"{prefix}stop[{i}]", s)
+    return list(stops)

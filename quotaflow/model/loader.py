@@ -50,7 +50,7 @@ def load_generator(settings: Settings) -> Generator:
     """Load the model and warm it up before the process takes traffic."""
     src = settings.model_source
     if src == "standin":
-        return StandInModel()
+        return StandInModel(settings.standin_token_delay_ms / 1000)
     if src.startswith("dir:"):
         gen = OnnxGenerator(Path(src[4:]))
         gen.warm_up()

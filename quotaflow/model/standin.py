@@ -8,6 +8,7 @@ Useful for plumbing tests and for running the pipeline without building a model.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
@@ -18,6 +19,10 @@ class StandInModel:
     name = "standin"
     version = "standin-1"
     device = "cpu"
+    token_delay_s = 0.0
+
+    def __init__(self, token_delay_s: float = 0.0) -> None:
+        self.token_delay_s = token_delay_s  # a pause per decode step, as a real model takes
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return sum(1 + len(m.content.split()) for m in messages)
@@ -39,6 +44,8 @@ class StandInModel:
         for i in stream.sync(live):
             end(i, "cancelled")
         while live := [i for i in range(len(batch)) if stream.finish[i] is None]:
+            if self.token_delay_s:
+                time.sleep(self.token_delay_s)
             for i in live:
                 word = words[i][out[i]]
                 out[i] += 1

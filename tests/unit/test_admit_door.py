@@ -95,7 +95,7 @@ def test_a_bad_cloudevent_is_a_problem_naming_it(door: Door, over: dict[str, str
     ({"prompt": None}, 400, "exactly one of data.prompt or data.messages"),
     ({"temperature": 9}, 400, "temperature must be a number"),
     ({"seed": -1}, 400, "seed must be a non-negative integer"),
-    ({"stream": True}, 400, "unknown field(s) in data: stream"),
+    ({"streams": True}, 400, "unknown field(s) in data: streams"),
     ({"prompt": "x" * 5000}, 413, "the limit is 4096"),
 ])
 def test_bad_data_is_a_problem_naming_it(door: Door, over: dict[str, Any], status: int,

@@ -1,0 +1,66 @@
+"""`GET /v1/requests/{id}/events`: the CloudEvents door's stream of a request's token deltas,
+as server-sent events, with the same bearer key and only for the key's own tenant.
+
+    id: 0-1            event: delta    data: {"text": "Paris"}
+    id: 0-2            event: delta    data: {"text": " is"}
+    ...                event: end      data: {"status", "finish_reason", "usage", ...}
+Deltas are published only for a request sent with `data.stream: true`; for any other, and for
+one that ended without streaming (rejected, failed), the stream is the record's output, if any,
+then `end`. A client that reconnects with `Last-Event-ID` reads on after that entry, with no
+gap and no duplicate. Hanging up does not cancel the request, unlike the OpenAI door: here the
+request was submitted on its own, and the reader may only be reconnecting."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, Response, request
+
+from quotaflow.door.auth import Authenticator
+from quotaflow.door.openai.relay import Relay, Timing
+from quotaflow.door.openai.streaming import HangupBody, request_events
+from quotaflow.door.wiring import DoorPorts
+from quotaflow.model.token_stream import START, id_key
+from quotaflow.runtime.problem import Problem
+from quotaflow.settings import Settings
+
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _request_id(text: str) -> str | None:
+    try:
+        return text if str(uuid.UUID(text)) == text else None
+    except ValueError:
+        return None
+
+
+def _last_event_id(raw: str | None) -> str:
+    if not raw:
+        return START
+    try:
+        id_key(raw)
+    except ValueError:
+        raise Problem(400, "Bad request", f"Last-Event-ID must be an id this stream sent "
+                      f"(like 0-12), got {raw[:40]!r}", slug="bad-last-event-id") from None
+    return raw
+
+
+def events_blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
+                     timing: Timing | None = None) -> Blueprint:
+    """The route over the door's ports and authenticator."""
+    timing = timing or Timing(total_s=float(settings.request_deadline_s))
+    bp = Blueprint("request_events", __name__)
+
+    @bp.get("/v1/requests/<request_id>/events")
+    def request_stream(request_id: str) -> Response:
+        principal = auth.principal(request.headers.get("Authorization", ""))
+        known = _request_id(request_id)
+        if known is None or ports.requests.fetch(principal.tenant, known) is None:
+            raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "
+                          "request ids are the UUIDs POST answers")
+        relay = Relay(ports.stream, ports.requests, principal.tenant, known,
+                      _last_event_id(request.headers.get("Last-Event-ID")), timing=timing)
+        return Response(HangupBody(request_events(relay.events()), None),
+                        mimetype="text/event-stream", headers=HEADERS)
+
+    return bp

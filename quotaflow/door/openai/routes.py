@@ -1,0 +1,157 @@
+"""The OpenAI-compatible routes on admit, for any OpenAI client (base URL `<admit>/v1`, the
+API key as the bearer key):
+
+    POST /v1/chat/completions   chat, streamed (SSE chunks) or not
+    POST /v1/completions        legacy text completions, streamed or not
+    GET  /v1/models             the model this deployment serves
+    GET  /v1/models/{model}
+Every answer carries the request id in `x-request-id` (the completion id is
+`chatcmpl-<request id>` / `cmpl-<request id>`); errors are OpenAI's error shape."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from flask import Blueprint, Response, jsonify, request
+
+from functions.admit.handler import IdempotencyConflict
+from quotaflow.door.auth import Authenticator
+from quotaflow.door.openai import shapes
+from quotaflow.door.openai.errors import SERVER, OpenAIError, from_problem, model_not_found
+from quotaflow.door.openai.mapping import CHAT, TEXT, Call, parse_call
+from quotaflow.door.openai.relay import Ended, TimedOut, Timing, finish_reason, first_event
+from quotaflow.door.openai.service import OpenAIDoor
+from quotaflow.door.openai.streaming import HangupBody, openai_chunks, prepend, timed_out
+from quotaflow.door.parse import Limits
+from quotaflow.door.strict_json import decode_json
+from quotaflow.door.wiring import DoorPorts
+from quotaflow.ports import Principal, PublishTimeout
+from quotaflow.runtime.problem import Problem
+from quotaflow.settings import Settings
+
+log = logging.getLogger("quotaflow.admit.openai")
+# Before answering a streamed call, wait this long for its first token or its rejection, so a
+# request refused by the ledger is an HTTP 429, not an error inside a 200 stream.
+FIRST_WAIT_S = 5.0
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
+              timing: Timing | None = None,
+              unavailable: tuple[type[BaseException], ...] = ()) -> Blueprint:
+    """The routes over the door's ports, settings and authenticator; an error of a type in
+    `unavailable` (a backing service down) is a 503 with Retry-After, any other a 500."""
+    door = OpenAIDoor(ports, timing or Timing(total_s=float(settings.request_deadline_s)))
+    limits = Limits(settings.model_name, settings.max_tokens_limit, settings.max_prompt_chars)
+    max_body = settings.max_body_bytes
+    bp = Blueprint("openai", __name__)
+
+    @bp.errorhandler(OpenAIError)
+    def openai_error(exc: OpenAIError) -> Response:
+        return exc.response()
+
+    @bp.errorhandler(Problem)
+    def problem(p: Problem) -> Response:
+        return from_problem(p).response()
+
+    @bp.errorhandler(IdempotencyConflict)
+    def conflict(exc: IdempotencyConflict) -> Response:
+        return OpenAIError(409, f"{exc}; use another Idempotency-Key",
+                           code="idempotency_conflict").response()
+
+    @bp.errorhandler(PublishTimeout)
+    def unpublished(_exc: PublishTimeout) -> Response:
+        return OpenAIError(503, "the event bus did not accept the request in time; send it "
+                           "again", SERVER, "service_unavailable",
+                           headers={"Retry-After": "2"}).response()
+
+    @bp.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        if isinstance(exc, unavailable):
+            log.warning("openai: a backing service is unavailable: %s: %s",
+                        type(exc).__name__, exc)
+            return OpenAIError(503, "a backing service failed; send the request again later",
+                               SERVER, "service_unavailable",
+                               headers={"Retry-After": "5"}).response()
+        log.exception("openai door failed unexpectedly")
+        return OpenAIError(500, "the server failed unexpectedly; the error is logged",
+                           SERVER).response()
+
+    def principal() -> Principal:
+        return auth.principal(request.headers.get("Authorization", ""))
+
+    def body() -> bytes:
+        length = request.content_length
+        if length is not None and length > max_body:
+            raise Problem(413, "Request too large", f"body is {length} bytes; the limit is "
+                          f"{max_body}")
+        raw = request.stream.read(max_body + 1)
+        if len(raw) > max_body:
+            raise Problem(413, "Request too large", f"body exceeds {max_body} bytes")
+        return raw
+
+    def complete(kind: str) -> Response:
+        who = principal()
+        call = parse_call(kind, decode_json(body(), "body"), limits)
+        request_id = door.submit(who, call, request.headers.get("Idempotency-Key"))
+        try:
+            resp = (streamed if call.stream else whole)(who, request_id, call)
+        except OpenAIError as exc:  # the request exists: say which, as for a success
+            exc.headers.setdefault("x-request-id", request_id)
+            raise
+        resp.headers["x-request-id"] = request_id
+        return resp
+
+    def whole(who: Principal, request_id: str, call: Call) -> Response:
+        view = door.wait(who, request_id)
+        reason = finish_reason(view, call.max_tokens)
+        if view.status != "completed":
+            raise door.ended_error(who, Ended(view.status, reason, 0, 0, view))
+        used = shapes.usage(view.prompt_tokens or 0, view.completion_tokens or 0,
+                            view.charged_tokens or 0)
+        answer = door.answer(who, request_id, call)
+        return jsonify(shapes.completion(answer, view.output or "", reason, used))
+
+    def streamed(who: Principal, request_id: str, call: Call) -> Response:
+        relay = door.relay(who, request_id, call)
+        events = relay.events()
+        first = first_event(events, FIRST_WAIT_S)
+        if isinstance(first, Ended) and first.status != "completed":
+            raise door.ended_error(who, first)
+        if isinstance(first, TimedOut):
+            door.cancel(request_id)
+            raise timed_out()
+        parts = openai_chunks(door.answer(who, request_id, call), prepend(first, events),
+                              ended_error=partial(door.ended_error, who),
+                              usage_of=partial(door.usage_of, who, request_id),
+                              cancel=partial(door.cancel, request_id))
+
+        def hung_up() -> None:
+            if relay.ended is None:
+                door.cancel(request_id)
+
+        return Response(HangupBody(parts, hung_up), mimetype="text/event-stream",
+                        headers=STREAM_HEADERS)
+
+    @bp.post("/v1/chat/completions")
+    def chat_completions() -> Response:
+        return complete(CHAT)
+
+    @bp.post("/v1/completions")
+    def completions() -> Response:
+        return complete(TEXT)
+
+    @bp.get("/v1/models")
+    def models() -> Response:
+        principal()
+        return jsonify(object="list", data=[shapes.model_object(settings.model_name)])
+
+    @bp.get("/v1/models/<path:model>")
+    def model(model: str) -> Response:
+        principal()
+        if model != settings.model_name:
+            raise model_not_found(model)
+        return jsonify(shapes.model_object(model))
+
+    return bp

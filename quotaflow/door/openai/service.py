@@ -1,0 +1,118 @@
+"""The OpenAI door's work, between the HTTP routes and the ports: submit a call as a quotaflow
+request through the same checks and use case as the CloudEvents door, then answer it from the
+token stream and the request record.
+
+A call is a CloudEvent in all but its wire: source `openai`, id the `Idempotency-Key` header
+(a fresh UUID without one), so `(tenant, "openai", key)` is its idempotency key and a resend
+is the same request, never charged twice. It passes the same rate limit and quota pre-check
+(`AdmissionLimits`), is stored and published by the same `admit`, and is visible at
+`GET /v1/requests/{id}`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC
+
+from events.envelope import Envelope
+from functions.admit.handler import AdmitPorts, admit
+from quotaflow.door.limits import AdmissionLimits, seconds_to_next_period
+from quotaflow.door.openai import shapes
+from quotaflow.door.openai.errors import SERVER, OpenAIError, bad_request, insufficient_quota
+from quotaflow.door.openai.mapping import Call
+from quotaflow.door.openai.relay import Ended, Relay, Timing, charged_view
+from quotaflow.door.parse import MAX_ATTRIBUTE_CHARS
+from quotaflow.door.wiring import DoorPorts
+from quotaflow.ports import Principal, RequestView
+from quotaflow.runtime import metrics
+
+SOURCE = "openai"
+USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A call's client request, as `admit` takes it."""
+
+    source: str
+    ce_id: str
+    data: dict[str, object]
+
+
+def idempotency_id(header: str | None) -> str:
+    """The CloudEvents id of a call: its `Idempotency-Key`, or a fresh UUID."""
+    if header is None or header == "":
+        return str(uuid.uuid4())
+    if len(header) > MAX_ATTRIBUTE_CHARS or not (header.isascii() and header.isprintable()):
+        raise bad_request(f"the Idempotency-Key header must be at most {MAX_ATTRIBUTE_CHARS} "
+                          "printable ASCII characters", None)
+    return header
+
+
+class OpenAIDoor:
+    """Submits calls and answers them over the door's ports."""
+
+    def __init__(self, ports: DoorPorts, timing: Timing | None = None) -> None:
+        self.ports = ports
+        self.limits = AdmissionLimits(ports.gate, ports.clock)
+        self.admit_ports = AdmitPorts(ports.requests, ports.clock)
+        self.timing = timing or Timing()
+
+    def submit(self, principal: Principal, call: Call, idempotency_key: str | None) -> str:
+        """Rate limit, pre-check, store and publish the call; its request id."""
+        ce_id = idempotency_id(idempotency_key)
+        self.limits.check(principal, call.max_tokens + 1)
+        admission = admit(principal, Submitted(SOURCE, ce_id, call.data), self.admit_ports)
+        self.ports.publisher.publish([Envelope.of(p, "admit") for p in admission.admitted])
+        metrics.ADMIT_RESPONSES.labels("202").inc()
+        return admission.request_id
+
+    def relay(self, principal: Principal, request_id: str, call: Call) -> Relay:
+        return Relay(self.ports.stream, self.ports.requests, principal.tenant, request_id,
+                     max_tokens=call.max_tokens, timing=self.timing)
+
+    def answer(self, principal: Principal, request_id: str, call: Call) -> shapes.Answer:
+        return shapes.Answer(call.kind, request_id, call.model, int(time.time()),
+                             call.include_usage)
+
+    def wait(self, principal: Principal, request_id: str) -> RequestView:
+        """The ended request's record (a call that did not stream), or a 504."""
+        view = charged_view(self.ports.requests, principal.tenant, request_id,
+                            self.timing.total_s)
+        if view is None:
+            raise OpenAIError(504, f"request {request_id} did not end in time; read it at "
+                              f"/v1/requests/{request_id}", SERVER, "timeout")
+        return view
+
+    def usage_of(self, principal: Principal, request_id: str, ended: Ended) -> dict[str, int]:
+        """What the ledger charged once the record has it; the stream's counts (which the
+        ledger charges) if it is not recorded within `USAGE_WAIT_S`."""
+        view = ended.view or charged_view(self.ports.requests, principal.tenant, request_id,
+                                          USAGE_WAIT_S)
+        if view is not None and view.charged_tokens is not None:
+            return shapes.usage(view.prompt_tokens or 0, view.completion_tokens or 0,
+                                view.charged_tokens)
+        return shapes.usage(ended.prompt_tokens, ended.completion_tokens,
+                            ended.prompt_tokens + ended.completion_tokens)
+
+    def ended_error(self, principal: Principal, ended: Ended) -> OpenAIError:
+        """The error of a request that ended other than completed."""
+        view = ended.view
+        reason = (view.reason if view is not None else None) or ended.status
+        if ended.status == "rejected" and reason == "quota_exceeded":
+            now = self.ports.clock.now().astimezone(UTC)
+            return insufficient_quota(
+                f"tenant {principal.tenant} has not enough quota left for this request "
+                "(its prompt plus max_tokens)",
+                seconds_to_next_period(principal.plan_period, now))
+        if ended.status == "expired":
+            return OpenAIError(503, f"the request's reservation expired ({reason}); send it "
+                               "again", SERVER, "service_unavailable", headers={"Retry-After": "5"})
+        return OpenAIError(500, f"the request {ended.status}: {reason}", SERVER,
+                           "request_" + ended.status)
+
+    def cancel(self, request_id: str) -> None:
+        """The client hung up: infer stops the request within a few tokens."""
+        if self.ports.stream is not None:
+            self.ports.stream.cancel(request_id)

@@ -1,0 +1,113 @@
+"""The door over in-memory ports with the real handlers behind it: what the door publishes goes
+through estimate, reserve, infer (the stand-in model, streaming into an in-memory token
+stream), settle and record on a worker thread, so the unit tests of the OpenAI door see
+deltas arrive while they read, hang up mid-stream, and check the ledger's charge."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from flask.testing import FlaskClient
+
+from events.envelope import Envelope
+from events.payloads import Admitted, Rejected, Reserved
+from functions.estimate.handler import EstimatePorts
+from functions.estimate.handler import handle as estimate
+from functions.infer.handler import InferPorts
+from functions.infer.handler import handle as infer
+from functions.record.handler import RecordPorts
+from functions.record.handler import handle as record
+from functions.reserve.handler import ReservePorts
+from functions.reserve.handler import handle as reserve
+from functions.settle.handler import SettlePorts
+from functions.settle.handler import handle as settle
+from quotaflow.adapters.clock import FixedClock
+from quotaflow.adapters.memory.gate import MemoryAdmissionGate
+from quotaflow.adapters.memory.ledger import MemoryLedger
+from quotaflow.adapters.memory.outbox import MemoryOutbox
+from quotaflow.adapters.memory.requests import MemoryRequestStore
+from quotaflow.adapters.memory.stream import MemoryTokenStream
+from quotaflow.adapters.memory.tenants import MemoryTenants
+from quotaflow.door.app import create_app
+from quotaflow.door.wiring import DoorPorts
+from quotaflow.model.standin import StandInModel
+from quotaflow.settings import Settings
+
+MODEL = "standin"
+PERIOD = "2026-11"
+
+
+class Pipeline:
+    """A `Publisher` that runs each published request through the five steps on its thread;
+    `paused` holds requests back (set it to let them go)."""
+
+    def __init__(self, door: MemoryDoor, model: StandInModel) -> None:
+        self.door = door
+        self.model = model
+        self.published: list[Envelope] = []
+        self.paused = threading.Event()
+        self.paused.set()
+        self._work: queue.Queue[Admitted | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def publish(self, envelopes: Sequence[Envelope]) -> None:
+        self.published.extend(envelopes)
+        for e in envelopes:
+            assert isinstance(e.payload, Admitted)
+            self._work.put(e.payload)
+
+    def close(self) -> None:
+        self.paused.set()
+        self._work.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        d = self.door
+        while (p := self._work.get()) is not None:
+            self.paused.wait()
+            decided = reserve(estimate([p], EstimatePorts(self.model)),
+                              ReservePorts(d.ledger, d.gate.projection, d.requests))
+            ok = [r for r in decided if isinstance(r, Reserved)]
+            refused = [r for r in decided if isinstance(r, Rejected)]
+            settled = settle(infer(ok, InferPorts(self.model, d.stream)),
+                             SettlePorts(d.ledger, d.gate.projection, d.outbox, 300)) if ok else []
+            record([*settled, *refused], RecordPorts(d.requests))
+
+
+class MemoryDoor:
+    """The door (Flask test client) over in-memory ports, a ledger and the `Pipeline`; tenant
+    `acme` has plenty of quota, `tiny` 10 tokens."""
+
+    def __init__(self, token_delay_s: float = 0.0, rate_limit: int = 1000) -> None:
+        self.clock = FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC))
+        self.tenants, self.gate = MemoryTenants(), MemoryAdmissionGate()
+        self.requests = MemoryRequestStore(self.clock)
+        self.ledger = MemoryLedger(self.clock)
+        self.outbox = MemoryOutbox(self.ledger)
+        self.stream = MemoryTokenStream()
+        self.keys: dict[str, str] = {}
+        for tenant, tokens in (("acme", 100_000), ("tiny", 10)):
+            self.ledger.add_tenant(tenant, tokens)
+            self.keys[tenant] = self.tenants.create_key(tenant, rate_limit)
+        self.gate.projection.catch_up(self.ledger)
+        self.pipeline = Pipeline(self, StandInModel(token_delay_s))
+        self.ports = DoorPorts(self.tenants, self.gate, self.gate.projection, self.requests,
+                               self.pipeline, self.clock, stream=self.stream)
+        self.settings = replace(Settings(), model_name=MODEL, max_body_bytes=8192,
+                                max_tokens_limit=64, public_url="http://door.test")
+        self.client: FlaskClient = create_app(self.settings, self.ports).test_client()
+
+    def headers(self, tenant: str = "acme", **over: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[tenant]}", **over}
+
+    def spent(self, tenant: str = "acme") -> int:
+        return self.ledger.balance(tenant, PERIOD).spent
+
+    def reserved(self, tenant: str = "acme") -> int:
+        return self.ledger.balance(tenant, PERIOD).reserved
+
