@@ -86,7 +86,7 @@ def main() -> None:
     base = settings.postgres_url.rsplit("/", 1)[0]
     port = free_port()
     stack = DevStack(Path(tempfile.mkdtemp(prefix="qf-bench-")),
-                     replace(settings, postgres_url=f"{base}/qf_bench_pipeline",
+                     replace(settings, postgres_url=f"{base}/qf_test_bench_pipeline",
                              redis_url=settings.redis_url.rsplit("/", 1)[0] + "/14",
                              public_url=f"http://127.0.0.1:{port}"),
                      admit_port=port, kafka_port=free_port(), admit_workers=1)

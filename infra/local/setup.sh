@@ -38,3 +38,15 @@ if ! command -v chromium >/dev/null 2>&1; then
       chromium fonts-liberation fonts-dejavu-core >/dev/null; } ||
     echo "[setup] could not install chromium: the browser test will fail" >&2
 fi
+
+# `quotaflow bench` drives admit with wrk (a load generator that is not the bottleneck).
+if ! command -v wrk >/dev/null 2>&1; then
+  echo "[setup] installing Debian's wrk for quotaflow bench"
+  as_root=""
+  [ "$(id -u)" -eq 0 ] || as_root="sudo"
+  { $as_root apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends \
+      wrk >/dev/null; } ||
+    { echo "[setup] could not install wrk (apt-get install wrk), which quotaflow bench needs" >&2
+      exit 1; }
+fi

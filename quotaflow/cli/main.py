@@ -22,6 +22,7 @@ _GROUPS = (
     "quotaflow.cli.ops",
     "quotaflow.cli.func",
     "quotaflow.cli.chaos",
+    "quotaflow.cli.bench",
 )
 
 

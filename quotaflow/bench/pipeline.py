@@ -1,0 +1,176 @@
+"""The whole pipeline, measured from the client to the read model.
+
+End times are read from PostgreSQL, not polled: `requests.updated_at` is set by the statement
+that writes a request's terminal status (record's `finish`), on this same host's clock that
+the client's send times are taken from. It is the transaction's start, so an end time is early
+by at most record's commit (a millisecond or two); polling the status would instead add up to
+a whole poll interval, and the polls would compete with the pipeline for the same cores."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quotaflow.adapters import postgres as db
+from quotaflow.bench import cpu, wrk
+from quotaflow.bench.stats import summarize
+from quotaflow.client import TERMINAL
+
+
+def body(model: str) -> str:
+    """A small request for `model`: the stand-in answers it at once."""
+    return json.dumps({"model": model, "prompt": "hello", "max_tokens": 4})
+
+
+def progress(pg_url: str, source: str) -> tuple[int, int, float, float]:
+    """For requests from `source`: how many are stored, how many ended, and the latest
+    created_at and updated_at (epoch seconds; 0 if none)."""
+    with db.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = ANY(%s)), "
+            "coalesce(extract(epoch FROM max(created_at)), 0), "
+            "coalesce(extract(epoch FROM max(updated_at)), 0) FROM requests WHERE source = %s",
+            (list(TERMINAL), source)).fetchone()
+    stored, ended, admitted, last = row if row is not None else (0, 0, 0, 0)
+    return int(str(stored)), int(str(ended)), float(str(admitted)), float(str(last))
+
+
+def wait_ended(pg_url: str, source: str, expected: int, timeout_s: float) -> tuple[int, int]:
+    """Wait until `expected` requests from `source` are stored and all ended (or time is up);
+    (stored, ended)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stored, ended, _, _ = progress(pg_url, source)
+        if (stored >= expected and ended == stored) or time.monotonic() > deadline:
+            return stored, ended
+        time.sleep(0.2)
+
+
+def sustained(admit_url: str, pg_url: str, key: str, model: str, n: int, connections: int,
+              workdir: Path, pids: dict[str, int], timeout_s: float = 120) -> dict[str, Any]:
+    """Send `n` requests over `connections` as fast as admit takes them (wrk); requests/s from
+    the first send until the last request ended, and the CPU each of `pids` spent a request."""
+    source = f"/bench/sustained/{connections}/{uuid.uuid4().hex[:8]}"
+    argv, env = wrk.command(admit_url + "/", timeout_s, connections, key, workdir, source,
+                            limit=n, run_id=source.rsplit("/", 1)[1], body=body(model))
+    cpu_before = cpu.cpu_seconds(pids)
+    started = time.time()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + timeout_s
+    # wrk keeps its full duration after every thread has its share: stop it (SIGINT makes
+    # it print its result) as soon as the requests are stored.
+    while proc.poll() is None and time.monotonic() < deadline:
+        if progress(pg_url, source)[0] >= n:
+            break
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    sent = wrk.parse(out)
+    stored, ended = wait_ended(pg_url, source, min(n, sent.requests - sent.non2xx),
+                               max(10.0, deadline - time.monotonic()))
+    _, _, last_admitted, last_ended = progress(pg_url, source)
+    cpu_ms = cpu.per_request_ms(cpu_before, cpu.cpu_seconds(pids), ended)
+    return {"connections": connections, "requests": stored, "ended": ended,
+            "non2xx": sent.non2xx + sent.socket_errors,
+            "admitted_per_s": round(stored / max(1e-6, last_admitted - started), 1),
+            "seconds_to_all_ended": round(last_ended - started, 3),
+            "ended_per_s": round(ended / max(1e-6, last_ended - started), 1),
+            "admit_p99_ms": round(sent.p99_ms, 2),
+            # how long the steps took to drain after admit took the last request
+            "drain_after_last_admitted_s": round(last_ended - last_admitted, 3),
+            "cpu_ms_per_request": cpu_ms}
+
+
+def open_loop(admit_url: str, pg_url: str, key: str, model: str, rate: float, seconds: float,
+              clients: int = 48, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Requests at a fixed `rate` whatever the answers (open loop) for `seconds`; latency from
+    each request's scheduled send time (so a late sender counts against the system, not
+    for it) to its end in PostgreSQL, and to admit's answer."""
+    source = f"/bench/open/{uuid.uuid4().hex[:8]}"
+    total = int(rate * seconds)
+    start = time.time() + 0.2
+    lock = threading.Lock()
+    next_i = [0]
+    sched: dict[str, float] = {}
+    answered: list[float] = []
+    bad = [0]
+    host, port = admit_url.removeprefix("http://").split(":")
+    payload = body(model)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= total:
+                return
+            at = start + i / rate
+            time.sleep(max(0.0, at - time.time()))
+            ce_id = f"{source}-{i}"
+            sched[ce_id] = at
+            try:
+                conn.request("POST", "/", payload, {
+                    "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": source,
+                    "ce-type": "dev.quotaflow.inference.requested",
+                    "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+                resp = conn.getresponse()
+                resp.read()
+                ok = 200 <= resp.status < 300
+            except OSError:
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                ok = False
+            with lock:
+                if ok:
+                    answered.append(time.time() - at)
+                else:
+                    bad[0] += 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sent_s = time.time() - start
+    say(f"  sent {total} in {sent_s:.1f} s ({total / sent_s:.0f} req/s); waiting for the ends")
+    wait_ended(pg_url, source, len(answered), 120)
+    with db.connect(pg_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT ce_id, status, extract(epoch FROM updated_at) "
+                            "FROM requests WHERE source = %s", (source,)).fetchall()
+    e2e = [float(t) - sched[str(c)] for c, s, t in rows if s in TERMINAL]  # type: ignore[arg-type]
+    return {"rate": rate, "seconds": seconds, "sent": total,
+            "achieved_rate": round(total / sent_s, 1), "non2xx": bad[0],
+            "ended": len(e2e), "end_to_end": summarize(e2e), "admit": summarize(answered),
+            "end_to_end_s": sorted(round(x, 4) for x in e2e)}
+
+
+def drain(admit_url: str, pg_url: str, key: str, model: str, first_step_pid: int,
+          fill_s: float, connections: int, workdir: Path) -> dict[str, Any]:
+    """How fast the steps drain a backlog, with admit idle: the first step is paused (SIGSTOP)
+    while admit takes requests for `fill_s` (under the consumer session timeout, so it keeps
+    its partitions), then resumed; requests/s from the resume until the last one ended."""
+    source = f"/bench/drain/{uuid.uuid4().hex[:8]}"
+    os.kill(first_step_pid, signal.SIGSTOP)
+    try:
+        sent = wrk.run(admit_url + "/", fill_s, connections, key, workdir, source,
+                       run_id=source.rsplit("/", 1)[1], body=body(model))
+    finally:
+        resumed = time.time()
+        os.kill(first_step_pid, signal.SIGCONT)
+    stored, ended = wait_ended(pg_url, source, sent.requests - sent.non2xx, 120)
+    last_ended = progress(pg_url, source)[3]
+    return {"backlog": stored, "ended": ended, "non2xx": sent.non2xx + sent.socket_errors,
+            "seconds": round(last_ended - resumed, 3),
+            "drained_per_s": round(ended / max(1e-6, last_ended - resumed), 1)}

@@ -1,0 +1,169 @@
+"""One `quotaflow bench` run: a local stack of its own (database `qf_test_bench_run`, Redis
+index 15), admit against the bare endpoint, the pipeline sustained and at a fixed rate, the
+audit, then the JSON result, the BENCHMARKS.md tables and the plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from quotaflow.adapters import postgres as db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.bench import door, pipeline, plots, tables, wrk
+from quotaflow.devstack.process import free_port
+from quotaflow.devstack.stack import DevStack
+from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.store import PostgresLedger
+from quotaflow.settings import Settings
+
+DATABASE = "qf_test_bench_run"
+REDIS_DB = 15
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run and where to write."""
+
+    seconds: float = 8
+    connections: int = 16
+    rounds: int = 3
+    clients: tuple[int, ...] = (16, 32, 64)
+    requests: int = 6000
+    rate: float = 500
+    quick: bool = False
+    out: Path = Path(".quotaflow/bench/result.json")
+    benchmarks_md: Path | None = Path("BENCHMARKS.md")
+    plots_dir: Path | None = Path("docs/bench")
+    skip_door: bool = False
+    fill_s: float = 4  # under the consumer session timeout (6 s): the paused step stays a member
+
+    @classmethod
+    def quick_run(cls, **kw: Any) -> Options:
+        """About a minute after the stack is up: one short round, one concurrency."""
+        return cls(**{"seconds": 3, "rounds": 1, "clients": (16,), "requests": 1500,
+                      "quick": True, **kw})
+
+
+def _stack(settings: Settings, workdir: Path) -> DevStack:
+    base = settings.postgres_url.rsplit("/", 1)[0]
+    port = free_port()
+    stack = DevStack(workdir / "stack", replace(
+        settings, postgres_url=f"{base}/{DATABASE}", model_source="standin",
+        redis_url=settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}",
+        public_url=f"http://127.0.0.1:{port}"), admit_port=port, kafka_port=free_port())
+    db.recreate(stack.settings.postgres_url)
+    redis.Redis.from_url(stack.settings.redis_url).flushdb()
+    return stack
+
+
+def _tenant(stack: DevStack) -> str:
+    """A tenant neither the quota nor the rate limit will stop; its key."""
+    with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
+        key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10**15,
+                                    rate_limit_per_min=10**9)
+        RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
+    return key
+
+
+def audit(settings: Settings, attempts: int = 3) -> dict[str, Any]:
+    """`quotaflow audit` on the bench's database; the usage roll-ups trail the ledger by a
+    poll, so a difference is looked at again a few seconds later before it counts."""
+    env = {**os.environ, **settings.as_env()}
+    for attempt in range(1, attempts + 1):
+        proc = subprocess.run([sys.executable, "-m", "quotaflow", "audit", "--format", "json"],
+                              env=env, capture_output=True, text=True, timeout=300, check=False)
+        if proc.returncode == 0 or attempt == attempts:
+            break
+        time.sleep(5)
+    diffs = [ln for ln in proc.stderr.splitlines() if ln.startswith("DIFFERENCE")]
+    return {"clean": proc.returncode == 0, "exit_code": proc.returncode, "attempts": attempt,
+            "differences": diffs[:20]}
+
+
+def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run everything; the result (also written to `opts.out`)."""
+    wrk.binary()  # fail before starting anything
+    workdir = Path(tempfile.mkdtemp(prefix="qf-bench-"))
+    stack = _stack(Settings.from_env(), workdir)
+    result: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(),
+                              "mode": "quick" if opts.quick else "full",
+                              "database": DATABASE, "redis_db": REDIS_DB}
+    say("starting a local stack of the bench's own ...")
+    stack.up(explicit_pg=True, explicit_redis=True, progress=say)
+    try:
+        key = _tenant(stack)
+        admit_argv = [str(a) for a in stack.procs["admit"].args]  # type: ignore[union-attr]
+        shown = ["ADDR" if prev in ("--bind", "-b") else a
+                 for prev, a in zip(["", *admit_argv], admit_argv, strict=False)]
+        result["server"] = " ".join(shlex.quote(a) for a in shown[1:])
+        pg, model = stack.settings.postgres_url, stack.settings.model_name
+        if not opts.skip_door:
+            say(f"admit against the bare endpoint: {opts.rounds} rounds x {opts.seconds:g} s, "
+                f"{opts.connections} connections ...")
+            bare, bare_url = door.start_bare(stack, workdir)
+            try:
+                result["door"] = door.compare(stack.admit_url, bare_url, key,
+                                              pipeline.body(model), opts.seconds,
+                                              opts.connections, opts.rounds, workdir, say)
+            finally:
+                bare.terminate()
+                bare.wait(10)
+        result["sustained"] = []
+        for clients in opts.clients:
+            say(f"pipeline: {opts.requests} requests from {clients} clients ...")
+            pids = {name: proc.pid for name, proc in stack.procs.items()}
+            s = pipeline.sustained(stack.admit_url, pg, key, model, opts.requests, clients,
+                                   workdir, pids)
+            say(f"  all {s['ended']}/{s['requests']} ended after {s['seconds_to_all_ended']} s:"
+                f" {s['ended_per_s']:,.0f} req/s (admitted {s['admitted_per_s']:,.0f}/s; "
+                f"drained {s['drain_after_last_admitted_s']:.2f} s after the last admission)")
+            say("  CPU ms a request: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in s["cpu_ms_per_request"].items()))
+            result["sustained"].append(s)
+        say("pipeline: the steps draining a backlog (the first step paused while admit fills "
+            "it) ...")
+        d = pipeline.drain(stack.admit_url, pg, key, model, stack.procs["estimate"].pid,
+                           opts.fill_s, opts.connections, workdir)
+        say(f"  {d['ended']}/{d['backlog']} drained in {d['seconds']} s: "
+            f"{d['drained_per_s']:,.0f} req/s")
+        result["drain"] = d
+        say(f"pipeline: open loop at {opts.rate:g} req/s for {opts.seconds:g} s ...")
+        result["open_loop"] = pipeline.open_loop(stack.admit_url, pg, key, model, opts.rate,
+                                                 opts.seconds, say=say)
+        e2e = result["open_loop"]["end_to_end"]
+        say(f"  end to end p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms")
+        say("auditing the bench's ledger and requests ...")
+        result["audit"] = audit(stack.settings)
+        say(f"  audit {'clean' if result['audit']['clean'] else 'NOT clean'}")
+    finally:
+        stack.down()
+    write(result, opts, say)
+    return result
+
+
+def write(result: dict[str, Any], opts: Options, say: Callable[[str], None]) -> None:
+    """The JSON result; the tables and plots when the run has what they show."""
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(result, indent=2))
+    say(f"wrote {opts.out}")
+    if opts.benchmarks_md is not None and "door" in result:
+        tables.refresh_file(opts.benchmarks_md, result)
+        say(f"refreshed the tables in {opts.benchmarks_md}")
+    if opts.plots_dir is not None:
+        opts.plots_dir.mkdir(parents=True, exist_ok=True)
+        for drawn in (plots.latency_cdf(result, opts.plots_dir / "latency-cdf.png"),
+                      plots.throughput(result, opts.plots_dir / "throughput.png")):
+            say(f"drew {drawn}")

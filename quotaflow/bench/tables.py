@@ -1,0 +1,82 @@
+"""The BENCHMARKS.md tables `quotaflow bench` rewrites: each sits between a start and an end
+marker, and only what is between them changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TABLES = ("door", "pipeline")
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The start and end markers of table `name` (HTML comments: invisible when rendered)."""
+    return f"<!-- quotaflow bench: {name} -->", f"<!-- /quotaflow bench: {name} -->"
+
+
+def refresh(text: str, name: str, table: str) -> str:
+    """`text` with what is between table `name`'s markers replaced by `table`; `ValueError`
+    if the markers are missing, out of order or repeated."""
+    start, end = markers(name)
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"expected one {start!r} and one {end!r}")
+    head, rest = text.split(start)
+    if end not in rest:
+        raise ValueError(f"{end!r} comes before {start!r}")
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{table.strip()}\n{end}{tail}"
+
+
+def _n(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def door_table(result: dict[str, Any]) -> str:
+    """admit against the bare endpoint, one row each, and the ratio."""
+    d = result["door"]
+    return "\n".join([
+        f"{result['date']}, {result['mode']} run: {d['connections']} connections, "
+        f"{len(d['rounds'])} interleaved rounds of {d['seconds']:g} s, medians; "
+        f"server: `{result['server']}`.", "",
+        "| endpoint | req/s | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|",
+        f"| bare Flask CloudEvent | {_n(d['bare_rps'])} | {d['bare_p50_ms']:.1f} | "
+        f"{d['bare_p99_ms']:.1f} | {d['bare_non2xx']} |",
+        f"| admit | {_n(d['admit_rps'])} | {d['admit_p50_ms']:.1f} | {d['admit_p99_ms']:.1f} | "
+        f"{d['admit_non2xx']} |",
+        f"| **admit / bare** | **{d['ratio']:.2f}** ({d['ratio_min']:.2f} to {d['ratio_max']:.2f}) "
+        "| | | |"])
+
+
+def pipeline_table(result: dict[str, Any]) -> str:
+    """Sustained requests/s to all ended, by concurrency, then open-loop latency."""
+    rows = ["| clients | requests | non-2xx | admitted/s | all ended after s | ended/s |",
+            "|---|---|---|---|---|---|"]
+    for s in result["sustained"]:
+        rows.append(f"| {s['connections']} | {_n(s['requests'])} (ended {_n(s['ended'])}) | "
+                    f"{s['non2xx']} | {_n(s['admitted_per_s'])} | "
+                    f"{s['seconds_to_all_ended']:.2f} | **{_n(s['ended_per_s'])}** |")
+    if "drain" in result:
+        d = result["drain"]
+        rows += ["", f"The steps alone, draining a backlog of {_n(d['backlog'])} requests "
+                 f"(admit idle): all ended in {d['seconds']:.2f} s, "
+                 f"**{_n(d['drained_per_s'])} requests/s**."]
+    o = result["open_loop"]
+    e, a = o["end_to_end"], o["admit"]
+    rows += ["", f"Open loop at {o['rate']:g} req/s for {o['seconds']:g} s "
+             f"(achieved {o['achieved_rate']:g}/s, {o['sent']} sent, {o['ended']} ended, "
+             f"{o['non2xx']} non-2xx); from the scheduled send:", "",
+             "| latency | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
+             f"| send → terminal status (PostgreSQL `updated_at`) | {e['p50_ms']:.0f} | "
+             f"{e['p90_ms']:.0f} | **{e['p99_ms']:.0f}** | {e['max_ms']:.0f} |",
+             f"| send → admit's 202 | {a['p50_ms']:.1f} | {a['p90_ms']:.1f} | "
+             f"{a['p99_ms']:.1f} | {a['max_ms']:.1f} |", "",
+             f"Audit after the run: **{'clean' if result['audit']['clean'] else 'NOT clean'}**."]
+    return "\n".join(rows)
+
+
+def refresh_file(path: Path, result: dict[str, Any]) -> None:
+    """Rewrite both tables in the file at `path` from `result`."""
+    text = path.read_text()
+    text = refresh(text, "door", door_table(result))
+    text = refresh(text, "pipeline", pipeline_table(result))
+    path.write_text(text)

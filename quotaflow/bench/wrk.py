@@ -1,0 +1,144 @@
+"""Driving wrk: the Lua script (a unique `ce-id` per request, a Bearer key, an optional request
+limit) and parsing the one JSON line its `done` prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# Per thread: `sent` counts requests (so every ce-id is unique: run prefix, thread, counter),
+# `answered` and `bad` count responses; a thread stops once it has `QF_BENCH_LIMIT` answers.
+# `done` sums the threads and prints one JSON line, the only line parse() reads.
+LUA = r'''
+local threads = {}
+local run = os.getenv("QF_BENCH_RUN") or tostring(os.time())
+local key = os.getenv("QF_BENCH_KEY") or ""
+local source = os.getenv("QF_BENCH_SOURCE") or "/bench"
+local body = os.getenv("QF_BENCH_BODY") or "{}"
+local total_limit = tonumber(os.getenv("QF_BENCH_LIMIT") or "0")
+local n_threads = tonumber(os.getenv("QF_BENCH_THREADS") or "1")
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  sent, answered, bad = 0, 0, 0
+  limit = 0
+  if total_limit > 0 then limit = math.ceil(total_limit / n_threads) end
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "Bearer " .. key
+  wrk.headers["ce-specversion"] = "1.0"
+  wrk.headers["ce-type"] = "dev.quotaflow.inference.requested"
+  wrk.headers["ce-source"] = source
+  wrk.body = body
+end
+
+function request()
+  sent = sent + 1
+  wrk.headers["ce-id"] = run .. "-" .. tid .. "-" .. sent
+  return wrk.format()
+end
+
+function response(status, headers, body)
+  answered = answered + 1
+  if status < 200 or status > 299 then bad = bad + 1 end
+  if limit > 0 and answered >= limit then wrk.thread:stop() end
+end
+
+function done(summary, latency, requests)
+  local answered_all, bad_all, sent_all = 0, 0, 0
+  for _, t in ipairs(threads) do
+    answered_all = answered_all + t:get("answered")
+    bad_all = bad_all + t:get("bad")
+    sent_all = sent_all + t:get("sent")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"sent":%d,"duration_us":%d,"non2xx":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"write_errors":%d,"timeouts":%d,"p50_us":%.1f,"p90_us":%.1f,' ..
+    '"p99_us":%.1f,"max_us":%.1f}\n',
+    answered_all, sent_all, summary.duration, bad_all, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+'''
+
+
+class WrkError(RuntimeError):
+    """wrk is missing, failed, or printed no result."""
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """One wrk run: answered requests, their rate, latency percentiles (ms) and failures."""
+
+    requests: int
+    seconds: float
+    non2xx: int
+    socket_errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def parse(output: str) -> WrkResult:
+    """The result in wrk's output (the `WRK_JSON` line the script's `done` prints)."""
+    for line in output.splitlines():
+        if line.startswith("WRK_JSON "):
+            d = json.loads(line.removeprefix("WRK_JSON "))
+            return WrkResult(
+                requests=int(d["requests"]), seconds=d["duration_us"] / 1e6,
+                non2xx=int(d["non2xx"]),
+                socket_errors=sum(int(d[k]) for k in ("connect_errors", "read_errors",
+                                                      "write_errors", "timeouts")),
+                p50_ms=d["p50_us"] / 1000, p90_ms=d["p90_us"] / 1000,
+                p99_ms=d["p99_us"] / 1000, max_ms=d["max_us"] / 1000)
+    raise WrkError("wrk printed no result line:\n" + output[-2000:])
+
+
+def binary() -> str:
+    """The wrk on PATH, or a `WrkError` saying how to get it."""
+    found = shutil.which("wrk")
+    if found is None:
+        raise WrkError("wrk is not installed: run infra/local/setup.sh "
+                       "(Debian: apt-get install wrk)")
+    return found
+
+
+def command(url: str, seconds: float, connections: int, key: str, script_dir: Path,
+            source: str = "/bench", limit: int = 0, threads: int = 2, run_id: str = "r",
+            body: str = "") -> tuple[list[str], dict[str, str]]:
+    """wrk's argv and environment: load `url` for `seconds` (each thread stops after its share
+    of `limit` answers, if given) over `connections`."""
+    threads = max(1, min(threads, connections))
+    script = script_dir / "bench.lua"
+    script.write_text(LUA)
+    env = {**os.environ, "QF_BENCH_KEY": key, "QF_BENCH_SOURCE": source,
+           "QF_BENCH_LIMIT": str(limit), "QF_BENCH_THREADS": str(threads),
+           "QF_BENCH_RUN": run_id, "QF_BENCH_BODY": body}
+    argv = [binary(), "-t", str(threads), "-c", str(connections), "-d",
+            f"{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url]
+    return argv, env
+
+
+def run(url: str, seconds: float, connections: int, key: str, script_dir: Path,
+        source: str = "/bench", run_id: str = "r", body: str = "") -> WrkResult:
+    """Load `url` with wrk for `seconds` over `connections`; its result."""
+    argv, env = command(url, seconds, connections, key, script_dir, source, run_id=run_id,
+                        body=body)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                          timeout=seconds + 60, check=False)
+    if proc.returncode != 0:
+        raise WrkError(f"wrk exited {proc.returncode}: {proc.stderr[-1000:]}")
+    return parse(proc.stdout)

@@ -1,0 +1,83 @@
+"""`quotaflow bench`: measure admit and the pipeline on a local stack of the bench's own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+Measures, on a local stack it starts and stops itself (loopback only; its own PostgreSQL
+database qf_test_bench_run and Redis index 15; the stand-in model):
+
+  1. admit against a bare Flask endpoint that only parses the CloudEvent, both under admit's
+     own server command, loaded by wrk in interleaved rounds: req/s, p50/p99, non-2xx, and
+     ratio = admit req/s / bare req/s (median over rounds);
+  2. the whole pipeline: N requests from C clients as fast as admit takes them, timed until
+     the last one has ended (per C in --clients), with the CPU each process spent a request;
+     the steps alone draining a backlog (the first step paused while admit fills it); then an
+     open loop at --rate req/s, latency from each scheduled send to its terminal status
+     (read from PostgreSQL);
+  3. `quotaflow audit` on the bench's database.
+
+Writes the JSON result, refreshes the tables between the markers in BENCHMARKS.md and draws
+docs/bench/latency-cdf.png and docs/bench/throughput.png. Progress goes to stderr, the
+summary to stdout; exits 1 if the audit is not clean. Needs wrk (infra/local/setup.sh
+installs it). A full run takes about four minutes on an idle machine, --quick about two."""
+
+
+def register(sub: Any) -> None:
+    """Add `bench` to the CLI's subparsers."""
+    b = sub.add_parser("bench", help="measure admit against a bare endpoint, and the pipeline",
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--seconds", type=float, default=None,
+                   help="length of each wrk round and of the open loop (default 8; quick 3)")
+    b.add_argument("--connections", type=int, default=16,
+                   help="wrk connections for admit against bare (default 16)")
+    b.add_argument("--quick", action="store_true",
+                   help="one short round, one concurrency, fewer requests (a smoke run)")
+    b.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
+    b.add_argument("--clients", default=None,
+                   help="comma-separated client counts for the sustained runs (default 16,32,64)")
+    b.add_argument("--requests", type=int, default=None,
+                   help="requests per sustained run (default 6000; quick 1500)")
+    b.add_argument("--rate", type=float, default=500, help="open-loop rate, req/s (default 500)")
+    b.add_argument("--out", type=Path, default=Path(".quotaflow/bench/result.json"),
+                   help="where to write the JSON result")
+    b.add_argument("--no-docs", action="store_true",
+                   help="write only the JSON: leave BENCHMARKS.md and docs/bench/ alone")
+    b.add_argument("--skip-door", action="store_true", help="measure only the pipeline")
+    b.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from quotaflow.bench.run import Options, bench
+    from quotaflow.bench.wrk import WrkError
+
+    given: dict[str, Any] = {"connections": args.connections, "rate": args.rate,
+                             "out": args.out, "skip_door": args.skip_door}
+    if args.seconds is not None:
+        given["seconds"] = args.seconds
+    if args.rounds is not None:
+        given["rounds"] = max(1, args.rounds)
+    if args.clients:
+        given["clients"] = tuple(int(c) for c in args.clients.split(","))
+    if args.requests is not None:
+        given["requests"] = args.requests
+    if args.no_docs:
+        given |= {"benchmarks_md": None, "plots_dir": None}
+    opts = Options.quick_run(**given) if args.quick else Options(**given)
+    try:
+        result = bench(opts, lambda m: print(m, file=sys.stderr, flush=True))
+    except WrkError as exc:
+        print(f"quotaflow bench: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: v for k, v in result.items() if k in ("door", "sustained", "audit")}
+    if "door" in summary:
+        summary["door"] = {k: v for k, v in summary["door"].items() if k != "rounds"}
+    summary["open_loop"] = {k: v for k, v in result["open_loop"].items() if k != "end_to_end_s"}
+    print(json.dumps(summary, indent=2))
+    return 0 if result["audit"]["clean"] else 1
