@@ -27,26 +27,19 @@ else
   echo "[setup] .venv is up to date"
 fi
 
-# The usage page's browser test drives Debian's chromium through Playwright, pointed at it:
-# Playwright never downloads a browser of its own. Without it that test fails, saying so.
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "[setup] installing Debian's chromium for the browser test"
+# Debian packages: chromium for the usage page's browser test (Playwright drives it and never
+# downloads a browser of its own) and wrk for `quotaflow bench` (a load generator that is not
+# the bottleneck). Without them those fail, saying so; nothing else needs them.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-liberation fonts-dejavu-core)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing Debian packages: ${missing[*]}"
   as_root=""
   [ "$(id -u)" -eq 0 ] || as_root="sudo"
   { $as_root apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends \
-      chromium fonts-liberation fonts-dejavu-core >/dev/null; } ||
-    echo "[setup] could not install chromium: the browser test will fail" >&2
-fi
-
-# `quotaflow bench` drives admit with wrk (a load generator that is not the bottleneck).
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "[setup] installing Debian's wrk for quotaflow bench"
-  as_root=""
-  [ "$(id -u)" -eq 0 ] || as_root="sudo"
-  { $as_root apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends \
-      wrk >/dev/null; } ||
-    { echo "[setup] could not install wrk (apt-get install wrk), which quotaflow bench needs" >&2
-      exit 1; }
+      "${missing[@]}" >/dev/null; } ||
+    echo "[setup] could not install ${missing[*]}: the browser test and quotaflow bench" \
+         "need them" >&2
 fi
