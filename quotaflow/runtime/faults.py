@@ -38,9 +38,11 @@ def _kafka_transport(exc: KafkaException) -> bool:
     err = exc.args[0] if exc.args else None
     if not isinstance(err, KafkaError):
         return False
+    # A produce call on a producer that already failed for good raises `_FATAL` without the
+    # error's fatal flag: it is the producer, not the record.
     return bool(err.retriable() or err.fatal() or err.code() in (
-        KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-        KafkaError._MSG_TIMED_OUT, KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._FATAL, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT, KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError._UNKNOWN_TOPIC))
 
 
@@ -64,7 +66,8 @@ def producer_failed(exc: BaseException) -> bool:
     """True if `exc` says a Kafka producer failed for good (a fatal error of the idempotent
     producer, e.g. after a broker lost its state): only a new producer can go on."""
     return any(isinstance(c, KafkaException) and c.args and isinstance(c.args[0], KafkaError)
-               and c.args[0].fatal() for c in _causes(exc))
+               and (c.args[0].fatal() or c.args[0].code() == KafkaError._FATAL)
+               for c in _causes(exc))
 
 
 def backoff_s(attempt: int, max_s: float, base_s: float = 0.1,

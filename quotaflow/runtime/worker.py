@@ -10,6 +10,7 @@ outage lasts (the adapters reconnect). Only an error about a record is dead-lett
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,21 +24,12 @@ from events.catalog import dead_letter_suffix
 from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
 from events.payloads import Payload
 from quotaflow.adapters import kafka
-from quotaflow.runtime import metrics
-from quotaflow.runtime.faults import (
-    INFRA_RETRIES,
-    backoff_s,
-    error_name,
-    is_infrastructure,
-    producer_failed,
-)
+from quotaflow.runtime import faults, metrics
 from quotaflow.runtime.step import AnyStep, Resources
 from quotaflow.runtime.wiring import Held, wire
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
 Batch = list[tuple[Message | None, Envelope]]
 OnDead = Callable[[Message | None, Envelope, str], Sequence[Payload]]
 
@@ -65,26 +57,26 @@ def dead_letter(step: AnyStep, producer: kafka.AnyProducer, msg: Message, reason
     log.warning("dead-lettered %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), reason)
 
 
-def rewind_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
-    """Where to seek to read `msgs` again: per partition, its first record's offset."""
-    first: dict[tuple[str, int], int] = {}
+def _spans(msgs: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per partition, the first and the last offset of `msgs` (records in error left out)."""
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
     for msg in msgs:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         if msg.error() is None and topic is not None and partition is not None \
                 and offset is not None:
-            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
-    return [TopicPartition(t, p, o) for (t, p), o in sorted(first.items())]
+            low, high = spans.get((topic, partition), (offset, offset))
+            spans[(topic, partition)] = (min(low, offset), max(high, offset))
+    return spans
+
+
+def rewind_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
+    """Where to seek to read `msgs` again: per partition, its first record's offset."""
+    return [TopicPartition(t, p, low) for (t, p), (low, _) in sorted(_spans(msgs).items())]
 
 
 def batch_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
     """The offsets to commit once `msgs` are handled: per partition, one past the last."""
-    last: dict[tuple[str, int], int] = {}
-    for msg in msgs:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        if msg.error() is None and topic is not None and partition is not None \
-                and offset is not None:
-            last[(topic, partition)] = max(last.get((topic, partition), -1), offset)
-    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
+    return [TopicPartition(t, p, high + 1) for (t, p), (_, high) in sorted(_spans(msgs).items())]
 
 
 def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
@@ -97,7 +89,7 @@ def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
         try:
             return list(step.handle([env.payload for _, env in batch], ports))
         except Exception as exc:
-            if is_infrastructure(exc):
+            if faults.is_infrastructure(exc):
                 raise
             log.exception("step %s: batch of %d failed; retrying one by one", step.name, len(batch))
     outputs: list[Payload] = []
@@ -108,7 +100,7 @@ def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
                 outputs += step.handle([ev.payload], ports)
                 break
             except Exception as exc:
-                if is_infrastructure(exc):
+                if faults.is_infrastructure(exc):
                     raise
                 reason = f"handler_error: {type(exc).__name__}: {exc}"
                 log.warning("step %s: %s attempt %d failed: %s\n%s", step.name, ev.id,
@@ -146,12 +138,13 @@ class KafkaWorker:
         try:
             while not stop.is_set():
                 self.poll_once(timeout_s=0.2)
-        except Exception:
+        except Exception:  # the supervisor restarts the process
             log.exception("step %s: the consumer loop failed", self.step.name)
             raise
         finally:
             self.consumer.close()
-            self.producer.flush(10)
+            with contextlib.suppress(KafkaException):  # a producer that failed for good
+                self.producer.flush(10)
             self.resources.close()
 
     def _assigned(self, _consumer: Consumer, partitions: list[Any]) -> None:
@@ -192,7 +185,7 @@ class KafkaWorker:
                 publish(self.step, self.settings, self.producer, outputs)
             kafka.flush(self.producer)
         except Exception as exc:
-            if not is_infrastructure(exc):
+            if not faults.is_infrastructure(exc):
                 raise
             self._retry_later(msgs, exc)
             return 0
@@ -210,11 +203,11 @@ class KafkaWorker:
     def _retry_later(self, msgs: Sequence[Message], exc: Exception) -> None:
         """Rewind to the batch's first offsets (nothing committed), back off, and let the
         next poll take the same records again."""
-        delay = backoff_s(self._failures, self.settings.retry_backoff_max_s)
+        delay = faults.backoff_s(self._failures, self.settings.retry_backoff_max_s)
         self._failures += 1
-        INFRA_RETRIES.labels(self.step.name, error_name(exc)).inc()
+        faults.INFRA_RETRIES.labels(self.step.name, faults.error_name(exc)).inc()
         log.warning("step %s: %s: %s; batch of %d retried in %.1f s (attempt %d)",
-                    self.step.name, error_name(exc), str(exc)[:300], len(msgs), delay,
+                    self.step.name, faults.error_name(exc), str(exc)[:300], len(msgs), delay,
                     self._failures)
         for tp in rewind_offsets(msgs):
             try:
@@ -222,7 +215,7 @@ class KafkaWorker:
             except KafkaException as err:  # no longer ours (rebalanced): its owner re-reads
                 log.info("step %s: not rewinding %s[%d]: %s", self.step.name, tp.topic,
                          tp.partition, err)
-        if producer_failed(exc):
+        if faults.producer_failed(exc):
             log.warning("step %s: the Kafka producer failed for good; opening a new one",
                         self.step.name)
             self.producer = kafka.make_producer(self.settings)
