@@ -103,9 +103,10 @@ class Prober:
                                 {"model": self.model, "prompt": "probe", "max_tokens": 4})
             budget_s = max(0.5, deadline - time.monotonic())
             status, body = send_until_answered(self.loader.base_url, req, budget_s)
-            if status is None and budget_s < ANSWER_WITHIN_S:
-                # Cut short by the next fault before the door's own time to answer (it may
-                # wait a few seconds on a service that is down): this says nothing of the door.
+            if (status is None and budget_s < ANSWER_WITHIN_S) or status == 503:
+                # Not recovered yet: a 503 is the door's right answer while a service is down,
+                # and a probe cut short by the next fault before the door's own time to answer
+                # says nothing of the door. Other answers count, as the load's do.
                 continue
             request_id = body.get("request_id")
             self.loader.record(Outcome(-self.sent, "probe", status, request_id,
