@@ -67,6 +67,8 @@ __all__ = [
     "RequestStore",
     "RequestView",
     "ReserveTokens",
+    "ScreenQuery",
+    "Screening",
     "SettleReservation",
     "StoredEvent",
     "StreamEnd",
@@ -152,12 +154,45 @@ class TenantDirectory(Protocol):
         """The key's principal, or None for an unknown, malformed or revoked key."""
         ...
 
+@dataclass(frozen=True)
+class ScreenQuery:
+    """One request as the gate screens it: its id and payload hash, the key's window, the
+    tenant's period, and the limits that let it through."""
+
+    request_id: str
+    payload_hash: str
+    key_id: str
+    minute: int  # Unix seconds // 60, by the ledger's clock
+    tenant: str
+    period: str
+    rate_limit_per_min: int
+    needs_tokens: int
+
+
+@dataclass(frozen=True)
+class Screening:
+    """What the gate found: the payload hash a recent acceptance of the id recorded (a
+    resend: nothing counted), or the key's count in its window including this request and
+    the tenant's projected balance."""
+
+    known_hash: str | None
+    count: int
+    balance: Balance
+
+
 class AdmissionGate(Protocol):
     """admit's fast checks in one round trip: count this request in its key's one-minute
     window and read the tenant's projected balance for the period."""
 
     def check(self, key_id: str, minute: int, tenant: str, period: str) -> tuple[int, Balance]:
         """Returns (requests of `key_id` in window `minute` including this one, balance)."""
+        ...
+
+    def screen(self, query: ScreenQuery) -> Screening:
+        """The idempotency check, the rate limit and the quota pre-check together: a request
+        id recently let through answers its recorded hash and counts nothing; any other is
+        counted, and recorded with its hash only when within both limits (a record may be
+        lost: PostgreSQL stays the authority)."""
         ...
 
 

@@ -1,7 +1,9 @@
 """admit: a client's request becomes a stored `queued` request and the `admitted` payload that
 starts the pipeline. `(tenant, source, id)` is the idempotency key: the same event sent again is
 the same request; the same key with another payload is a conflict. The HTTP door
-(`quotaflow.door`) authenticates, parses and rate-limits before, and publishes after."""
+(`quotaflow.door`) authenticates and parses before, screens the request here (rate limit,
+quota pre-check and a fast record of recent acceptances, in one round trip) and publishes
+after."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from events.payloads import Admitted
-from quotaflow.ports import Clock, NewRequest, Principal, RequestStore, payload_hash
+from quotaflow.ports import Clock, Inserted, NewRequest, Principal, RequestStore, payload_hash
 from quotaflow.runtime.idempotency import admitted_payload, to_millis
 
 _NAMESPACE = uuid.UUID("5b0f6c1e-3f7a-4d0e-9a51-6f1e0c2b7a10")
@@ -49,29 +51,49 @@ class IdempotencyConflict(Exception):
     """The client's event id was already used by this source with a different payload."""
 
 
+@dataclass(frozen=True)
+class Screened:
+    """What screening a request found: the payload hash a recent acceptance of its id
+    recorded (a resend, not limited), or for a new request why the limits refuse it."""
+
+    known_hash: str | None = None
+    refusal: Exception | None = None
+
+
+def let_through(_request_id: str, _payload_hash: str) -> Screened:
+    """No limits and no record: every request is screened as new and within its limits."""
+    return Screened()
+
+
 def request_id_for(tenant: str, source: str, ce_id: str) -> str:
     """(tenant, source, id) is the idempotency key of a client request."""
     return str(uuid.uuid5(_NAMESPACE, f"{tenant}\x00{source}\x00{ce_id}"))
 
 
 def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts,
-          limits: Callable[[], None] = lambda: None) -> Admission:
+          screen: Callable[[str, str], Screened] = let_through) -> Admission:
     """Store the request with its data and admission time; raise `IdempotencyConflict` on a
-    changed payload. `limits` (the rate limit and quota pre-check, which raise to refuse)
-    applies to a new request only: a resend of one already accepted gets its first answer,
-    never a new refusal."""
+    changed payload. `screen(request_id, payload_hash)` applies the rate limit and quota
+    pre-check to a new request only: a resend of one already accepted gets its first answer,
+    never a new refusal. The store is the authority: a refusal, or a record naming another
+    payload, is checked against it (a lost record must not refuse a resend)."""
     request_id = request_id_for(principal.tenant, request.source, request.ce_id)
     data = dict(request.data)
     digest = payload_hash(data)
-    stored = ports.requests.find(request_id)
+    screened = screen(request_id, digest)
+    stored: Inserted | None = None
+    if screened.refusal is not None or screened.known_hash not in (None, digest):
+        stored = ports.requests.find(request_id)
+        if stored is None and screened.refusal is not None:
+            raise screened.refusal
+        if stored is None:  # recorded with another payload that was never stored
+            raise _conflict(request)
     if stored is None:
-        limits()
         stored = ports.requests.insert(NewRequest(
             request_id, principal.tenant, principal.key_id, request.source, request.ce_id,
             digest, data["model"], data, to_millis(ports.clock.now())))
     if stored.payload_hash != digest:
-        raise IdempotencyConflict(f"event id {request.ce_id!r} from source {request.source!r} "
-                                  "was already sent with a different payload")
+        raise _conflict(request)
     if not stored.created and stored.status != "queued":
         return Admission(request_id, False, [])
     # A resend of a request still queued is published again (the first publish may have been
@@ -79,3 +101,8 @@ def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts,
     # downstream then answers its first outcome.
     return Admission(request_id, stored.created, [admitted_payload(
         request_id, principal.tenant, principal.key_id, data, stored.admitted_at)])
+
+
+def _conflict(request: ClientRequest) -> IdempotencyConflict:
+    return IdempotencyConflict(f"event id {request.ce_id!r} from source {request.source!r} "
+                               "was already sent with a different payload")

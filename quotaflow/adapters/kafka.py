@@ -4,6 +4,9 @@ creation from kafka/topics.yaml."""
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,13 +152,18 @@ def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
 
 class KafkaPublisher:
     """The `Publisher` over a producer: each envelope to its event type's topic, keyed by
-    tenant, then one flush; not confirmed within `timeout_s` -> `PublishTimeout`."""
+    tenant; `publish` waits for its own envelopes' delivery reports only (never a flush,
+    which would wait for every other caller's too), served by a polling thread of its own.
+    Not confirmed within `timeout_s`, or failed -> `PublishTimeout`, and a `HealingProducer`
+    is renewed once for all the callers that saw it fail."""
 
     def __init__(self, producer: AnyProducer, topic: Callable[[str], str],
                  timeout_s: float = 10.0) -> None:
         self.producer = producer
         self.topic = topic
         self.timeout_s = timeout_s
+        self._poller: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout_s: float = 10.0) -> KafkaPublisher:
@@ -166,6 +174,55 @@ class KafkaPublisher:
         """Hand the envelopes to Kafka; returns once the brokers hold them all."""
         if not envelopes:
             return
+        self._start_poller()
+        generation = getattr(self.producer, "renewed", 0)
+        # Reports arrive on the poller's thread; a SimpleQueue takes them without a lock the
+        # report could leave held (see `_failed`).
+        reports: queue.SimpleQueue[KafkaError | None] = queue.SimpleQueue()
         for envelope in envelopes:
-            produce(self.producer, self.topic(envelope.type.topic), to_kafka(envelope))
-        flush(self.producer, self.timeout_s)
+            message = to_kafka(envelope)
+            while True:
+                try:
+                    self.producer.produce(self.topic(envelope.type.topic), value=message.value,
+                                          key=message.key, headers=list(message.headers.items()),
+                                          on_delivery=lambda err, _msg: reports.put(err))
+                    break
+                except BufferError:  # local queue full: the poller drains it
+                    time.sleep(0.01)
+        deadline = time.monotonic() + self.timeout_s
+        failed: list[str] = []
+        for delivered in range(len(envelopes)):
+            try:
+                err = reports.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._renew(generation)
+                raise PublishTimeout(f"{len(envelopes) - delivered} Kafka messages not "
+                                     f"delivered within {self.timeout_s} s") from None
+            if err is not None:
+                failed.append(str(err))
+        if failed:
+            self._renew(generation)
+            raise PublishTimeout(f"{len(failed)} Kafka messages failed ({failed[0]})")
+
+    def _renew(self, generation: int) -> None:
+        # Only the first caller to see this producer fail renews it; the others' messages
+        # were purged with it and they answer their own PublishTimeout.
+        if isinstance(self.producer, HealingProducer):
+            with self._lock:
+                if self.producer.renewed == generation:
+                    self.producer.renew()
+
+    def _start_poller(self) -> None:
+        # Started on first use: a server that forks after building the app gives each worker
+        # its own.
+        if self._poller is not None and self._poller.is_alive():
+            return
+        with self._lock:
+            if self._poller is None or not self._poller.is_alive():
+                self._poller = threading.Thread(target=self._poll, name="kafka-delivery",
+                                                daemon=True)
+                self._poller.start()
+
+    def _poll(self) -> None:
+        while True:
+            self.producer.poll(0.1)

@@ -1,5 +1,6 @@
 """admit's fast checks on Redis: the key's request count in its one-minute window and the
-tenant's projected balance, in one pipelined round trip."""
+tenant's projected balance, and (`screen`) with them the record of requests recently let
+through, all in one round trip (`infra/redis/admit_screen.lua`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from dataclasses import fields
 
 import redis
 
+from events.resources import data_path
 from quotaflow.adapters.redis_client import connect_redis as connect_redis  # re-exported
 from quotaflow.ledger.domain import Balance
 from quotaflow.ledger.projection import PREFIX, balance_key
+from quotaflow.ports import Screening, ScreenQuery
 
 WINDOW_TTL_S = 120  # a window outlives its minute, so a late request still counts in it
+# How long a request let through is recognised without PostgreSQL: clients resend within
+# seconds; after this a resend is counted again and PostgreSQL still answers it as a resend.
+SEEN_TTL_S = 600
 
 
 def window_key(key_id: str, minute: int) -> str:
@@ -19,9 +25,17 @@ def window_key(key_id: str, minute: int) -> str:
     return f"{PREFIX}rate:{key_id}:{minute}"
 
 
+def seen_key(request_id: str) -> str:
+    """The record of a request recently let through: its payload hash."""
+    return f"{PREFIX}seen:{request_id}"
+
+
+_FIELDS = tuple((f.name, f.name.encode()) for f in fields(Balance))
+
+
 def _balance(raw: dict[bytes, bytes]) -> Balance:
     # The projection's hash holds one integer field per Balance field; a missing hash is zero.
-    return Balance(**{f.name: int(raw.get(f.name.encode(), 0)) for f in fields(Balance)})
+    return Balance(**{name: int(raw.get(key, 0)) for name, key in _FIELDS})
 
 
 class RedisAdmissionGate:
@@ -29,6 +43,8 @@ class RedisAdmissionGate:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._screen = client.register_script(
+            (data_path("redis") / "admit_screen.lua").read_text())
 
     def check(self, key_id: str, minute: int, tenant: str, period: str) -> tuple[int, Balance]:
         """Count this request in its window and read the balance, in one round trip."""
@@ -39,3 +55,16 @@ class RedisAdmissionGate:
         pipe.hgetall(balance_key(tenant, period))
         count, _, raw = pipe.execute()
         return int(count), _balance(raw)
+
+    def screen(self, query: ScreenQuery) -> Screening:
+        """The record, or the count and the balance, in one script call."""
+        q = query
+        known, count, flat = self._screen(
+            keys=[seen_key(q.request_id), window_key(q.key_id, q.minute),
+                  balance_key(q.tenant, q.period)],
+            args=[q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min,
+                  q.needs_tokens])
+        if known:
+            return Screening(known.decode(), 0, Balance())
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Screening(None, int(count), _balance(raw))

@@ -6,6 +6,7 @@ A status only moves forward: `queued` -> `reserved` -> a terminal one; `rejected
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal, overload
@@ -13,6 +14,7 @@ from typing import Any, Literal, overload
 import psycopg
 from psycopg.types.json import Jsonb
 
+from quotaflow.adapters.group_commit import GroupCommitter
 from quotaflow.ports import FinalRecord, Inserted, NewRequest, OpenRequest, RequestView
 
 Conn = psycopg.Connection[Any]
@@ -30,6 +32,20 @@ _FINISH = (
 _VIEW_COLUMNS = ("request_id, status, output, prompt_tokens, completion_tokens, "
                  "reserved_tokens, charged_tokens, model, model_version, reason, created_at, "
                  "updated_at")
+# Many requests in one statement (one commit): the rows inserted, then those already stored
+# (by the statement's snapshot). A row another session committed while this one waited on its
+# lock is in neither; `insert_many` reads those afterwards.
+_INSERT_MANY = (
+    "WITH new AS (INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, "
+    "payload_hash, status, model, payload, created_at, updated_at) "
+    "SELECT r, t, k, s, c, h, 'queued', m, p::jsonb, a, a FROM unnest(%s::text[], "
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::timestamptz[]) AS u(r, t, k, s, c, h, m, p, a) "
+    "ON CONFLICT (request_id) DO NOTHING "
+    "RETURNING request_id, payload_hash, status, created_at) "
+    "SELECT request_id, payload_hash, status, created_at, true FROM new UNION ALL "
+    "SELECT request_id, payload_hash, status, created_at, false FROM requests "
+    "WHERE request_id = ANY(%s::text[])")
 _OPEN_COLUMNS = ("request_id, tenant_id, key_id, status, payload, created_at, reserved_tokens, "
                  "prompt_tokens, redrives")
 
@@ -73,6 +89,31 @@ class PostgresRequestStore:
         if found is None:  # deleted between the two statements: nothing to answer from
             raise LookupError(f"request {r.request_id} vanished while being stored")
         return found
+
+    def insert_many(self, requests: Sequence[NewRequest]) -> list[Inserted]:
+        """`insert` for many requests in one statement and one commit; one answer per
+        request, in order. The same id twice is created once: the later one is a resend."""
+        if not requests:
+            return []
+        ids = [r.request_id for r in requests]
+        columns = [ids, [r.tenant for r in requests], [r.key_id for r in requests],
+                   [r.source for r in requests], [r.ce_id for r in requests],
+                   [r.payload_hash for r in requests], [r.model for r in requests],
+                   [json.dumps(dict(r.payload)) for r in requests],
+                   [r.admitted_at for r in requests], ids]
+        rows = self._execute(_INSERT_MANY, tuple(columns), every=True)
+        stored: dict[str, Inserted] = {}
+        for rid, digest, status, at, created in rows:
+            if created or rid not in stored:
+                stored[rid] = Inserted(created, digest, status, at)
+        answers: list[Inserted] = []
+        for rid in ids:
+            got = stored.get(rid) or self.find(rid)
+            if got is None:  # deleted between the two statements: nothing to answer from
+                raise LookupError(f"request {rid} vanished while being stored")
+            answers.append(got)
+            stored[rid] = dataclasses.replace(got, created=False)  # a second one is a resend
+        return answers
 
     def find(self, request_id: str) -> Inserted | None:
         """What is stored for `request_id`, or None."""
@@ -145,3 +186,41 @@ class PostgresRequestStore:
         if every:
             return cur.fetchall()
         return cur.fetchone() if cur.description else None
+
+
+class GroupCommitRequestStore:
+    """A `RequestStore` whose `insert` shares one statement and one commit with the inserts
+    of concurrent callers (`insert_many`, run on a committer thread: `store`'s connection
+    provider must give each thread a connection of its own); every other call goes to
+    `store`. An insert answers once its own row is committed, or raises what its batch
+    raised (`TimeoutError` after `timeout_s`)."""
+
+    def __init__(self, store: PostgresRequestStore, timeout_s: float = 10.0,
+                 max_batch: int = 256) -> None:
+        self.store = store
+        self.timeout_s = timeout_s
+        self.committer = GroupCommitter(store.insert_many, max_batch, "request-commit")
+
+    def insert(self, request: NewRequest) -> Inserted:
+        """Store a queued request, committed with whatever else is waiting."""
+        return self.committer.submit(request, self.timeout_s)
+
+    def find(self, request_id: str) -> Inserted | None:
+        """What is stored for `request_id`, or None."""
+        return self.store.find(request_id)
+
+    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
+        """As `PostgresRequestStore.mark_reserved`."""
+        self.store.mark_reserved(request_id, reserved_tokens, prompt_tokens)
+
+    def finish(self, records: Sequence[FinalRecord]) -> None:
+        """As `PostgresRequestStore.finish`."""
+        self.store.finish(records)
+
+    def fetch(self, tenant: str, request_id: str) -> RequestView | None:
+        """The tenant's own request, or None."""
+        return self.store.fetch(tenant, request_id)
+
+    def recent(self, tenant: str, limit: int) -> list[RequestView]:
+        """The tenant's `limit` most recent requests, newest first."""
+        return self.store.recent(tenant, limit)

@@ -145,8 +145,9 @@ class DevStack:
             self.metrics_ports[name] = free_port()
             self._spawn(name, [sys.executable, "-m", "quotaflow", *command],
                         {**env, "QF_METRICS_PORT": str(self.metrics_ports[name])})
+        # Threads: an open OpenAI stream holds one; commits are shared (README, Serving admit).
         self._spawn("admit", [sys.executable, "-m", "gunicorn", "--workers",
-                              str(self.admit_workers), "--threads", "8", "--bind",
+                              str(self.admit_workers), "--threads", "16", "--bind",
                               f"127.0.0.1:{self.admit_port}", "--access-logfile", "-",
                               "functions.admit.app:create()"], env)
 

@@ -17,11 +17,10 @@ import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from events.envelope import Envelope
-from functions.admit.handler import AdmitPorts, IdempotencyConflict, admit
+from functions.admit.handler import IdempotencyConflict
 from quotaflow.door import ui_routes, views, wiring
+from quotaflow.door.accept import Acceptor
 from quotaflow.door.auth import Authenticator
-from quotaflow.door.limits import AdmissionLimits
 from quotaflow.door.parse import Limits, parse
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
@@ -50,8 +49,8 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     """The door over `ports` (the real ones from `settings` when not given)."""
     ports = ports or wiring.connect(settings)
     auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000)
-    limits = AdmissionLimits(ports.gate, ports.clock)
-    admit_ports = AdmitPorts(ports.requests, ports.clock)
+    acceptor = Acceptor(ports)
+    limits = acceptor.limits
     parse_limits = Limits(settings.model_name, settings.max_tokens_limit,
                           settings.max_prompt_chars)
     max_body = settings.max_body_bytes
@@ -111,10 +110,7 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
                           f"body exceeds the limit of {max_body} bytes")
         principal = auth.principal(request.headers.get("Authorization", ""))
         client_request = parse(dict(request.headers), body, parse_limits)
-        admission = admit(principal, client_request, admit_ports,
-                          lambda: limits.check(principal, client_request.max_tokens + 1))
-        ports.publisher.publish([Envelope.of(p, "admit") for p in admission.admitted])
-        metrics.ADMIT_RESPONSES.labels("202").inc()
+        admission = acceptor.accept(principal, client_request, client_request.max_tokens + 1)
         status_url = f"{settings.public_url.rstrip('/')}/v1/requests/{admission.request_id}"
         resp = jsonify(request_id=admission.request_id, status_url=status_url)
         resp.headers["Location"] = status_url

@@ -1,15 +1,18 @@
 """admit's fast refusals before anything is stored: the per-key rate limit (a fixed one-minute
 window) and the quota pre-check on the projected balance, both through the `AdmissionGate` in
-one round trip. The pre-check is advisory; reserve decides against the ledger. Periods come
-from the ledger's clock, so admit and the ledger agree on which period a request falls in."""
+one round trip, which also recognises a recent resend before either applies. The pre-check is
+advisory; reserve decides against the ledger. Periods come from the ledger's clock, so admit
+and the ledger agree on which period a request falls in."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
+from functions.admit.handler import Screened
 from quotaflow.ledger.domain import Balance, period_of
-from quotaflow.ports import AdmissionGate, Clock, Principal
+from quotaflow.ports import AdmissionGate, Clock, Principal, ScreenQuery
 from quotaflow.runtime.problem import Problem
 
 
@@ -47,14 +50,39 @@ class AdmissionLimits:
         period = period_of(principal.plan_period, now)
         count, balance = self.gate.check(principal.key_id, int(now.timestamp() // 60),
                                          principal.tenant, period)
-        if count > principal.rate_limit_per_min:
-            retry = max(1, int(60 - now.timestamp() % 60))
-            raise Problem(429, "Rate limit exceeded", f"key {principal.key_id} may send "
-                          f"{principal.rate_limit_per_min} requests a minute",
-                          slug="rate-limited", headers={"Retry-After": str(retry)})
-        if balance.granted and balance.remaining < needs_tokens:
-            retry = seconds_to_next_period(principal.plan_period, now)
-            raise Problem(429, "Quota exhausted", f"tenant {principal.tenant} has "
-                          f"{max(balance.remaining, 0)} tokens left in period {period}; this "
-                          f"request may need {needs_tokens}", slug="quota-exhausted",
-                          headers={"Retry-After": str(retry)})
+        refusal = _refusal(principal, now, period, count, balance, needs_tokens)
+        if refusal is not None:
+            raise refusal
+
+    def screener(self, principal: Principal,
+                 needs_tokens: int) -> Callable[[str, str], Screened]:
+        """admit's screen for one request: the record of a recent acceptance, or the rate
+        limit and the quota pre-check (the 429 Problem as its refusal), in one gate call."""
+        def screen(request_id: str, digest: str) -> Screened:
+            now = self.clock.now().astimezone(UTC)
+            period = period_of(principal.plan_period, now)
+            found = self.gate.screen(ScreenQuery(
+                request_id, digest, principal.key_id, int(now.timestamp() // 60),
+                principal.tenant, period, principal.rate_limit_per_min, needs_tokens))
+            if found.known_hash is not None:
+                return Screened(known_hash=found.known_hash)
+            return Screened(refusal=_refusal(principal, now, period, found.count,
+                                             found.balance, needs_tokens))
+        return screen
+
+
+def _refusal(principal: Principal, now: datetime, period: str, count: int, balance: Balance,
+             needs_tokens: int) -> Problem | None:
+    """The 429 for a request over the key's rate limit or the tenant's projected balance."""
+    if count > principal.rate_limit_per_min:
+        retry = max(1, int(60 - now.timestamp() % 60))
+        return Problem(429, "Rate limit exceeded", f"key {principal.key_id} may send "
+                       f"{principal.rate_limit_per_min} requests a minute",
+                       slug="rate-limited", headers={"Retry-After": str(retry)})
+    if balance.granted and balance.remaining < needs_tokens:
+        retry = seconds_to_next_period(principal.plan_period, now)
+        return Problem(429, "Quota exhausted", f"tenant {principal.tenant} has "
+                       f"{max(balance.remaining, 0)} tokens left in period {period}; this "
+                       f"request may need {needs_tokens}", slug="quota-exhausted",
+                       headers={"Retry-After": str(retry)})
+    return None

@@ -2,7 +2,8 @@
 
 Gunicorn serves the door from several threads and a psycopg connection runs one statement at
 a time, so each thread gets its own PostgreSQL connection (opened on first use, reopened when
-closed); Redis and Kafka clients are shared, both are thread-safe."""
+closed), the request store's committer thread too; Redis and Kafka clients are shared, both
+are thread-safe."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from quotaflow.adapters.postgres_clock import PostgresClock
 from quotaflow.adapters.redis_client import connect_redis
 from quotaflow.adapters.redis_gate import RedisAdmissionGate
 from quotaflow.adapters.redis_stream import RedisTokenStream
-from quotaflow.adapters.request_store import PostgresRequestStore
+from quotaflow.adapters.request_store import GroupCommitRequestStore, PostgresRequestStore
 from quotaflow.adapters.tenant_store import PostgresTenants
 from quotaflow.door.limits import Balances
 from quotaflow.ledger.projection import RedisProjection
@@ -133,6 +134,7 @@ def connect(settings: Settings) -> DoorPorts:
     publisher = KafkaPublisher.from_settings(settings, timeout_s=3.0)
     return DoorPorts(
         tenants=_ThreadTenants(connections), gate=RedisAdmissionGate(client),
-        balances=RedisProjection(client), requests=PostgresRequestStore(connections.get),
+        balances=RedisProjection(client),
+        requests=GroupCommitRequestStore(PostgresRequestStore(connections.get)),
         publisher=publisher, clock=PostgresClock(connections.get),
         resources=_Held(connections, client, publisher), stream=RedisTokenStream(client))

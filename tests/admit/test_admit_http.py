@@ -131,7 +131,8 @@ def test_right_key_id_with_wrong_secret_is_401(env: dict[str, Any]) -> None:
     ({"messages": [{"role": "user", "content": "x"}]}, "exactly one of"),
     ({"temperature": 9}, "temperature must be a number"),
     ({"seed": -1}, "seed must be a non-negative integer"),
-    ({"stream": True}, "unknown field(s) in data: stream"),
+    ({"stream": "yes"}, "data.stream must be true or false"),
+    ({"streaming": True}, "unknown field(s) in data: streaming"),
 ])
 def test_invalid_data_is_named(env: dict[str, Any], over: dict[str, Any], needle: str) -> None:
     resp = env["client"].post("/", headers=headers(env["key"]), data=body(**over))

@@ -15,7 +15,7 @@ from quotaflow.adapters.memory.gate import MemoryAdmissionGate
 from quotaflow.adapters.redis_gate import RedisAdmissionGate
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance, Kind
-from quotaflow.ports import AdmissionGate
+from quotaflow.ports import AdmissionGate, Screening, ScreenQuery
 
 REDIS_DB = 13
 MINUTE = 29_932_560  # 2026-11-29 12:00 UTC, in minutes since the epoch
@@ -89,3 +89,53 @@ def test_a_redis_window_expires_after_its_minute_is_over() -> None:
     client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
     RedisAdmissionGate(client).check("k1", MINUTE, "acme", "2026-11")
     assert 60 < client.ttl(window_key("k1", MINUTE)) <= WINDOW_TTL_S
+
+
+def query(request_id: str, digest: str = "h1", limit: int = 100, needs: int = 10,
+          tenant: str = "acme") -> ScreenQuery:
+    return ScreenQuery(request_id, digest, "k1", MINUTE, tenant, "2026-11", limit, needs)
+
+
+def test_a_new_request_is_counted_and_read_with_its_balance(gate: Gate) -> None:
+    gate.apply([event(1, Kind.QUOTA_GRANTED, 100)])
+    assert gate.gate.screen(query("r1")) == Screening(None, 1, Balance(granted=100))
+    assert gate.gate.screen(query("r2")).count == 2
+
+
+def test_a_request_let_through_is_recognised_by_its_hash_and_not_counted_again(
+        gate: Gate) -> None:
+    gate.gate.screen(query("r1", digest="h1"))
+    assert gate.gate.screen(query("r1", digest="h1")).known_hash == "h1"
+    assert gate.gate.screen(query("r1", digest="h2")).known_hash == "h1"
+    assert gate.gate.screen(query("r2")).count == 2  # the two resends counted nothing
+
+
+def test_a_request_over_the_rate_limit_or_the_quota_leaves_no_record(gate: Gate) -> None:
+    gate.apply([event(1, Kind.QUOTA_GRANTED, 100)])
+    gate.gate.screen(query("r1", limit=1))
+    over_rate = gate.gate.screen(query("r2", limit=1))
+    assert (over_rate.known_hash, over_rate.count) == (None, 2)
+    assert gate.gate.screen(query("r2", limit=1)).known_hash is None
+    over_quota = gate.gate.screen(query("r3", needs=101))
+    assert over_quota.known_hash is None and over_quota.balance.remaining == 100
+    assert gate.gate.screen(query("r3", needs=101)).known_hash is None
+    assert gate.gate.screen(query("r4", needs=100)).known_hash is None  # within: recorded
+    assert gate.gate.screen(query("r4", needs=100)).known_hash == "h1"
+
+
+def test_a_tenant_with_nothing_granted_is_not_pre_checked(gate: Gate) -> None:
+    gate.gate.screen(query("r1", tenant="nobody", needs=10**9))
+    assert gate.gate.screen(query("r1", tenant="nobody")).known_hash == "h1"
+
+
+def test_a_redis_record_expires_and_a_flush_forgets_it() -> None:
+    from quotaflow.adapters.redis_gate import SEEN_TTL_S, seen_key
+    from tests.services import redis_base
+
+    client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
+    client.flushdb()
+    gate = RedisAdmissionGate(client)
+    gate.screen(query("r1"))
+    assert 0 < client.ttl(seen_key("r1")) <= SEEN_TTL_S
+    client.flushdb()
+    assert gate.screen(query("r1")) == Screening(None, 1, Balance())

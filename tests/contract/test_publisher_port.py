@@ -106,3 +106,14 @@ def test_publishing_nothing_is_harmless(bus: Bus) -> None:
 def test_a_bus_that_does_not_confirm_raises_publish_timeout(bus: Bus) -> None:
     with pytest.raises(PublishTimeout):
         bus.unavailable().publish([admitted("down", 1)])
+
+
+def test_concurrent_publishes_each_return_once_their_own_envelopes_are_held(bus: Bus) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    sent = [admitted(tenant, n) for n in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda e: bus.publisher.publish([e]), sent))
+    held = bus.held(tenant, 24)
+    assert sorted(e.id for e in held) == sorted(e.id for e in sent)

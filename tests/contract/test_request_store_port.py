@@ -193,3 +193,38 @@ def test_recent_requests_are_the_tenants_own_newest_first_and_limited(store: Sto
     newest = store.recent("acme", 1)[0]
     assert (newest.status, newest.charged_tokens, newest.created_at) == (
         "completed", 7, ADMITTED + timedelta(seconds=3))
+
+
+def test_many_requests_are_stored_in_one_call_each_answered_in_order(store: Store) -> None:
+    store.insert(new("r0", digest="h0"))
+    later = ADMITTED + timedelta(seconds=1)
+    answers = store.insert_many([new("r1"), new("r0", digest="h9", admitted=later),
+                                 new("r2", digest="h2"), new("r1", digest="h8")])
+    assert answers == [Inserted(True, "h1", "queued", ADMITTED),
+                       Inserted(False, "h0", "queued", ADMITTED),
+                       Inserted(True, "h2", "queued", ADMITTED),
+                       Inserted(False, "h1", "queued", ADMITTED)]  # the same id twice: once
+    assert store.insert_many([]) == []
+    stored = store.fetch("acme", "r2")
+    assert stored is not None and stored.status == "queued"
+    assert [o.payload for o in store.open_since(datetime.now(UTC), 10)
+            if o.request_id == "r1"] == [DATA]
+
+
+def test_group_committed_inserts_from_many_threads_create_each_request_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quotaflow.adapters.request_store import GroupCommitRequestStore, PostgresRequestStore
+    from quotaflow.door.wiring import ThreadConnections
+    from tests.contract.ledger_backends import postgres
+
+    with postgres() as conn:
+        connections = ThreadConnections(conn.info.dsn)
+        grouped = GroupCommitRequestStore(PostgresRequestStore(connections.get))
+        ids = [f"g{i % 40}" for i in range(200)]  # each id sent five times, concurrently
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda rid: grouped.insert(new(rid)), ids))
+        connections.close()
+    assert sum(a.created for a in answers) == 40
+    assert {(a.payload_hash, a.status) for a in answers} == {("h1", "queued")}
+    assert grouped.committer.batches < 200  # shared statements

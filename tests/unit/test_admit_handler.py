@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 import pytest
 
 from events.payloads import Message
-from functions.admit.handler import AdmitPorts, IdempotencyConflict, admit, request_id_for
+from functions.admit.handler import (
+    AdmitPorts,
+    IdempotencyConflict,
+    Screened,
+    admit,
+    request_id_for,
+)
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.ports import NewRequest, Principal
@@ -118,3 +125,49 @@ def test_stop_sequences_and_streaming_the_client_asked_for_travel_in_the_payload
     sent = Sent(data={**Sent().data, "stop": ["\n\n"], "stream": True})
     (payload,) = admit(ACME, sent, ports()).admitted
     assert (payload.stop, payload.stream) == (("\n\n",), True)
+
+
+def refusing(known_hash: str | None = None) -> Callable[[str, str], Screened]:
+    """A screen that refuses every request it does not recognise (as over its limits)."""
+    def screen(_request_id: str, _digest: str) -> Screened:
+        if known_hash is not None:
+            return Screened(known_hash=known_hash)
+        return Screened(refusal=LookupError("over the limit"))
+    return screen
+
+
+def test_a_refused_new_request_raises_the_refusal_and_stores_nothing() -> None:
+    p = ports()
+    with pytest.raises(LookupError, match="over the limit"):
+        admit(ACME, Sent(), p, refusing())
+    assert p.requests.find(request_id_for("acme", "/my/app", "e-1")) is None
+
+
+def test_a_resend_whose_fast_record_was_lost_is_answered_from_the_store_not_refused() -> None:
+    p = ports()
+    first = admit(ACME, Sent(), p)
+    again = admit(ACME, Sent(), p, refusing())  # e.g. Redis flushed: screened as new, refused
+    assert (again.request_id, again.created) == (first.request_id, False)
+    assert again.admitted == first.admitted
+
+
+def test_a_resend_with_a_fast_record_is_stored_idempotently_without_the_limits() -> None:
+    p = ports()
+    first = admit(ACME, Sent(), p)
+    digest = p.requests.find(first.request_id).payload_hash  # type: ignore[union-attr]
+    again = admit(ACME, Sent(), p, refusing(known_hash=digest))
+    assert (again.created, again.admitted) == (False, first.admitted)
+
+
+def test_a_fast_record_of_another_payload_is_checked_against_the_store() -> None:
+    p = ports()
+    admit(ACME, Sent(), p)
+    stale = refusing(known_hash="another payload's hash")
+    # The store holds this payload: the record was stale, the resend is answered.
+    assert admit(ACME, Sent(), p, stale).created is False
+    changed = Sent(data={**Sent().data, "max_tokens": 9})
+    with pytest.raises(IdempotencyConflict):
+        admit(ACME, changed, p, refusing(known_hash="another payload's hash"))
+    # Recorded with another payload that was never stored: still that id's payload.
+    with pytest.raises(IdempotencyConflict):
+        admit(ACME, Sent(ce_id="e-2"), p, stale)

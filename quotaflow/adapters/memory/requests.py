@@ -60,6 +60,10 @@ class MemoryRequestStore:
                         updated_at=request.admitted_at))
         return Inserted(True, request.payload_hash, "queued", request.admitted_at)
 
+    def insert_many(self, requests: Sequence[NewRequest]) -> list[Inserted]:
+        """`insert` for each request, in order (the same id twice: the later is a resend)."""
+        return [self.insert(r) for r in requests]
+
     def find(self, request_id: str) -> Inserted | None:
         """What is stored for `request_id`, or None."""
         row = self._rows.get(request_id)

@@ -4,9 +4,8 @@ token stream and the request record.
 
 A call is a CloudEvent in all but its wire: source `openai`, id the `Idempotency-Key` header
 (a fresh UUID without one), so `(tenant, "openai", key)` is its idempotency key and a resend
-is the same request, never charged twice. It passes the same rate limit and quota pre-check
-(`AdmissionLimits`), is stored and published by the same `admit`, and is visible at
-`GET /v1/requests/{id}`."""
+is the same request, never charged twice. It is accepted by the same `Acceptor` (the same
+screening, store and publish as `POST /`), and is visible at `GET /v1/requests/{id}`."""
 
 from __future__ import annotations
 
@@ -15,9 +14,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC
 
-from events.envelope import Envelope
-from functions.admit.handler import AdmitPorts, admit
-from quotaflow.door.limits import AdmissionLimits, seconds_to_next_period
+from quotaflow.door.accept import Acceptor
+from quotaflow.door.limits import seconds_to_next_period
 from quotaflow.door.openai import shapes
 from quotaflow.door.openai.errors import SERVER, OpenAIError, bad_request, insufficient_quota
 from quotaflow.door.openai.mapping import Call
@@ -25,7 +23,6 @@ from quotaflow.door.openai.relay import Ended, Relay, Timing, charged_view
 from quotaflow.door.parse import MAX_ATTRIBUTE_CHARS
 from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Principal, RequestView
-from quotaflow.runtime import metrics
 
 SOURCE = "openai"
 USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
@@ -55,18 +52,14 @@ class OpenAIDoor:
 
     def __init__(self, ports: DoorPorts, timing: Timing | None = None) -> None:
         self.ports = ports
-        self.limits = AdmissionLimits(ports.gate, ports.clock)
-        self.admit_ports = AdmitPorts(ports.requests, ports.clock)
+        self.acceptor = Acceptor(ports)
         self.timing = timing or Timing()
 
     def submit(self, principal: Principal, call: Call, idempotency_key: str | None) -> str:
         """Rate limit, pre-check, store and publish the call; its request id."""
         ce_id = idempotency_id(idempotency_key)
-        self.limits.check(principal, call.max_tokens + 1)
-        admission = admit(principal, Submitted(SOURCE, ce_id, call.data), self.admit_ports)
-        self.ports.publisher.publish([Envelope.of(p, "admit") for p in admission.admitted])
-        metrics.ADMIT_RESPONSES.labels("202").inc()
-        return admission.request_id
+        return self.acceptor.accept(principal, Submitted(SOURCE, ce_id, call.data),
+                                    call.max_tokens + 1).request_id
 
     def relay(self, principal: Principal, request_id: str, call: Call) -> Relay:
         return Relay(self.ports.stream, self.ports.requests, principal.tenant, request_id,

@@ -1,0 +1,33 @@
+"""The door's one path from a parsed request to its 202: screen it (a recent resend, the rate
+limit and the quota pre-check, in one gate call), store it (group-committed) and publish its
+`admitted` payload, waiting for its own delivery. The CloudEvents route and the OpenAI routes
+both accept through here."""
+
+from __future__ import annotations
+
+from events.envelope import Envelope
+from functions.admit.handler import Admission, AdmitPorts, ClientRequest, admit
+from quotaflow.door.limits import AdmissionLimits
+from quotaflow.door.wiring import DoorPorts
+from quotaflow.ports import Principal
+from quotaflow.runtime import metrics
+
+
+class Acceptor:
+    """Accepts requests over the door's ports."""
+
+    def __init__(self, ports: DoorPorts) -> None:
+        self.ports = ports
+        self.limits = AdmissionLimits(ports.gate, ports.clock)
+        self.admit_ports = AdmitPorts(ports.requests, ports.clock)
+
+    def accept(self, principal: Principal, request: ClientRequest,
+               needs_tokens: int) -> Admission:
+        """Durably accept `request` (a new one within its limits, or a resend) and publish
+        it; raises the refusal, `IdempotencyConflict`, or `PublishTimeout` (the request is
+        stored, so the reconciler re-drives it and a resend is answered as the same)."""
+        admission = admit(principal, request, self.admit_ports,
+                          self.limits.screener(principal, needs_tokens))
+        self.ports.publisher.publish([Envelope.of(p, "admit") for p in admission.admitted])
+        metrics.ADMIT_RESPONSES.labels("202").inc()
+        return admission
