@@ -67,7 +67,9 @@ def _kafka(bootstrap: str) -> Iterator[Bus]:
         return out
 
     def unavailable() -> Publisher:
-        producer = Producer({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 1000})
+        # A closed port on purpose: its connection errors are expected, so not logged.
+        producer = Producer({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 1000,
+                             "log_level": 0})
         return kafka.KafkaPublisher(producer, settings.topic, timeout_s=0.3)
 
     yield Bus(publisher, held, unavailable)
