@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -78,6 +79,31 @@ class Reconnecting:
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+class OnConnection:
+    """Base of an adapter that runs its statements on one connection, or, given a connection
+    provider (a `Reconnecting`), on the connection the provider answers at each call, so a lost
+    connection is replaced on the next call."""
+
+    def __init__(self, conn: psycopg.Connection[Any] | Callable[[], psycopg.Connection[Any]]
+                 ) -> None:
+        self._connection: Callable[[], psycopg.Connection[Any]] = (
+            conn if callable(conn) else (lambda: conn))
+        self._close: Callable[[], None] = getattr(conn, "close", lambda: None)
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection the next statement runs on."""
+        return self._connection()
+
+    @classmethod
+    def connect(cls, url: str) -> Self:
+        """The adapter on a new autocommit connection to `url`."""
+        return cls(psycopg.connect(url, autocommit=True))
+
+    def close(self) -> None:
+        self._close()
 
 
 def ensure_database(url: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal, overload
 
@@ -15,6 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from quotaflow.adapters.group_commit import GroupCommitter
+from quotaflow.adapters.postgres import OnConnection
 from quotaflow.ports import FinalRecord, Inserted, NewRequest, OpenRequest, RequestView
 
 Conn = psycopg.Connection[Any]
@@ -50,27 +51,10 @@ _OPEN_COLUMNS = ("request_id, tenant_id, key_id, status, payload, created_at, re
                  "prompt_tokens, redrives")
 
 
-class PostgresRequestStore:
+class PostgresRequestStore(OnConnection):
     """The `RequestStore` and `OpenRequests` on one connection; each call commits what it
-    wrote (`finish` in one transaction), unless the caller holds a transaction open around it.
-    Given a connection provider (a `quotaflow.adapters.postgres.Reconnecting`) instead, each
-    call uses the connection it answers, so a lost connection is replaced on the next call."""
-
-    def __init__(self, conn: Conn | Callable[[], Conn]) -> None:
-        self._connection: Callable[[], Conn] = conn if callable(conn) else (lambda: conn)
-        self._close: Callable[[], None] = getattr(conn, "close", lambda: None)
-
-    @property
-    def conn(self) -> Conn:
-        """The connection the next statement runs on."""
-        return self._connection()
-
-    @classmethod
-    def connect(cls, url: str) -> PostgresRequestStore:
-        return cls(psycopg.connect(url, autocommit=True))
-
-    def close(self) -> None:
-        self._close()
+    wrote (`finish` in one transaction), unless the caller holds a transaction open around it;
+    or on a connection provider (`OnConnection`)."""
 
     def insert(self, request: NewRequest) -> Inserted:
         """Insert a queued request with its data, admitted at `request.admitted_at`; a known

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
+from quotaflow.adapters.postgres import OnConnection
 from quotaflow.ledger import domain
 from quotaflow.ledger.commands import (
     EndCommand,
@@ -58,27 +59,9 @@ def row_to_event(row: Sequence[Any]) -> StoredEvent:
                        row[8], row[9])
 
 
-class PostgresLedger:
+class PostgresLedger(OnConnection):
     """The ledger on an autocommit connection: each command call is one statement and so
-    one transaction, committed when it returns. Given a connection provider (a
-    `quotaflow.adapters.postgres.Reconnecting`) instead of a connection, each call uses the
-    connection it answers, so a lost connection is replaced on the next call."""
-
-    def __init__(self, conn: Conn | Callable[[], Conn]) -> None:
-        self._connection: Callable[[], Conn] = conn if callable(conn) else (lambda: conn)
-        self._close: Callable[[], None] = getattr(conn, "close", lambda: None)
-
-    @property
-    def conn(self) -> Conn:
-        """The connection the next statement runs on."""
-        return self._connection()
-
-    @classmethod
-    def connect(cls, url: str) -> PostgresLedger:
-        return cls(psycopg.connect(url, autocommit=True))
-
-    def close(self) -> None:
-        self._close()
+    one transaction, committed when it returns; or on a connection provider (`OnConnection`)."""
 
     # -- commands ---------------------------------------------------------------------
 
