@@ -32,27 +32,36 @@ class RollupCheck:
 
 def check_rollups(conn: psycopg.Connection[Any], tenant: str | None = None) -> RollupCheck:
     """Compare the roll-ups with the ledger, per tenant and UTC minute."""
-    only = " AND e.tenant_id = %s" if tenant else ""
-    params = [tenant] if tenant else []
+    # One statement, so one snapshot: the consumer commits roll-ups and its stream versions
+    # together, and a check reading them in separate statements could see a batch's roll-ups
+    # without its versions (a difference that is not one).
+    only = " AND e.tenant_id = %(tenant)s" if tenant else ""
+    sums = ", ".join(f"sum({c})::bigint AS {c}" for c in LEDGER_COLUMNS)
+    expected_rows, pending, rolled_rows = conn.execute(
+        "WITH expected AS (SELECT e.tenant_id, date_trunc('minute', e.recorded_at, 'UTC') AS m,"
+        " e.kind, count(*) AS n, sum(e.amount)::bigint AS amount,"
+        " sum(e.released)::bigint AS released FROM ledger_events e JOIN usage_streams s"
+        " ON s.tenant_id = e.tenant_id AND e.stream_version <= s.version"
+        f" WHERE true{only} GROUP BY 1, 2, 3),"
+        f" rolled AS (SELECT tenant_id, minute AS m, {sums} FROM usage_rollups"
+        + (" WHERE tenant_id = %(tenant)s" if tenant else "") + " GROUP BY 1, 2)"
+        " SELECT (SELECT coalesce(json_agg(json_build_array(tenant_id, extract(epoch FROM m),"
+        " kind, n, amount, released)), '[]') FROM expected),"
+        " (SELECT count(*) FROM ledger_events e LEFT JOIN usage_streams s"
+        " ON s.tenant_id = e.tenant_id WHERE e.stream_version > coalesce(s.version, 0)"
+        f"{only}),"
+        " (SELECT coalesce(json_agg(to_json(r)), '[]') FROM rolled r)",
+        {"tenant": tenant}).fetchone() or ([], 0, [])
     expected: dict[tuple[str, datetime], Counts] = {}
-    result = RollupCheck()
-    for t, minute, kind, n, amount, released in conn.execute(
-            "SELECT e.tenant_id, date_trunc('minute', e.recorded_at, 'UTC'), e.kind, count(*),"
-            " sum(e.amount), sum(e.released) FROM ledger_events e JOIN usage_streams s"
-            " ON s.tenant_id = e.tenant_id AND e.stream_version <= s.version"
-            f" WHERE true{only} GROUP BY 1, 2, 3", params):
+    result = RollupCheck(pending=int(pending))
+    for t, epoch, kind, n, amount, released in expected_rows:
+        minute = datetime.fromtimestamp(epoch, UTC)
         expected.setdefault((t, minute), Counts()).add_ledger(kind, int(amount), int(released),
                                                                int(n))
         result.compared += int(n)
-    pending = conn.execute(
-        "SELECT count(*) FROM ledger_events e LEFT JOIN usage_streams s"
-        " ON s.tenant_id = e.tenant_id WHERE e.stream_version > coalesce(s.version, 0)"
-        f"{only}", params).fetchone()
-    result.pending = int(pending[0]) if pending else 0
-    sums = ", ".join(f"sum({c})" for c in LEDGER_COLUMNS)
-    rolled = {(t, minute): tuple(int(v) for v in values) for t, minute, *values in conn.execute(
-        f"SELECT tenant_id, minute, {sums} FROM usage_rollups"
-        + (" WHERE tenant_id = %s" if tenant else "") + " GROUP BY 1, 2", params)}
+    rolled = {(r["tenant_id"], datetime.fromisoformat(r["m"]).astimezone(UTC)):
+              tuple(int(r[c]) for c in LEDGER_COLUMNS)
+              for r in rolled_rows}
     zero = Counts().ledger_values()
     differences = []
     for key in sorted(set(expected) | set(rolled)):
