@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -12,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from quotaflow.analytics.rollup import Bucket, Counts
+from quotaflow.tables import aligned, csv_text
 
 GRAINS = ("minute", "hour", "day")
 GROUPS = ("model", "key")
@@ -126,20 +125,9 @@ def render(query: UsageQuery, found: list[dict[str, Any]], fmt: str) -> str:
         return json.dumps(found, indent=2) + "\n"
     names = columns(query)
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(found)
-        return buf.getvalue()
+        return csv_text(found, names)
     cells = [[("-" if r[c] is None else str(r[c])) for c in names] for r in found]
-    widths = [max(len(n), *(len(row[i]) for row in cells)) if cells else len(n)
-              for i, n in enumerate(names)]
-    text = 3 if query.group else 2  # left-aligned leading columns; numbers right-aligned
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) if i < text else v.rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))
-
-    lines = [line(names)] + [line(row) for row in cells]
+    # Tenant, start (and the group) left-aligned; numbers right-aligned.
+    lines = aligned(names, cells, left=3 if query.group else 2)
     lines.append(f"{len(found)} rows")
     return "\n".join(lines) + "\n"

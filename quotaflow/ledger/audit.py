@@ -5,8 +5,6 @@ Deterministic: the same ledger gives byte-identical output (sorted, no wall-cloc
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +15,7 @@ import psycopg
 
 from quotaflow.ledger.domain import Balance
 from quotaflow.ledger.projection import RedisProjection
+from quotaflow.tables import aligned, csv_text
 
 Key = tuple[str, str]  # (tenant, period)
 
@@ -190,15 +189,8 @@ def render(audit: Audit, fmt: str) -> str:
                            "findings": audit.findings, "ok": audit.ok},
                           indent=2, sort_keys=True) + "\n"
     if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-        return buf.getvalue()
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c)
-              for c in columns}
-    lines = ["  ".join(c.rjust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).rjust(widths[c]) for c in columns) for r in rows]
+        return csv_text(rows, columns)
+    lines = aligned(columns, [[str(r[c]) for c in columns] for r in rows])
     lines.append(f"\n{audit.events} ledger events, {len(rows)} statements, "
                  f"{len(audit.findings)} differences")
     lines += [f"DIFFERENCE: {f}" for f in audit.findings]
