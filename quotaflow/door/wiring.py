@@ -18,7 +18,7 @@ from quotaflow.adapters import postgres
 from quotaflow.adapters.kafka import KafkaPublisher
 from quotaflow.adapters.postgres_clock import PostgresClock
 from quotaflow.adapters.redis_client import connect_redis
-from quotaflow.adapters.redis_gate import RedisAdmissionGate
+from quotaflow.adapters.redis_gate import GroupScreenGate, RedisAdmissionGate
 from quotaflow.adapters.redis_stream import RedisTokenStream
 from quotaflow.adapters.request_store import GroupCommitRequestStore, PostgresRequestStore
 from quotaflow.adapters.tenant_store import PostgresTenants
@@ -133,7 +133,7 @@ def connect(settings: Settings) -> DoorPorts:
     # before a client's own timeout.
     publisher = KafkaPublisher.from_settings(settings, timeout_s=3.0)
     return DoorPorts(
-        tenants=_ThreadTenants(connections), gate=RedisAdmissionGate(client),
+        tenants=_ThreadTenants(connections), gate=GroupScreenGate(RedisAdmissionGate(client)),
         balances=RedisProjection(client),
         requests=GroupCommitRequestStore(PostgresRequestStore(connections.get)),
         publisher=publisher, clock=PostgresClock(connections.get),

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from quotaflow.adapters.memory.gate import MemoryAdmissionGate
-from quotaflow.adapters.redis_gate import RedisAdmissionGate
+from quotaflow.adapters.redis_gate import GroupScreenGate, RedisAdmissionGate
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance, Kind
 from quotaflow.ports import AdmissionGate, Screening, ScreenQuery
@@ -34,18 +34,19 @@ def _memory() -> Gate:
     return Gate(gate, gate.projection.apply)
 
 
-def _redis() -> Gate:
+def _redis(grouped: bool = False) -> Gate:
     from quotaflow.ledger.projection import RedisProjection
     from tests.services import redis_base
 
     client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
     client.flushdb()
-    return Gate(RedisAdmissionGate(client), RedisProjection(client).apply)
+    gate = RedisAdmissionGate(client)
+    return Gate(GroupScreenGate(gate) if grouped else gate, RedisProjection(client).apply)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-grouped"])
 def gate(request: pytest.FixtureRequest) -> Gate:
-    return _memory() if request.param == "memory" else _redis()
+    return _memory() if request.param == "memory" else _redis(request.param == "redis-grouped")
 
 
 def event(seq: int, kind: Kind, amount: int, tenant: str = "acme", period: str = "2026-11",
@@ -139,3 +140,29 @@ def test_a_redis_record_expires_and_a_flush_forgets_it() -> None:
     assert 0 < client.ttl(seen_key("r1")) <= SEEN_TTL_S
     client.flushdb()
     assert gate.screen(query("r1")) == Screening(None, 1, Balance())
+
+
+def test_concurrent_screens_each_get_their_own_answer_and_the_limit_holds(gate: Gate) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"r{i}" for i in range(64)]
+    with ThreadPoolExecutor(16) as pool:
+        first = list(pool.map(lambda rid: gate.gate.screen(query(rid, digest=rid, limit=40)),
+                              ids))
+    assert sorted(s.count for s in first) == list(range(1, 65))  # each counted once
+    with ThreadPoolExecutor(16) as pool:
+        again = list(pool.map(lambda rid: gate.gate.screen(query(rid, digest=rid, limit=40)),
+                              ids))
+    # Exactly the 40 within the rate limit were recorded, each with its own hash.
+    recorded = {rid: s.known_hash for rid, s in zip(ids, again, strict=True) if s.known_hash}
+    assert len(recorded) == 40 and all(rid == digest for rid, digest in recorded.items())
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["single", "grouped"])
+def test_the_redis_gate_screens_after_redis_forgot_its_script(grouped: bool) -> None:
+    gate = _redis(grouped).gate
+    assert isinstance(gate, RedisAdmissionGate | GroupScreenGate)
+    redis_client = gate.gate.redis if isinstance(gate, GroupScreenGate) else gate.redis
+    redis_client.script_flush()  # as a restarted Redis: the script's sha is unknown
+    assert gate.screen(query("r1")).count == 1
+    assert gate.screen(query("r1")).known_hash == "h1"
