@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,7 +41,10 @@ def publish(step: AnyStep, settings: Settings, producer: kafka.AnyProducer,
     envelopes = [Envelope.of(p, step.name) for p in payloads]
     for env in envelopes:
         kafka.produce(producer, settings.topic(env.type.topic), to_kafka(env))
-        metrics.EVENTS_OUT.labels(step.name, env.type.name).inc()
+    # Counted once per type and batch: a labelled child's lookup per record was a measurable
+    # share of a step's CPU.
+    for name, n in Counter(env.type.name for env in envelopes).items():
+        metrics.EVENTS_OUT.labels(step.name, name).inc(n)
     return envelopes
 
 
@@ -175,8 +179,9 @@ class KafkaWorker:
             if ev.type.name not in self.step.consumes:
                 dead_letter(self.step, self.producer, msg, f"unexpected_type: {ev.type.ce_type}")
                 continue
-            metrics.EVENTS_IN.labels(self.step.name, ev.type.name).inc()
             batch.append((msg, ev))
+        for name, n in Counter(ev.type.name for _, ev in batch).items():
+            metrics.EVENTS_IN.labels(self.step.name, name).inc(n)
         try:
             if batch:
                 metrics.BATCH_SIZE.labels(self.step.name).observe(len(batch))
