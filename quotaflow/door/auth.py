@@ -17,6 +17,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TypeVar
 
 from quotaflow.adapters.api_keys import api_key_parts
@@ -25,6 +26,7 @@ from quotaflow.runtime.problem import Problem
 
 FAILURES_PER_S = 10.0
 KNOWN_S = 3600.0  # how long a key once valid may still be looked up past the budget
+LOOKUP_WAIT_S = 30.0  # how long a request waits on another thread's lookup of its key
 CACHE_MAX = 10_000
 V = TypeVar("V")
 
@@ -89,6 +91,11 @@ class Authenticator:
         # maps: single dict operations are atomic, and a lost entry costs one lookup.
         self._valid: dict[bytes, tuple[float, Principal]] = {}  # (looked up at, principal)
         self._failed: dict[bytes, float] = {}  # failed lookup's time
+        # Lookups in flight, by digest: concurrent requests with the same uncached key wait
+        # for one lookup instead of each making its own (and each taking from the failure
+        # budget: a burst of one valid key on a fresh process was answered 429).
+        self._inflight: dict[bytes, Future[Principal]] = {}
+        self._lock = threading.Lock()
 
     def principal(self, authorization: str) -> Principal:
         """The caller's principal, or a 401 (429 past the failure budget) Problem."""
@@ -103,6 +110,27 @@ class Authenticator:
         failed = self._failed.get(digest)
         if failed is not None and now - failed < self.cache_s:
             raise _invalid()
+        with self._lock:
+            pending = self._inflight.get(digest)
+            if pending is None:
+                mine: Future[Principal] = Future()
+                self._inflight[digest] = mine
+        if pending is not None:  # another thread is looking this key up: its answer is ours
+            return pending.result(LOOKUP_WAIT_S)
+        try:
+            found = self._look_up(api_key, digest, now, valid)
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        else:
+            mine.set_result(found)
+            return found
+        finally:
+            with self._lock:
+                del self._inflight[digest]
+
+    def _look_up(self, api_key: str, digest: bytes, now: float,
+                 valid: tuple[float, Principal] | None) -> Principal:
         known = valid is not None and now - valid[0] < KNOWN_S
         budgeted = self.budget.take()
         if not budgeted and not known:

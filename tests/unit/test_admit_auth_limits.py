@@ -4,6 +4,7 @@ authentications are throttled without a lookup each, counted by the memory direc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -158,3 +159,54 @@ def test_a_directory_that_is_down_does_not_spend_the_failure_budget() -> None:
         with pytest.raises(ConnectionError):
             auth.principal(f"Bearer {unknown_key(n)}")
     assert auth.budget.take() and auth.budget.take() and not auth.budget.take()
+
+
+class Slow(MemoryTenants):
+    """A directory whose lookups wait until the test lets them answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.release = threading.Event()
+
+    def authenticate(self, api_key: str):  # type: ignore[no-untyped-def]
+        self.release.wait(5)
+        return super().authenticate(api_key)
+
+
+def _all_at_once(auth: Authenticator, header: str, n: int,
+                 release: Callable[[], None]) -> list[object]:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call() -> object:
+        try:
+            return auth.principal(header)
+        except Exception as exc:  # what each caller was answered
+            return exc
+
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(call) for _ in range(n)]
+        time.sleep(0.2)  # every caller is in, waiting on the one lookup
+        assert threading.active_count() > n
+        release()
+        return [f.result() for f in futures]
+
+
+def test_a_burst_of_one_valid_key_on_a_fresh_process_is_one_lookup_and_no_429() -> None:
+    tenants = Slow()
+    key = tenants.create_key("acme")
+    auth = Authenticator(tenants, failures_per_s=2)
+    answers = _all_at_once(auth, f"Bearer {key}", 32, tenants.release.set)
+    assert [getattr(a, "tenant", a) for a in answers] == ["acme"] * 32
+    assert tenants.lookups == 1
+
+
+def test_concurrent_callers_of_one_unknown_key_share_its_401() -> None:
+    tenants = Slow()
+    auth = Authenticator(tenants, failures_per_s=2)
+    answers = _all_at_once(auth, f"Bearer {unknown_key(7)}", 16, tenants.release.set)
+    assert {getattr(a, "status", None) for a in answers} == {401}
+    assert tenants.lookups == 1
