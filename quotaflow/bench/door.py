@@ -15,8 +15,8 @@ from quotaflow.bench.stats import median
 from quotaflow.devstack.process import free_port, http_ok, wait_for
 from quotaflow.devstack.stack import DevStack
 
-ADMIT_APP = "functions.admit.app:create()"
-BARE_APP = "quotaflow.bench.bare:create()"
+ADMIT_APP = "functions.admit.app:create"
+BARE_APP = "quotaflow.bench.bare:create"
 
 
 def bare_argv(admit_argv: Sequence[str], port: int) -> list[str]:
@@ -28,6 +28,8 @@ def bare_argv(admit_argv: Sequence[str], port: int) -> list[str]:
     for i, arg in enumerate(argv[:-1]):
         if arg in ("--bind", "-b"):
             argv[i + 1] = f"127.0.0.1:{port}"
+        elif arg == "--port":
+            argv[i + 1] = str(port)
     return argv
 
 

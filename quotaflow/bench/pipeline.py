@@ -55,6 +55,19 @@ def wait_ended(pg_url: str, source: str, expected: int, timeout_s: float) -> tup
         time.sleep(0.2)
 
 
+def wait_all_ended(pg_url: str, timeout_s: float) -> int:
+    """Wait until no request is open (or time is up); how many are still open."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM requests WHERE NOT status = ANY(%s)",
+                               (list(TERMINAL),)).fetchone()
+        still_open = int(str(row[0])) if row is not None else 0
+        if still_open == 0 or time.monotonic() > deadline:
+            return still_open
+        time.sleep(0.5)
+
+
 def sustained(admit_url: str, pg_url: str, key: str, model: str, n: int, connections: int,
               workdir: Path, pids: dict[str, int], timeout_s: float = 120) -> dict[str, Any]:
     """Send `n` requests over `connections` as fast as admit takes them (wrk); requests/s from

@@ -22,7 +22,7 @@ import redis
 
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
-from quotaflow.bench import door, pipeline, plots, tables, wrk
+from quotaflow.bench import door, pipeline, plots, servers, tables, wrk
 from quotaflow.devstack.process import free_port
 from quotaflow.devstack.stack import DevStack
 from quotaflow.ledger.projection import RedisProjection
@@ -48,6 +48,7 @@ class Options:
     benchmarks_md: Path | None = Path("BENCHMARKS.md")
     plots_dir: Path | None = Path("docs/bench")
     skip_door: bool = False
+    servers: bool = False  # only the server comparison (quotaflow.bench.servers)
     fill_s: float = 4  # under the consumer session timeout (6 s): the paused step stays a member
 
     @classmethod
@@ -106,45 +107,19 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
     try:
         key = _tenant(stack)
         admit_argv = [str(a) for a in stack.procs["admit"].args]  # type: ignore[union-attr]
-        shown = ["ADDR" if prev in ("--bind", "-b") else a
+        shown = ["ADDR" if prev in ("--bind", "-b") else "PORT" if prev == "--port" else a
                  for prev, a in zip(["", *admit_argv], admit_argv, strict=False)]
         result["server"] = " ".join(shlex.quote(a) for a in shown[1:])
         pg, model = stack.settings.postgres_url, stack.settings.model_name
-        if not opts.skip_door:
-            say(f"admit against the bare endpoint: {opts.rounds} rounds x {opts.seconds:g} s, "
-                f"{opts.connections} connections ...")
-            bare, bare_url = door.start_bare(stack, workdir)
-            try:
-                result["door"] = door.compare(stack.admit_url, bare_url, key,
-                                              pipeline.body(model), opts.seconds,
-                                              opts.connections, opts.rounds, workdir, say)
-            finally:
-                bare.terminate()
-                bare.wait(10)
-        result["sustained"] = []
-        for clients in opts.clients:
-            say(f"pipeline: {opts.requests} requests from {clients} clients ...")
-            pids = {name: proc.pid for name, proc in stack.procs.items()}
-            s = pipeline.sustained(stack.admit_url, pg, key, model, opts.requests, clients,
-                                   workdir, pids)
-            say(f"  all {s['ended']}/{s['requests']} ended after {s['seconds_to_all_ended']} s:"
-                f" {s['ended_per_s']:,.0f} req/s (admitted {s['admitted_per_s']:,.0f}/s; "
-                f"drained {s['drain_after_last_admitted_s']:.2f} s after the last admission)")
-            say("  CPU ms a request: " + ", ".join(
-                f"{k} {v:.2f}" for k, v in s["cpu_ms_per_request"].items()))
-            result["sustained"].append(s)
-        say("pipeline: the steps draining a backlog (the first step paused while admit fills "
-            "it) ...")
-        d = pipeline.drain(stack.admit_url, pg, key, model, stack.procs["estimate"].pid,
-                           opts.fill_s, opts.connections, workdir)
-        say(f"  {d['ended']}/{d['backlog']} drained in {d['seconds']} s: "
-            f"{d['drained_per_s']:,.0f} req/s")
-        result["drain"] = d
-        say(f"pipeline: open loop at {opts.rate:g} req/s for {opts.seconds:g} s ...")
-        result["open_loop"] = pipeline.open_loop(stack.admit_url, pg, key, model, opts.rate,
-                                                 opts.seconds, say=say)
-        e2e = result["open_loop"]["end_to_end"]
-        say(f"  end to end p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms")
+        if opts.servers:
+            say(f"admit and bare under {len(servers.CANDIDATES)} server setups, the door alone "
+                f"(the first step paused): {opts.rounds} rounds x {opts.seconds:g} s ...")
+            result["servers"] = servers.compare(stack, key, pipeline.body(model), opts.seconds,
+                                                opts.connections, opts.rounds, workdir, say)
+            say("waiting for the pipeline to end what the door accepted ...")
+            pipeline.wait_all_ended(pg, 300)
+        else:
+            _pipeline(stack, key, opts, result, workdir, say)
         say("auditing the bench's ledger and requests ...")
         result["audit"] = audit(stack.settings)
         say(f"  audit {'clean' if result['audit']['clean'] else 'NOT clean'}")
@@ -154,15 +129,56 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
     return result
 
 
+def _pipeline(stack: DevStack, key: str, opts: Options, result: dict[str, Any], workdir: Path,
+              say: Callable[[str], None]) -> None:
+    """admit against bare (unless skipped), the sustained runs, the drain and the open loop."""
+    pg, model = stack.settings.postgres_url, stack.settings.model_name
+    if not opts.skip_door:
+        say(f"admit against the bare endpoint: {opts.rounds} rounds x {opts.seconds:g} s, "
+            f"{opts.connections} connections ...")
+        bare, bare_url = door.start_bare(stack, workdir)
+        try:
+            result["door"] = door.compare(stack.admit_url, bare_url, key,
+                                          pipeline.body(model), opts.seconds,
+                                          opts.connections, opts.rounds, workdir, say)
+        finally:
+            bare.terminate()
+            bare.wait(10)
+    result["sustained"] = []
+    for clients in opts.clients:
+        say(f"pipeline: {opts.requests} requests from {clients} clients ...")
+        pids = {name: proc.pid for name, proc in stack.procs.items()}
+        s = pipeline.sustained(stack.admit_url, pg, key, model, opts.requests, clients,
+                               workdir, pids)
+        say(f"  all {s['ended']}/{s['requests']} ended after {s['seconds_to_all_ended']} s:"
+            f" {s['ended_per_s']:,.0f} req/s (admitted {s['admitted_per_s']:,.0f}/s; "
+            f"drained {s['drain_after_last_admitted_s']:.2f} s after the last admission)")
+        say("  CPU ms a request: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in s["cpu_ms_per_request"].items()))
+        result["sustained"].append(s)
+    say("pipeline: the steps draining a backlog (the first step paused while admit fills "
+        "it) ...")
+    d = pipeline.drain(stack.admit_url, pg, key, model, stack.procs["estimate"].pid,
+                       opts.fill_s, opts.connections, workdir)
+    say(f"  {d['ended']}/{d['backlog']} drained in {d['seconds']} s: "
+        f"{d['drained_per_s']:,.0f} req/s")
+    result["drain"] = d
+    say(f"pipeline: open loop at {opts.rate:g} req/s for {opts.seconds:g} s ...")
+    result["open_loop"] = pipeline.open_loop(stack.admit_url, pg, key, model, opts.rate,
+                                             opts.seconds, say=say)
+    e2e = result["open_loop"]["end_to_end"]
+    say(f"  end to end p50 {e2e['p50_ms']:.0f} ms, p99 {e2e['p99_ms']:.0f} ms")
+
+
 def write(result: dict[str, Any], opts: Options, say: Callable[[str], None]) -> None:
     """The JSON result; the tables and plots when the run has what they show."""
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     opts.out.write_text(json.dumps(result, indent=2))
     say(f"wrote {opts.out}")
-    if opts.benchmarks_md is not None and "door" in result:
+    if opts.benchmarks_md is not None and ("door" in result or "servers" in result):
         tables.refresh_file(opts.benchmarks_md, result)
         say(f"refreshed the tables in {opts.benchmarks_md}")
-    if opts.plots_dir is not None:
+    if opts.plots_dir is not None and "open_loop" in result:
         opts.plots_dir.mkdir(parents=True, exist_ok=True)
         for drawn in (plots.latency_cdf(result, opts.plots_dir / "latency-cdf.png"),
                       plots.throughput(result, opts.plots_dir / "throughput.png")):

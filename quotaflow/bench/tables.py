@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-TABLES = ("door", "pipeline")
+TABLES = ("door", "pipeline", "servers")
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -74,9 +74,27 @@ def pipeline_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def servers_table(result: dict[str, Any]) -> str:
+    """Each server setup: admit and bare, the door alone, and CPU a request."""
+    rows = [f"{result['date']}, {result['mode']} run, the first step paused (the door alone); "
+            "medians over interleaved rounds.", "",
+            "| server | admit req/s | admit p50 / p99 ms | admit CPU ms a request | "
+            "bare req/s | bare CPU ms a request | admit / bare | non-2xx |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in result["servers"]:
+        rows.append(f"| {r['server']} | **{_n(r['admit_rps'])}** | {r['admit_p50_ms']:.1f} / "
+                    f"{r['admit_p99_ms']:.1f} | {r['admit_cpu_ms']:.2f} | {_n(r['bare_rps'])} | "
+                    f"{r['bare_cpu_ms']:.2f} | {r['ratio']:.2f} | "
+                    f"{r['admit_non2xx'] + r['bare_non2xx']} |")
+    return "\n".join(rows)
+
+
 def refresh_file(path: Path, result: dict[str, Any]) -> None:
-    """Rewrite both tables in the file at `path` from `result`."""
+    """Rewrite the tables in the file at `path` that `result` has results for."""
     text = path.read_text()
-    text = refresh(text, "door", door_table(result))
-    text = refresh(text, "pipeline", pipeline_table(result))
+    if "door" in result:
+        text = refresh(text, "door", door_table(result))
+        text = refresh(text, "pipeline", pipeline_table(result))
+    if "servers" in result:
+        text = refresh(text, "servers", servers_table(result))
     path.write_text(text)

@@ -22,6 +22,10 @@ database qf_test_bench_run and Redis index 15; the stand-in model):
      (read from PostgreSQL);
   3. `quotaflow audit` on the bench's database.
 
+With --servers, instead of 1 and 2: admit and the bare endpoint under each candidate server
+setup (granian and gunicorn, workers x threads) with the pipeline's first step paused, so the
+door alone is measured: req/s, latency and CPU a request (how admit's server was chosen).
+
 Writes the JSON result, refreshes the tables between the markers in BENCHMARKS.md and draws
 docs/bench/latency-cdf.png and docs/bench/throughput.png. Progress goes to stderr, the
 summary to stdout; exits 1 if the audit is not clean. Needs wrk (infra/local/setup.sh
@@ -50,6 +54,9 @@ def register(sub: Any) -> None:
     b.add_argument("--no-docs", action="store_true",
                    help="write only the JSON: leave BENCHMARKS.md and docs/bench/ alone")
     b.add_argument("--skip-door", action="store_true", help="measure only the pipeline")
+    b.add_argument("--servers", action="store_true",
+                   help="instead: admit and bare under each candidate server setup (granian, "
+                        "gunicorn; workers x threads), the door alone")
     b.set_defaults(func=_bench)
 
 
@@ -58,7 +65,8 @@ def _bench(args: argparse.Namespace) -> int:
     from quotaflow.bench.wrk import WrkError
 
     given: dict[str, Any] = {"connections": args.connections, "rate": args.rate,
-                             "out": args.out, "skip_door": args.skip_door}
+                             "out": args.out, "skip_door": args.skip_door,
+                             "servers": args.servers}
     if args.seconds is not None:
         given["seconds"] = args.seconds
     if args.rounds is not None:
@@ -75,9 +83,12 @@ def _bench(args: argparse.Namespace) -> int:
     except WrkError as exc:
         print(f"quotaflow bench: {exc}", file=sys.stderr)
         return 2
-    summary = {k: v for k, v in result.items() if k in ("door", "sustained", "audit")}
+    summary = {k: v for k, v in result.items()
+               if k in ("door", "sustained", "servers", "audit")}
     if "door" in summary:
         summary["door"] = {k: v for k, v in summary["door"].items() if k != "rounds"}
-    summary["open_loop"] = {k: v for k, v in result["open_loop"].items() if k != "end_to_end_s"}
+    if "open_loop" in result:
+        summary["open_loop"] = {k: v for k, v in result["open_loop"].items()
+                                if k != "end_to_end_s"}
     print(json.dumps(summary, indent=2))
     return 0 if result["audit"]["clean"] else 1

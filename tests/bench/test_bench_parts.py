@@ -110,6 +110,10 @@ def test_bare_endpoint_gets_admits_server_command_with_only_app_and_port_changed
     assert door.bare_argv(admit, 9999) == [
         "py", "-m", "gunicorn", "--workers", "2", "--threads", "8", "--bind",
         "127.0.0.1:9999", "--access-logfile", "-", door.BARE_APP]
+    granian = ["py", "-m", "granian", "--interface", "wsgi", "--factory", "--host",
+               "127.0.0.1", "--port", "8080", "--workers", "2", door.ADMIT_APP]
+    assert door.bare_argv(granian, 9999) == [*granian[:9], "9999", "--workers", "2",
+                                             door.BARE_APP]
     with pytest.raises(ValueError, match="names no"):
         door.bare_argv(["py", "-m", "uvicorn", "other:app"], 1)
 
@@ -150,3 +154,23 @@ def test_pipeline_table_reports_the_steps_drain_rate_when_measured(tmp_path) -> 
     assert "backlog of 1,847 requests" in tables.pipeline_table(result)
     assert "**616 requests/s**" in tables.pipeline_table(result)
     assert "drain" not in tables.pipeline_table(_result()).lower()
+
+
+def test_every_server_candidate_serves_the_app_it_is_given_on_the_port_it_is_given() -> None:
+    from quotaflow.bench import servers
+
+    for name, server in servers.CANDIDATES.items():
+        for app in (servers.ADMIT_FACTORY, servers.BARE_FACTORY):
+            argv = server(8123, app)
+            assert servers.argv_port(argv) == 8123, name
+            assert argv[-1].removesuffix("()") == app, name
+    with pytest.raises(ValueError, match="no port"):
+        servers.argv_port(["py", "-m", "granian", "app"])
+
+
+def test_the_servers_table_shows_each_setup_with_its_cpu_and_ratio() -> None:
+    row = {"server": "granian 2 x 16", "admit_rps": 512.3, "admit_p50_ms": 30.1,
+           "admit_p99_ms": 70.2, "admit_cpu_ms": 1.91, "bare_rps": 3100.0, "bare_cpu_ms": 0.45,
+           "ratio": 0.165, "admit_non2xx": 0, "bare_non2xx": 2}
+    text = tables.servers_table({"date": "2026-11-29", "mode": "full", "servers": [row]})
+    assert "| granian 2 x 16 | **512** | 30.1 / 70.2 | 1.91 | 3,100 | 0.45 | 0.17 | 2 |" in text
