@@ -9,6 +9,7 @@ from dataclasses import fields
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from events.resources import data_path
 from quotaflow.adapters.group_commit import GroupCommitter
@@ -65,14 +66,27 @@ class RedisAdmissionGate:
 
     def screen_many(self, queries: Sequence[ScreenQuery]) -> list[Screening]:
         """`screen` for many requests in one round trip (a pipeline of script calls, each
-        atomic, applied in order); one answer per query."""
-        pipe = self.redis.pipeline(transaction=False)
-        for q in queries:
-            self._screen(keys=[seen_key(q.request_id), window_key(q.key_id, q.minute),
-                               balance_key(q.tenant, q.period)],
-                         args=[q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S,
-                               q.rate_limit_per_min, q.needs_tokens], client=pipe)
-        return [_screening(reply) for reply in pipe.execute()]
+        atomic, applied in order); one answer per query. The script is called by its hash
+        alone (redis-py's own pipeline would ask SCRIPT EXISTS first, a second round trip
+        every time); a Redis that forgot it (restarted, flushed) refuses every call, and only
+        then is the whole pipeline sent again, once the script is loaded (a partly applied
+        one is never repeated: that would count its requests twice)."""
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for q in queries:
+                pipe.evalsha(self._screen.sha, 3, seen_key(q.request_id),
+                             window_key(q.key_id, q.minute), balance_key(q.tenant, q.period),
+                             q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min,
+                             q.needs_tokens)
+            replies = pipe.execute(raise_on_error=False)
+            errors = [r for r in replies if isinstance(r, Exception)]
+            if attempt == 1 and replies and all(isinstance(r, NoScriptError) for r in replies):
+                self._screen.sha = self.redis.script_load(self._screen.script)
+                continue
+            if errors:
+                raise errors[0]
+            return [_screening(reply) for reply in replies]
+        raise AssertionError("unreachable")
 
 
 def _screening(reply: Any) -> Screening:
