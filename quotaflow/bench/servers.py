@@ -27,7 +27,7 @@ BARE_FACTORY = "quotaflow.bench.bare:create"
 def gunicorn_argv(port: int, workers: int, threads: int, app: str) -> list[str]:
     """gunicorn's threaded workers serving the factory `app` (called: gunicorn's syntax)."""
     return [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads",
-            str(threads), "--bind", f"127.0.0.1:{port}", "--access-logfile", "-", f"{app}()"]
+            str(threads), "--bind", f"127.0.0.1:{port}", f"{app}()"]
 
 
 Server = Callable[[int, str], list[str]]

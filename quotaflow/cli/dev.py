@@ -65,6 +65,10 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="built",
                    help="built (default: SmolLM2-135M-Instruct, built once and cached), "
                    "standin (no weights), dir:PATH or registry")
+    p.add_argument("--access-log", action="store_true",
+                   help="log a line for every request admit serves (off by default: at "
+                   "hundreds of requests a second it costs the door about a tenth of its "
+                   "CPU; admit's /metrics counts responses by status)")
 
 
 def _interrupt(*_: Any) -> None:
@@ -86,7 +90,8 @@ def _start(args: argparse.Namespace) -> DevStack:
             raise DevStackError(f"{exc} (or run with --model standin)") from None
     settings = replace(settings, model_source=source)
     settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
-    stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port)
+    stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
+                     admit_access_log=args.access_log)
     try:
         stack.up(explicit_pg="POSTGRES_URL" in os.environ,
                  explicit_redis="REDIS_URL" in os.environ, progress=_say)

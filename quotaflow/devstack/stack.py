@@ -46,14 +46,15 @@ ADMIT_FACTORY = "functions.admit.app:create"
 
 
 def admit_server_argv(port: int, workers: int = 2, threads: int = 16,
-                      app: str = ADMIT_FACTORY) -> list[str]:
+                      app: str = ADMIT_FACTORY, access_log: bool = False) -> list[str]:
     """The command serving admit: granian (a Rust HTTP server) running the Flask app over
     WSGI, each worker process with `threads` threads for the app; chosen by measurement
     over gunicorn's threaded workers (README, "Serving admit"). Threads: an open OpenAI
     stream holds one; commits and Redis screens are shared across them."""
     return [sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-            "--blocking-threads", str(threads), "--respawn-failed-workers", "--access-log", app]
+            "--blocking-threads", str(threads), "--respawn-failed-workers",
+            "--access-log" if access_log else "--no-access-log", app]
 
 
 @dataclass
@@ -66,6 +67,7 @@ class DevStack:
     kafka_port: int = 9092
     s3_port: int = 0
     admit_workers: int = 2
+    admit_access_log: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     child_env: dict[str, str] = field(default_factory=dict)
@@ -159,7 +161,8 @@ class DevStack:
             self.metrics_ports[name] = free_port()
             self._spawn(name, [sys.executable, "-m", "quotaflow", *command],
                         {**env, "QF_METRICS_PORT": str(self.metrics_ports[name])})
-        self._spawn("admit", admit_server_argv(self.admit_port, self.admit_workers), env)
+        self._spawn("admit", admit_server_argv(self.admit_port, self.admit_workers,
+                                               access_log=self.admit_access_log), env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one process abruptly (chaos tests); the supervisor restarts it once up."""
