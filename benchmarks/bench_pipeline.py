@@ -49,16 +49,21 @@ def bare(settings: Settings, n: int, max_tokens: int, batch: int) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def pipeline(stack: DevStack, key: str, n: int, max_tokens: int, concurrency: int) -> float:
+def pipeline(stack: DevStack, key: str, n: int, max_tokens: int, concurrency: int,
+             stream: bool) -> float:
     """Tokens/s from the first POST to the last request's final record (the record step's
     database time), so the client's polling interval does not count."""
 
     def one(i: int) -> tuple[int, datetime]:
         a = client.submit(stack.admit_url, key, {"model": stack.settings.model_name,
                                                  "prompt": PROMPTS[i % len(PROMPTS)],
-                                                 "max_tokens": max_tokens})
-        # Poll gently: status reads compete with the pipeline for the same two cores.
-        r = client.wait(stack.admit_url, key, a["request_id"], timeout_s=600, poll_s=0.25)
+                                                 "max_tokens": max_tokens, "stream": stream})
+        if stream:  # as a streaming client: told the moment generation ends; the record
+            # (settle, record) follows within a few hops
+            client.follow(stack.admit_url, key, a["request_id"], timeout_s=600)
+            r = client.wait(stack.admit_url, key, a["request_id"], timeout_s=60, poll_s=0.02)
+        else:  # poll gently: status reads compete with the pipeline for the same two cores
+            r = client.wait(stack.admit_url, key, a["request_id"], timeout_s=600, poll_s=0.25)
         assert r["status"] == "completed", r
         return int(r["usage"]["completion_tokens"]), datetime.fromisoformat(r["updated_at"])
 
@@ -76,6 +81,9 @@ def main() -> None:
     ap.add_argument("--model", default="standin", help="standin or dir:PATH")
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--clients", choices=("stream", "poll"), default="stream",
+                    help="stream: each client sends stream: true and reads the request's "
+                         "events until it ends (default); poll: status every 0.25 s")
     args = ap.parse_args()
     settings = replace(Settings.from_env(), model_source=args.model, batch_max=8)
 
@@ -98,12 +106,13 @@ def main() -> None:
         with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
             key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10_000_000)
             RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
-        pipe1 = pipeline(stack, key, args.requests, args.max_tokens, 1)
-        pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8)
+        pipe1 = pipeline(stack, key, args.requests, args.max_tokens, 1, args.clients == "stream")
+        pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8, args.clients == "stream")
     finally:
         stack.down()
 
-    print(f"\nmodel {args.model}, {args.requests} requests, max_tokens {args.max_tokens}")
+    print(f"\nmodel {args.model}, {args.requests} requests, max_tokens {args.max_tokens}, "
+          f"clients {args.clients}")
     print(f"{'':28}{'tokens/s':>10}")
     print(f"{'bare loop, batch 1':28}{bare1:10.1f}")
     print(f"{'bare loop, batch 8':28}{bare8:10.1f}")

@@ -70,3 +70,22 @@ def wait(base_url: str, key: str, request_id: str, timeout_s: float = 120,
         if st["status"] in TERMINAL or time.monotonic() > deadline:
             return st
         time.sleep(poll_s)
+
+
+def follow(base_url: str, key: str, request_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    """Read the request's server-sent events (`GET /v1/requests/{id}/events`) until its `end`
+    event; that event's data (status, usage). Ends as soon as the request does, with no
+    polling: for a request sent with `stream: true`, deltas arrive as they are generated."""
+    req = urllib.request.Request(f"{base_url.rstrip('/')}/v1/requests/{request_id}/events",
+                                 headers={"Authorization": f"Bearer {key}",
+                                          "Accept": "text/event-stream"})
+    event = ""
+    with urllib.request.urlopen(req, timeout=timeout_s) as stream:
+        for raw in stream:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:") and event == "end":
+                ended: dict[str, Any] = json.loads(line.partition(":")[2])
+                return ended
+    raise ApiError(502, {"detail": f"the event stream of {request_id} closed before its end"})

@@ -190,3 +190,18 @@ def test_hanging_up_mid_stream_charges_exactly_the_tokens_generated(
     assert quota(openai_stack, key)["reserved"] == 0
     result = audit(openai_stack, tenant)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_following_a_streamed_cloudevent_request_ends_with_its_status_and_usage(
+        openai_stack: DevStack) -> None:
+    from quotaflow import client
+
+    _, key = new_tenant(openai_stack)
+    sent = client.submit(openai_stack.admit_url, key, {
+        "model": openai_stack.settings.model_name, "prompt": "Say hello", "max_tokens": 6,
+        "stream": True})
+    ended = client.follow(openai_stack.admit_url, key, sent["request_id"], timeout_s=60)
+    assert ended["status"] == "completed"
+    record = client.wait(openai_stack.admit_url, key, sent["request_id"], timeout_s=30)
+    assert record["status"] == "completed"
+    assert ended["usage"]["completion_tokens"] == record["usage"]["completion_tokens"] > 0
