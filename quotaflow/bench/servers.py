@@ -19,7 +19,8 @@ from quotaflow.bench import wrk
 from quotaflow.bench.cpu import cpu_seconds
 from quotaflow.bench.stats import median
 from quotaflow.devstack.process import free_port, http_ok, wait_for
-from quotaflow.devstack.stack import ADMIT_FACTORY, DevStack, admit_server_argv
+from quotaflow.devstack.serving import ADMIT_FACTORY, admit_server_argv
+from quotaflow.devstack.stack import DevStack
 
 BARE_FACTORY = "quotaflow.bench.bare:create"
 
