@@ -39,6 +39,9 @@ class Settings:
     # Per-hop latency on Tansu's memory engine is bounded by fetch.wait.max.ms (README, Kafka
     # broker quirks).
     kafka_fetch_wait_max_ms: int = 50
+    # How long a producer holds a message to send it with others (admit's requests share
+    # produce requests this way; a step flushes its batch at once).
+    kafka_linger_ms: int = 2
     max_body_bytes: int = 64 * 1024
     max_prompt_chars: int = 32_000
     max_tokens_limit: int = 512
@@ -125,6 +128,7 @@ ENV_NAMES: dict[str, str] = {
     "consumer_group_prefix": "QF_CONSUMER_GROUP_PREFIX",
     "kafka_session_timeout_ms": "QF_KAFKA_SESSION_TIMEOUT_MS",
     "kafka_fetch_wait_max_ms": "QF_KAFKA_FETCH_WAIT_MAX_MS",
+    "kafka_linger_ms": "QF_KAFKA_LINGER_MS",
     "max_body_bytes": "QF_MAX_BODY_BYTES",
     "max_prompt_chars": "QF_MAX_PROMPT_CHARS",
     "max_tokens_limit": "QF_MAX_TOKENS_LIMIT",

@@ -28,7 +28,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "bootstrap.servers": settings.kafka_bootstrap,
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 2,
+        "linger.ms": settings.kafka_linger_ms,
         "compression.type": "none",
     }
 
