@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 
 from quotaflow.runtime.step import Resources
@@ -21,10 +23,20 @@ def create_app(step: str, settings: Settings) -> Flask:
     return http_entry.create_app(load_step(step), settings)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def create(step: str) -> Flask:
     """`create_app` with settings from the environment (a WSGI factory needs no import of
-    `quotaflow.settings`)."""
-    return create_app(step, Settings.from_env())
+    `quotaflow.settings`). The server's log lines get the format the CLI's have: granian's
+    own is level and message only, so the door's warnings had no time."""
+    settings = Settings.from_env()
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return create_app(step, settings)
 
 
 def resources_of(app: Flask) -> Resources:
