@@ -76,7 +76,8 @@ def pipeline_table(result: dict[str, Any]) -> str:
 
 def servers_table(result: dict[str, Any]) -> str:
     """Each server setup: admit and bare, the door alone, and CPU a request."""
-    rows = [f"{result['date']}, {result['mode']} run, the first step paused (the door alone); "
+    rows = [f"{result['date']}, {result['mode']} run, the first step paused (the door alone), "
+            "access logs off; "
             "medians over interleaved rounds.", "",
             "| server | admit req/s | admit p50 / p99 ms | admit CPU ms a request | "
             "bare req/s | bare CPU ms a request | admit / bare | non-2xx |",
