@@ -59,6 +59,9 @@ class Settings:
     retry_backoff_max_s: int = 10
     # How long an admit process trusts a looked-up API key (a revocation takes this long).
     auth_cache_ms: int = 1000
+    # How many keys a second each admit process may look up that then fail; past it, a key
+    # not seen valid is answered 429 (door/auth.py).
+    auth_failures_per_s: int = 10
     batch_max: int = 8
     batch_wait_ms: int = 5
     handler_retries: int = 3
@@ -93,6 +96,9 @@ class Settings:
                 f"POSTGRES_URL must be a postgresql:// URL, got {self.postgres_url!r}")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"REDIS_URL must be a redis:// URL, got {self.redis_url!r}")
+        if self.auth_failures_per_s < 1:
+            raise SettingsError("QF_AUTH_FAILURES_PER_S must be at least 1 (0 would refuse "
+                                "every key this process has not yet seen valid)")
         src = self.model_source
         if not (src in ("standin", "registry") or src.startswith("dir:")):
             raise SettingsError(
@@ -141,6 +147,7 @@ ENV_NAMES: dict[str, str] = {
     "redis_timeout_ms": "QF_REDIS_TIMEOUT_MS",
     "retry_backoff_max_s": "QF_RETRY_BACKOFF_MAX_S",
     "auth_cache_ms": "QF_AUTH_CACHE_MS",
+    "auth_failures_per_s": "QF_AUTH_FAILURES_PER_S",
     "batch_max": "QF_BATCH_MAX",
     "batch_wait_ms": "QF_BATCH_WAIT_MS",
     "handler_retries": "QF_HANDLER_RETRIES",

@@ -48,7 +48,8 @@ def _canonical_uuid(text: str) -> bool:
 def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Flask:
     """The door over `ports` (the real ones from `settings` when not given)."""
     ports = ports or wiring.connect(settings)
-    auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000)
+    auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000,
+                         settings.auth_failures_per_s)
     acceptor = Acceptor(ports)
     limits = acceptor.limits
     parse_limits = Limits(settings.model_name, settings.max_tokens_limit,

@@ -53,3 +53,26 @@ def test_a_flood_of_bad_keys_costs_at_most_the_failure_budget_in_lookups() -> No
     # The budget refills while the test runs: allow a second's worth more at most.
     assert door.tenants.lookups - lookups <= 2 * FAILURES_PER_S
     assert door.post(over={"ce-id": "still-cached"}).status_code == 202
+
+
+def test_the_failure_budget_is_the_settings_own() -> None:
+    door = Door()
+    door.settings = replace(door.settings, auth_failures_per_s=2)
+    door.client = create_app(door.settings, door.ports).test_client()
+    unknown = [door.client.post("/", data=body(), headers=headers(f"qf_{n:012x}_{'s' * 32}"))
+               for n in range(10)]
+    statuses = [r.status_code for r in unknown]
+    assert statuses[:2] == [401, 401] and statuses.count(401) <= 4  # 2, and a refill at most
+    assert 429 in statuses
+
+
+def test_the_failure_budget_is_read_from_the_environment_and_must_be_at_least_one() -> None:
+    import pytest
+
+    from quotaflow.settings import Settings, SettingsError
+
+    assert Settings.from_env({"QF_AUTH_FAILURES_PER_S": "3"}).auth_failures_per_s == 3
+    with pytest.raises(SettingsError, match="at least 1"):
+        Settings.from_env({"QF_AUTH_FAILURES_PER_S": "0"})
+    with pytest.raises(SettingsError, match="integer"):
+        Settings.from_env({"QF_AUTH_FAILURES_PER_S": "ten"})
