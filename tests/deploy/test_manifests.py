@@ -26,7 +26,7 @@ from tests.deploy.schemas import by_kind, crd_validator, func_yamls, manifests
 
 # Read by boto3 itself, not by Settings: the only other names the manifests may set.
 LIBRARY_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-BUILT_IN = {("v1", "ConfigMap"), ("v1", "Secret"), ("batch/v1", "Job")}
+BUILT_IN = {("v1", "ConfigMap"), ("v1", "Secret"), ("batch/v1", "Job"), ("apps/v1", "Deployment")}
 
 
 @pytest.mark.parametrize("path, doc", manifests(),
@@ -98,7 +98,7 @@ def test_manifests_set_only_environment_variables_the_settings_read() -> None:
             assert ref, e
             kind, _, key = ref.groups()
             assert key in (config if kind == "configMap" else secret), e
-    for svc in [*by_kind("Service"), *by_kind("Job")]:
+    for svc in [*by_kind("Service"), *by_kind("Job"), *by_kind("Deployment")]:
         refs = svc["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {r.get("configMapRef", r.get("secretRef"))["name"] for r in refs} == \
             {"quotaflow-config", "quotaflow-secrets"}
@@ -139,8 +139,18 @@ def test_infra_kustomization_lists_every_infra_manifest() -> None:
     present = {p.name for p in REPO.glob("infra/k8s/*.yaml")} - {"kustomization.yaml"}
     assert set(kust["resources"]) == present
     images = {i["name"] for i in kust["images"]}
-    jobs = by_kind("Job")
-    assert {c["image"] for j in jobs for c in j["spec"]["template"]["spec"]["containers"]} <= images
+    runs = [*by_kind("Job"), *by_kind("Deployment")]
+    assert {c["image"] for j in runs for c in j["spec"]["template"]["spec"]["containers"]} <= images
+
+
+def test_the_analytics_consumer_runs_always_as_one_deployment_of_its_cli_command() -> None:
+    (deployment,) = by_kind("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] >= 1  # a consumer group member all the time: never scaled to zero
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"][-4:] == ["-m", "quotaflow", "analytics", "run"]
 
 
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")
