@@ -5,10 +5,11 @@ returns the last position's `logits` and `present.<i>.key|value`. A batch is lef
 every row's last position is its real last token; padded positions are masked out, which is why
 a row's output does not depend on its batch-mates (greedy, fp32).
 
+Batches are continuous (`quotaflow.model.continuous`): concurrent `generate` calls decode
+together, each request joining the running batch at the next step and leaving it when it ends.
 Each row's text is decoded incrementally as its tokens come (`quotaflow.model.streaming`):
-after every step the batch's new text goes to the sink in one round trip, which also answers
-which rows were cancelled; a cancelled, stopped or finished row is fed end-of-sequence from then
-on and billed only for the tokens it generated."""
+after every step a call's new text goes to the sink in one round trip, which also answers
+which rows were cancelled; a request is billed only for the tokens it generated."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
+from quotaflow.model.continuous import DecodeEngine
 from quotaflow.model.metrics import BATCH_SIZE, INFERENCE_SECONDS, TOKENS
-from quotaflow.model.sampling import pick
 from quotaflow.model.session import open_session
 from quotaflow.model.streaming import BatchStream
 from quotaflow.model.tokenizer import ChatTokenizer
@@ -45,6 +46,8 @@ class OnnxGenerator:
         self.layers = sum(1 for n in inputs if n.startswith("past.") and n.endswith(".key"))
         kv = inputs["past.0.key"].shape  # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(kv[1]), int(kv[3])
+        self.engine = DecodeEngine(self.tokenizer, self._step, self.layers, self.kv_heads,
+                                   self.head_dim)
         log.info("loaded model %s %s on %s in %.1f s (%d layers)", self._name, self._version,
                  self._device, time.perf_counter() - started, self.layers)
 
@@ -74,7 +77,7 @@ class OnnxGenerator:
         started = time.perf_counter()
         prompts = [self.tokenizer.encode_chat(r.messages) for r in batch]
         stream = BatchStream(batch, sink)
-        outputs = self._decode(prompts, batch, stream)
+        outputs = self.engine.run(batch, prompts, stream).out
         results = [GenerationResult(
             text=row.text, prompt_tokens=len(prompt), completion_tokens=len(out),
             finish_reason=finish or "stop", model_version=self._version)
@@ -86,60 +89,6 @@ class OnnxGenerator:
         TOKENS.labels(*labels, "prompt").inc(sum(r.prompt_tokens for r in results))
         TOKENS.labels(*labels, "completion").inc(sum(r.completion_tokens for r in results))
         return results
-
-    def _decode(self, prompts: list[list[int]], batch: Sequence[GenerationRequest],
-                stream: BatchStream) -> list[list[int]]:
-        n = len(prompts)
-        width = max(len(p) for p in prompts)
-        ids = np.full((n, width), self.tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = p
-            mask[i, width - len(p):] = 1
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-        empty = np.zeros((n, self.kv_heads, 0, self.head_dim), dtype=np.float32)
-        past: list[Any] = [empty] * (2 * self.layers)
-        step_ids, step_pos = ids, positions
-        budgets = [max(0, r.max_tokens) for r in batch]
-        rngs = [np.random.default_rng(r.seed) for r in batch]
-        decoders = [self.tokenizer.text_decoder() for _ in batch]
-        out: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
-        next_pos = positions[:, -1:] + 1
-        eos = self.tokenizer.eos_token_id
-
-        def end(i: int, finish: str) -> None:
-            done[i] = True
-            stream.add(i, decoders[i].rest())
-            stream.end(i, finish, len(prompts[i]), len(out[i]))
-
-        for i in range(n):
-            if budgets[i] == 0:
-                end(i, "length")
-        for i in stream.sync([i for i in range(n) if not done[i]]):
-            end(i, "cancelled")
-        while not all(done):
-            logits, past = self._step(step_ids, mask, step_pos, past)
-            chosen = np.empty((n, 1), dtype=np.int64)
-            for i in range(n):
-                token = eos if done[i] else pick(logits[i], batch[i], rngs[i])
-                chosen[i, 0] = token
-                if done[i]:
-                    continue
-                out[i].append(token)
-                if token == eos or stream.add(i, decoders[i].step(token)):
-                    end(i, "stop")
-                elif len(out[i]) >= budgets[i]:
-                    end(i, "length")
-            for i in stream.sync([i for i in range(n) if not done[i]]):
-                end(i, "cancelled")
-            if all(done):
-                break
-            mask = np.concatenate([mask, np.ones((n, 1), dtype=np.int64)], axis=1)
-            step_ids, step_pos = chosen, next_pos
-            next_pos = next_pos + 1
-        stream.close()
-        return out
 
     def _step(self, ids: Any, mask: Any, positions: Any, past: list[Any]
               ) -> tuple[Any, list[Any]]:

@@ -1,0 +1,233 @@
+"""Continuous batching: requests join a running decode at its next step and leave it when they
+end, so the model never idles while a static batch waits for its slowest row.
+
+Each `generate` call is a ticket. One engine thread runs every forward pass; callers wait for
+their own ticket. Between two passes the engine
+- joins the tickets that arrived: their rows are prefilled in one pass of their own
+  (left-padded among themselves), then their KV caches are merged with the running ones, the
+  shorter side left-padded with masked positions;
+- drops rows that ended, and trims cache columns that no remaining row attends to.
+Masked positions change nothing a row attends to, and positions are per row, so a row's output
+depends neither on its batch-mates nor on when it joined (greedy, fp32), as in a static batch.
+
+The per-row rules are the static loop's: a row is fed end-of-sequence never; it ends on
+end-of-sequence or a stop sequence ("stop"), at its budget ("length"), or when its ticket's
+stream reports it cancelled after a pass; it is billed the passes it ran."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from quotaflow.model.base import GenerationRequest
+from quotaflow.model.sampling import pick
+from quotaflow.model.streaming import BatchStream
+from quotaflow.model.tokenizer import ChatTokenizer, TextDecoder
+
+log = logging.getLogger(__name__)
+
+# One forward pass: (input_ids, attention_mask, position_ids, past) -> (last logits, present)
+StepFn = Callable[[Any, Any, Any, list[Any]], tuple[Any, list[Any]]]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One `generate` call: its requests, their prompts and, once done, their tokens."""
+
+    batch: Sequence[GenerationRequest]
+    prompts: list[list[int]]
+    stream: BatchStream
+    out: list[list[int]] = field(default_factory=list)
+    live: int = 0  # rows not yet ended
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class Row:
+    ticket: Ticket
+    i: int  # index in the ticket's batch
+    budget: int
+    rng: np.random.Generator
+    decoder: TextDecoder
+    next_token: int = 0  # picked, not yet fed
+    ended: bool = False
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.ticket.batch[self.i]
+
+
+def _host(value: Any) -> Any:
+    """A KV tensor as a NumPy array (on CUDA it stays on the device between passes)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+def _pad_left(a: Any, width: int, axis: int) -> Any:
+    missing = width - a.shape[axis]
+    if missing <= 0:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (missing, 0)
+    return np.pad(a, pad)
+
+
+class DecodeEngine:
+    def __init__(self, tokenizer: ChatTokenizer, step: StepFn, layers: int, kv_heads: int,
+                 head_dim: int) -> None:
+        self.tokenizer = tokenizer
+        self._step = step
+        self._kv_shape = (kv_heads, head_dim)
+        self._layers = layers
+        self._cond = threading.Condition()
+        self._pending: list[Ticket] = []
+        self._thread: threading.Thread | None = None
+        # The running batch, owned by the engine thread: one entry per row, in order.
+        self.rows: list[Row] = []
+        self._past: list[Any] = []
+        self._mask = np.zeros((0, 0), dtype=np.int64)  # [rows, cached positions]
+        self._pos = np.zeros((0, 1), dtype=np.int64)  # each row's next position
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting to join the running batch at its next step."""
+        with self._cond:
+            return len(self._pending)
+
+    def run(self, batch: Sequence[GenerationRequest], prompts: list[list[int]],
+            stream: BatchStream) -> Ticket:
+        """Decode `batch` alongside whatever is running; returns when all its rows ended."""
+        ticket = Ticket(batch, prompts, stream, [[] for _ in batch], len(batch))
+        with self._cond:
+            self._pending.append(ticket)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="decode", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self.rows:
+                    self._cond.wait()
+                joining, self._pending = self._pending, []
+            try:
+                if joining:
+                    self._join(joining)
+                if self.rows:
+                    self._advance()
+            except Exception as exc:  # every ticket in the batch fails; the engine goes on
+                log.exception("decode step failed; failing %d rows", len(self.rows))
+                for ticket in {r.ticket for r in self.rows} | set(joining):
+                    if not ticket.done.is_set():
+                        ticket.error = exc
+                        ticket.done.set()
+                self._reset()
+
+    def _join(self, tickets: list[Ticket]) -> None:
+        fresh: list[Row] = []
+        for t in tickets:
+            rows = [Row(t, i, max(0, r.max_tokens), np.random.default_rng(r.seed),
+                        self.tokenizer.text_decoder()) for i, r in enumerate(t.batch)]
+            for row in rows:
+                if row.budget == 0:
+                    self._end(row, "length")
+            self._sync(t, [r for r in rows if not r.ended])  # cancelled before any pass
+            fresh += [r for r in rows if not r.ended]
+        if fresh:
+            prompts = [r.ticket.prompts[r.i] for r in fresh]
+            width = max(len(p) for p in prompts)
+            ids = np.full((len(fresh), width), self.tokenizer.pad_token_id, dtype=np.int64)
+            mask = np.zeros((len(fresh), width), dtype=np.int64)
+            for k, p in enumerate(prompts):
+                ids[k, width - len(p):] = p
+                mask[k, width - len(p):] = 1
+            positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+            empty = np.zeros((len(fresh), self._kv_shape[0], 0, self._kv_shape[1]),
+                             dtype=np.float32)
+            logits, past = self._step(ids, mask, positions, [empty] * (2 * self._layers))
+            self._merge(fresh, past, mask, positions[:, -1:] + 1)
+            self._took(fresh, logits)
+        self._settle(tickets)
+
+    def _advance(self) -> None:
+        ids = np.array([[r.next_token] for r in self.rows], dtype=np.int64)
+        self._mask = np.concatenate(
+            [self._mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
+        logits, self._past = self._step(ids, self._mask, self._pos, self._past)
+        self._pos = self._pos + 1
+        self._took(self.rows, logits)
+        self._settle(list(dict.fromkeys(r.ticket for r in self.rows)))
+
+    def _took(self, rows: Sequence[Row], logits: Any) -> None:
+        """Each row's next token from its logits of the pass just run; then the streams."""
+        eos = self.tokenizer.eos_token_id
+        for row, row_logits in zip(rows, logits, strict=True):
+            token = pick(row_logits, row.request, row.rng)
+            row.ticket.out[row.i].append(token)
+            row.next_token = token
+            if token == eos or row.ticket.stream.add(row.i, row.decoder.step(token)):
+                self._end(row, "stop")
+            elif len(row.ticket.out[row.i]) >= row.budget:
+                self._end(row, "length")
+        for ticket in dict.fromkeys(r.ticket for r in rows):
+            self._sync(ticket, [r for r in rows if r.ticket is ticket and not r.ended])
+
+    def _sync(self, ticket: Ticket, live: Sequence[Row]) -> None:
+        """Once a pass per ticket: publish its deltas; end the rows reported cancelled."""
+        cancelled = set(ticket.stream.sync([r.i for r in live]))
+        for row in live:
+            if row.i in cancelled:
+                self._end(row, "cancelled")
+
+    def _end(self, row: Row, finish: str) -> None:
+        t = row.ticket
+        row.ended = True
+        t.live -= 1
+        t.stream.add(row.i, row.decoder.rest())
+        t.stream.end(row.i, finish, len(t.prompts[row.i]), len(t.out[row.i]))
+
+    def _settle(self, tickets: Sequence[Ticket]) -> None:
+        """Release finished tickets; drop ended rows and the cache columns nobody needs."""
+        for t in tickets:
+            if t.live == 0 and not t.done.is_set():
+                t.stream.close()
+                t.done.set()
+        keep = [k for k, r in enumerate(self.rows) if not r.ended]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self._reset()
+            return
+        self.rows = [self.rows[k] for k in keep]
+        self._mask, self._pos = self._mask[keep], self._pos[keep]
+        first = int(self._mask.any(axis=0).argmax())
+        self._mask = self._mask[:, first:]
+        self._past = [np.ascontiguousarray(_host(p)[keep][:, :, first:]) for p in self._past]
+
+    def _merge(self, rows: list[Row], past: list[Any], mask: Any, pos: Any) -> None:
+        """Append freshly prefilled rows to the running batch, padding the shorter caches."""
+        if not self.rows:
+            self.rows, self._past, self._mask, self._pos = list(rows), past, mask, pos
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        self._past = [np.concatenate([_pad_left(_host(old), width, 2),
+                                      _pad_left(_host(new), width, 2)])
+                      for old, new in zip(self._past, past, strict=True)]
+        self._mask = np.concatenate([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+        self._pos = np.concatenate([self._pos, pos])
+        self.rows = self.rows + rows
+
+    def _reset(self) -> None:
+        self.rows, self._past = [], []
+        self._mask = np.zeros((0, 0), dtype=np.int64)
+        self._pos = np.zeros((0, 1), dtype=np.int64)
