@@ -36,7 +36,8 @@ def generation_request(p: Reserved, model: Generator) -> GenerationRequest:
 
 
 def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed]:
-    """Generate for the whole batch in one model call; one completion per input, in order."""
+    """Generate for the whole batch in one model call; one completion per input, in order.
+    Concurrent calls (batches polled while the model is busy) decode together."""
     model = ports.generator
     batch = [generation_request(p, model) for p in payloads]
     started = time.perf_counter()
@@ -55,4 +56,4 @@ def on_poison(p: Reserved, reason: str, ports: InferPorts) -> list[Failed]:
 
 STEP = Step(name="infer", consumes=("reserved",), produces=("completed", "failed"),
             handle=handle, on_poison=on_poison, batch_max=lambda s: s.batch_max,
-            one_to_one=True)
+            in_flight=lambda s: s.infer_in_flight, one_to_one=True)

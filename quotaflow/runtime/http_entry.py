@@ -22,10 +22,10 @@ from quotaflow.adapters import kafka
 from quotaflow.runtime import metrics
 from quotaflow.runtime.batching import MicroBatcher
 from quotaflow.runtime.faults import INFRA_RETRIES, error_name, is_infrastructure
+from quotaflow.runtime.handling import handle_with_retries, publish
 from quotaflow.runtime.problem import Problem
 from quotaflow.runtime.step import AnyStep, Resources
 from quotaflow.runtime.wiring import Held, wire
-from quotaflow.runtime.worker import handle_with_retries, publish
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -43,6 +43,9 @@ class Step(Generic[In, P]):
     tick_interval_s: Callable[[Settings], float] = field(default=lambda s: 0.0)
     # How many records one handler call may take (infer batches, reserve group-commits).
     batch_max: Callable[[Settings], int] = field(default=lambda s: 64)
+    # How many polled batches the Kafka loop may be handling at once (runtime/inflight.py):
+    # infer takes more than one, so requests polled while the model decodes join its batch.
+    in_flight: Callable[[Settings], int] = field(default=lambda s: 1)
     # One output per input, in order: the HTTP entry may then gather concurrent requests
     # into one handler call (micro-batching), as the Kafka loop does with a poll.
     one_to_one: bool = False

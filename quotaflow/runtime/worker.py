@@ -14,105 +14,24 @@ import contextlib
 import logging
 import threading
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message
 
-from events.catalog import dead_letter_suffix
-from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
+from events.envelope import Envelope, UndecodableEvent, from_kafka
 from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import faults, metrics
+from quotaflow.runtime.handling import dead_letter, handle_with_retries, publish
+from quotaflow.runtime.inflight import InFlight, batch_offsets, rewind_offsets
 from quotaflow.runtime.step import AnyStep, Resources
 from quotaflow.runtime.wiring import Held, wire
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
 Batch = list[tuple[Message | None, Envelope]]
-OnDead = Callable[[Message | None, Envelope, str], Sequence[Payload]]
-
-
-def publish(step: AnyStep, settings: Settings, producer: kafka.AnyProducer,
-            payloads: Sequence[Payload]) -> list[Envelope]:
-    """Produce each output in the envelope `step` sends it in (not yet flushed)."""
-    envelopes = [Envelope.of(p, step.name) for p in payloads]
-    for env in envelopes:
-        kafka.produce(producer, settings.topic(env.type.topic), to_kafka(env))
-    # Counted once per type and batch: a labelled child's lookup per record was a measurable
-    # share of a step's CPU.
-    for name, n in Counter(env.type.name for env in envelopes).items():
-        metrics.EVENTS_OUT.labels(step.name, name).inc(n)
-    return envelopes
-
-
-def dead_letter(step: AnyStep, producer: kafka.AnyProducer, msg: Message, reason: str) -> None:
-    original = msg.headers() or []
-    headers = list(original.items() if isinstance(original, dict) else original)
-    headers += [("qf_dlq_reason", reason.encode()[:2000]), ("qf_dlq_step", step.name.encode()),
-                ("qf_dlq_topic", (msg.topic() or "").encode()),
-                ("qf_dlq_partition", str(msg.partition()).encode()),
-                ("qf_dlq_offset", str(msg.offset()).encode())]
-    producer.produce((msg.topic() or "") + dead_letter_suffix(), value=msg.value(), key=msg.key(),
-                     headers=headers)
-    metrics.DEAD_LETTERS.labels(step.name, reason.split(":")[0][:60]).inc()
-    log.warning("dead-lettered %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), reason)
-
-
-def _spans(msgs: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
-    """Per partition, the first and the last offset of `msgs` (records in error left out)."""
-    spans: dict[tuple[str, int], tuple[int, int]] = {}
-    for msg in msgs:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        if msg.error() is None and topic is not None and partition is not None \
-                and offset is not None:
-            low, high = spans.get((topic, partition), (offset, offset))
-            spans[(topic, partition)] = (min(low, offset), max(high, offset))
-    return spans
-
-
-def rewind_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
-    """Where to seek to read `msgs` again: per partition, its first record's offset."""
-    return [TopicPartition(t, p, low) for (t, p), (low, _) in sorted(_spans(msgs).items())]
-
-
-def batch_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
-    """The offsets to commit once `msgs` are handled: per partition, one past the last."""
-    return [TopicPartition(t, p, high + 1) for (t, p), (_, high) in sorted(_spans(msgs).items())]
-
-
-def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
-                        batch: Sequence[tuple[Message | None, Envelope]],
-                        on_dead: OnDead) -> list[Payload]:
-    """Handle a batch; if it fails, handle each event alone with retries, and give an event
-    that still fails to `on_dead(msg, envelope, reason)` so the rest of the batch goes on.
-    An infrastructure error is raised to the caller at once: it is no record's fault."""
-    with metrics.HANDLER_SECONDS.labels(step.name).time():
-        try:
-            return list(step.handle([env.payload for _, env in batch], ports))
-        except Exception as exc:
-            if faults.is_infrastructure(exc):
-                raise
-            log.exception("step %s: batch of %d failed; retrying one by one", step.name, len(batch))
-    outputs: list[Payload] = []
-    for msg, ev in batch:
-        reason = ""
-        for attempt in range(max(1, settings.handler_retries)):
-            try:
-                outputs += step.handle([ev.payload], ports)
-                break
-            except Exception as exc:
-                if faults.is_infrastructure(exc):
-                    raise
-                reason = f"handler_error: {type(exc).__name__}: {exc}"
-                log.warning("step %s: %s attempt %d failed: %s\n%s", step.name, ev.id,
-                            attempt + 1, reason, traceback.format_exc(limit=3))
-                time.sleep(0.05 * (attempt + 1))
-        else:
-            outputs += on_dead(msg, ev, reason)
-    return outputs
 
 
 class KafkaWorker:
@@ -133,11 +52,12 @@ class KafkaWorker:
         self._last_tick = 0.0
         self._failures = 0  # infrastructure errors in a row
         self._stop = threading.Event()
+        self.in_flight = InFlight(step.in_flight(settings), step.name)
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
         topics = [self.settings.topic(name) for name in self.step.consumes]
-        self.consumer.subscribe(topics, on_assign=self._assigned)
+        self.consumer.subscribe(topics, on_assign=self._assigned, on_revoke=self._revoked)
         log.info("step %s consuming %s", self.step.name, ", ".join(topics))
         try:
             while not stop.is_set():
@@ -146,6 +66,8 @@ class KafkaWorker:
             log.exception("step %s: the consumer loop failed", self.step.name)
             raise
         finally:
+            self._drain()
+            self.in_flight.close()
             self.consumer.close()
             with contextlib.suppress(KafkaException):  # a producer that failed for good
                 self.producer.flush(10)
@@ -154,13 +76,31 @@ class KafkaWorker:
     def _assigned(self, _consumer: Consumer, partitions: list[Any]) -> None:
         log.info("step %s assigned %d partitions", self.step.name, len(partitions))
 
+    def _revoked(self, _consumer: Consumer, partitions: list[Any]) -> None:
+        log.info("step %s revoked %d partitions", self.step.name, len(partitions))
+        self._drain()  # commit what is done while the partitions are still ours
+
+    def _drain(self) -> None:
+        while len(self.in_flight):
+            self.in_flight.wait(None)
+            try:
+                self._collect()
+            except Exception:
+                log.exception("step %s: could not finish the batches in flight", self.step.name)
+                self.in_flight.abandon()
+
     def poll_once(self, timeout_s: float) -> int:
+        """Poll a batch and hand it to the handler; publish and commit what has finished.
+        Answers how many records had their outputs published by this call."""
         self._maybe_tick()
+        if self.in_flight.full():
+            self.in_flight.wait(timeout_s)
+            return self._collect()
         # consume(n, timeout) waits for all n records or the whole timeout: wait for the first
         # record only, then take what else arrives within the short batching window.
         first = self.consumer.poll(timeout_s)
         if first is None:
-            return 0
+            return self._collect()
         msgs = [first]
         room = self.step.batch_max(self.settings) - 1
         if room > 0:
@@ -182,28 +122,43 @@ class KafkaWorker:
             batch.append((msg, ev))
         for name, n in Counter(ev.type.name for _, ev in batch).items():
             metrics.EVENTS_IN.labels(self.step.name, name).inc(n)
+        self.in_flight.submit(msgs, len(batch), lambda: self._handle(batch))
+        return self._collect()
+
+    def _handle(self, batch: Batch) -> list[Payload]:
+        if not batch:
+            return []
+        metrics.BATCH_SIZE.labels(self.step.name).observe(len(batch))
+        return handle_with_retries(self.step, self.ports, self.settings, batch, self._poison)
+
+    def _collect(self) -> int:
+        """Publish the outputs of every finished batch, then commit the offsets of the leading
+        batches whose outputs are all durable. An infrastructure error abandons every batch in
+        flight: they are all read again after a backoff."""
+        finished = self.in_flight.finished()
+        if not finished:
+            return 0
         try:
-            if batch:
-                metrics.BATCH_SIZE.labels(self.step.name).observe(len(batch))
-                outputs = handle_with_retries(self.step, self.ports, self.settings, batch,
-                                              self._poison)
-                publish(self.step, self.settings, self.producer, outputs)
+            for polled in finished:
+                publish(self.step, self.settings, self.producer, polled.outputs.result())
+                polled.published = True
+            # Also delivers the dead letters produced while the batches were decoded and handled.
             kafka.flush(self.producer)
         except Exception as exc:
             if not faults.is_infrastructure(exc):
                 raise
-            self._retry_later(msgs, exc)
+            self._retry_later(self.in_flight.abandon(), exc)
             return 0
         self._failures = 0
         # Offsets only after the outputs (and the ledger, inside the handler) are durable. The
         # commit itself may be asynchronous: if it is lost, the batch is redelivered, harmlessly.
-        # The offsets are this batch's, named here: commit() without them commits whatever has
+        # The offsets are these batches', named here: commit() without them commits whatever has
         # been polled when librdkafka gets round to it, which can be the next batch, still
         # unprocessed (a SIGKILLed reserve lost a decided request that way).
-        done = batch_offsets(msgs)
+        done = batch_offsets(self.in_flight.committable())
         if done:
             self.consumer.commit(offsets=done, asynchronous=True)
-        return len(batch)
+        return sum(polled.records for polled in finished)
 
     def _retry_later(self, msgs: Sequence[Message], exc: Exception) -> None:
         """Rewind to the batch's first offsets (nothing committed), back off, and let the

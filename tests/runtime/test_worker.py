@@ -1,19 +1,23 @@
 """The Kafka loop on a real broker: a record that fails every retry goes to the dead-letter
 topic with the reason, its poison output (infer's `failed`, which releases the reservation)
-is produced, and the rest of the batch goes on; offsets are committed after the outputs."""
+is produced, and the rest of the batch goes on; offsets are committed after the outputs, and
+with batches handled at once, only for the leading batches that are all done."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from events.envelope import Envelope, from_kafka, to_kafka
 from events.payloads import Failed, Reserved
 from functions.infer.handler import on_poison as infer_poison
 from quotaflow.adapters import kafka
+from quotaflow.runtime.step import Step
 from quotaflow.runtime.worker import KafkaWorker
 from quotaflow.settings import Settings
 from tests.unit.fakes import reserved as reserved_payload
@@ -74,3 +78,53 @@ def test_poison_record_is_dead_lettered_answered_failed_and_the_batch_goes_on(
     assert isinstance(reason, bytes) and b"model exploded" in reason
     # Tried in its batch, then alone handler_retries times, then given up: not forever.
     assert sum("boom2" in call for call in ports.calls) == 1 + 2
+
+
+def test_a_batch_polled_while_another_is_handled_goes_out_first_and_its_offset_waits(
+        kafka_bootstrap: str) -> None:
+    """infer's continuous batching on a real broker: the loop keeps polling while a batch is
+    handled, the later batch's output is published first, and the partition's committed
+    offset stays before the unfinished batch until it finishes."""
+    prefix = f"w{uuid.uuid4().hex[:6]}."
+    settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix,
+                       consumer_group_prefix=prefix, kafka_session_timeout_ms=2000)
+    kafka.create_topics(settings)
+    topic = settings.topic("reserved")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for rid in ("slow", "fast"):
+        message = to_kafka(reserved(rid, "fine"))
+        producer.produce(topic, value=message.value, key=message.key,
+                         headers=list(message.headers.items()), partition=0)
+    producer.flush(10)
+
+    release = threading.Event()
+
+    def handle(payloads: Sequence[Reserved], _ports: object) -> list[Failed]:
+        if payloads[0].request_id == "slow":
+            assert release.wait(30)
+        return [Failed(p.request_id, p.tenant, p.reserved_tokens, "fine") for p in payloads]
+
+    step: Step[Reserved, object] = Step(
+        name="infer", consumes=("reserved",), produces=("failed",), handle=handle,
+        batch_max=lambda s: 1, in_flight=lambda s: 2)
+    worker = KafkaWorker(step, settings, ports=object())
+    worker.consumer.subscribe([topic])
+
+    def committed() -> int:
+        (tp,) = worker.consumer.committed([TopicPartition(topic, 0)], timeout=5)
+        return tp.offset
+
+    handled = 0
+    deadline = time.monotonic() + 30
+    while handled < 1 and time.monotonic() < deadline:
+        handled += worker.poll_once(0.5)
+    (out,) = drain(kafka_bootstrap, settings.topic("failed"), 1)
+    assert from_kafka(out.headers(), out.key(), out.value()).payload.request_id == "fast"
+    assert committed() < 1  # "slow" at offset 0 is not done: nothing may be committed
+
+    release.set()
+    while (handled < 2 or committed() != 2) and time.monotonic() < deadline:
+        handled += worker.poll_once(0.2)
+    final = committed()
+    worker.consumer.close()
+    assert (handled, final) == (2, 2)

@@ -17,7 +17,8 @@ from events.payloads import Failed
 from functions.infer.handler import on_poison as infer_poison
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime.faults import backoff_s, is_infrastructure, producer_failed
-from quotaflow.runtime.worker import batch_offsets, handle_with_retries, publish, rewind_offsets
+from quotaflow.runtime.handling import handle_with_retries, publish
+from quotaflow.runtime.inflight import batch_offsets, rewind_offsets
 from quotaflow.settings import Settings
 from tests.unit.fakes import reserved
 from tests.unit.runtime_fakes import FakeProducer, Fragile, fragile_step, upstream
