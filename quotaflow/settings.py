@@ -62,11 +62,10 @@ class Settings:
     # How many keys a second each admit process may look up that then fail; past it, a key
     # not seen valid is answered 429 (door/auth.py).
     auth_failures_per_s: int = 10
+    # The most requests infer decodes at once (continuous batching: each joins the running
+    # batch when it arrives and leaves it when it ends).
     batch_max: int = 8
     batch_wait_ms: int = 5
-    # How many polled batches infer decodes at once: a batch polled while the model is busy
-    # joins the running decode at its next step (continuous batching).
-    infer_in_flight: int = 4
     handler_retries: int = 3
     log_level: str = "INFO"
     metrics_port: int = 0
@@ -109,8 +108,6 @@ class Settings:
             )
         if self.batch_max < 1:
             raise SettingsError("QF_BATCH_MAX must be at least 1")
-        if self.infer_in_flight < 1:
-            raise SettingsError("QF_INFER_IN_FLIGHT must be at least 1")
         if self.request_deadline_s <= self.redrive_after_s:
             raise SettingsError("QF_REQUEST_DEADLINE_S must be longer than QF_REDRIVE_AFTER_S")
 
@@ -155,7 +152,6 @@ ENV_NAMES: dict[str, str] = {
     "auth_failures_per_s": "QF_AUTH_FAILURES_PER_S",
     "batch_max": "QF_BATCH_MAX",
     "batch_wait_ms": "QF_BATCH_WAIT_MS",
-    "infer_in_flight": "QF_INFER_IN_FLIGHT",
     "handler_retries": "QF_HANDLER_RETRIES",
     "log_level": "QF_LOG_LEVEL",
     "metrics_port": "QF_METRICS_PORT",

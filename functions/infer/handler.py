@@ -1,4 +1,9 @@
-"""infer: run the model on a micro-batch of reserved requests and report the real token counts.
+"""infer: run the model on reserved requests and report the real token counts.
+
+Batching is continuous: each request is its own batch here, up to `QF_BATCH_MAX` of them in
+flight at once, and the generator decodes all of them together, each joining the running
+batch when it arrives and leaving it when it ends. So a request's completion goes out the
+moment it ends, never waiting for a longer batch-mate.
 
 The completion budget is what the reservation leaves after the prompt, so the charge can never
 exceed the reservation. A request that fails every retry goes to the dead-letter topic and is
@@ -36,8 +41,7 @@ def generation_request(p: Reserved, model: Generator) -> GenerationRequest:
 
 
 def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed]:
-    """Generate for the whole batch in one model call; one completion per input, in order.
-    Concurrent calls (batches polled while the model is busy) decode together."""
+    """Generate for the whole batch in one model call; one completion per input, in order."""
     model = ports.generator
     batch = [generation_request(p, model) for p in payloads]
     started = time.perf_counter()
@@ -45,7 +49,7 @@ def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed]:
     latency_ms = (time.perf_counter() - started) * 1000
     return [Completed(p.request_id, p.tenant, p.reserved_tokens, r.text, r.prompt_tokens,
                       r.completion_tokens, model.name, r.model_version or model.version,
-                      latency_ms, r.finish_reason, len(batch), model.device)
+                      latency_ms, r.finish_reason, r.batch_size or len(batch), model.device)
             for p, r in zip(payloads, results, strict=True)]
 
 
@@ -55,5 +59,5 @@ def on_poison(p: Reserved, reason: str, ports: InferPorts) -> list[Failed]:
 
 
 STEP = Step(name="infer", consumes=("reserved",), produces=("completed", "failed"),
-            handle=handle, on_poison=on_poison, batch_max=lambda s: s.batch_max,
-            in_flight=lambda s: s.infer_in_flight, one_to_one=True)
+            handle=handle, on_poison=on_poison, batch_max=lambda s: 1,
+            in_flight=lambda s: s.batch_max)

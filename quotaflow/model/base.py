@@ -10,7 +10,7 @@ produces both, so greedy streamed text equals non-streamed text."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -41,6 +41,9 @@ class GenerationResult:
     # | "cancelled" (the client hung up; the text is what was generated until then)
     finish_reason: str
     model_version: str = ""  # the version that produced it, when a router picked one
+    # The most requests decoded together while it ran (0: not told). Not part of equality:
+    # it describes the run, and the result is the same whatever it was.
+    batch_size: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from quotaflow.model.base import GenerationRequest
 from quotaflow.model.sampling import pick
-from quotaflow.model.streaming import BatchStream
+from quotaflow.model.streaming import BatchStream, sync_streams
 from quotaflow.model.tokenizer import ChatTokenizer, TextDecoder
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Ticket:
     prompts: list[list[int]]
     stream: BatchStream
     out: list[list[int]] = field(default_factory=list)
+    peak: list[int] = field(default_factory=list)  # most rows in a pass while each row ran
     live: int = 0  # rows not yet ended
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -79,8 +80,9 @@ def _pad_left(a: Any, width: int, axis: int) -> Any:
 
 class DecodeEngine:
     def __init__(self, tokenizer: ChatTokenizer, step: StepFn, layers: int, kv_heads: int,
-                 head_dim: int) -> None:
+                 head_dim: int, on_pass: Callable[[int], None] = lambda rows: None) -> None:
         self.tokenizer = tokenizer
+        self._on_pass = on_pass  # told how many rows each decode pass ran
         self._step = step
         self._kv_shape = (kv_heads, head_dim)
         self._layers = layers
@@ -102,7 +104,8 @@ class DecodeEngine:
     def run(self, batch: Sequence[GenerationRequest], prompts: list[list[int]],
             stream: BatchStream) -> Ticket:
         """Decode `batch` alongside whatever is running; returns when all its rows ended."""
-        ticket = Ticket(batch, prompts, stream, [[] for _ in batch], len(batch))
+        ticket = Ticket(batch, prompts, stream, [[] for _ in batch], [0] * len(batch),
+                        len(batch))
         with self._cond:
             self._pending.append(ticket)
             if self._thread is None:
@@ -141,8 +144,9 @@ class DecodeEngine:
             for row in rows:
                 if row.budget == 0:
                     self._end(row, "length")
-            self._sync(t, [r for r in rows if not r.ended])  # cancelled before any pass
             fresh += [r for r in rows if not r.ended]
+        self._sync(tickets, fresh)  # cancelled before any pass
+        fresh = [r for r in fresh if not r.ended]
         if fresh:
             prompts = [r.ticket.prompts[r.i] for r in fresh]
             width = max(len(p) for p in prompts)
@@ -164,6 +168,7 @@ class DecodeEngine:
         self._mask = np.concatenate(
             [self._mask, np.ones((len(self.rows), 1), dtype=np.int64)], axis=1)
         logits, self._past = self._step(ids, self._mask, self._pos, self._past)
+        self._on_pass(len(self.rows))
         self._pos = self._pos + 1
         self._took(self.rows, logits)
         self._settle(list(dict.fromkeys(r.ticket for r in self.rows)))
@@ -172,6 +177,7 @@ class DecodeEngine:
         """Each row's next token from its logits of the pass just run; then the streams."""
         eos = self.tokenizer.eos_token_id
         for row, row_logits in zip(rows, logits, strict=True):
+            row.ticket.peak[row.i] = max(row.ticket.peak[row.i], len(rows))
             token = pick(row_logits, row.request, row.rng)
             row.ticket.out[row.i].append(token)
             row.next_token = token
@@ -179,15 +185,19 @@ class DecodeEngine:
                 self._end(row, "stop")
             elif len(row.ticket.out[row.i]) >= row.budget:
                 self._end(row, "length")
-        for ticket in dict.fromkeys(r.ticket for r in rows):
-            self._sync(ticket, [r for r in rows if r.ticket is ticket and not r.ended])
+        self._sync(list(dict.fromkeys(r.ticket for r in rows)),
+                   [r for r in rows if not r.ended])
 
-    def _sync(self, ticket: Ticket, live: Sequence[Row]) -> None:
-        """Once a pass per ticket: publish its deltas; end the rows reported cancelled."""
-        cancelled = set(ticket.stream.sync([r.i for r in live]))
-        for row in live:
-            if row.i in cancelled:
-                self._end(row, "cancelled")
+    def _sync(self, tickets: Sequence[Ticket], live: Sequence[Row]) -> None:
+        """Once a pass: publish the tickets' deltas (one round trip per sink), and end the rows
+        reported cancelled."""
+        rows = [[r for r in live if r.ticket is t] for t in tickets]
+        gone = sync_streams([(t.stream, [r.i for r in mine])
+                             for t, mine in zip(tickets, rows, strict=True)])
+        for mine, cancelled in zip(rows, gone, strict=True):
+            for row in mine:
+                if row.i in cancelled:
+                    self._end(row, "cancelled")
 
     def _end(self, row: Row, finish: str) -> None:
         t = row.ticket

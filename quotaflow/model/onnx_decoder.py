@@ -24,7 +24,7 @@ import numpy as np
 
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.continuous import DecodeEngine
-from quotaflow.model.metrics import BATCH_SIZE, INFERENCE_SECONDS, TOKENS
+from quotaflow.model.metrics import BATCH_SIZE, DECODE_ROWS, INFERENCE_SECONDS, TOKENS
 from quotaflow.model.session import open_session
 from quotaflow.model.streaming import BatchStream
 from quotaflow.model.tokenizer import ChatTokenizer
@@ -46,8 +46,9 @@ class OnnxGenerator:
         self.layers = sum(1 for n in inputs if n.startswith("past.") and n.endswith(".key"))
         kv = inputs["past.0.key"].shape  # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(kv[1]), int(kv[3])
+        rows = DECODE_ROWS.labels(self._name, self._version, self._device)
         self.engine = DecodeEngine(self.tokenizer, self._step, self.layers, self.kv_heads,
-                                   self.head_dim)
+                                   self.head_dim, on_pass=rows.observe)
         log.info("loaded model %s %s on %s in %.1f s (%d layers)", self._name, self._version,
                  self._device, time.perf_counter() - started, self.layers)
 
@@ -77,12 +78,12 @@ class OnnxGenerator:
         started = time.perf_counter()
         prompts = [self.tokenizer.encode_chat(r.messages) for r in batch]
         stream = BatchStream(batch, sink)
-        outputs = self.engine.run(batch, prompts, stream).out
+        ticket = self.engine.run(batch, prompts, stream)
         results = [GenerationResult(
             text=row.text, prompt_tokens=len(prompt), completion_tokens=len(out),
-            finish_reason=finish or "stop", model_version=self._version)
-            for prompt, out, row, finish in zip(prompts, outputs, stream.rows, stream.finish,
-                                                strict=True)]
+            finish_reason=finish or "stop", model_version=self._version, batch_size=peak)
+            for prompt, out, row, finish, peak in zip(prompts, ticket.out, stream.rows,
+                                                      stream.finish, ticket.peak, strict=True)]
         labels = (self._name, self._version, self._device)
         INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
         BATCH_SIZE.labels(*labels).observe(len(batch))

@@ -99,20 +99,18 @@ class BatchStream:
 
     def sync(self, live: Sequence[int]) -> list[int]:
         """Once per decode step: publish what is queued; answers the live rows cancelled."""
+        return sync_streams([(self, live)])[0]
+
+    def _take(self, live: Sequence[int]) -> tuple[list[TokenDelta], list[StreamEnd], set[str]] \
+            | None:
+        """What this step publishes and watches, or None when it has no round trip to make."""
         step, self._steps = self._steps, self._steps + 1
         if self.sink is None or not (self._deltas or self._ends
                                      or (live and step % self.check_every == 0)):
-            return []
-        ids = {self.batch[i].request_id for i in live if self.batch[i].request_id}
+            return None
         deltas, ends = self._deltas, self._ends
         self._deltas, self._ends = [], []
-        try:
-            cancelled = self.sink.publish(deltas, ends, ids)
-        except Exception:
-            log.warning("token stream failed; streaming stops for this batch", exc_info=True)
-            self.sink = None
-            return []
-        return [i for i in live if self.batch[i].request_id in cancelled]
+        return deltas, ends, {self.batch[i].request_id for i in live if self.batch[i].request_id}
 
     def close(self) -> None:
         """Generation is over: publish whatever is still queued."""
@@ -124,3 +122,30 @@ class BatchStream:
         if text and r.stream and self.sink is not None:
             self._seq[i] += 1
             self._deltas.append(TokenDelta(r.request_id, self._seq[i], text))
+
+
+def sync_streams(pairs: Sequence[tuple[BatchStream, Sequence[int]]]) -> list[list[int]]:
+    """`BatchStream.sync` for several streams (concurrent calls decoding together) in one
+    round trip per sink; answers each stream's live rows reported cancelled."""
+    cancelled: list[list[int]] = [[] for _ in pairs]
+    groups: dict[int, list[tuple[int, TokenSink, tuple[list[TokenDelta], list[StreamEnd],
+                                                         set[str]]]]] = {}
+    for k, (stream, live) in enumerate(pairs):
+        taken = stream._take(live)
+        if taken is not None and stream.sink is not None:
+            groups.setdefault(id(stream.sink), []).append((k, stream.sink, taken))
+    for members in groups.values():
+        sink = members[0][1]
+        try:
+            gone = sink.publish([d for _, _, (ds, _, _) in members for d in ds],
+                                [e for _, _, (_, es, _) in members for e in es],
+                                set().union(*(ids for _, _, (_, _, ids) in members)))
+        except Exception:
+            log.warning("token stream failed; streaming stops for these requests", exc_info=True)
+            for k, _, _ in members:
+                pairs[k][0].sink = None
+            continue
+        for k, _, _ in members:
+            stream, live = pairs[k]
+            cancelled[k] = [i for i in live if stream.batch[i].request_id in gone]
+    return cancelled

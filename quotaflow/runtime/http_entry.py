@@ -4,7 +4,10 @@ KafkaSource delivers each record as a binary-mode CloudEvent and discards the re
 step produces its outputs to Kafka itself and answers 2xx only after they are flushed; a non-2xx
 makes KafkaSource retry and, after its retries, dead-letter the record. An infrastructure error
 (PostgreSQL, Redis or Kafka unreachable) is answered 503 with `Retry-After` and never given the
-poison treatment: the record is fine, KafkaSource delivers it again."""
+poison treatment: the record is fine, KafkaSource delivers it again.
+
+Each delivery is handled on its own: concurrent deliveries to infer decode together in the
+generator (continuous batching), each answered the moment its own request ends."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ from events.envelope import Envelope, UndecodableEvent, from_http
 from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import metrics
-from quotaflow.runtime.batching import MicroBatcher
 from quotaflow.runtime.faults import INFRA_RETRIES, error_name, is_infrastructure
 from quotaflow.runtime.handling import handle_with_retries, publish
 from quotaflow.runtime.problem import Problem
@@ -73,22 +75,6 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
     def handle_one(env: Envelope) -> list[Payload]:
         return handle_with_retries(step, ports, settings, [(None, env)], give_up)
 
-    def handle_gathered(envelopes: Sequence[Envelope]) -> list[list[Payload]]:
-        try:
-            outputs = step.handle([env.payload for env in envelopes], ports)
-            if len(outputs) == len(envelopes):
-                return [[o] for o in outputs]
-        except Exception as exc:
-            if is_infrastructure(exc):
-                raise
-            log.exception("step %s: gathered batch of %d failed; one by one", step.name,
-                          len(envelopes))
-        return [handle_one(env) for env in envelopes]
-
-    batcher: MicroBatcher[Envelope, list[Payload]] | None = None
-    if step.one_to_one and step.batch_max(settings) > 1:
-        batcher = MicroBatcher(handle_gathered, step.batch_max(settings), settings.batch_wait_ms)
-
     @app.errorhandler(Problem)
     def problem(p: Problem) -> Response:
         return p.response(request.path)
@@ -122,7 +108,7 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
                               f"step {step.name} consumes {', '.join(step.consumes)}, "
                               f"not {ev.type.ce_type}")
             metrics.EVENTS_IN.labels(step.name, ev.type.name).inc()
-            outputs = batcher.submit(ev) if batcher else handle_one(ev)
+            outputs = handle_one(ev)
         sent = publish(step, settings, producer, outputs)
         kafka.flush(producer)
         return jsonify(produced=[env.id for env in sent]), 200

@@ -46,9 +46,6 @@ class Step(Generic[In, P]):
     # How many polled batches the Kafka loop may be handling at once (runtime/inflight.py):
     # infer takes more than one, so requests polled while the model decodes join its batch.
     in_flight: Callable[[Settings], int] = field(default=lambda s: 1)
-    # One output per input, in order: the HTTP entry may then gather concurrent requests
-    # into one handler call (micro-batching), as the Kafka loop does with a poll.
-    one_to_one: bool = False
 
 
 AnyStep = Step[Any, Any]

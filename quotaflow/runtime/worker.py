@@ -32,6 +32,9 @@ from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
 Batch = list[tuple[Message | None, Envelope]]
+# The longest wait for new records while batches are being handled: the loop publishes a
+# finished batch only between two polls (librdkafka's local queue wait; no broker request).
+IN_FLIGHT_POLL_S = 0.005
 
 
 class KafkaWorker:
@@ -98,6 +101,8 @@ class KafkaWorker:
             return self._collect()
         # consume(n, timeout) waits for all n records or the whole timeout: wait for the first
         # record only, then take what else arrives within the short batching window.
+        if len(self.in_flight):  # a batch that finishes is published within this wait
+            timeout_s = min(timeout_s, IN_FLIGHT_POLL_S)
         first = self.consumer.poll(timeout_s)
         if first is None:
             return self._collect()

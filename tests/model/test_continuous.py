@@ -70,6 +70,7 @@ def test_a_request_arriving_mid_decode_joins_the_batch_and_both_come_out_as_alon
 
     assert long_joined == long_alone
     assert joined == alone
+    assert (long_alone.batch_size, long_joined.batch_size) == (1, 3)
     # The joiners' decode passes were the running request's: one prefill pass of their own.
     assert passes == long_alone.completion_tokens + 1
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from quotaflow.adapters.memory.stream import MemoryTokenStream
 from quotaflow.model.base import ChatMessage, GenerationRequest, StreamEnd, TokenDelta
 from quotaflow.model.standin import StandInModel
-from quotaflow.model.streaming import CHECK_EVERY, RowText
+from quotaflow.model.streaming import CHECK_EVERY, BatchStream, RowText, sync_streams
 
 WORDS = " ".join(f"w{i}" for i in range(20))  # the stand-in answers w19 w18 ... w0
 
@@ -166,3 +166,31 @@ def test_released_text_is_the_text_up_to_the_first_stop_sequence_to_complete(
     cut = min(ends)[1] if ends else len(text)
     assert "".join(released) == row.text == text[:cut]
     assert row.stopped == bool(ends)
+
+
+def test_concurrent_calls_sharing_a_sink_publish_in_one_round_trip_and_get_their_own_cancels(
+        ) -> None:
+    calls: list[tuple[list[str], set[str]]] = []
+
+    def hook(stream: Hooked, deltas: Sequence[TokenDelta], _call: int) -> None:
+        calls.append(([d.request_id for d in deltas], set()))
+
+    sink = Hooked(hook)
+    sink.cancel("b")
+    one = BatchStream([ask("a")], sink)
+    two = BatchStream([ask("b"), ask("c")], sink)
+    one.add(0, "hello")
+    two.add(1, "there")
+    assert sync_streams([(one, [0]), (two, [0, 1])]) == [[], [0]]
+    assert [ids for ids, _ in calls] == [["a", "c"]]  # one round trip for both calls
+
+
+def test_a_failing_shared_sink_stops_streaming_for_every_call_on_it() -> None:
+    def hook(_s: Hooked, _d: Sequence[TokenDelta], _c: int) -> None:
+        raise ConnectionError("redis went away")
+
+    sink = Hooked(hook)
+    one, two = BatchStream([ask("a")], sink), BatchStream([ask("b")], sink)
+    one.add(0, "x")
+    assert sync_streams([(one, [0]), (two, [0])]) == [[], []]
+    assert one.sink is None and two.sink is None

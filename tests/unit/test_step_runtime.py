@@ -1,12 +1,10 @@
 """The runtime's step machinery without services: the one step list and its wiring agree,
 the stand-in model wires with nothing reachable, what a step holds decides its readiness, a
-dead step loop makes the all-in-one function unready, and micro-batches gather and fail
-together."""
+dead step loop makes the all-in-one function unready."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -15,7 +13,6 @@ from events.catalog import EVENTS
 from functions.estimate.handler import EstimatePorts
 from functions.infer.handler import InferPorts
 from quotaflow.model.standin import StandInModel
-from quotaflow.runtime.batching import MicroBatcher
 from quotaflow.runtime.knative import _AllInOne
 from quotaflow.runtime.steps import ALL_STEPS, CONSUMER_STEPS, load_step
 from quotaflow.runtime.wiring import WIRING, Held, wire
@@ -68,34 +65,6 @@ def test_a_dead_step_loop_makes_the_all_in_one_function_unready() -> None:
     assert not everything.ready()
     everything.close()
     assert stop.is_set() and not alive.is_alive()
-
-
-def test_concurrent_submissions_are_gathered_into_one_batch() -> None:
-    batches: list[list[int]] = []
-
-    def double(items: Sequence[int]) -> list[int]:
-        batches.append(list(items))
-        return [2 * i for i in items]
-
-    batcher: MicroBatcher[int, int] = MicroBatcher(double, max_size=4, max_wait_ms=50)
-    results: dict[int, int] = {}
-    threads = [threading.Thread(target=lambda i=i: results.update({i: batcher.submit(i, 5)}))
-               for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == {0: 0, 1: 2, 2: 4, 3: 6}
-    assert sorted(len(b) for b in batches)[-1] > 1
-
-
-def test_a_failed_batch_fails_every_submission_in_it() -> None:
-    def explode(items: object) -> list[int]:
-        raise RuntimeError("no")
-
-    batcher: MicroBatcher[int, int] = MicroBatcher(explode, max_size=2, max_wait_ms=1)
-    with pytest.raises(RuntimeError, match="no"):
-        batcher.submit(1, 5)
 
 
 def test_a_dead_step_loop_fails_the_all_in_one_functions_liveness() -> None:
