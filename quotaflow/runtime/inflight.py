@@ -42,6 +42,11 @@ def batch_offsets(msgs: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, high + 1) for (t, p), (_, high) in sorted(_spans(msgs).items())]
 
 
+# How many polled batches, per handler slot, may wait to be committed (bounds the memory held
+# and what a crash makes the step handle again).
+UNCOMMITTED_PER_SLOT = 8
+
+
 @dataclass(eq=False)
 class Polled:
     """One polled batch: its records and the handler's outputs to come."""
@@ -63,7 +68,11 @@ class InFlight:
         return len(self._batches)
 
     def full(self) -> bool:
-        return len(self._batches) >= self.limit
+        """`limit` handlers are running, or too many finished batches wait behind an earlier,
+        longer one to be committed. Finished batches do not count against `limit`: a long
+        generation at the head must not keep the requests behind it from joining the batch."""
+        running = sum(1 for b in self._batches if not b.outputs.done())
+        return running >= self.limit or len(self._batches) >= self.limit * UNCOMMITTED_PER_SLOT
 
     def submit(self, msgs: list[Message], records: int,
                handle: Callable[[], list[Payload]]) -> None:

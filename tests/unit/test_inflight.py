@@ -92,3 +92,19 @@ def test_with_a_limit_of_one_the_handler_runs_inline_and_its_error_is_kept() -> 
     (polled,) = flight.finished()
     with pytest.raises(RuntimeError, match="model exploded"):
         polled.outputs.result()
+
+
+def test_finished_batches_waiting_behind_a_longer_one_leave_room_for_new_ones() -> None:
+    """A long generation at the head must not keep the requests behind it from joining."""
+    flight = InFlight(2, "test")
+    long, short = threading.Event(), threading.Event()
+    flight.submit([FakeMessage("r", 0, 1)], 1, gated(long, []))  # type: ignore[list-item]
+    flight.submit([FakeMessage("r", 0, 2)], 1, gated(short, []))  # type: ignore[list-item]
+    assert flight.full()
+    short.set()
+    flight.wait(10)
+    publish_finished(flight)
+    assert flight.committable() == [] and len(flight) == 2
+    assert not flight.full()  # one handler running: room for another
+    long.set()
+    flight.close()
