@@ -3,8 +3,8 @@ end, so the model never idles while a static batch waits for its slowest row.
 
 Each `generate` call is a ticket. One engine thread runs every forward pass; callers wait for
 their own ticket. Between two passes the engine
-- joins the tickets that arrived: their rows are prefilled in one pass of their own
-  (left-padded among themselves), then their KV caches are merged with the running ones, the
+- joins the tickets that arrived: their rows are prefilled in a pass of their own
+  (`quotaflow.model.prefill`), then their KV caches are merged with the running ones, the
   shorter side left-padded with masked positions;
 - drops rows that ended, and trims cache columns that no remaining row attends to.
 Masked positions change nothing a row attends to, and positions are per row, so a row's output
@@ -25,15 +25,12 @@ from typing import Any
 import numpy as np
 
 from quotaflow.model.base import GenerationRequest
+from quotaflow.model.prefill import Prefill, StepFn, host
 from quotaflow.model.sampling import pick
 from quotaflow.model.streaming import BatchStream, sync_streams
 from quotaflow.model.tokenizer import ChatTokenizer, TextDecoder
 
 log = logging.getLogger(__name__)
-
-# One forward pass: (input_ids, attention_mask, position_ids, past) -> (last logits, present)
-StepFn = Callable[[Any, Any, Any, list[Any]], tuple[Any, list[Any]]]
-
 
 @dataclass(eq=False)
 class Ticket:
@@ -64,11 +61,6 @@ class Row:
         return self.ticket.batch[self.i]
 
 
-def _host(value: Any) -> Any:
-    """A KV tensor as a NumPy array (on CUDA it stays on the device between passes)."""
-    return value if isinstance(value, np.ndarray) else value.numpy()
-
-
 def _pad_left(a: Any, width: int, axis: int) -> Any:
     missing = width - a.shape[axis]
     if missing <= 0:
@@ -79,13 +71,12 @@ def _pad_left(a: Any, width: int, axis: int) -> Any:
 
 
 class DecodeEngine:
-    def __init__(self, tokenizer: ChatTokenizer, step: StepFn, layers: int, kv_heads: int,
-                 head_dim: int, on_pass: Callable[[int], None] = lambda rows: None) -> None:
+    def __init__(self, tokenizer: ChatTokenizer, step: StepFn, prefill: Prefill,
+                 on_pass: Callable[[int], None] = lambda rows: None) -> None:
         self.tokenizer = tokenizer
         self._on_pass = on_pass  # told how many rows each decode pass ran
         self._step = step
-        self._kv_shape = (kv_heads, head_dim)
-        self._layers = layers
+        self.prefill = prefill
         self._cond = threading.Condition()
         self._pending: list[Ticket] = []
         self._thread: threading.Thread | None = None
@@ -147,20 +138,10 @@ class DecodeEngine:
             fresh += [r for r in rows if not r.ended]
         self._sync(tickets, fresh)  # cancelled before any pass
         fresh = [r for r in fresh if not r.ended]
-        if fresh:
-            prompts = [r.ticket.prompts[r.i] for r in fresh]
-            width = max(len(p) for p in prompts)
-            ids = np.full((len(fresh), width), self.tokenizer.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(fresh), width), dtype=np.int64)
-            for k, p in enumerate(prompts):
-                ids[k, width - len(p):] = p
-                mask[k, width - len(p):] = 1
-            positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-            empty = np.zeros((len(fresh), self._kv_shape[0], 0, self._kv_shape[1]),
-                             dtype=np.float32)
-            logits, past = self._step(ids, mask, positions, [empty] * (2 * self._layers))
-            self._merge(fresh, past, mask, positions[:, -1:] + 1)
-            self._took(fresh, logits)
+        for done in self.prefill([r.ticket.prompts[r.i] for r in fresh]) if fresh else []:
+            rows = [fresh[k] for k in done.rows]
+            self._merge(rows, done.past, done.mask, done.next_pos)
+            self._took(rows, done.logits)
         self._settle(tickets)
 
     def _advance(self) -> None:
@@ -222,7 +203,7 @@ class DecodeEngine:
         self._mask, self._pos = self._mask[keep], self._pos[keep]
         first = int(self._mask.any(axis=0).argmax())
         self._mask = self._mask[:, first:]
-        self._past = [np.ascontiguousarray(_host(p)[keep][:, :, first:]) for p in self._past]
+        self._past = [np.ascontiguousarray(host(p)[keep][:, :, first:]) for p in self._past]
 
     def _merge(self, rows: list[Row], past: list[Any], mask: Any, pos: Any) -> None:
         """Append freshly prefilled rows to the running batch, padding the shorter caches."""
@@ -230,8 +211,8 @@ class DecodeEngine:
             self.rows, self._past, self._mask, self._pos = list(rows), past, mask, pos
             return
         width = max(self._mask.shape[1], mask.shape[1])
-        self._past = [np.concatenate([_pad_left(_host(old), width, 2),
-                                      _pad_left(_host(new), width, 2)])
+        self._past = [np.concatenate([_pad_left(host(old), width, 2),
+                                      _pad_left(host(new), width, 2)])
                       for old, new in zip(self._past, past, strict=True)]
         self._mask = np.concatenate([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
         self._pos = np.concatenate([self._pos, pos])

@@ -25,6 +25,7 @@ import numpy as np
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.continuous import DecodeEngine
 from quotaflow.model.metrics import BATCH_SIZE, DECODE_ROWS, INFERENCE_SECONDS, TOKENS
+from quotaflow.model.prefill import Prefill
 from quotaflow.model.session import open_session
 from quotaflow.model.streaming import BatchStream
 from quotaflow.model.tokenizer import ChatTokenizer
@@ -47,8 +48,9 @@ class OnnxGenerator:
         kv = inputs["past.0.key"].shape  # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(kv[1]), int(kv[3])
         rows = DECODE_ROWS.labels(self._name, self._version, self._device)
-        self.engine = DecodeEngine(self.tokenizer, self._step, self.layers, self.kv_heads,
-                                   self.head_dim, on_pass=rows.observe)
+        prefill = Prefill(self._step, self.tokenizer.pad_token_id, self.layers, self.kv_heads,
+                          self.head_dim, self.tokenizer.shared_prefix())
+        self.engine = DecodeEngine(self.tokenizer, self._step, prefill, on_pass=rows.observe)
         log.info("loaded model %s %s on %s in %.1f s (%d layers)", self._name, self._version,
                  self._device, time.perf_counter() - started, self.layers)
 

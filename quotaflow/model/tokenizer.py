@@ -40,6 +40,17 @@ class ChatTokenizer:
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self.encode_chat(messages))
 
+    def shared_prefix(self) -> list[int]:
+        """The tokens every chat without a system message of its own begins with (the
+        template's default system block and the user turn's header): what two different
+        one-message chats have in common."""
+        a = self.encode_chat([ChatMessage("user", "a")])
+        b = self.encode_chat([ChatMessage("user", "b")])
+        same = 0
+        while same < min(len(a), len(b)) and a[same] == b[same]:
+            same += 1
+        return a[:same]
+
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
