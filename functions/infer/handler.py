@@ -1,9 +1,11 @@
 """infer: run the model on reserved requests and report the real token counts.
 
-Batching is continuous: each request is its own batch here, up to `QF_BATCH_MAX` of them in
-flight at once, and the generator decodes all of them together, each joining the running
-batch when it arrives and leaving it when it ends. So a request's completion goes out the
-moment it ends, never waiting for a longer batch-mate.
+Batching is continuous: each request is a handler call of its own here, up to `QF_BATCH_MAX`
+of them in flight at once, and the generator decodes all of them together, each joining the
+running batch when it arrives and leaving it when it ends. So a request's completion goes out the
+moment it ends, never waiting for a longer batch-mate. The stand-in model decodes at once and
+batches nothing, so with it a polled batch is one handler call, on the loop's own thread: a call
+per record would only add a thread hand-off and a produce request to each.
 
 The completion budget is what the reservation leaves after the prompt, so the charge can never
 exceed the reservation. A request that fails every retry goes to the dead-letter topic and is
@@ -59,5 +61,5 @@ def on_poison(p: Reserved, reason: str, ports: InferPorts) -> list[Failed]:
 
 
 STEP = Step(name="infer", consumes=("reserved",), produces=("completed", "failed"),
-            handle=handle, on_poison=on_poison, batch_max=lambda s: 1,
-            in_flight=lambda s: s.batch_max)
+            handle=handle, on_poison=on_poison, batch_max=lambda s: s.batch_max,
+            in_flight=lambda s: 1 if s.model_source == "standin" else s.batch_max)

@@ -1,7 +1,8 @@
 """The batches a consumer loop has polled and not yet committed, and the offsets they free.
 
-A step may handle several polled batches at once (`Step.in_flight`; infer does, so requests
-polled while the model decodes join its running batch). Their outputs are published as each
+A step may handle several records at once, each in a handler call of its own (`Step.in_flight`;
+infer does, so requests polled while the model decodes join its running batch, and each
+completion goes out the moment its own request ends). Their outputs are published as each
 batch finishes, in any order, but offsets are committed only for the prefix of batches that
 are all published, in poll order: a crash then redelivers every batch whose outputs might be
 missing. Redelivery is harmless, since output ids derive from the request id and every
@@ -67,12 +68,15 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._batches)
 
+    def free(self) -> int:
+        """Handler slots not in use."""
+        return max(0, self.limit - sum(1 for b in self._batches if not b.outputs.done()))
+
     def full(self) -> bool:
         """`limit` handlers are running, or too many finished batches wait behind an earlier,
         longer one to be committed. Finished batches do not count against `limit`: a long
         generation at the head must not keep the requests behind it from joining the batch."""
-        running = sum(1 for b in self._batches if not b.outputs.done())
-        return running >= self.limit or len(self._batches) >= self.limit * UNCOMMITTED_PER_SLOT
+        return self.free() == 0 or len(self._batches) >= self.limit * UNCOMMITTED_PER_SLOT
 
     def submit(self, msgs: list[Message], records: int,
                handle: Callable[[], list[Payload]]) -> None:

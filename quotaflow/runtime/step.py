@@ -43,8 +43,9 @@ class Step(Generic[In, P]):
     tick_interval_s: Callable[[Settings], float] = field(default=lambda s: 0.0)
     # How many records one handler call may take (infer batches, reserve group-commits).
     batch_max: Callable[[Settings], int] = field(default=lambda s: 64)
-    # How many polled batches the Kafka loop may be handling at once (runtime/inflight.py):
-    # infer takes more than one, so requests polled while the model decodes join its batch.
+    # How many records the Kafka loop may be handling at once, each in a handler call of its
+    # own (runtime/inflight.py); 1: one handler call per polled batch, on the loop's thread.
+    # infer takes more, so requests polled while the model decodes join its running batch.
     in_flight: Callable[[Settings], int] = field(default=lambda s: 1)
 
 

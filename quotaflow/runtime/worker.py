@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message
@@ -108,6 +109,8 @@ class KafkaWorker:
             return self._collect()
         msgs = [first]
         room = self.step.batch_max(self.settings) - 1
+        if self.in_flight.limit > 1:  # a record a handler call: no more than the free slots
+            room = min(room, self.in_flight.free() - 1)
         if room > 0:
             msgs += self.consumer.consume(num_messages=room,
                                           timeout=self.settings.batch_wait_ms / 1000)
@@ -127,7 +130,13 @@ class KafkaWorker:
             batch.append((msg, ev))
         for name, n in Counter(ev.type.name for _, ev in batch).items():
             metrics.EVENTS_IN.labels(self.step.name, name).inc(n)
-        self.in_flight.submit(msgs, len(batch), lambda: self._handle(batch))
+        if self.in_flight.limit == 1:
+            self.in_flight.submit(msgs, len(batch), lambda: self._handle(batch))
+        else:  # a handler call per record, each published the moment it is done (infer)
+            decoded = {id(msg): (msg, ev) for msg, ev in batch}
+            for msg in msgs:
+                one = [decoded[id(msg)]] if id(msg) in decoded else []
+                self.in_flight.submit([msg], len(one), partial(self._handle, one))
         return self._collect()
 
     def _handle(self, batch: Batch) -> list[Payload]:

@@ -106,7 +106,7 @@ def test_a_batch_polled_while_another_is_handled_goes_out_first_and_its_offset_w
 
     step: Step[Reserved, object] = Step(
         name="infer", consumes=("reserved",), produces=("failed",), handle=handle,
-        batch_max=lambda s: 1, in_flight=lambda s: 2)
+        in_flight=lambda s: 2)  # each record a handler call of its own, even polled together
     worker = KafkaWorker(step, settings, ports=object())
     worker.consumer.subscribe([topic])
 
