@@ -28,6 +28,10 @@ class Settings:
     # "standin" (deterministic, no weights), "dir:PATH" (a built model directory) or "registry"
     model_source: str = "standin"
     model_cache_dir: str = ".quotaflow/models"
+    # 1: ONNX Runtime's threads spin between operators, fastest on cores of their own (the bare
+    # loop, a Knative infer pod); 0: they sleep, leaving the cores to the processes they share
+    # them with (the local stack sets 0; BENCHMARKS.md, "Continuous batching").
+    ort_spin: int = 1
     # The stand-in's pause per decode step (0: none), so tests can hang up mid-stream.
     standin_token_delay_ms: int = 0
     public_url: str = "http://127.0.0.1:8080"
@@ -130,6 +134,7 @@ ENV_NAMES: dict[str, str] = {
     "model_alias": "QF_MODEL_ALIAS",
     "model_source": "QF_MODEL_SOURCE",
     "model_cache_dir": "QF_MODEL_CACHE_DIR",
+    "ort_spin": "QF_ORT_SPIN",
     "standin_token_delay_ms": "QF_STANDIN_TOKEN_DELAY_MS",
     "public_url": "QF_PUBLIC_URL",
     "topic_prefix": "QF_TOPIC_PREFIX",

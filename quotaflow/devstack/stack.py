@@ -140,7 +140,10 @@ class DevStack:
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
-        env = {**self.settings.as_env(), **self.child_env, "PYTHONUNBUFFERED": "1"}
+        # Everything shares this box's cores: infer's model threads sleep between operators
+        # rather than spin (at concurrency 8, 8% more tokens/s through the pipeline here).
+        env = {**replace(self.settings, ort_spin=0).as_env(), **self.child_env,
+               "PYTHONUNBUFFERED": "1"}
         loops = {step: ["run", step] for step in CONSUMER_STEPS}
         loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
         for name, command in loops.items():

@@ -52,19 +52,20 @@ def load_generator(settings: Settings) -> Generator:
     if src == "standin":
         return StandInModel(settings.standin_token_delay_ms / 1000)
     if src.startswith("dir:"):
-        gen = OnnxGenerator(Path(src[4:]))
+        gen = OnnxGenerator(Path(src[4:]), spin=bool(settings.ort_spin))
         gen.warm_up()
         return gen
     return RegistryRouter(_registry(settings), settings.model_name,
-                          Path(settings.model_cache_dir))
+                          Path(settings.model_cache_dir), spin=bool(settings.ort_spin))
 
 
 class RegistryRouter:
     """A Generator that routes each request to the version its alias names for it."""
 
     def __init__(self, registry: ModelRegistry, name: str, cache_dir: Path,
-                 refresh_s: float = 5.0) -> None:
+                 refresh_s: float = 5.0, spin: bool = True) -> None:
         self.registry = registry
+        self.spin = spin
         self._name = name
         self.cache_dir = cache_dir
         self.refresh_s = refresh_s
@@ -88,7 +89,7 @@ class RegistryRouter:
         with self._lock:
             if version not in self._loaded:
                 path = self.registry.fetch(self._name, version, self.cache_dir)
-                self._loaded[version] = OnnxGenerator(path)
+                self._loaded[version] = OnnxGenerator(path, spin=self.spin)
                 keep = {v for v in (self._aliases.stable, self._aliases.canary) if v}
                 for old in [v for v in self._loaded if v not in keep and v != version]:
                     del self._loaded[old]

@@ -36,13 +36,13 @@ log = logging.getLogger(__name__)
 class OnnxGenerator:
     """A `Generator` over a built model directory (model.onnx, tokenizer, quotaflow.json)."""
 
-    def __init__(self, model_dir: Path, prefer_gpu: bool = True) -> None:
+    def __init__(self, model_dir: Path, prefer_gpu: bool = True, spin: bool = True) -> None:
         meta = json.loads((model_dir / "quotaflow.json").read_text())
         self._name = str(meta["name"])
         self._version = str(meta["version"])
         self.tokenizer = ChatTokenizer(model_dir)
         started = time.perf_counter()
-        self.session, self._device = open_session(model_dir / "model.onnx", prefer_gpu)
+        self.session, self._device = open_session(model_dir / "model.onnx", prefer_gpu, spin)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.layers = sum(1 for n in inputs if n.startswith("past.") and n.endswith(".key"))
         kv = inputs["past.0.key"].shape  # [batch, kv_heads, past, head_dim]

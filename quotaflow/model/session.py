@@ -13,8 +13,9 @@ def providers_available() -> list[str]:
     return names
 
 
-def open_session(path: Path, prefer_gpu: bool) -> tuple[Any, str]:
-    """The session for `path` and its device ("cuda" or "cpu")."""
+def open_session(path: Path, prefer_gpu: bool, spin: bool = True) -> tuple[Any, str]:
+    """The session for `path` and its device ("cuda" or "cpu"). Without `spin`, its threads
+    sleep between operators instead of spinning (for a process that shares its cores)."""
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -25,6 +26,8 @@ def open_session(path: Path, prefer_gpu: bool) -> tuple[Any, str]:
             preload()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), opts, providers=providers)
     device = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
     return sess, device

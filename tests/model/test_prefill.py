@@ -1,6 +1,7 @@
 """The shared-prefix cache of prefill: a prompt that begins with the chat template's default
 system block runs only its own tokens on top of the cached block, and generates exactly what a
-full prefill would; a prompt with a system message of its own runs whole."""
+full prefill would; a prompt with a system message of its own runs whole. And a session told
+not to spin (the local stack's infer, which shares its cores) answers the same."""
 
 from __future__ import annotations
 
@@ -86,3 +87,13 @@ def test_real_model_greedy_answers_are_the_same_with_and_without_the_prefix_cach
     real.engine.prefill = without_prefix_cache(real)
     assert real.generate(batch) == cached
     assert "Paris" in cached[0].text
+
+
+def test_a_model_that_shares_its_cores_sleeps_between_operators_and_answers_the_same(
+        tiny: OnnxGenerator, tiny_model_dir: Path) -> None:
+    """QF_ORT_SPIN=0 (the local stack's infer): same outputs, ONNX Runtime told not to spin."""
+    sharing = OnnxGenerator(tiny_model_dir, prefer_gpu=False, spin=False)
+    entry = "session.intra_op.allow_spinning"
+    assert sharing.session.get_session_options().get_session_config_entry(entry) == "0"
+    batch = [ask("a", "Hello there", 6), ask("b", "Tell me a story.", 5, seed=3)]
+    assert sharing.generate(batch) == tiny.generate(batch)
