@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,27 @@ def test_a_dead_step_loop_fails_the_all_in_one_functions_liveness() -> None:
     ok, why = fn.alive()
     assert not ok and "step-infer" in why
     stop.set()
+
+
+def test_infer_decodes_requests_at_once_with_a_real_model_and_inline_with_the_stand_in(
+        ) -> None:
+    infer = load_step("infer")
+    real = replace(Settings(), model_source="dir:/models/x", batch_max=12)
+    assert (infer.in_flight(real), infer.batch_max(real)) == (12, 12)
+    assert infer.in_flight(replace(real, model_source="standin")) == 1
+    assert all(load_step(s).in_flight(real) == 1 for s in CONSUMER_STEPS if s != "infer")
+
+
+def test_the_local_stack_tells_its_model_not_to_spin(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process of `dev up` shares the box's two cores (QF_ORT_SPIN, BENCHMARKS.md)."""
+    from quotaflow.devstack.stack import DevStack
+
+    envs: dict[str, dict[str, str]] = {}
+    stack = DevStack(tmp_path, Settings())
+    monkeypatch.setattr(stack, "_spawn", lambda name, argv, env=None, **_: envs.update(
+        {name: env or {}}))
+    stack.start_functions()
+    assert envs["infer"]["QF_ORT_SPIN"] == "0"
+    assert Settings.from_env(envs["infer"]).ort_spin == 0
+    assert Settings().ort_spin == 1  # a bare loop or an infer pod of its own spins
