@@ -1,7 +1,7 @@
 """Generated tokens/s through the whole local pipeline versus the bare generation loop on the
 same model, in the same run, at concurrency 1 and 8.
 
-    .venv/bin/python benchmarks/bench_pipeline.py --model dir:PATH [--requests 16] [--max-tokens 32]
+    .venv/bin/python benchmarks/bench_pipeline.py --model dir:PATH [--requests 64] [--max-tokens 32]
 
 The bare loop calls `Generator.generate` directly (batch 1, then batches of 8), before and after
 the pipeline runs, and the faster of the two is the baseline; the pipeline numbers go through
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -76,11 +77,24 @@ def pipeline(stack: DevStack, key: str, n: int, max_tokens: int, concurrency: in
     return sum(tokens for tokens, _ in done) / elapsed
 
 
+def decode_rows(stack: DevStack) -> tuple[float, float]:
+    """infer's `ml_decode_rows` so far: (sum, count) of requests decoded together a pass."""
+    url = f"http://127.0.0.1:{stack.metrics_ports['infer']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    values = {kind: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith(f"ml_decode_rows_{kind}"))
+              for kind in ("sum", "count")}
+    return values["sum"], values["count"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="standin", help="standin or dir:PATH")
-    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=64,
+                    help="requests per run (default 64: fewer, and the first and last rounds "
+                         "of eight, ramping up and down, weigh on the ratio)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--clients", choices=("stream", "poll"), default="stream",
                     help="stream: each client sends stream: true and reads the request's "
@@ -108,7 +122,10 @@ def main() -> None:
             key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10_000_000)
             RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
         pipe1 = pipeline(stack, key, args.requests, args.max_tokens, 1, args.clients == "stream")
+        before = decode_rows(stack)
         pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8, args.clients == "stream")
+        after = decode_rows(stack)
+        rows8 = (after[0] - before[0]) / max(1.0, after[1] - before[1])
     finally:
         stack.down()
     # The bare loop again, now that the stack is down: this machine's speed drifts by 20% and
@@ -125,6 +142,8 @@ def main() -> None:
     print(f"{'pipeline, concurrency 1':28}{pipe1:10.1f}   {pipe1 / bare1:.2f}x bare batch 1")
     print(f"{'pipeline, concurrency 8':28}{pipe8:10.1f}   {pipe8 / bare8:.2f}x bare batch 8, "
           f"{pipe8 / pipe1:.2f}x pipeline concurrency 1")
+    print(f"\nat concurrency 8 the running batch held {rows8:.1f} requests a forward pass on "
+          f"average (infer's ml_decode_rows)")
 
 
 if __name__ == "__main__":
