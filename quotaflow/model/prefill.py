@@ -60,7 +60,7 @@ class Prefill:
         n = len(self.prefix)
         cached = [k for k, p in enumerate(prompts)
                   if n and len(p) > n and tuple(p[:n]) == self.prefix]
-        others = [k for k in range(len(prompts)) if k not in set(cached)]
+        others = sorted(set(range(len(prompts))) - set(cached))
         passes = []
         if others:
             passes.append(self._run(others, [prompts[k] for k in others], 0))
