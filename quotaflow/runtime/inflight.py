@@ -3,10 +3,11 @@
 A step may handle several records at once, each in a handler call of its own (`Step.in_flight`;
 infer does, so requests polled while the model decodes join its running batch, and each
 completion goes out the moment its own request ends). Their outputs are published as each
-batch finishes, in any order, but offsets are committed only for the prefix of batches that
-are all published, in poll order: a crash then redelivers every batch whose outputs might be
-missing. Redelivery is harmless, since output ids derive from the request id and every
-consumer is idempotent by it. With a limit of 1 a batch is handled inline, on the loop's own
+batch finishes, in any order, but in each partition offsets are committed only up to the first
+batch not yet published: a crash then redelivers every batch whose outputs might be missing,
+and a long generation holds back its own partition's commits only, not the others'.
+Redelivery is harmless, since output ids derive from the request id and every consumer is
+idempotent by it. With a limit of 1 a batch is handled inline, on the loop's own
 thread, exactly as before there was a limit."""
 
 from __future__ import annotations
@@ -101,10 +102,20 @@ class InFlight:
         return [b for b in self._batches if b.outputs.done() and not b.published]
 
     def committable(self) -> list[Message]:
-        """Remove and answer the records of the leading batches that are all published."""
+        """Remove and answer the records of the published batches that no batch still held
+        precedes in any of their partitions: per partition, a prefix in poll order (so the
+        offset one past its last record is safe to commit)."""
         msgs: list[Message] = []
-        while self._batches and self._batches[0].published:
-            msgs += self._batches.popleft().msgs
+        held: deque[Polled] = deque()
+        blocked: set[tuple[str | None, int | None]] = set()
+        for polled in self._batches:
+            partitions = {(m.topic(), m.partition()) for m in polled.msgs}
+            if polled.published and blocked.isdisjoint(partitions):
+                msgs += polled.msgs
+            else:  # everything after it in these partitions waits for it
+                held.append(polled)
+                blocked |= partitions
+        self._batches = held
         return msgs
 
     def abandon(self) -> list[Message]:

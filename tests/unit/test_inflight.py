@@ -25,6 +25,15 @@ def failed(rid: str) -> Failed:
     return Failed(rid, "t", 1, "fine")
 
 
+def until_finished(flight: InFlight, n: int) -> None:
+    """Wait (at most 10 s) until `n` batches have finished and wait to be published."""
+    for _ in range(100):
+        if len(flight.finished()) >= n:
+            return
+        flight.wait(0.1)
+    raise AssertionError(f"{len(flight.finished())} batches finished, not {n}")
+
+
 def publish_finished(flight: InFlight) -> list[str]:
     ids = []
     for polled in flight.finished():
@@ -107,4 +116,47 @@ def test_finished_batches_waiting_behind_a_longer_one_leave_room_for_new_ones() 
     assert flight.committable() == [] and len(flight) == 2
     assert not flight.full()  # one handler running: room for another
     long.set()
+    flight.close()
+
+
+def test_a_long_batch_holds_back_only_its_own_partitions_commits() -> None:
+    """A crash then redelivers what follows the long generation in its partition, not in
+    every partition."""
+    flight = InFlight(4, "test")
+    long, short = threading.Event(), threading.Event()
+    flight.submit([FakeMessage("r", 0, 10)], 1, gated(long, [failed("a")]))  # type: ignore[list-item]
+    flight.submit([FakeMessage("r", 0, 11)], 1, gated(short, [failed("b")]))  # type: ignore[list-item]
+    flight.submit([FakeMessage("r", 1, 7)], 1, gated(short, [failed("c")]))  # type: ignore[list-item]
+    short.set()
+    until_finished(flight, 2)
+    assert sorted(publish_finished(flight)) == ["b", "c"]
+    done = batch_offsets(flight.committable())
+    assert [(tp.partition, tp.offset) for tp in done] == [(1, 8)]  # partition 0 waits for 10
+    assert len(flight) == 2
+
+    long.set()
+    until_finished(flight, 1)
+    assert publish_finished(flight) == ["a"]
+    done = batch_offsets(flight.committable())
+    assert [(tp.partition, tp.offset) for tp in done] == [(0, 12)]
+    assert len(flight) == 0
+    flight.close()
+
+
+def test_a_batch_over_two_partitions_waits_for_each_and_holds_both_back() -> None:
+    flight = InFlight(4, "test")
+    long, rest = threading.Event(), threading.Event()
+    flight.submit([FakeMessage("r", 0, 1)], 1, gated(long, []))  # type: ignore[list-item]
+    flight.submit([FakeMessage("r", 0, 2), FakeMessage("r", 1, 5)], 2,  # type: ignore[list-item]
+                  gated(rest, []))
+    flight.submit([FakeMessage("r", 1, 6)], 1, gated(rest, []))  # type: ignore[list-item]
+    rest.set()
+    until_finished(flight, 2)
+    publish_finished(flight)
+    assert flight.committable() == []  # partition 1's offset 6 follows 5, held with 2
+    long.set()
+    until_finished(flight, 1)
+    publish_finished(flight)
+    done = batch_offsets(flight.committable())
+    assert [(tp.partition, tp.offset) for tp in done] == [(0, 3), (1, 7)]
     flight.close()
