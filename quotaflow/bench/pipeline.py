@@ -8,12 +8,10 @@ a whole poll interval, and the polls would compete with the pipeline for the sam
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -42,6 +40,13 @@ def progress(pg_url: str, source: str) -> tuple[int, int, float, float]:
             (list(TERMINAL), source)).fetchone()
     stored, ended, admitted, last = row if row is not None else (0, 0, 0, 0)
     return int(str(stored)), int(str(ended)), float(str(admitted)), float(str(last))
+
+
+def stored_requests(pg_url: str) -> int:
+    """How many requests the database holds (every one went through the broker)."""
+    with db.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM requests").fetchone()
+    return int(str(row[0])) if row is not None else 0
 
 
 def wait_ended(pg_url: str, source: str, expected: int, timeout_s: float) -> tuple[int, int]:
@@ -106,66 +111,39 @@ def sustained(admit_url: str, pg_url: str, key: str, model: str, n: int, connect
 
 
 def open_loop(admit_url: str, pg_url: str, key: str, model: str, rate: float, seconds: float,
-              clients: int = 48, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Requests at a fixed `rate` whatever the answers (open loop) for `seconds`; latency from
-    each request's scheduled send time (so a late sender counts against the system, not
-    for it) to its end in PostgreSQL, and to admit's answer."""
+              workdir: Path, connections: int = 64,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Requests due at a fixed `rate` whatever the answers (an open loop, paced by wrk's
+    `OPEN_LUA`) for `seconds`; latency from each request's due time, named in its ce-id (so a
+    late send counts against the system, not for it), to its end in PostgreSQL and to its
+    storing by admit; and wrk's own latency from each actual send to its 202."""
     source = f"/bench/open/{uuid.uuid4().hex[:8]}"
     total = int(rate * seconds)
-    start = time.time() + 0.2
-    lock = threading.Lock()
-    next_i = [0]
-    sched: dict[str, float] = {}
-    answered: list[float] = []
-    bad = [0]
-    host, port = admit_url.removeprefix("http://").split(":")
-    payload = body(model)
-
-    def client() -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        while True:
-            with lock:
-                i = next_i[0]
-                next_i[0] += 1
-            if i >= total:
-                return
-            at = start + i / rate
-            time.sleep(max(0.0, at - time.time()))
-            ce_id = f"{source}-{i}"
-            sched[ce_id] = at
-            try:
-                conn.request("POST", "/", payload, {
-                    "ce-specversion": "1.0", "ce-id": ce_id, "ce-source": source,
-                    "ce-type": "dev.quotaflow.inference.requested",
-                    "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-                resp = conn.getresponse()
-                resp.read()
-                ok = 200 <= resp.status < 300
-            except OSError:
-                conn.close()
-                conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                ok = False
-            with lock:
-                if ok:
-                    answered.append(time.time() - at)
-                else:
-                    bad[0] += 1
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    sent_s = time.time() - start
-    say(f"  sent {total} in {sent_s:.1f} s ({total / sent_s:.0f} req/s); waiting for the ends")
-    wait_ended(pg_url, source, len(answered), 120)
+    start = time.time() + 0.5
+    argv, env = wrk.open_command(admit_url + "/", rate, total, connections, key, workdir,
+                                 source, start, body(model))
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                          timeout=seconds + 90, check=False)
+    if proc.returncode != 0:
+        raise wrk.WrkError(f"wrk exited {proc.returncode}: {proc.stderr[-1000:]}")
+    sent = wrk.parse(proc.stdout)
+    say(f"  wrk sent {sent.requests} of {total}; waiting for the ends")
+    wait_ended(pg_url, source, sent.requests - sent.non2xx, 120)
     with db.connect(pg_url, autocommit=True) as conn:
-        rows = conn.execute("SELECT ce_id, status, extract(epoch FROM updated_at) "
-                            "FROM requests WHERE source = %s", (source,)).fetchall()
-    e2e = [float(t) - sched[str(c)] for c, s, t in rows if s in TERMINAL]  # type: ignore[arg-type]
-    return {"rate": rate, "seconds": seconds, "sent": total,
-            "achieved_rate": round(total / sent_s, 1), "non2xx": bad[0],
-            "ended": len(e2e), "end_to_end": summarize(e2e), "admit": summarize(answered),
+        rows = conn.execute("SELECT ce_id, status, extract(epoch FROM created_at), "
+                            "extract(epoch FROM updated_at) FROM requests WHERE source = %s",
+                            (source,)).fetchall()
+    # (due, status, stored at, ended at), epoch seconds
+    got = [(wrk.due_at(str(c))[1], str(s), float(str(a)), float(str(t))) for c, s, a, t in rows]
+    e2e = [ended - due for due, status, _, ended in got if status in TERMINAL]
+    stored = [at - due for due, _, at, _ in got]
+    last_stored = max((at for _, _, at, _ in got), default=start)
+    return {"rate": rate, "seconds": seconds, "sent": total, "connections": connections,
+            "achieved_rate": round(len(rows) / max(1e-6, last_stored - start), 1),
+            "non2xx": sent.non2xx + sent.socket_errors, "ended": len(e2e),
+            "end_to_end": summarize(e2e), "stored": summarize(stored),
+            "admit": {"p50_ms": sent.p50_ms, "p90_ms": sent.p90_ms, "p99_ms": sent.p99_ms,
+                      "max_ms": sent.max_ms},
             "end_to_end_s": sorted(round(x, 4) for x in e2e)}
 
 

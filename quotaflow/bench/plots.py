@@ -13,14 +13,14 @@ import numpy as np
 
 
 def latency_cdf(result: dict[str, Any], path: Path) -> Path:
-    """The CDF of end-to-end latency (scheduled send → terminal status) at the open-loop rate."""
+    """The CDF of end-to-end latency (due time → terminal status) at the open-loop rate."""
     o = result["open_loop"]
     xs = np.sort(np.asarray(o["end_to_end_s"], dtype=float)) * 1000
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if xs.size:
         ax.plot(xs, np.arange(1, xs.size + 1) / xs.size, lw=1.8)
         ax.axvline(float(np.percentile(xs, 99)), ls="--", lw=1, color="grey", label="p99")
-    ax.set_xlabel("send → terminal status (ms)")
+    ax.set_xlabel("due time → terminal status (ms)")
     ax.set_ylabel("fraction of requests")
     ax.set_title(f"End-to-end latency, stand-in model, open loop {o['rate']:g} req/s")
     ax.grid(alpha=0.3)

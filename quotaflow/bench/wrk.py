@@ -1,18 +1,38 @@
-"""Driving wrk: the Lua script (a unique `ce-id` per request, a Bearer key, an optional request
-limit) and parsing the one JSON line its `done` prints."""
+"""Driving wrk: the Lua scripts (a unique `ce-id` per request, a Bearer key, an optional request
+limit; or requests paced to a fixed rate, an open loop) and parsing the one JSON line their
+`done` prints."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# `done` of both scripts: sums the threads and prints one JSON line, the only line parse() reads.
+DONE = r'''function done(summary, latency, requests)
+  local answered_all, bad_all, sent_all = 0, 0, 0
+  for _, t in ipairs(threads) do
+    answered_all = answered_all + t:get("answered")
+    bad_all = bad_all + t:get("bad")
+    sent_all = sent_all + t:get("sent")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"sent":%d,"duration_us":%d,"non2xx":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"write_errors":%d,"timeouts":%d,"p50_us":%.1f,"p90_us":%.1f,' ..
+    '"p99_us":%.1f,"max_us":%.1f}\n',
+    answered_all, sent_all, summary.duration, bad_all, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+'''
+
 # Per thread: `sent` counts requests (so every ce-id is unique: run prefix, thread, counter),
 # `answered` and `bad` count responses; a thread stops once it has `QF_BENCH_LIMIT` answers.
-# `done` sums the threads and prints one JSON line, the only line parse() reads.
 LUA = r'''
 local threads = {}
 local run = os.getenv("QF_BENCH_RUN") or tostring(os.time())
@@ -52,22 +72,82 @@ function response(status, headers, body)
   if limit > 0 and answered >= limit then wrk.thread:stop() end
 end
 
-function done(summary, latency, requests)
-  local answered_all, bad_all, sent_all = 0, 0, 0
-  for _, t in ipairs(threads) do
-    answered_all = answered_all + t:get("answered")
-    bad_all = bad_all + t:get("bad")
-    sent_all = sent_all + t:get("sent")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests":%d,"sent":%d,"duration_us":%d,"non2xx":%d,"connect_errors":%d,' ..
-    '"read_errors":%d,"write_errors":%d,"timeouts":%d,"p50_us":%.1f,"p90_us":%.1f,' ..
-    '"p99_us":%.1f,"max_us":%.1f}\n',
-    answered_all, sent_all, summary.duration, bad_all, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+''' + DONE
+
+# An open loop: request i (a "slot", 0 <= i < QF_BENCH_LIMIT) is due at QF_BENCH_START_US +
+# i / QF_BENCH_RATE seconds, whatever the answers to the others. Thread t of T takes slots t-1,
+# t-1+T, ...; a connection free to send asks `delay` for the thread's next slot and waits until
+# it is due (not at all when late), and `request` gives it that slot, named in its ce-id with
+# its due time: "SOURCE/slot/due_us". A late request is late against its due time, so the
+# latency read from the ce-id counts the system's lateness, never hides it. The thread's slots
+# wait in a queue between `delay` and `request` (wrk calls them in that order per connection,
+# and due times only grow, so the connection that waits least sends first). LuaJIT's ffi gives
+# the microsecond clock Lua lacks.
+OPEN_LUA = r'''
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_usec; } qf_timeval;
+int gettimeofday(qf_timeval *tv, void *tz);
+]]
+local tv = ffi.new("qf_timeval")
+local function now_us()
+  ffi.C.gettimeofday(tv, nil)
+  return tonumber(tv.tv_sec) * 1000000 + tonumber(tv.tv_usec)
 end
-'''
+local threads = {}
+local key = os.getenv("QF_BENCH_KEY") or ""
+local source = os.getenv("QF_BENCH_SOURCE") or "/bench"
+local body = os.getenv("QF_BENCH_BODY") or "{}"
+local rate = tonumber(os.getenv("QF_BENCH_RATE"))
+local total = tonumber(os.getenv("QF_BENCH_LIMIT"))
+local n_threads = tonumber(os.getenv("QF_BENCH_THREADS") or "1")
+local start_us = tonumber(os.getenv("QF_BENCH_START_US"))
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  sent, answered, bad = 0, 0, 0
+  slot = tid - 1
+  due, head, tail = {}, 1, 0
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Authorization"] = "Bearer " .. key
+  wrk.headers["ce-specversion"] = "1.0"
+  wrk.headers["ce-type"] = "dev.quotaflow.inference.requested"
+  wrk.headers["ce-source"] = source
+  wrk.body = body
+end
+
+function delay()
+  if slot >= total then return 3600000 end  -- all sent: idle until wrk's duration ends
+  local at = start_us + math.floor(slot * 1000000 / rate)
+  tail = tail + 1
+  due[tail] = {slot, at}
+  slot = slot + n_threads
+  return math.max(0, math.floor((at - now_us()) / 1000))
+end
+
+function request()
+  local s = due[head]
+  if s == nil then  -- wrk's first call, building the request before any delay
+    return wrk.format()
+  end
+  due[head] = nil
+  head = head + 1
+  sent = sent + 1
+  wrk.headers["ce-id"] = string.format("%s/%d/%.0f", source, s[1], s[2])
+  return wrk.format()
+end
+
+function response(status, headers, body)
+  answered = answered + 1
+  if status < 200 or status > 299 then bad = bad + 1 end
+end
+
+''' + DONE
 
 
 class WrkError(RuntimeError):
@@ -130,6 +210,31 @@ def command(url: str, seconds: float, connections: int, key: str, script_dir: Pa
     argv = [binary(), "-t", str(threads), "-c", str(connections), "-d",
             f"{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url]
     return argv, env
+
+
+def open_command(url: str, rate: float, total: int, connections: int, key: str,
+                 script_dir: Path, source: str, start_at: float, body: str = "",
+                 threads: int = 2) -> tuple[list[str], dict[str, str]]:
+    """wrk's argv and environment for an open loop: `total` requests due at `rate` a second
+    from `start_at` (epoch seconds), each on whichever of `connections` is free."""
+    threads = max(1, min(threads, connections))
+    script = script_dir / "open.lua"
+    script.write_text(OPEN_LUA)
+    env = {**os.environ, "QF_BENCH_KEY": key, "QF_BENCH_SOURCE": source,
+           "QF_BENCH_RATE": repr(float(rate)), "QF_BENCH_LIMIT": str(total),
+           "QF_BENCH_THREADS": str(threads), "QF_BENCH_START_US": str(int(start_at * 1e6)),
+           "QF_BENCH_BODY": body}
+    # wrk runs for whole seconds: until the last slot is due, plus time for its answer.
+    seconds = max(0.0, start_at - time.time()) + total / rate + 2
+    argv = [binary(), "-t", str(threads), "-c", str(connections), "-d",
+            f"{math.ceil(seconds)}s", "--timeout", "10s", "-s", str(script), url]
+    return argv, env
+
+
+def due_at(ce_id: str) -> tuple[int, float]:
+    """The slot and due time (epoch seconds) the open loop named in `ce_id`."""
+    _, slot, due_us = ce_id.rsplit("/", 2)
+    return int(slot), int(due_us) / 1e6
 
 
 def run(url: str, seconds: float, connections: int, key: str, script_dir: Path,

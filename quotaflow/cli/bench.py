@@ -18,8 +18,8 @@ database qf_test_bench_run and Redis index 15; the stand-in model):
   2. the whole pipeline: N requests from C clients as fast as admit takes them, timed until
      the last one has ended (per C in --clients), with the CPU each process spent a request;
      the steps alone draining a backlog (the first step paused while admit fills it); then an
-     open loop at --rate req/s, latency from each scheduled send to its terminal status
-     (read from PostgreSQL);
+     open loop at --rate req/s paced by wrk (each request due at its own time, whatever
+     the answers), latency from each due time to its terminal status (read from PostgreSQL);
   3. `quotaflow audit` on the bench's database.
 
 With --servers, instead of 1 and 2: admit and the bare endpoint under each candidate server
