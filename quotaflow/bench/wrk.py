@@ -31,15 +31,13 @@ DONE = r'''function done(summary, latency, requests)
 end
 '''
 
-# Per thread: `sent` counts requests (so every ce-id is unique: run prefix, thread, counter),
-# `answered` and `bad` count responses; a thread stops once it has `QF_BENCH_LIMIT` answers.
-LUA = r'''
+# The start of both scripts: the settings from the environment, the threads (for `done`) and
+# the CloudEvent POST every request is.
+COMMON = r'''
 local threads = {}
-local run = os.getenv("QF_BENCH_RUN") or tostring(os.time())
 local key = os.getenv("QF_BENCH_KEY") or ""
 local source = os.getenv("QF_BENCH_SOURCE") or "/bench"
 local body = os.getenv("QF_BENCH_BODY") or "{}"
-local total_limit = tonumber(os.getenv("QF_BENCH_LIMIT") or "0")
 local n_threads = tonumber(os.getenv("QF_BENCH_THREADS") or "1")
 
 function setup(thread)
@@ -47,10 +45,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-function init(args)
-  sent, answered, bad = 0, 0, 0
-  limit = 0
-  if total_limit > 0 then limit = math.ceil(total_limit / n_threads) end
+local function cloudevent_post()
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
   wrk.headers["Authorization"] = "Bearer " .. key
@@ -58,6 +53,20 @@ function init(args)
   wrk.headers["ce-type"] = "dev.quotaflow.inference.requested"
   wrk.headers["ce-source"] = source
   wrk.body = body
+end
+'''
+
+# Per thread: `sent` counts requests (so every ce-id is unique: run prefix, thread, counter),
+# `answered` and `bad` count responses; a thread stops once it has `QF_BENCH_LIMIT` answers.
+LUA = COMMON + r'''
+local run = os.getenv("QF_BENCH_RUN") or tostring(os.time())
+local total_limit = tonumber(os.getenv("QF_BENCH_LIMIT") or "0")
+
+function init(args)
+  sent, answered, bad = 0, 0, 0
+  limit = 0
+  if total_limit > 0 then limit = math.ceil(total_limit / n_threads) end
+  cloudevent_post()
 end
 
 function request()
@@ -83,7 +92,7 @@ end
 # wait in a queue between `delay` and `request` (wrk calls them in that order per connection,
 # and due times only grow, so the connection that waits least sends first). LuaJIT's ffi gives
 # the microsecond clock Lua lacks.
-OPEN_LUA = r'''
+OPEN_LUA = COMMON + r'''
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_usec; } qf_timeval;
@@ -94,31 +103,15 @@ local function now_us()
   ffi.C.gettimeofday(tv, nil)
   return tonumber(tv.tv_sec) * 1000000 + tonumber(tv.tv_usec)
 end
-local threads = {}
-local key = os.getenv("QF_BENCH_KEY") or ""
-local source = os.getenv("QF_BENCH_SOURCE") or "/bench"
-local body = os.getenv("QF_BENCH_BODY") or "{}"
 local rate = tonumber(os.getenv("QF_BENCH_RATE"))
 local total = tonumber(os.getenv("QF_BENCH_LIMIT"))
-local n_threads = tonumber(os.getenv("QF_BENCH_THREADS") or "1")
 local start_us = tonumber(os.getenv("QF_BENCH_START_US"))
-
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
 
 function init(args)
   sent, answered, bad = 0, 0, 0
   slot = tid - 1
   due, head, tail = {}, 1, 0
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  wrk.headers["Authorization"] = "Bearer " .. key
-  wrk.headers["ce-specversion"] = "1.0"
-  wrk.headers["ce-type"] = "dev.quotaflow.inference.requested"
-  wrk.headers["ce-source"] = source
-  wrk.body = body
+  cloudevent_post()
 end
 
 function delay()
