@@ -9,6 +9,10 @@ EVENTS_IN = Counter("qf_events_consumed_total", "Events a step consumed", ["step
 EVENTS_OUT = Counter("qf_events_produced_total", "Events a step produced", ["step", "type"])
 DEAD_LETTERS = Counter("qf_dead_letters_total", "Records sent to a dead-letter topic",
                        ["step", "reason"])
+OFFSET_GAPS = Counter("qf_kafka_offset_gaps_total", "Polled records past the next offset "
+                      "expected in their partition (`quotaflow/runtime/gaps.py`): `reread` "
+                      "(sought back) or `skipped` (given up after repeated re-reads)",
+                      ["step", "outcome"])
 HANDLER_SECONDS = Histogram("qf_handler_seconds", "Time in a step's handler per batch", ["step"],
                             buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
 BATCH_SIZE = Histogram("qf_batch_size", "Records per handler call", ["step"],

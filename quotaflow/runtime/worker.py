@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from events.envelope import Envelope, UndecodableEvent, from_kafka
 from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import faults, metrics
+from quotaflow.runtime.gaps import GapGuard
 from quotaflow.runtime.handling import dead_letter, handle_with_retries, publish
 from quotaflow.runtime.inflight import InFlight, batch_offsets, rewind_offsets
 from quotaflow.runtime.step import AnyStep, Resources
@@ -57,6 +58,7 @@ class KafkaWorker:
         self._failures = 0  # infrastructure errors in a row
         self._stop = threading.Event()
         self.in_flight = InFlight(step.in_flight(settings), step.name)
+        self.gaps = GapGuard(step.name)
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -79,10 +81,12 @@ class KafkaWorker:
 
     def _assigned(self, _consumer: Consumer, partitions: list[Any]) -> None:
         log.info("step %s assigned %d partitions", self.step.name, len(partitions))
+        self.gaps.forget(partitions)
 
     def _revoked(self, _consumer: Consumer, partitions: list[Any]) -> None:
         log.info("step %s revoked %d partitions", self.step.name, len(partitions))
         self._drain()  # commit what is done while the partitions are still ours
+        self.gaps.forget(partitions)
 
     def _drain(self) -> None:
         while len(self.in_flight):
@@ -114,6 +118,10 @@ class KafkaWorker:
         if room > 0:
             msgs += self.consumer.consume(num_messages=room,
                                           timeout=self.settings.batch_wait_ms / 1000)
+        msgs, rereads = self.gaps.screen(msgs)  # records the broker skipped: read them again
+        self._seek(rereads)
+        if not msgs:
+            return self._collect()
         batch: Batch = []
         for msg in msgs:
             if msg.error():
@@ -183,17 +191,20 @@ class KafkaWorker:
         log.warning("step %s: %s: %s; batch of %d retried in %.1f s (attempt %d)",
                     self.step.name, faults.error_name(exc), str(exc)[:300], len(msgs), delay,
                     self._failures)
-        for tp in rewind_offsets(msgs):
-            try:
-                self.consumer.seek(tp)
-            except KafkaException as err:  # no longer ours (rebalanced): its owner re-reads
-                log.info("step %s: not rewinding %s[%d]: %s", self.step.name, tp.topic,
-                         tp.partition, err)
+        self._seek(rewind_offsets(msgs))
         if faults.producer_failed(exc):
             log.warning("step %s: the Kafka producer failed for good; opening a new one",
                         self.step.name)
             self.producer = kafka.make_producer(self.settings)
         self._stop.wait(delay)
+
+    def _seek(self, offsets: Sequence[TopicPartition]) -> None:
+        for tp in offsets:
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as err:  # no longer ours (rebalanced): its owner re-reads
+                log.info("step %s: not rewinding %s[%d]: %s", self.step.name, tp.topic,
+                         tp.partition, err)
 
     def _poison(self, msg: Message | None, ev: Envelope, reason: str) -> Sequence[Payload]:
         if msg is not None:

@@ -1,0 +1,80 @@
+"""Records a fetch skipped, read again.
+
+Our topics are never compacted and no producer is transactional, so a partition's offsets are
+contiguous: a polled record past the next offset expected means the broker answered a fetch
+without a batch it had already acknowledged. Tansu 0.6 does that under concurrent produce: it
+raises a partition's high watermark before it stores the batch, and a fetch in between lists
+the batches stored so far, so it can return a later batch and skip the one still being stored
+(`produce` and `fetch` in its `tansu-storage/src/dynostore.rs`). Without this guard the consumer
+moves past the skipped records for good, and their requests wait for the reconciler's re-drive
+(a minute and more).
+
+So a gap makes the loop seek back to the first missing offset and drop what it polled past it
+in that partition: the next fetch returns the skipped batch, now stored, and what follows it.
+A gap that comes back `MAX_REREADS` times running is given up (logged as an error and counted):
+those records are lost to this consumer, and the reconciler re-drives their requests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from confluent_kafka import Message, TopicPartition
+
+from quotaflow.runtime.metrics import OFFSET_GAPS
+
+log = logging.getLogger(__name__)
+
+MAX_REREADS = 5
+
+Partition = tuple[str, int]
+
+
+class GapGuard:
+    """The next offset expected in each partition this consumer reads."""
+
+    def __init__(self, step: str, max_rereads: int = MAX_REREADS) -> None:
+        self.step = step
+        self.max_rereads = max_rereads
+        self._next: dict[Partition, int] = {}
+        self._rereads: dict[Partition, int] = {}
+
+    def screen(self, msgs: Sequence[Message]) -> tuple[list[Message], list[TopicPartition]]:
+        """The polled records to handle, and where to seek to read skipped ones again: for a
+        partition with a gap, its records from the gap on are left out (read again after the
+        seek). A record at or before the offset expected (a rewind, a redelivery) is taken."""
+        keep: list[Message] = []
+        seeks: list[TopicPartition] = []
+        cut: set[Partition] = set()
+        for msg in msgs:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if msg.error() is not None or topic is None or partition is None or offset is None:
+                keep.append(msg)
+                continue
+            tp = (topic, partition)
+            if tp in cut:
+                continue
+            expected = self._next.get(tp)
+            if expected is not None and offset > expected:
+                if self._rereads.get(tp, 0) < self.max_rereads:
+                    self._rereads[tp] = self._rereads.get(tp, 0) + 1
+                    OFFSET_GAPS.labels(self.step, "reread").inc()
+                    log.warning("step %s: %s[%s] jumped from offset %d to %d; reading again "
+                                "from %d", self.step, tp[0], tp[1], expected, offset, expected)
+                    seeks.append(TopicPartition(tp[0], tp[1], expected))
+                    cut.add(tp)
+                    continue
+                OFFSET_GAPS.labels(self.step, "skipped").inc()
+                log.error("step %s: %s[%s] offsets %d to %d never arrived after %d re-reads; "
+                          "their requests are left to the reconciler", self.step, tp[0], tp[1],
+                          expected, offset - 1, self.max_rereads)
+            self._rereads.pop(tp, None)
+            self._next[tp] = offset + 1
+            keep.append(msg)
+        return keep, seeks
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Assigned or revoked: where the next record comes from is no longer known."""
+        for p in partitions:
+            self._next.pop((p.topic, p.partition), None)
+            self._rereads.pop((p.topic, p.partition), None)

@@ -1,0 +1,137 @@
+"""A fetch that skipped records (Tansu, produce racing a fetch: BENCHMARKS.md) is read again:
+offsets in our partitions are contiguous, so a record past the next offset expected makes the
+loop seek back, and every record is handled once, in order, instead of its request waiting a
+minute for the reconciler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from events.envelope import to_kafka
+from quotaflow.adapters import kafka
+from quotaflow.runtime.gaps import GapGuard
+from quotaflow.runtime.worker import KafkaWorker
+from quotaflow.settings import Settings
+from tests.unit.fakes import reserved
+from tests.unit.runtime_fakes import FakeProducer, Fragile, fragile_step, upstream
+from tests.unit.test_worker import FakeMessage
+
+
+def offsets(msgs: list[Any]) -> list[tuple[int, int]]:
+    return [(m.partition(), m.offset()) for m in msgs]
+
+
+def test_a_gap_is_sought_back_and_what_came_after_it_in_that_partition_is_left_out() -> None:
+    guard = GapGuard("s")
+    keep, seeks = guard.screen([FakeMessage("t", 0, 0), FakeMessage("t", 0, 1),  # type: ignore[list-item]
+                                FakeMessage("t", 1, 7), FakeMessage("t", 0, 3),
+                                FakeMessage("t", 0, 4), FakeMessage("t", 1, 8)])
+    assert offsets(keep) == [(0, 0), (0, 1), (1, 7), (1, 8)]
+    assert [(tp.partition, tp.offset) for tp in seeks] == [(0, 2)]
+    # read again from 2: taken, and the partition goes on from there
+    keep, seeks = guard.screen([FakeMessage("t", 0, 2), FakeMessage("t", 0, 3)])  # type: ignore[list-item]
+    assert offsets(keep) == [(0, 2), (0, 3)] and seeks == []
+
+
+def test_a_rewind_or_redelivery_is_not_a_gap() -> None:
+    guard = GapGuard("s")
+    guard.screen([FakeMessage("t", 0, 5), FakeMessage("t", 0, 6)])  # type: ignore[list-item]
+    keep, seeks = guard.screen([FakeMessage("t", 0, 5), FakeMessage("t", 0, 6)])  # type: ignore[list-item]
+    assert offsets(keep) == [(0, 5), (0, 6)] and seeks == []
+
+
+def test_the_first_record_after_an_assignment_sets_where_the_partition_is() -> None:
+    guard = GapGuard("s")
+    guard.screen([FakeMessage("t", 0, 5)])  # type: ignore[list-item]
+    guard.forget([TopicPartition("t", 0)])
+    keep, seeks = guard.screen([FakeMessage("t", 0, 40)])  # type: ignore[list-item]
+    assert offsets(keep) == [(0, 40)] and seeks == []
+
+
+def test_a_gap_that_never_fills_is_given_up_after_the_re_reads() -> None:
+    guard = GapGuard("s", max_rereads=2)
+    guard.screen([FakeMessage("t", 0, 1)])  # type: ignore[list-item]
+    for _ in range(2):
+        keep, seeks = guard.screen([FakeMessage("t", 0, 9)])  # type: ignore[list-item]
+        assert keep == [] and [tp.offset for tp in seeks] == [2]
+    keep, seeks = guard.screen([FakeMessage("t", 0, 9)])  # type: ignore[list-item]
+    assert offsets(keep) == [(0, 9)] and seeks == []  # lost here: the reconciler re-drives
+
+
+@dataclass
+class Record(FakeMessage):
+    """A polled record with the event a previous step published."""
+
+    headers_: list[tuple[str, bytes]] = field(default_factory=list)
+    key_: bytes | None = None
+    value_: bytes = b""
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self.headers_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def value(self) -> bytes:
+        return self.value_
+
+
+@dataclass
+class SkippingConsumer:
+    """A partition holding offsets 0..n-1 whose first fetch skips offset `skipped` (as Tansu's
+    can); fetches after a seek see every record."""
+
+    records: list[Record]
+    skipped: int
+    position: int = 0
+    fetched_once: bool = False
+    seeks: list[int] = field(default_factory=list)
+    commits: list[int] = field(default_factory=list)
+
+    def _next(self) -> Record | None:
+        if self.position >= len(self.records):
+            return None
+        if not self.fetched_once and self.position == self.skipped:
+            self.position += 1  # the broker's answer left this batch out
+        record = self.records[self.position]
+        self.position += 1
+        return record
+
+    def poll(self, timeout: float) -> Record | None:
+        return self._next()
+
+    def consume(self, num_messages: int, timeout: float) -> list[Record]:
+        out = [r for r in (self._next() for _ in range(num_messages)) if r is not None]
+        self.fetched_once = self.fetched_once or self.position >= len(self.records)
+        return out
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append(tp.offset)
+        self.position, self.fetched_once = tp.offset, True
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits += [tp.offset for tp in offsets]
+
+
+def test_the_loop_reads_a_skipped_record_again_and_handles_every_record_once_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    records = []
+    for i in range(6):
+        message = to_kafka(upstream(reserved(f"r{i}", "acme", 6)))
+        records.append(Record("t.reserved", 0, i, headers_=list(message.headers.items()),
+                              key_=message.key, value_=message.value))
+    consumer = SkippingConsumer(records, skipped=2)
+    monkeypatch.setattr(kafka, "make_producer", lambda _settings: FakeProducer())
+    monkeypatch.setattr(kafka, "make_consumer", lambda _settings, _group: consumer)
+    ports = Fragile()
+    worker = KafkaWorker(fragile_step(), replace(Settings(), topic_prefix="t."), ports)
+    for _ in range(4):
+        worker.poll_once(0.01)
+    assert consumer.seeks == [2]
+    handled = [rid for call in ports.calls for rid in call]
+    assert handled == [f"r{i}" for i in range(6)]
+    assert max(consumer.commits) == 6
