@@ -27,6 +27,7 @@ from quotaflow.adapters import kafka
 from quotaflow.analytics.rollup import Batch, Outcome
 from quotaflow.analytics.store import UsageStore
 from quotaflow.runtime import metrics
+from quotaflow.runtime.gaps import GapGuard
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.analytics")
@@ -71,12 +72,16 @@ class AnalyticsConsumer:
         self.consumer: Consumer = kafka.make_consumer(
             settings, self.group, **{"partition.assignment.strategy": "range"})
         self.consumer.subscribe(self.topics, on_assign=self._on_assign)
+        # A batch the broker skipped would be missing from the roll-ups for good, with no
+        # reconciler to re-drive it: read it again (`quotaflow/runtime/gaps.py`).
+        self.gaps = GapGuard(STEP)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         stored = self.store.offsets(self.group, [(p.topic, p.partition) for p in partitions])
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
+        self.gaps.forget(partitions)
         log.info("%s assigned %d partitions of %s", STEP, len(partitions),
                  ", ".join(sorted({p.topic for p in partitions})))
 
@@ -112,7 +117,9 @@ class AnalyticsConsumer:
 
     def poll_once(self) -> int:
         """Poll one batch and apply it; returns how many records it held."""
-        messages = self.consumer.consume(self.batch_max, self.poll_s)
+        messages, rereads = self.gaps.screen(self.consumer.consume(self.batch_max, self.poll_s))
+        for tp in rereads:
+            self.consumer.seek(tp)
         if not messages:
             return 0
         batch = self.batch(messages)

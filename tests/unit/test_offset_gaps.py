@@ -12,7 +12,10 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from events.envelope import to_kafka
+from events.payloads import Completed
 from quotaflow.adapters import kafka
+from quotaflow.analytics.consumer import AnalyticsConsumer
+from quotaflow.analytics.memory import MemoryUsageStore
 from quotaflow.runtime.gaps import GapGuard
 from quotaflow.runtime.worker import KafkaWorker
 from quotaflow.settings import Settings
@@ -135,3 +138,32 @@ def test_the_loop_reads_a_skipped_record_again_and_handles_every_record_once_in_
     handled = [rid for call in ports.calls for rid in call]
     assert handled == [f"r{i}" for i in range(6)]
     assert max(consumer.commits) == 6
+
+
+@dataclass
+class SkippingSubscriber(SkippingConsumer):
+    """The analytics consumer's view: subscribe and assign as well."""
+
+    def subscribe(self, topics: list[str], on_assign: Any = None) -> None:
+        pass
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+
+def test_the_usage_roll_ups_read_a_skipped_record_again_and_count_every_request(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """analytics has no reconciler behind it: a skipped record would be missing for good."""
+    records = []
+    for i in range(6):
+        message = to_kafka(upstream(Completed(f"r{i}", "acme", 20, "hi", 5, 3, "m", "v1", 9.0)))
+        records.append(Record("t.completed", 0, i, headers_=list(message.headers.items()),
+                              key_=message.key, value_=message.value))
+    consumer = SkippingSubscriber(records, skipped=3)
+    monkeypatch.setattr(kafka, "make_consumer", lambda _settings, _group, **_kw: consumer)
+    store = MemoryUsageStore({f"r{i}": ("m", "k1") for i in range(6)})
+    rollups = AnalyticsConsumer(replace(Settings(), topic_prefix="t."), store, batch_max=4)
+    for _ in range(4):
+        rollups.poll_once()
+    assert consumer.seeks == [3]
+    assert {rid for rid, _ in store.outcomes} == {f"r{i}" for i in range(6)}
