@@ -70,6 +70,13 @@ def pipeline_table(result: dict[str, Any]) -> str:
              "| latency | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
              f"| due → terminal status (PostgreSQL `updated_at`) | {e['p50_ms']:.0f} | "
              f"{e['p90_ms']:.0f} | **{e['p99_ms']:.0f}** | {e['max_ms']:.0f} |"]
+    if "open_loop_aged" in result:
+        g = result["open_loop_aged"]
+        aged = (f"| the same on the stack that ran everything above (its broker holding the "
+                f"records of {_n(g['broker_held_requests'])} requests) | "
+                f"{g['end_to_end']['p50_ms']:.0f} | {g['end_to_end']['p90_ms']:.0f} | "
+                f"{g['end_to_end']['p99_ms']:.0f} | {g['end_to_end']['max_ms']:.0f} |")
+        rows.append(aged)
     if "stored" in o:
         st = o["stored"]
         rows.append(f"| due → stored by admit (`created_at`) | {st['p50_ms']:.1f} | "

@@ -19,7 +19,8 @@ database qf_test_bench_run and Redis index 15; the stand-in model):
      the last one has ended (per C in --clients), with the CPU each process spent a request;
      the steps alone draining a backlog (the first step paused while admit fills it); then an
      open loop at --rate req/s paced by wrk (each request due at its own time, whatever
-     the answers), latency from each due time to its terminal status (read from PostgreSQL);
+     the answers), latency from each due time to its terminal status (read from PostgreSQL),
+     once on that stack and once on a fresh one (the local broker slows as it fills);
   3. `quotaflow audit` on the bench's database.
 
 With --servers, instead of 1 and 2: admit and the bare endpoint under each candidate server
@@ -87,8 +88,8 @@ def _bench(args: argparse.Namespace) -> int:
                if k in ("door", "sustained", "servers", "audit")}
     if "door" in summary:
         summary["door"] = {k: v for k, v in summary["door"].items() if k != "rounds"}
-    if "open_loop" in result:
-        summary["open_loop"] = {k: v for k, v in result["open_loop"].items()
-                                if k != "end_to_end_s"}
+    for loop in ("open_loop", "open_loop_aged"):
+        if loop in result:
+            summary[loop] = {k: v for k, v in result[loop].items() if k != "end_to_end_s"}
     print(json.dumps(summary, indent=2))
     return 0 if result["audit"]["clean"] else 1

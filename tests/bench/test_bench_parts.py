@@ -104,6 +104,17 @@ def test_tables_show_the_ratio_the_sustained_rate_and_a_dirty_audit(tmp_path) ->
     assert "**240**" in text and "NOT clean" in text
 
 
+def test_the_pipeline_table_shows_the_open_loop_on_the_aged_stack_beside_the_fresh_one(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = _result()
+    result["open_loop_aged"] = {  # type: ignore[index]
+        **result["open_loop"], "broker_held_requests": 32804,  # type: ignore[dict-item]
+        "end_to_end": {"p50_ms": 2687, "p90_ms": 4546, "p99_ms": 5162, "max_ms": 5282}}
+    text = tables.pipeline_table(json.loads(json.dumps(result)))
+    assert "records of 32,804 requests) | 2687 | 4546 | 5162 | 5282 |" in text
+    assert "**240**" in text  # the fresh stack's p99 stays the result
+
+
 def test_bare_endpoint_gets_admits_server_command_with_only_app_and_port_changed() -> None:
     admit = ["py", "-m", "gunicorn", "--workers", "2", "--threads", "8", "--bind",
              "127.0.0.1:8080", "--access-logfile", "-", door.ADMIT_APP]
