@@ -6,7 +6,8 @@ shows that reading again from the gap gets them: what `quotaflow/runtime/gaps.py
 A fresh Tansu broker, one topic of one partition, N idempotent producers sending batches of 5
 records as fast as they can, one consumer reading. Offsets are contiguous, so a record past the
 next offset expected is a gap: records the broker acknowledged but a fetch left out. With
---reread the consumer seeks back to each gap and counts the gaps the re-read filled."""
+--reread the consumer screens each poll through the pipeline's own `GapGuard` (seeking back to
+each gap) and counts the gaps that reading again filled."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from quotaflow.devstack.process import free_port, port_open
 from quotaflow.devstack.services import tansu_binary
+from quotaflow.runtime.gaps import GapGuard
 
 
 def main() -> None:
@@ -62,22 +64,27 @@ def main() -> None:
                              "enable.auto.commit": False, "fetch.wait.max.ms": 20,
                              "log_level": 0})
         consumer.assign([TopicPartition("race", 0, 0)])
-        expected, consumed, gaps, filled, waiting = 0, 0, [], 0, None
+        guard = GapGuard("race")  # what the pipeline's consumers do
+        expected, consumed, gaps, pending, filled = 0, 0, [], set(), 0
         started = time.monotonic()
         print(f"{args.producers} producers, one consumer, {args.seconds:g} s ...", flush=True)
         while time.monotonic() - started < args.seconds:
-            for msg in consumer.consume(500, 0.05):
+            msgs = consumer.consume(500, 0.05)
+            if args.reread:
+                msgs, seeks = guard.screen(msgs)
+                for tp in seeks:
+                    if tp.offset not in pending:
+                        gaps.append((tp.offset, None))
+                        pending.add(tp.offset)
+                    consumer.seek(tp)
+            for msg in msgs:
                 offset = msg.offset()
                 if msg.error() is not None or offset is None:
                     continue
                 if offset > expected:
                     gaps.append((expected, offset))
-                    if args.reread:
-                        waiting = expected
-                        consumer.seek(TopicPartition("race", 0, expected))
-                        break
-                if offset == waiting:
-                    filled, waiting = filled + 1, None
+                if offset in pending:
+                    filled, pending = filled + 1, pending - {offset}
                 expected = offset + 1
                 consumed += 1
         stop.set()
@@ -86,9 +93,9 @@ def main() -> None:
         consumer.close()
     finally:
         broker.kill()
-    print(f"sent {sum(sent):,}, consumed {consumed:,}, gaps {len(gaps)} "
-          f"(first: {', '.join(f'{a}->{b}' for a, b in gaps[:5]) or 'none'})"
-          + (f", filled by a re-read {filled}" if args.reread else ""))
+    print(f"sent {sum(sent):,}, consumed {consumed:,}, gaps {len(gaps)} (first at offsets: "
+          f"{', '.join(str(a) for a, _ in gaps[:5]) or 'none'})"
+          + (f", filled by reading again: {filled}" if args.reread else ""))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,16 @@ moves past the skipped records for good, and their requests wait for the reconci
 
 So a gap makes the loop seek back to the first missing offset and drop what it polled past it
 in that partition: the next fetch returns the skipped batch, now stored, and what follows it.
-A gap that comes back `MAX_REREADS` times running is given up (logged as an error and counted):
-those records are lost to this consumer, and the reconciler re-drives their requests."""
+The batch is stored a moment after the watermark moved, so a re-read can come too early and
+see the same gap: it is read again until `GIVE_UP_S` after the gap was first seen, then given
+up (logged as an error and counted): those records are lost to this consumer, and the
+reconciler re-drives their requests."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import Message, TopicPartition
 
@@ -25,7 +28,7 @@ from quotaflow.runtime.metrics import OFFSET_GAPS
 
 log = logging.getLogger(__name__)
 
-MAX_REREADS = 5
+GIVE_UP_S = 2.0
 
 Partition = tuple[str, int]
 
@@ -33,11 +36,13 @@ Partition = tuple[str, int]
 class GapGuard:
     """The next offset expected in each partition this consumer reads."""
 
-    def __init__(self, step: str, max_rereads: int = MAX_REREADS) -> None:
+    def __init__(self, step: str, give_up_s: float = GIVE_UP_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.step = step
-        self.max_rereads = max_rereads
+        self.give_up_s = give_up_s
+        self.clock = clock
         self._next: dict[Partition, int] = {}
-        self._rereads: dict[Partition, int] = {}
+        self._gaps: dict[Partition, tuple[int, float]] = {}  # first missing offset, seen at
 
     def screen(self, msgs: Sequence[Message]) -> tuple[list[Message], list[TopicPartition]]:
         """The polled records to handle, and where to seek to read skipped ones again: for a
@@ -55,26 +60,36 @@ class GapGuard:
             if tp in cut:
                 continue
             expected = self._next.get(tp)
-            if expected is not None and offset > expected:
-                if self._rereads.get(tp, 0) < self.max_rereads:
-                    self._rereads[tp] = self._rereads.get(tp, 0) + 1
-                    OFFSET_GAPS.labels(self.step, "reread").inc()
-                    log.warning("step %s: %s[%s] jumped from offset %d to %d; reading again "
-                                "from %d", self.step, tp[0], tp[1], expected, offset, expected)
-                    seeks.append(TopicPartition(tp[0], tp[1], expected))
-                    cut.add(tp)
-                    continue
-                OFFSET_GAPS.labels(self.step, "skipped").inc()
-                log.error("step %s: %s[%s] offsets %d to %d never arrived after %d re-reads; "
-                          "their requests are left to the reconciler", self.step, tp[0], tp[1],
-                          expected, offset - 1, self.max_rereads)
-            self._rereads.pop(tp, None)
+            if expected is not None and offset > expected and self._read_again(tp, expected,
+                                                                               offset):
+                seeks.append(TopicPartition(topic, partition, expected))
+                cut.add(tp)
+                continue
+            self._gaps.pop(tp, None)
             self._next[tp] = offset + 1
             keep.append(msg)
         return keep, seeks
+
+    def _read_again(self, tp: Partition, expected: int, offset: int) -> bool:
+        """Whether to seek back for the gap before `offset`; False once it is given up."""
+        now = self.clock()
+        first, seen = self._gaps.get(tp, (None, now))
+        if first != expected:  # a new gap: say so once, however many re-reads it takes
+            seen = now
+            self._gaps[tp] = (expected, now)
+            log.warning("step %s: %s[%s] jumped from offset %d to %d; reading again from %d",
+                        self.step, tp[0], tp[1], expected, offset, expected)
+        if now - seen < self.give_up_s:
+            OFFSET_GAPS.labels(self.step, "reread").inc()
+            return True
+        OFFSET_GAPS.labels(self.step, "skipped").inc()
+        log.error("step %s: %s[%s] offsets %d to %d never arrived in %.1f s of re-reads; their "
+                  "requests are left to the reconciler", self.step, tp[0], tp[1], expected,
+                  offset - 1, self.give_up_s)
+        return False
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Assigned or revoked: where the next record comes from is no longer known."""
         for p in partitions:
             self._next.pop((p.topic, p.partition), None)
-            self._rereads.pop((p.topic, p.partition), None)
+            self._gaps.pop((p.topic, p.partition), None)

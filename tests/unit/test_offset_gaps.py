@@ -55,14 +55,20 @@ def test_the_first_record_after_an_assignment_sets_where_the_partition_is() -> N
     assert offsets(keep) == [(0, 40)] and seeks == []
 
 
-def test_a_gap_that_never_fills_is_given_up_after_the_re_reads() -> None:
-    guard = GapGuard("s", max_rereads=2)
+def test_a_gap_is_read_again_until_it_fills_or_is_given_up_after_a_while() -> None:
+    now = [0.0]
+    guard = GapGuard("s", give_up_s=2.0, clock=lambda: now[0])
     guard.screen([FakeMessage("t", 0, 1)])  # type: ignore[list-item]
-    for _ in range(2):
+    for at in (0.0, 0.5, 1.9):  # stored a moment after the watermark moved: not yet
+        now[0] = at
         keep, seeks = guard.screen([FakeMessage("t", 0, 9)])  # type: ignore[list-item]
         assert keep == [] and [tp.offset for tp in seeks] == [2]
+    now[0] = 2.1
     keep, seeks = guard.screen([FakeMessage("t", 0, 9)])  # type: ignore[list-item]
     assert offsets(keep) == [(0, 9)] and seeks == []  # lost here: the reconciler re-drives
+    # a later gap gets its own time
+    keep, seeks = guard.screen([FakeMessage("t", 0, 12)])  # type: ignore[list-item]
+    assert keep == [] and [tp.offset for tp in seeks] == [10]
 
 
 @dataclass
