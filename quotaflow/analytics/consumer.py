@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from prometheus_client import Counter
 
 from events import avro
@@ -119,7 +126,10 @@ class AnalyticsConsumer:
         """Poll one batch and apply it; returns how many records it held."""
         messages, rereads = self.gaps.screen(self.consumer.consume(self.batch_max, self.poll_s))
         for tp in rereads:
-            self.consumer.seek(tp)
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as err:  # no longer ours (rebalanced): its owner reads it
+                log.info("not reading %s[%d] again: %s", tp.topic, tp.partition, err)
         if not messages:
             return 0
         batch = self.batch(messages)
