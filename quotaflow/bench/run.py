@@ -121,8 +121,7 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
         else:
             _pipeline(stack, key, opts, result, workdir, say)
             stack = _fresh(stack, workdir, say)
-            result["open_loop"] = _open_loop(stack, key, opts, workdir, say, "a fresh stack",
-                                             pipeline.stored_requests(pg))
+            result["open_loop"] = _open_loop(stack, key, opts, workdir, say, "a fresh stack", 0)
         say("auditing the bench's ledger and requests ...")
         result["audit"] = audit(stack.settings)
         say(f"  audit {'clean' if result['audit']['clean'] else 'NOT clean'}")
@@ -167,16 +166,16 @@ def _pipeline(stack: DevStack, key: str, opts: Options, result: dict[str, Any], 
     say(f"  {d['ended']}/{d['backlog']} drained in {d['seconds']} s: "
         f"{d['drained_per_s']:,.0f} req/s")
     result["drain"] = d
-    result["open_loop_aged"] = _open_loop(stack, key, opts, workdir, say, "this stack")
+    result["open_loop_aged"] = _open_loop(stack, key, opts, workdir, say, "this stack",
+                                          pipeline.stored_requests(pg))
 
 
 def _open_loop(stack: DevStack, key: str, opts: Options, workdir: Path,
-               say: Callable[[str], None], which: str, held_before: int = 0) -> dict[str, Any]:
-    """The open loop on `stack`, with how many requests its broker already held: Tansu's memory
-    engine lists every stored batch of a partition on each fetch, so the broker's cost grows
-    with what it holds (BENCHMARKS.md)."""
+               say: Callable[[str], None], which: str, held: int) -> dict[str, Any]:
+    """The open loop on `stack`, whose broker holds the records of `held` requests: Tansu's
+    memory engine lists every stored batch of a partition on each fetch, so the broker's cost
+    grows with what it holds (BENCHMARKS.md)."""
     pg = stack.settings.postgres_url
-    held = pipeline.stored_requests(pg) - held_before
     say(f"pipeline: open loop at {opts.rate:g} req/s for {opts.seconds:g} s on {which} (its "
         f"broker holds the records of {held:,} requests) ...")
     o = pipeline.open_loop(stack.admit_url, pg, key, stack.settings.model_name, opts.rate,
