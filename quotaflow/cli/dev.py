@@ -76,8 +76,11 @@ def _interrupt(*_: Any) -> None:
 
 
 def _start(args: argparse.Namespace) -> DevStack:
-    # SIGTERM (a supervisor, `timeout`) stops the stack like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (a supervisor, `timeout`) stops the stack like Ctrl-C does; so does SIGINT when
+    # the stack was started in the background by a script, where the shell starts it with
+    # SIGINT ignored and Python keeps ignoring it (`kill -INT` would do nothing).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     settings = Settings.from_env()
     source = args.model
     if source == "built":
@@ -103,12 +106,19 @@ def _start(args: argparse.Namespace) -> DevStack:
 
 def _serve(stack: DevStack) -> int:
     # The stack's supervisor restarts a process that dies; this one only waits to be stopped.
-    _say("serving (a process that dies is restarted); Ctrl-C to stop")
     try:
+        _say("serving (a process that dies is restarted); Ctrl-C to stop")
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    return _stop(stack)
+
+
+def _stop(stack: DevStack) -> int:
+    # A second Ctrl-C or SIGTERM while stopping would leave the stack's processes behind.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     _say("stopping ...")
     stack.down()
     return 0
@@ -128,9 +138,12 @@ def _up(args: argparse.Namespace) -> int:
     except DevStackError as exc:
         _say(f"error: {exc}")
         return 1
-    _say(f"logs in {stack.logs}")
-    print(f"admit URL: {stack.admit_url}", flush=True)
-    return _serve(stack)
+    try:
+        _say(f"logs in {stack.logs}")
+        print(f"admit URL: {stack.admit_url}", flush=True)
+        return _serve(stack)
+    except KeyboardInterrupt:  # stopped before serving began
+        return _stop(stack)
 
 
 def _up_detached(args: argparse.Namespace) -> int:
@@ -192,8 +205,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         return _demo_on(stack, args)
     except KeyboardInterrupt:
-        _say("stopping ...")
-        stack.down()
+        _stop(stack)
         return 130
     except BaseException:
         stack.down()
