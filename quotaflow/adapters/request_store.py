@@ -30,25 +30,34 @@ _FINISH = (
     "model_version = coalesce(%(model_version)s, model_version), updated_at = now() "
     "WHERE request_id = %(request_id)s "
     "AND (status = 'queued' OR (status = 'reserved' AND %(status)s <> 'rejected'))")
+# `request_id = ANY(%s)` is never prepared. A generic plan does not know the array's length
+# and guesses ten keys: on a table still small when it was made, a scan of the table is the
+# cheaper guess, and it stays cached while the table grows (tests/ledger/test_hot_plans.py).
+# Planned at each run, on the table as it is, it probes the primary key.
+_BY_KEYS = False
+_MARK_RESERVED = ("UPDATE requests SET status = 'reserved', reserved_tokens = %s, "
+                  "prompt_tokens = %s, updated_at = now() "
+                  "WHERE request_id = %s AND status = 'queued'")
+_NOTE_REDRIVEN = ("UPDATE requests SET redrives = redrives + 1, redriven_at = now() "
+                  "WHERE request_id = ANY(%s)")
 _VIEW_COLUMNS = ("request_id, status, output, prompt_tokens, completion_tokens, "
                  "reserved_tokens, charged_tokens, model, model_version, reason, created_at, "
                  "updated_at")
 # Many requests in one statement (one commit), passed as one JSON array: one parameter to
 # dump instead of a list per column (psycopg dumps arrays element by element in Python, which
-# was most of the committer's CPU). The rows inserted, then those already stored (by the
-# statement's snapshot). A row another session committed while this one waited on its lock is
-# in neither; `insert_many` reads those afterwards.
+# was most of the committer's CPU). It answers only the rows it inserted: those already stored
+# are read by key afterwards, and only when there are any (a resend). Reading them in the same
+# statement (`WHERE request_id IN (SELECT r FROM u)`) got a plan, cached with the connection
+# while the table was small, that scanned the whole table: 2 ms a batch at 5,000 rows, and
+# growing with it.
 _INSERT_MANY = (
-    "WITH u AS (SELECT * FROM jsonb_to_recordset(%s::jsonb) AS u(r text, t text, k text, "
-    "s text, c text, h text, m text, p jsonb, a timestamptz)), "
-    "new AS (INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, "
+    "INSERT INTO requests (request_id, tenant_id, key_id, source, ce_id, "
     "payload_hash, status, model, payload, created_at, updated_at) "
-    "SELECT r, t, k, s, c, h, 'queued', m, p, a, a FROM u "
-    "ON CONFLICT (request_id) DO NOTHING "
-    "RETURNING request_id, payload_hash, status, created_at) "
-    "SELECT request_id, payload_hash, status, created_at, true FROM new UNION ALL "
-    "SELECT request_id, payload_hash, status, created_at, false FROM requests "
-    "WHERE request_id IN (SELECT r FROM u)")
+    "SELECT r, t, k, s, c, h, 'queued', m, p, a, a FROM jsonb_to_recordset(%s::jsonb) "
+    "AS u(r text, t text, k text, s text, c text, h text, m text, p jsonb, a timestamptz) "
+    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id, payload_hash, status, created_at")
+_STORED = ("SELECT request_id, payload_hash, status, created_at FROM requests "
+           "WHERE request_id = ANY(%s)")
 _OPEN_COLUMNS = ("request_id, tenant_id, key_id, status, payload, created_at, reserved_tokens, "
                  "prompt_tokens, redrives")
 
@@ -86,14 +95,15 @@ class PostgresRequestStore(OnConnection):
                                "c": r.ce_id, "h": r.payload_hash, "m": r.model,
                                "p": dict(r.payload), "a": r.admitted_at.isoformat()}
                               for r in requests])
-        rows = self._execute(_INSERT_MANY, (rows_in,), every=True)
-        stored: dict[str, Inserted] = {}
-        for rid, digest, status, at, created in rows:
-            if created or rid not in stored:
-                stored[rid] = Inserted(created, digest, status, at)
+        stored = {rid: Inserted(True, digest, status, at) for rid, digest, status, at
+                  in self._execute(_INSERT_MANY, (rows_in,), every=True)}
+        known = [rid for rid in dict.fromkeys(ids) if rid not in stored]
+        if known:
+            stored.update((rid, Inserted(False, digest, status, at)) for rid, digest, status, at
+                          in self._execute(_STORED, (known,), every=True, prepare=_BY_KEYS))
         answers: list[Inserted] = []
         for rid in ids:
-            got = stored.get(rid) or self.find(rid)
+            got = stored.get(rid)
             if got is None:  # deleted between the two statements: nothing to answer from
                 raise LookupError(f"request {rid} vanished while being stored")
             answers.append(got)
@@ -109,10 +119,7 @@ class PostgresRequestStore(OnConnection):
 
     def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
         """A `queued` request is now `reserved`; any later status is left alone."""
-        self._execute("UPDATE requests SET status = 'reserved', reserved_tokens = %s, "
-                      "prompt_tokens = %s, updated_at = now() "
-                      "WHERE request_id = %s AND status = 'queued'",
-                      (reserved_tokens, prompt_tokens, request_id))
+        self._execute(_MARK_RESERVED, (reserved_tokens, prompt_tokens, request_id))
 
     def finish(self, records: Sequence[FinalRecord]) -> None:
         """Write terminal states in one transaction; a terminal status is never overwritten,
@@ -148,26 +155,31 @@ class PostgresRequestStore(OnConnection):
     def note_redriven(self, request_ids: Sequence[str]) -> None:
         """Count a re-drive of each request, now."""
         if request_ids:
-            self._execute("UPDATE requests SET redrives = redrives + 1, redriven_at = now() "
-                          "WHERE request_id = ANY(%s)", (list(request_ids),))
+            self._execute(_NOTE_REDRIVEN, (list(request_ids),), prepare=_BY_KEYS)
 
     @overload
     def _execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None: ...
 
     @overload
-    def _execute(self, sql: str, params: tuple[Any, ...],
-                 every: Literal[True]) -> list[tuple[Any, ...]]: ...
+    def _execute(self, sql: str, params: tuple[Any, ...], every: Literal[True],
+                 prepare: bool | None = None) -> list[tuple[Any, ...]]: ...
 
-    def _execute(self, sql: str, params: tuple[Any, ...], every: bool = False) -> Any:
+    @overload
+    def _execute(self, sql: str, params: tuple[Any, ...], every: Literal[False] = False,
+                 prepare: bool | None = None) -> tuple[Any, ...] | None: ...
+
+    def _execute(self, sql: str, params: tuple[Any, ...], every: bool = False,
+                 prepare: bool | None = None) -> Any:
         """One statement, committed: alone in autocommit (no BEGIN/COMMIT round trips on the
         reserve step's path), else in a transaction of its own or within the caller's.
-        Answers its first row, or every row."""
+        Answers its first row, or every row. `prepare=False`: planned at every run (see
+        `_BY_KEYS`)."""
         conn = self.conn
         if conn.autocommit:
-            cur = conn.execute(sql, params)
+            cur = conn.execute(sql, params, prepare=prepare)
         else:
             with conn.transaction():
-                cur = conn.execute(sql, params)
+                cur = conn.execute(sql, params, prepare=prepare)
         if every:
             return cur.fetchall()
         return cur.fetchone() if cur.description else None

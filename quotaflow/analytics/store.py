@@ -31,6 +31,10 @@ LEDGER_ENTRY_COLUMNS = ("e.seq, e.tenant_id, e.stream_version, e.kind, e.request
                         "e.amount, e.released, e.recorded_at")
 
 
+# Which model and key each request was for, read by key; never prepared, so that a plan cached
+# while `requests` was small never scans it (quotaflow.adapters.request_store `_BY_KEYS`).
+REQUESTS_BY_ID = "SELECT request_id, model, key_id FROM requests WHERE request_id = ANY(%s)"
+
 class UsageReader(Protocol):
     """Reads usage rows (what `GET /v1/usage` needs)."""
 
@@ -204,8 +208,7 @@ class PostgresUsageStore:
         if not request_ids:
             return {}
         return {r: (m, k) for r, m, k in conn.execute(
-            "SELECT request_id, model, key_id FROM requests WHERE request_id = ANY(%s)",
-            (list(request_ids),)).fetchall()}
+            REQUESTS_BY_ID, (list(request_ids),), prepare=False).fetchall()}
 
     @staticmethod
     def _upsert(conn: Conn, deltas: dict[Bucket, Counts]) -> None:
