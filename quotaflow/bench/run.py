@@ -70,13 +70,13 @@ def _stack(settings: Settings, workdir: Path) -> DevStack:
     return stack
 
 
-def _tenant(stack: DevStack) -> str:
-    """A tenant neither the quota nor the rate limit will stop; its key."""
+def _tenant(stack: DevStack) -> tuple[str, str]:
+    """A tenant neither the quota nor the rate limit will stop, and its key."""
+    tenant = f"bench-{uuid.uuid4().hex[:6]}"
     with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
-        key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10**15,
-                                    rate_limit_per_min=10**9)
+        key = tenants.create_tenant(conn, tenant, 10**15, rate_limit_per_min=10**9)
         RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
-    return key
+    return tenant, key
 
 
 def audit(settings: Settings, attempts: int = 3) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
     say("starting a local stack of the bench's own ...")
     stack.up(explicit_pg=True, explicit_redis=True, progress=say)
     try:
-        key = _tenant(stack)
+        tenant, key = _tenant(stack)
         admit_argv = [str(a) for a in stack.procs["admit"].args]  # type: ignore[union-attr]
         shown = ["ADDR" if prev in ("--bind", "-b") else "PORT" if prev == "--port" else a
                  for prev, a in zip(["", *admit_argv], admit_argv, strict=False)]
@@ -119,9 +119,10 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
             say("waiting for the pipeline to end what the door accepted ...")
             pipeline.wait_all_ended(pg, 300)
         else:
-            _pipeline(stack, key, opts, result, workdir, say)
+            _pipeline(stack, tenant, key, opts, result, workdir, say)
             stack = _fresh(stack, workdir, say)
-            result["open_loop"] = _open_loop(stack, key, opts, workdir, say, "a fresh stack", 0)
+            result["open_loop"] = _open_loop(stack, tenant, key, opts, workdir, say,
+                                             "a fresh stack", 0)
         say("auditing the bench's ledger and requests ...")
         result["audit"] = audit(stack.settings)
         say(f"  audit {'clean' if result['audit']['clean'] else 'NOT clean'}")
@@ -131,8 +132,8 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
     return result
 
 
-def _pipeline(stack: DevStack, key: str, opts: Options, result: dict[str, Any], workdir: Path,
-              say: Callable[[str], None]) -> None:
+def _pipeline(stack: DevStack, tenant: str, key: str, opts: Options, result: dict[str, Any],
+              workdir: Path, say: Callable[[str], None]) -> None:
     """admit against bare (unless skipped), the sustained runs, the drain and the open loop on
     the stack that ran them all."""
     pg, model = stack.settings.postgres_url, stack.settings.model_name
@@ -151,8 +152,8 @@ def _pipeline(stack: DevStack, key: str, opts: Options, result: dict[str, Any], 
     for clients in opts.clients:
         say(f"pipeline: {opts.requests} requests from {clients} clients ...")
         pids = {name: proc.pid for name, proc in stack.procs.items()}
-        s = pipeline.sustained(stack.admit_url, pg, key, model, opts.requests, clients,
-                               workdir, pids)
+        s = pipeline.sustained(stack.admit_url, pg, tenant, key, model, opts.requests,
+                               clients, workdir, pids)
         say(f"  all {s['ended']}/{s['requests']} ended after {s['seconds_to_all_ended']} s:"
             f" {s['ended_per_s']:,.0f} req/s (admitted {s['admitted_per_s']:,.0f}/s; "
             f"drained {s['drain_after_last_admitted_s']:.2f} s after the last admission)")
@@ -161,16 +162,16 @@ def _pipeline(stack: DevStack, key: str, opts: Options, result: dict[str, Any], 
         result["sustained"].append(s)
     say("pipeline: the steps draining a backlog (the first step paused while admit fills "
         "it) ...")
-    d = pipeline.drain(stack.admit_url, pg, key, model, stack.procs["estimate"].pid,
+    d = pipeline.drain(stack.admit_url, pg, tenant, key, model, stack.procs["estimate"].pid,
                        opts.fill_s, opts.connections, workdir)
     say(f"  {d['ended']}/{d['backlog']} drained in {d['seconds']} s: "
         f"{d['drained_per_s']:,.0f} req/s")
     result["drain"] = d
-    result["open_loop_aged"] = _open_loop(stack, key, opts, workdir, say, "this stack",
+    result["open_loop_aged"] = _open_loop(stack, tenant, key, opts, workdir, say, "this stack",
                                           pipeline.stored_requests(pg))
 
 
-def _open_loop(stack: DevStack, key: str, opts: Options, workdir: Path,
+def _open_loop(stack: DevStack, tenant: str, key: str, opts: Options, workdir: Path,
                say: Callable[[str], None], which: str, held: int) -> dict[str, Any]:
     """The open loop on `stack`, whose broker holds the records of `held` requests: Tansu's
     memory engine lists every stored batch of a partition on each fetch, so the broker's cost
@@ -178,8 +179,8 @@ def _open_loop(stack: DevStack, key: str, opts: Options, workdir: Path,
     pg = stack.settings.postgres_url
     say(f"pipeline: open loop at {opts.rate:g} req/s for {opts.seconds:g} s on {which} (its "
         f"broker holds the records of {held:,} requests) ...")
-    o = pipeline.open_loop(stack.admit_url, pg, key, stack.settings.model_name, opts.rate,
-                           opts.seconds, workdir, say=say)
+    o = pipeline.open_loop(stack.admit_url, pg, tenant, key, stack.settings.model_name,
+                           opts.rate, opts.seconds, workdir, say=say)
     o["broker_held_requests"] = held
     say(f"  end to end p50 {o['end_to_end']['p50_ms']:.0f} ms, "
         f"p99 {o['end_to_end']['p99_ms']:.0f} ms")
