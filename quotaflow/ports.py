@@ -40,6 +40,7 @@ from quotaflow.request_records import (
     OpenRequests,
     RequestStore,
     RequestView,
+    ReservedMark,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "RequestStore",
     "RequestView",
     "ReserveTokens",
+    "ReservedMark",
     "ScreenQuery",
     "Screening",
     "SettleReservation",

@@ -29,6 +29,15 @@ class NewRequest:
 
 
 @dataclass(frozen=True)
+class ReservedMark:
+    """A request the ledger reserved for, as reserve marks it: `queued` -> `reserved`."""
+
+    request_id: str
+    reserved_tokens: int
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class Inserted:
     """What storing a request found: whether it is new, and the stored hash, status and
     admission time (a resend is published with the first admission's time)."""
@@ -83,8 +92,9 @@ class RequestStore(Protocol):
         """What is stored for a request id (`created` False), or None when it is new."""
         ...
 
-    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
-        """A `queued` request is now `reserved`; any later status is left alone."""
+    def mark_reserved(self, marks: Sequence[ReservedMark]) -> None:
+        """Each `queued` request is now `reserved`, all or none; any later status is left
+        alone."""
         ...
 
     def finish(self, records: Sequence[FinalRecord]) -> None:

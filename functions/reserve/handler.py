@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.payloads import Estimated, Rejected, Reserved
-from quotaflow.ports import Ledger, Projection, RequestStore, ReserveTokens
+from quotaflow.ports import Ledger, Projection, RequestStore, ReservedMark, ReserveTokens
 from quotaflow.runtime import metrics
 from quotaflow.runtime.idempotency import reserve_digest
 from quotaflow.runtime.step import Step
@@ -30,15 +30,17 @@ def handle(payloads: Sequence[Estimated], ports: ReservePorts) -> list[Reserved 
         for p in payloads])
     ports.projection.catch_up(ports.ledger)
     out: list[Reserved | Rejected] = []
+    marks: list[ReservedMark] = []
     for p, o in zip(payloads, outcomes, strict=True):
         metrics.LEDGER_DECISIONS.labels(o.kind or "refused").inc()
         if o.accepted:
-            ports.requests.mark_reserved(o.request_id, o.amount, p.prompt_tokens)
+            marks.append(ReservedMark(o.request_id, o.amount, p.prompt_tokens))
             out.append(Reserved(**p.request_fields(), prompt_tokens=p.prompt_tokens,
                                 reserved_tokens=o.amount, period=o.period, ledger_seq=o.seq))
         else:
             out.append(Rejected(o.request_id, o.tenant, p.estimate_tokens,
                                 o.reason or "rejected", o.period, o.seq))
+    ports.requests.mark_reserved(marks)
     return out
 
 

@@ -16,7 +16,14 @@ from psycopg.types.json import Jsonb
 
 from quotaflow.adapters.group_commit import GroupCommitter
 from quotaflow.adapters.postgres import OnConnection
-from quotaflow.ports import FinalRecord, Inserted, NewRequest, OpenRequest, RequestView
+from quotaflow.ports import (
+    FinalRecord,
+    Inserted,
+    NewRequest,
+    OpenRequest,
+    RequestView,
+    ReservedMark,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -117,18 +124,16 @@ class PostgresRequestStore(OnConnection):
             (request_id,))
         return Inserted(False, *row) if row is not None else None
 
-    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
-        """A `queued` request is now `reserved`; any later status is left alone."""
-        self._execute(_MARK_RESERVED, (reserved_tokens, prompt_tokens, request_id))
+    def mark_reserved(self, marks: Sequence[ReservedMark]) -> None:
+        """Each `queued` request is now `reserved`, in one transaction (one commit, and one
+        round trip: psycopg pipelines `executemany`); any later status is left alone."""
+        self._many(_MARK_RESERVED, [(m.reserved_tokens, m.prompt_tokens, m.request_id)
+                                    for m in marks])
 
     def finish(self, records: Sequence[FinalRecord]) -> None:
         """Write terminal states in one transaction; a terminal status is never overwritten,
         and a reserved request is never rejected."""
-        if not records:
-            return
-        conn = self.conn
-        with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_FINISH, [dataclasses.asdict(r) for r in records])
+        self._many(_FINISH, [dataclasses.asdict(r) for r in records])
 
     def fetch(self, tenant: str, request_id: str) -> RequestView | None:
         """The tenant's own request, or None."""
@@ -156,6 +161,14 @@ class PostgresRequestStore(OnConnection):
         """Count a re-drive of each request, now."""
         if request_ids:
             self._execute(_NOTE_REDRIVEN, (list(request_ids),), prepare=_BY_KEYS)
+
+    def _many(self, sql: str, params: Sequence[Any]) -> None:
+        """One statement for each of `params`, in one transaction (or the caller's)."""
+        if not params:
+            return
+        conn = self.conn
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(sql, params)
 
     @overload
     def _execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None: ...
@@ -206,9 +219,9 @@ class GroupCommitRequestStore:
         """What is stored for `request_id`, or None."""
         return self.store.find(request_id)
 
-    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
+    def mark_reserved(self, marks: Sequence[ReservedMark]) -> None:
         """As `PostgresRequestStore.mark_reserved`."""
-        self.store.mark_reserved(request_id, reserved_tokens, prompt_tokens)
+        self.store.mark_reserved(marks)
 
     def finish(self, records: Sequence[FinalRecord]) -> None:
         """As `PostgresRequestStore.finish`."""

@@ -15,7 +15,14 @@ from typing import Any, Protocol
 import pytest
 
 from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.ports import FinalRecord, Inserted, NewRequest, OpenRequests, RequestStore
+from quotaflow.ports import (
+    FinalRecord,
+    Inserted,
+    NewRequest,
+    OpenRequests,
+    RequestStore,
+    ReservedMark,
+)
 from tests.contract.ledger_backends import postgres
 
 ADMITTED = datetime.now(UTC).replace(microsecond=123000) - timedelta(minutes=5)
@@ -64,29 +71,42 @@ def test_a_known_request_id_keeps_what_was_stored_first(store: Store) -> None:
     later = ADMITTED + timedelta(seconds=30)
     assert store.insert(new("r1", digest="h2", admitted=later)) == Inserted(
         False, "h1", "queued", ADMITTED)
-    store.mark_reserved("r1", 69, 37)
+    store.mark_reserved([ReservedMark("r1", 69, 37)])
     assert store.insert(new("r1", digest="h1", admitted=later)) == Inserted(
         False, "h1", "reserved", ADMITTED)
 
 
 def test_marking_reserved_moves_only_a_queued_request(store: Store) -> None:
     store.insert(new("r1"))
-    store.mark_reserved("r1", 69, 37)
+    store.mark_reserved([ReservedMark("r1", 69, 37)])
     view = store.fetch("acme", "r1")
     assert view is not None
     assert (view.status, view.reserved_tokens, view.prompt_tokens) == ("reserved", 69, 37)
     store.finish([completed("r1")])
-    store.mark_reserved("r1", 1, 1)
+    store.mark_reserved([ReservedMark("r1", 1, 1)])
     view = store.fetch("acme", "r1")
     assert view is not None
     assert (view.status, view.reserved_tokens, view.prompt_tokens) == ("completed", 69, 37)
-    store.mark_reserved("unknown", 1, 1)  # nothing to move, and no error
+    store.mark_reserved([ReservedMark("unknown", 1, 1)])  # nothing to move, and no error
     assert store.fetch("acme", "unknown") is None
+    store.mark_reserved([])
+
+
+def test_a_batch_of_marks_moves_each_queued_request_and_leaves_the_others(
+        store: Store) -> None:
+    for rid in ("a", "b", "done"):
+        store.insert(new(rid))
+    store.finish([completed("done")])
+    store.mark_reserved([ReservedMark("a", 10, 1), ReservedMark("done", 20, 2),
+                         ReservedMark("unknown", 30, 3), ReservedMark("b", 40, 4)])
+    got = {rid: store.fetch("acme", rid) for rid in ("a", "b", "done")}
+    assert {rid: (v.status, v.reserved_tokens) for rid, v in got.items() if v} == {
+        "a": ("reserved", 10), "b": ("reserved", 40), "done": ("completed", 69)}
 
 
 def test_finishing_writes_the_final_state_from_queued_or_reserved(store: Store) -> None:
     store.insert(new("done"))
-    store.mark_reserved("done", 69, 37)
+    store.mark_reserved([ReservedMark("done", 69, 37)])
     store.insert(new("refused"))
     store.finish([completed("done"),
                   FinalRecord("refused", "rejected", "quota_exceeded", 0)])
@@ -103,7 +123,7 @@ def test_a_reserved_request_is_never_rejected(store: Store) -> None:
     # The ledger accepted it: a rejection arriving now (a resend refused as a conflict) would
     # tell the client "rejected" for a request that goes on to be charged.
     store.insert(new("r1"))
-    store.mark_reserved("r1", 69, 37)
+    store.mark_reserved([ReservedMark("r1", 69, 37)])
     store.finish([FinalRecord("r1", "rejected", "idempotency_conflict", 0)])
     view = store.fetch("acme", "r1")
     assert view is not None
@@ -143,7 +163,7 @@ def test_open_requests_that_stopped_moving_are_found_with_their_data(store: Stor
     store.insert(new("idle", admitted=ADMITTED))
     store.insert(new("newer", admitted=ADMITTED + timedelta(seconds=1)))
     store.insert(new("moved", admitted=ADMITTED))
-    store.mark_reserved("moved", 69, 37)  # progress now
+    store.mark_reserved([ReservedMark("moved", 69, 37)])  # progress now
     store.insert(new("ended", admitted=ADMITTED))
     store.finish([FinalRecord("ended", "failed", "oom", 0)])
     cutoff = datetime.now(UTC) - timedelta(minutes=1)
@@ -179,7 +199,7 @@ def test_a_known_request_is_found_with_what_was_stored_and_a_new_one_is_not(
         store: Store) -> None:
     assert store.find("r1") is None
     store.insert(new("r1", digest="h7"))
-    store.mark_reserved("r1", 69, 37)
+    store.mark_reserved([ReservedMark("r1", 69, 37)])
     assert store.find("r1") == Inserted(False, "h7", "reserved", ADMITTED)
 
 

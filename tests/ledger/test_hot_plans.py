@@ -21,7 +21,7 @@ import pytest
 
 from quotaflow.adapters.request_store import PostgresRequestStore
 from quotaflow.analytics.store import PostgresUsageStore
-from quotaflow.ports import FinalRecord, NewRequest
+from quotaflow.ports import FinalRecord, NewRequest, ReservedMark
 from tests.services import fresh_database
 
 ROWS = 20_000
@@ -55,7 +55,7 @@ def _calls(conn: psycopg.Connection[Any]) -> dict[str, Callable[[], object]]:
         "admit's batched insert, a resend in it": lambda: store.insert_many(
             [new("a1"), new("r1"), new("a1")]),
         "admit's read of one stored request": lambda: store.find("r2"),
-        "reserve's mark": lambda: store.mark_reserved("r3", 10, 5),
+        "reserve's mark": lambda: store.mark_reserved([ReservedMark("r3", 10, 5)]),
         "record's final writes": lambda: store.finish([FinalRecord("r4", "completed", None, 3)]),
         "the reconciler's re-drive count": lambda: store.note_redriven(["r5", "r6"]),
         "the roll-ups' attribution": lambda: PostgresUsageStore._attribution(conn, {"r7"}),

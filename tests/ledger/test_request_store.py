@@ -11,7 +11,7 @@ import pytest
 from psycopg import errors as pg_errors
 
 from quotaflow.adapters.request_store import PostgresRequestStore
-from quotaflow.ports import FinalRecord, NewRequest
+from quotaflow.ports import FinalRecord, NewRequest, ReservedMark
 
 HOUR = timedelta(hours=1)
 DATA = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -39,7 +39,7 @@ def test_each_call_commits_on_a_connection_that_is_not_autocommit(
         store = PostgresRequestStore(plain)
         assert store.insert(NewRequest("r1", "acme", "k", "/app", "r1", "h", "m", DATA,
                                        datetime.now(UTC))).created
-        store.mark_reserved("r1", 69, 37)
+        store.mark_reserved([ReservedMark("r1", 69, 37)])
         assert store.fetch("acme", "r1") is not None
         store.note_redriven(["r1"])
         assert [r.redrives for r in store.open_since(datetime.now(UTC) + HOUR, 10)] == [1]

@@ -22,7 +22,7 @@ from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.door.app import create_app
 from quotaflow.door.wiring import DoorPorts
-from quotaflow.ports import Inserted, NewRequest, ReserveTokens
+from quotaflow.ports import Inserted, NewRequest, ReservedMark, ReserveTokens
 from quotaflow.settings import Settings
 from tests.problems import MODEL, assert_problem, body
 
@@ -156,7 +156,7 @@ def test_a_resend_is_the_same_request_and_republished_only_while_queued(door: Do
     rid = first.get_json()["request_id"]
     assert second.get_json()["request_id"] == rid
     assert [e.id for e in door.publisher.published] == [f"{rid}/admitted"] * 2
-    door.requests.mark_reserved(rid, 20, 12)
+    door.requests.mark_reserved([ReservedMark(rid, 20, 12)])
     assert door.post().status_code == 202
     assert len(door.publisher.published) == 2
 

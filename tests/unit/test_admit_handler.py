@@ -20,7 +20,7 @@ from functions.admit.handler import (
 )
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.ports import NewRequest, Principal
+from quotaflow.ports import NewRequest, Principal, ReservedMark
 
 ACME = Principal("acme", "key-1", 600, "month")
 
@@ -100,7 +100,7 @@ def test_the_stored_request_keeps_the_clients_data_to_be_published_again() -> No
 def test_a_resend_after_the_request_moved_on_publishes_nothing() -> None:
     p = ports()
     first = admit(ACME, Sent(), p)
-    p.requests.mark_reserved(first.request_id, 20, 12)
+    p.requests.mark_reserved([ReservedMark(first.request_id, 20, 12)])
     again = admit(ACME, Sent(), p)
     assert (again.request_id, again.created, again.admitted) == (first.request_id, False, [])
 

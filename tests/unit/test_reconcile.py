@@ -173,7 +173,7 @@ class _Unmarked:
     def __init__(self, inner: object) -> None:
         self.inner = inner
 
-    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
+    def mark_reserved(self, marks: object) -> None:
         pass
 
     def __getattr__(self, name: str) -> object:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from events.payloads import Rejected, Settled
 from functions.record.handler import RecordPorts, handle, on_poison
+from quotaflow.ports import ReservedMark
 from tests.unit.fakes import World, admitted
 
 
@@ -24,7 +25,7 @@ def rejected(request_id: str) -> Rejected:
 def test_a_settled_request_is_recorded_with_its_output_and_usage() -> None:
     w = World()
     w.queue(admitted("r1"))
-    w.requests.mark_reserved("r1", 50, 10)
+    w.requests.mark_reserved([ReservedMark("r1", 50, 10)])
     (out,) = handle([settled("r1")], RecordPorts(w.requests))
     assert (out.request_id, out.tenant, out.status) == ("r1", "acme", "completed")
     view = w.requests.fetch("acme", "r1")
@@ -71,7 +72,7 @@ def test_a_rejection_never_overwrites_a_reserved_request() -> None:
     # to be charged, so it must not be recorded rejected with nothing charged.
     w = World()
     w.queue(admitted("r1"))
-    w.requests.mark_reserved("r1", 50, 10)
+    w.requests.mark_reserved([ReservedMark("r1", 50, 10)])
     handle([rejected("r1")], RecordPorts(w.requests))
     assert w.status("acme", "r1") == "reserved"
     handle([settled("r1")], RecordPorts(w.requests))

@@ -17,6 +17,7 @@ from quotaflow.ports import (
     NewRequest,
     OpenRequest,
     RequestView,
+    ReservedMark,
 )
 
 OPEN = ("queued", "reserved")
@@ -71,10 +72,11 @@ class MemoryRequestStore:
             return None
         return Inserted(False, row.payload_hash, row.view.status, row.view.created_at)
 
-    def mark_reserved(self, request_id: str, reserved_tokens: int, prompt_tokens: int) -> None:
-        """A `queued` request is now `reserved`; any later status is left alone."""
-        self._update(request_id, moves_from("reserved"), status="reserved",
-                     reserved_tokens=reserved_tokens, prompt_tokens=prompt_tokens)
+    def mark_reserved(self, marks: Sequence[ReservedMark]) -> None:
+        """Each `queued` request is now `reserved`; any later status is left alone."""
+        for m in marks:
+            self._update(m.request_id, moves_from("reserved"), status="reserved",
+                         reserved_tokens=m.reserved_tokens, prompt_tokens=m.prompt_tokens)
 
     def finish(self, records: Sequence[FinalRecord]) -> None:
         """Write terminal states; a field left None keeps what was stored."""
