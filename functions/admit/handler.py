@@ -76,7 +76,8 @@ def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts,
     changed payload. `screen(request_id, payload_hash)` applies the rate limit and quota
     pre-check to a new request only: a resend of one already accepted gets its first answer,
     never a new refusal. The store is the authority: a refusal, or a record naming another
-    payload, is checked against it (a lost record must not refuse a resend)."""
+    payload, is checked against it (a lost record must not refuse a resend, and a record of a
+    request whose insert failed must not refuse that id's next payload)."""
     request_id = request_id_for(principal.tenant, request.source, request.ce_id)
     data = dict(request.data)
     digest = payload_hash(data)
@@ -86,8 +87,10 @@ def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts,
         stored = ports.requests.find(request_id)
         if stored is None and screened.refusal is not None:
             raise screened.refusal
-        if stored is None:  # recorded with another payload that was never stored
-            raise _conflict(request)
+    # Recorded with another payload that is not stored: its insert failed, or has not yet
+    # committed. Either way the insert decides: the first row stored for the id wins, and a
+    # payload that lost gets its 409 below. (The rate limit counted the id once, with the
+    # first payload.)
     if stored is None:
         stored = ports.requests.insert(NewRequest(
             request_id, principal.tenant, principal.key_id, request.source, request.ce_id,

@@ -250,6 +250,18 @@ def test_a_failing_backing_service_is_503_without_a_trace(door: Door) -> None:
     assert resp.headers["Retry-After"] == "5"
 
 
+def test_an_event_id_whose_request_was_never_stored_takes_another_payload(door: Door) -> None:
+    class Unreachable(MemoryRequestStore):
+        def insert(self, request: NewRequest) -> Inserted:
+            raise ConnectionError("connection refused")
+
+    down = create_app(door.settings, replace(door.ports, requests=Unreachable())).test_client()
+    assert down.post("/", headers=headers(door.keys["acme"]), data=body()).status_code == 503
+    # The gate recorded the first payload when it let it through; nothing was stored.
+    assert door.post(data=body(max_tokens=9)).status_code == 202
+    assert_problem(door.post(data=body()), 409, "different payload")
+
+
 def test_unknown_path_and_method_are_problems(door: Door) -> None:
     assert_problem(door.client.get("/nope"), 404)
     assert_problem(door.client.delete("/v1/quota"), 405)

@@ -168,6 +168,9 @@ def test_a_fast_record_of_another_payload_is_checked_against_the_store() -> None
     changed = Sent(data={**Sent().data, "max_tokens": 9})
     with pytest.raises(IdempotencyConflict):
         admit(ACME, changed, p, refusing(known_hash="another payload's hash"))
-    # Recorded with another payload that was never stored: still that id's payload.
-    with pytest.raises(IdempotencyConflict):
-        admit(ACME, Sent(ce_id="e-2"), p, stale)
+    # Recorded with another payload that was never stored (its insert failed): this one is
+    # the id's first request.
+    fresh = admit(ACME, Sent(ce_id="e-2"), p, stale)
+    assert fresh.created and len(fresh.admitted) == 1
+    with pytest.raises(IdempotencyConflict):  # and from now on the id's payload
+        admit(ACME, Sent(ce_id="e-2", data={**Sent().data, "max_tokens": 9}), p, stale)
