@@ -34,7 +34,7 @@ from quotaflow.adapters import kafka
 from quotaflow.analytics.rollup import Batch, Outcome
 from quotaflow.analytics.store import UsageStore
 from quotaflow.runtime import metrics
-from quotaflow.runtime.gaps import GapGuard
+from quotaflow.runtime.gaps import GapGuard, first_offsets
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.analytics")
@@ -89,6 +89,7 @@ class AnalyticsConsumer:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
         consumer.assign(partitions)
         self.gaps.forget(partitions)
+        self.gaps.expect(first_offsets(consumer, partitions))
         log.info("%s assigned %d partitions of %s", STEP, len(partitions),
                  ", ".join(sorted({p.topic for p in partitions})))
 

@@ -14,7 +14,11 @@ in that partition: the next fetch returns the skipped batch, now stored, and wha
 The batch is stored a moment after the watermark moved, so a re-read can come too early and
 see the same gap: it is read again until `GIVE_UP_S` after the gap was first seen, then given
 up (logged as an error and counted): those records are lost to this consumer, and the
-reconciler re-drives their requests."""
+reconciler re-drives their requests.
+
+Where a partition starts is known before its first record arrives (`first_offsets`, at each
+assignment): its committed offset, or the log's start. So a fetch that skips records at the
+very start is caught as well."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from quotaflow.runtime.metrics import OFFSET_GAPS
 
@@ -88,8 +92,42 @@ class GapGuard:
                   offset - 1, self.give_up_s)
         return False
 
+    def expect(self, partitions: Iterable[TopicPartition]) -> None:
+        """Each partition's first record will be at its `offset` (one below 0: not known)."""
+        for p in partitions:
+            self._gaps.pop((p.topic, p.partition), None)
+            if p.offset >= 0:
+                self._next[(p.topic, p.partition)] = p.offset
+            else:
+                self._next.pop((p.topic, p.partition), None)
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Assigned or revoked: where the next record comes from is no longer known."""
         for p in partitions:
             self._next.pop((p.topic, p.partition), None)
             self._gaps.pop((p.topic, p.partition), None)
+
+
+def first_offsets(consumer: Consumer, partitions: Sequence[TopicPartition],
+                  timeout_s: float = 2.0) -> list[TopicPartition]:
+    """The offset of the first record each assigned partition will give: the one it was
+    assigned at, else the group's committed offset, else the log's start (both consumers read
+    from the earliest record when there is no offset), and never below the log's start (records
+    the broker deleted). Empty when the broker does not answer in time: the first record then
+    sets where the partition is, as before."""
+    try:
+        unknown = [TopicPartition(p.topic, p.partition) for p in partitions
+                   if p.offset < 0 and p.offset != OFFSET_BEGINNING]
+        committed = {(c.topic, c.partition): c.offset
+                     for c in (consumer.committed(unknown, timeout=timeout_s) if unknown else [])}
+        firsts = []
+        for p in partitions:
+            at = p.offset if p.offset >= 0 else committed.get((p.topic, p.partition), -1)
+            low, _ = consumer.get_watermark_offsets(TopicPartition(p.topic, p.partition),
+                                                    timeout=timeout_s, cached=False)
+            firsts.append(TopicPartition(p.topic, p.partition, max(at, low)))
+        return firsts
+    except KafkaException as exc:
+        log.info("where the assigned partitions start is not known (%s): their first records "
+                 "set it", exc)
+        return []

@@ -25,7 +25,7 @@ from events.envelope import Envelope, UndecodableEvent, from_kafka
 from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import faults, metrics
-from quotaflow.runtime.gaps import GapGuard
+from quotaflow.runtime.gaps import GapGuard, first_offsets
 from quotaflow.runtime.handling import dead_letter, handle_with_retries, publish
 from quotaflow.runtime.inflight import InFlight, batch_offsets, rewind_offsets
 from quotaflow.runtime.step import AnyStep, Resources
@@ -79,9 +79,10 @@ class KafkaWorker:
                 self.producer.flush(10)
             self.resources.close()
 
-    def _assigned(self, _consumer: Consumer, partitions: list[Any]) -> None:
+    def _assigned(self, consumer: Consumer, partitions: list[Any]) -> None:
         log.info("step %s assigned %d partitions", self.step.name, len(partitions))
         self.gaps.forget(partitions)
+        self.gaps.expect(first_offsets(consumer, partitions))
 
     def _revoked(self, _consumer: Consumer, partitions: list[Any]) -> None:
         log.info("step %s revoked %d partitions", self.step.name, len(partitions))

@@ -158,3 +158,36 @@ def test_records_a_fetch_skipped_are_read_again_once_each_and_in_order(
         handled += worker.poll_once(0.5)
     worker.consumer.close()
     assert [rid for call in ports.calls for rid in call] == [f"r{i}" for i in range(10)]
+
+
+def test_records_skipped_by_the_first_fetch_after_an_assignment_are_read_again(
+        kafka_bootstrap: str) -> None:
+    """Where a partition starts is read from the broker at the assignment (the group's
+    committed offset): here the group committed 2, and the assignment is moved to 5 by hand,
+    as a first fetch that skipped r2..r4 would look; the loop reads them again."""
+    prefix = f"h{uuid.uuid4().hex[:6]}."
+    settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix,
+                       kafka_session_timeout_ms=2000, consumer_group_prefix=prefix)
+    kafka.create_topics(settings)
+    producer = kafka.make_producer(settings)
+    for i in range(8):  # one tenant: one partition
+        kafka.produce(producer, settings.topic("reserved"), to_kafka(reserved(f"r{i}", "fine")))
+    kafka.flush(producer)
+    (first,) = drain(kafka_bootstrap, settings.topic("reserved"), 1)[:1]
+    step = replace(fragile_step(), batch_max=lambda _s: 3)
+    ports = Fragile()
+    worker = KafkaWorker(step, settings, ports)
+    worker.consumer.commit(offsets=[TopicPartition(first.topic(), first.partition(), 2)],
+                           asynchronous=False)
+
+    def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        worker._assigned(consumer, partitions)  # cooperative: the increment, assigned here
+        consumer.incremental_assign([TopicPartition(p.topic, p.partition, 5)
+                                     for p in partitions])
+
+    worker.consumer.subscribe([settings.topic("reserved")], on_assign=assigned)
+    handled, deadline = 0, time.monotonic() + 30
+    while handled < 6 and time.monotonic() < deadline:
+        handled += worker.poll_once(0.5)
+    worker.consumer.close()
+    assert [rid for call in ports.calls for rid in call] == [f"r{i}" for i in range(2, 8)]

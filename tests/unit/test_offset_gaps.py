@@ -9,14 +9,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from events.envelope import to_kafka
 from events.payloads import Completed
 from quotaflow.adapters import kafka
 from quotaflow.analytics.consumer import AnalyticsConsumer
 from quotaflow.analytics.memory import MemoryUsageStore
-from quotaflow.runtime.gaps import GapGuard
+from quotaflow.runtime.gaps import GapGuard, first_offsets
 from quotaflow.runtime.worker import KafkaWorker
 from quotaflow.settings import Settings
 from tests.unit.fakes import reserved
@@ -53,6 +59,46 @@ def test_the_first_record_after_an_assignment_sets_where_the_partition_is() -> N
     guard.forget([TopicPartition("t", 0)])
     keep, seeks = guard.screen([FakeMessage("t", 0, 40)])  # type: ignore[list-item]
     assert offsets(keep) == [(0, 40)] and seeks == []
+
+
+def test_where_an_assignment_starts_is_expected_so_a_skipped_start_is_read_again() -> None:
+    guard = GapGuard("s")
+    guard.expect([TopicPartition("t", 0, 2), TopicPartition("t", 1, OFFSET_INVALID)])
+    keep, seeks = guard.screen([FakeMessage("t", 0, 5), FakeMessage("t", 1, 9)])  # type: ignore[list-item]
+    assert offsets(keep) == [(1, 9)]
+    assert [(tp.partition, tp.offset) for tp in seeks] == [(0, 2)]
+
+
+class Offsets:
+    """A consumer's view of where partitions stand: committed offsets and each log's start."""
+
+    def __init__(self, committed: dict[int, int], starts: dict[int, int],
+                 down: bool = False) -> None:
+        self.committed_at, self.starts, self.down = committed, starts, down
+
+    def committed(self, partitions: list[TopicPartition],
+                  timeout: float) -> list[TopicPartition]:
+        if self.down:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return [TopicPartition(p.topic, p.partition,
+                               self.committed_at.get(p.partition, OFFSET_INVALID))
+                for p in partitions]
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float,
+                              cached: bool) -> tuple[int, int]:
+        return self.starts.get(tp.partition, 0), 100
+
+
+def test_a_partition_starts_at_its_offset_or_its_commit_or_its_logs_start() -> None:
+    consumer = Offsets(committed={0: 7, 2: 1}, starts={2: 4, 3: 5})
+    assigned = [TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("t", 2),
+                TopicPartition("t", 3, 12), TopicPartition("t", 4, OFFSET_BEGINNING)]
+    firsts = first_offsets(consumer, assigned)  # type: ignore[arg-type]
+    # committed 7; nothing committed: the log's start; committed below the start (deleted
+    # records): the start; assigned at 12; assigned at the beginning: the start
+    assert [(tp.partition, tp.offset) for tp in firsts] == [(0, 7), (1, 0), (2, 4), (3, 12),
+                                                            (4, 0)]
+    assert first_offsets(Offsets({}, {}, down=True), assigned) == []  # type: ignore[arg-type]
 
 
 def test_a_gap_is_read_again_until_it_fills_or_is_given_up_after_a_while() -> None:
