@@ -131,19 +131,26 @@ def test_a_batch_polled_while_another_is_handled_goes_out_first_and_its_offset_w
     assert (handled, final) == (2, 2)
 
 
-def test_records_a_fetch_skipped_are_read_again_once_each_and_in_order(
-        kafka_bootstrap: str) -> None:
-    """To the consumer a fetch that skipped a batch (the local broker's race, BENCHMARKS.md)
-    looks like its position jumping ahead: here the position is moved ahead by hand, past
-    three records, and the loop reads them again."""
+def reserved_topic_holding(kafka_bootstrap: str, n: int) -> Settings:
+    """Settings with topics of their own, whose `reserved` topic holds r0..r{n-1} in one
+    partition (one tenant)."""
     prefix = f"g{uuid.uuid4().hex[:6]}."
     settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix,
                        kafka_session_timeout_ms=2000, consumer_group_prefix=prefix)
     kafka.create_topics(settings)
     producer = kafka.make_producer(settings)
-    for i in range(10):  # one tenant: one partition
+    for i in range(n):
         kafka.produce(producer, settings.topic("reserved"), to_kafka(reserved(f"r{i}", "fine")))
     kafka.flush(producer)
+    return settings
+
+
+def test_records_a_fetch_skipped_are_read_again_once_each_and_in_order(
+        kafka_bootstrap: str) -> None:
+    """To the consumer a fetch that skipped a batch (the local broker's race, BENCHMARKS.md)
+    looks like its position jumping ahead: here the position is moved ahead by hand, past
+    three records, and the loop reads them again."""
+    settings = reserved_topic_holding(kafka_bootstrap, 10)
     ports = Fragile()
     worker = KafkaWorker(replace(fragile_step(), batch_max=lambda _s: 3), settings, ports)
     worker.consumer.subscribe([settings.topic("reserved")])
@@ -165,14 +172,7 @@ def test_records_skipped_by_the_first_fetch_after_an_assignment_are_read_again(
     """Where a partition starts is read from the broker at the assignment (the group's
     committed offset): here the group committed 2, and the assignment is moved to 5 by hand,
     as a first fetch that skipped r2..r4 would look; the loop reads them again."""
-    prefix = f"h{uuid.uuid4().hex[:6]}."
-    settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap, topic_prefix=prefix,
-                       kafka_session_timeout_ms=2000, consumer_group_prefix=prefix)
-    kafka.create_topics(settings)
-    producer = kafka.make_producer(settings)
-    for i in range(8):  # one tenant: one partition
-        kafka.produce(producer, settings.topic("reserved"), to_kafka(reserved(f"r{i}", "fine")))
-    kafka.flush(producer)
+    settings = reserved_topic_holding(kafka_bootstrap, 8)
     (first,) = drain(kafka_bootstrap, settings.topic("reserved"), 1)[:1]
     step = replace(fragile_step(), batch_max=lambda _s: 3)
     ports = Fragile()
