@@ -65,7 +65,12 @@ class DoorPorts:
 
 class ThreadConnections:
     """One autocommit PostgreSQL connection per thread, with a connect timeout and a statement
-    timeout (0: none), so a thread never waits minutes on a database that is down."""
+    timeout (0: none), so a thread never waits minutes on a database that is down.
+
+    A connection learns that the server went away (a restart, a failover) only when its next
+    statement fails, so after a restart each thread's connection would fail one request of its
+    own: dozens of 503s, one per thread, spread over as many seconds. So once any connection is
+    found broken, every thread opens a new one before its next statement."""
 
     def __init__(self, url: str, connect_timeout_s: int = 0,
                  statement_timeout_ms: int = 0) -> None:
@@ -75,19 +80,29 @@ class ThreadConnections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._opened: list[psycopg.Connection[Any]] = []
+        self._generation = 0  # moves when a connection is found broken
 
     def get(self) -> psycopg.Connection[Any]:
         """This thread's connection."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
+        if conn is None or conn.broken or conn.closed or self._lost(conn):
             if conn is not None:
                 conn.close()
             conn = postgres.connect(self.url, True, self.connect_timeout_s,
                                     self.statement_timeout_ms)
-            self._local.conn = conn
+            self._local.conn, self._local.generation = conn, self._generation
             with self._lock:
                 self._opened = [c for c in self._opened if not c.closed] + [conn]
         return conn
+
+    def _lost(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether `conn` predates a connection found broken (here or in another thread)."""
+        if any(c.broken for c in self._opened):  # a list read: atomic under the GIL
+            with self._lock:
+                if any(c.broken for c in self._opened):
+                    self._generation += 1
+                    self._opened = [c for c in self._opened if not c.broken]
+        return bool(self._local.generation != self._generation)
 
     def close(self) -> None:
         with self._lock:
