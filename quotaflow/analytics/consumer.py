@@ -21,7 +21,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     TopicPartition,
 )
@@ -34,7 +33,7 @@ from quotaflow.adapters import kafka
 from quotaflow.analytics.rollup import Batch, Outcome
 from quotaflow.analytics.store import UsageStore
 from quotaflow.runtime import metrics
-from quotaflow.runtime.gaps import GapGuard, first_offsets
+from quotaflow.runtime.gaps import GapGuard, first_offsets, seek
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.analytics")
@@ -126,11 +125,7 @@ class AnalyticsConsumer:
     def poll_once(self) -> int:
         """Poll one batch and apply it; returns how many records it held."""
         messages, rereads = self.gaps.screen(self.consumer.consume(self.batch_max, self.poll_s))
-        for tp in rereads:
-            try:
-                self.consumer.seek(tp)
-            except KafkaException as err:  # no longer ours (rebalanced): its owner reads it
-                log.info("not reading %s[%d] again: %s", tp.topic, tp.partition, err)
+        seek(self.consumer, rereads, STEP)
         if not messages:
             return 0
         batch = self.batch(messages)

@@ -50,6 +50,13 @@ class Run:
     source: str
     since: float
 
+    WHERE = "tenant_id = %s AND created_at >= to_timestamp(%s) AND source = %s"
+
+    @property
+    def params(self) -> tuple[str, float, str]:
+        """The parameters of `WHERE`."""
+        return self.tenant, self.since, self.source
+
     @classmethod
     def new(cls, pg_url: str, tenant: str, kind: str) -> Run:
         return cls(pg_url, tenant, f"/bench/{kind}/{uuid.uuid4().hex[:8]}", time.time() - 1)
@@ -63,9 +70,8 @@ class Run:
         row = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE status = ANY(%s)), "
             "coalesce(extract(epoch FROM max(created_at)), 0), "
-            "coalesce(extract(epoch FROM max(updated_at)), 0) FROM requests "
-            "WHERE tenant_id = %s AND created_at >= to_timestamp(%s) AND source = %s",
-            (list(TERMINAL), self.tenant, self.since, self.source)).fetchone()
+            f"coalesce(extract(epoch FROM max(updated_at)), 0) FROM requests WHERE {self.WHERE}",
+            (list(TERMINAL), *self.params)).fetchone()
         stored, ended, admitted, last = row if row is not None else (0, 0, 0, 0)
         return int(str(stored)), int(str(ended)), float(str(admitted)), float(str(last))
 
@@ -161,9 +167,8 @@ def open_loop(admit_url: str, pg_url: str, tenant: str, key: str, model: str, ra
     run.wait_ended(sent.requests - sent.non2xx, 120)
     with db.connect(pg_url, autocommit=True) as conn:
         rows = conn.execute("SELECT ce_id, status, extract(epoch FROM created_at), "
-                            "extract(epoch FROM updated_at) FROM requests WHERE tenant_id = %s "
-                            "AND created_at >= to_timestamp(%s) AND source = %s",
-                            (tenant, run.since, run.source)).fetchall()
+                            f"extract(epoch FROM updated_at) FROM requests WHERE {run.WHERE}",
+                            run.params).fetchall()
     # (due, status, stored at, ended at), epoch seconds
     got = [(wrk.due_at(str(c))[1], str(s), float(str(a)), float(str(t))) for c, s, a, t in rows]
     e2e = [ended - due for due, status, _, ended in got if status in TERMINAL]

@@ -131,3 +131,15 @@ def first_offsets(consumer: Consumer, partitions: Sequence[TopicPartition],
         log.info("where the assigned partitions start is not known (%s): their first records "
                  "set it", exc)
         return []
+
+
+def seek(consumer: Consumer, offsets: Iterable[TopicPartition], step: str) -> None:
+    """Move each partition's position back to its offset (a gap to read again, a batch to
+    retry); a partition no longer assigned is left to its new owner, which reads from the
+    committed offset anyway."""
+    for tp in offsets:
+        try:
+            consumer.seek(tp)
+        except KafkaException as err:
+            log.info("step %s: not seeking %s[%d] back to %d: %s", step, tp.topic,
+                     tp.partition, tp.offset, err)

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message
 
 from events.envelope import Envelope, UndecodableEvent, from_kafka
 from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.runtime import faults, metrics
-from quotaflow.runtime.gaps import GapGuard, first_offsets
+from quotaflow.runtime.gaps import GapGuard, first_offsets, seek
 from quotaflow.runtime.handling import dead_letter, handle_with_retries, publish
 from quotaflow.runtime.inflight import InFlight, batch_offsets, rewind_offsets
 from quotaflow.runtime.step import AnyStep, Resources
@@ -120,7 +120,7 @@ class KafkaWorker:
             msgs += self.consumer.consume(num_messages=room,
                                           timeout=self.settings.batch_wait_ms / 1000)
         msgs, rereads = self.gaps.screen(msgs)  # records the broker skipped: read them again
-        self._seek(rereads)
+        seek(self.consumer, rereads, self.step.name)
         if not msgs:
             return self._collect()
         batch: Batch = []
@@ -192,20 +192,12 @@ class KafkaWorker:
         log.warning("step %s: %s: %s; batch of %d retried in %.1f s (attempt %d)",
                     self.step.name, faults.error_name(exc), str(exc)[:300], len(msgs), delay,
                     self._failures)
-        self._seek(rewind_offsets(msgs))
+        seek(self.consumer, rewind_offsets(msgs), self.step.name)
         if faults.producer_failed(exc):
             log.warning("step %s: the Kafka producer failed for good; opening a new one",
                         self.step.name)
             self.producer = kafka.make_producer(self.settings)
         self._stop.wait(delay)
-
-    def _seek(self, offsets: Sequence[TopicPartition]) -> None:
-        for tp in offsets:
-            try:
-                self.consumer.seek(tp)
-            except KafkaException as err:  # no longer ours (rebalanced): its owner re-reads
-                log.info("step %s: not rewinding %s[%d]: %s", self.step.name, tp.topic,
-                         tp.partition, err)
 
     def _poison(self, msg: Message | None, ev: Envelope, reason: str) -> Sequence[Payload]:
         if msg is not None:
