@@ -132,11 +132,14 @@ def flush(producer: AnyProducer, timeout_s: float = 5.0) -> None:
                              + (f", {len(failed)} failed ({failed[0]})" if failed else ""))
 
 
-def create_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create every declared topic (and its dead-letter topic) that does not exist yet."""
+def create_topics(settings: Settings, timeout_s: float = 30.0,
+                  partitions: int | None = None) -> list[str]:
+    """Create every declared topic (and its dead-letter topic) that does not exist yet, with
+    its declared partitions, or with `partitions` each."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [NewTopic(settings.topic(t.name), num_partitions=t.partitions, replication_factor=1)
+    wanted = [NewTopic(settings.topic(t.name), num_partitions=partitions or t.partitions,
+                       replication_factor=1)
               for t in topic_specs() if settings.topic(t.name) not in existing]
     if not wanted:
         return []

@@ -53,6 +53,11 @@ class DevStack:
     s3_port: int = 0
     admit_workers: int = 2
     admit_access_log: bool = False
+    # One consumer runs each step here, so a topic's partitions beyond the first only cost:
+    # the local broker reads every partition of a consumer's topics on each fetch, idle or
+    # not (BENCHMARKS.md, "One partition a topic on the local stack"). A cluster gets
+    # kafka/topics.yaml's counts (`quotaflow topics create`, the Strimzi resources).
+    partitions: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     child_env: dict[str, str] = field(default_factory=dict)
@@ -172,7 +177,7 @@ class DevStack:
             self.restarts[name] = self.restarts.get(name, 0) + 1
             if name == "kafka":
                 self._await_kafka(proc)
-                kafka.create_topics(self.settings)
+                kafka.create_topics(self.settings, partitions=self.partitions)
             self.write_state()
             return True
 
@@ -203,7 +208,7 @@ class DevStack:
         progress("starting S3 (moto server) ...")
         self.start_s3()
         progress("creating topics and applying migrations ...")
-        kafka.create_topics(self.settings)
+        kafka.create_topics(self.settings, partitions=self.partitions)
         db.migrate(self.settings.postgres_url)
         progress("starting admit, estimate, reserve, infer, settle, record ...")
         self.start_functions()

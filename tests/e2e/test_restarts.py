@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
+from events.catalog import topic_specs
 from quotaflow import client
 from quotaflow.devstack.process import pid_alive
 from quotaflow.devstack.stack import DevStack
@@ -74,14 +76,25 @@ def test_a_killed_step_comes_back_by_itself_and_requests_complete(stack: DevStac
     complete(stack, key, 10, "after-infer")
 
 
+def partition_counts(stack: DevStack) -> dict[str, int]:
+    """Partitions of each declared topic (dead-letter topics included) on the stack's broker."""
+    topics = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap}).list_topics(
+        timeout=30).topics
+    return {spec.name: len(topics[stack.settings.topic(spec.name)].partitions)
+            for spec in topic_specs()}
+
+
 def test_a_killed_broker_comes_back_with_its_topics_and_requests_complete(
         stack: DevStack) -> None:
     _, key = new_tenant(stack, 100_000)
+    # One consumer a step: the stack's topics have one partition each, not the cluster's six.
+    assert set(partition_counts(stack).values()) == {stack.partitions} == {1}
     old = stack.procs["kafka"].pid
     stack.kill("kafka")
     wait_restarted(stack, "kafka", old, timeout_s=60)
     assert stack.restarts["kafka"] >= 1
     complete(stack, key, 10, "after-broker", timeout_s=180)
+    assert set(partition_counts(stack).values()) == {1}  # created again as they were
     assert all(p.poll() is None for p in stack.procs.values())
 
 
