@@ -91,7 +91,10 @@ def test_infer_decodes_requests_at_once_with_a_real_model_and_inline_with_the_st
     infer = load_step("infer")
     real = replace(Settings(), model_source="dir:/models/x", batch_max=12)
     assert (infer.in_flight(real), infer.batch_max(real)) == (12, 12)
-    assert infer.in_flight(replace(real, model_source="standin")) == 1
+    standin = replace(real, model_source="standin")
+    # The stand-in answers a whole polled batch in one call, as large as estimate's.
+    assert (infer.in_flight(standin), infer.batch_max(standin)) == (
+        1, load_step("estimate").batch_max(standin))
     assert all(load_step(s).in_flight(real) == 1 for s in CONSUMER_STEPS if s != "infer")
 
 
