@@ -104,6 +104,7 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
                               "database": DATABASE, "redis_db": REDIS_DB}
     say("starting a local stack of the bench's own ...")
     stack.up(explicit_pg=True, explicit_redis=True, progress=say)
+    up = [stack]  # the stacks started, in order: only the last one is up
     try:
         tenant, key = _tenant(stack)
         admit_argv = [str(a) for a in stack.procs["admit"].args]  # type: ignore[union-attr]
@@ -119,23 +120,27 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
             say("waiting for the pipeline to end what the door accepted ...")
             pipeline.wait_all_ended(pg, 300)
         else:
-            _pipeline(stack, tenant, key, opts, result, workdir, say)
-            stack = _fresh(stack, workdir, say)
+            _pipeline(up, tenant, key, opts, result, workdir, say)
+            stack = _fresh(up, workdir, say, "the open loop")
             result["open_loop"] = _open_loop(stack, tenant, key, opts, workdir, say,
                                              "a fresh stack", 0)
         say("auditing the bench's ledger and requests ...")
         result["audit"] = audit(stack.settings)
         say(f"  audit {'clean' if result['audit']['clean'] else 'NOT clean'}")
     finally:
-        stack.down()
+        up[-1].down()
     write(result, opts, say)
     return result
 
 
-def _pipeline(stack: DevStack, tenant: str, key: str, opts: Options, result: dict[str, Any],
+def _pipeline(up: list[DevStack], tenant: str, key: str, opts: Options, result: dict[str, Any],
               workdir: Path, say: Callable[[str], None]) -> None:
-    """admit against bare (unless skipped), the sustained runs, the drain and the open loop on
-    the stack that ran them all."""
+    """admit against bare and the open loop on the stack that ran it (unless the door is
+    skipped), then each sustained run on a fresh stack, and the drain on the last. Fresh
+    stacks, because the local broker's cost grows with what it holds
+    (`_open_loop`): a run after the door's rounds would measure the broker's age, which a
+    Kafka cluster does not have, more than the pipeline."""
+    stack = up[-1]
     pg, model = stack.settings.postgres_url, stack.settings.model_name
     if not opts.skip_door:
         say(f"admit against the bare endpoint: {opts.rounds} rounds x {opts.seconds:g} s, "
@@ -148,8 +153,11 @@ def _pipeline(stack: DevStack, tenant: str, key: str, opts: Options, result: dic
         finally:
             bare.terminate()
             bare.wait(10)
+        result["open_loop_aged"] = _open_loop(stack, tenant, key, opts, workdir, say,
+                                              "the door's stack", pipeline.stored_requests(pg))
     result["sustained"] = []
     for clients in opts.clients:
+        stack = _fresh(up, workdir, say, f"{clients} clients")
         say(f"pipeline: {opts.requests} requests from {clients} clients ...")
         pids = {name: proc.pid for name, proc in stack.procs.items()}
         s = pipeline.sustained(stack.admit_url, pg, tenant, key, model, opts.requests,
@@ -167,8 +175,6 @@ def _pipeline(stack: DevStack, tenant: str, key: str, opts: Options, result: dic
     say(f"  {d['ended']}/{d['backlog']} drained in {d['seconds']} s: "
         f"{d['drained_per_s']:,.0f} req/s")
     result["drain"] = d
-    result["open_loop_aged"] = _open_loop(stack, tenant, key, opts, workdir, say, "this stack",
-                                          pipeline.stored_requests(pg))
 
 
 def _open_loop(stack: DevStack, tenant: str, key: str, opts: Options, workdir: Path,
@@ -187,13 +193,16 @@ def _open_loop(stack: DevStack, tenant: str, key: str, opts: Options, workdir: P
     return o
 
 
-def _fresh(stack: DevStack, workdir: Path, say: Callable[[str], None]) -> DevStack:
-    """`stack` stopped and a new one started on the same database and Redis: a broker that
-    holds nothing, for the open loop's latency."""
-    say("a fresh stack for the open loop (same database), its broker empty ...")
+def _fresh(up: list[DevStack], workdir: Path, say: Callable[[str], None], purpose: str
+           ) -> DevStack:
+    """The stack up (`up[-1]`) stopped and a new one started on the same database and Redis
+    (a broker that holds nothing), appended to `up` once it is up, and warmed: 500
+    requests, so that the first of a run do not pay for connections and consumer joins."""
+    say(f"a fresh stack for {purpose} (same database), its broker empty ...")
+    stack = up[-1]
     stack.down()
     port = free_port()
-    fresh = DevStack(workdir / "stack-fresh", replace(
+    fresh = DevStack(workdir / f"stack-{port}", replace(
         stack.settings, public_url=f"http://127.0.0.1:{port}"), admit_port=port,
         kafka_port=free_port())
     try:
@@ -201,6 +210,11 @@ def _fresh(stack: DevStack, workdir: Path, say: Callable[[str], None]) -> DevSta
     except BaseException:
         fresh.down()
         raise
+    up.append(fresh)
+    say("  warming it: 500 requests ...")
+    tenant, key = _tenant(fresh)
+    pipeline.sustained(fresh.admit_url, fresh.settings.postgres_url, tenant, key,
+                       fresh.settings.model_name, 500, 16, workdir, {})
     return fresh
 
 

@@ -49,7 +49,9 @@ def door_table(result: dict[str, Any]) -> str:
 
 def pipeline_table(result: dict[str, Any]) -> str:
     """Sustained requests/s to all ended, by concurrency, then open-loop latency."""
-    rows = ["| clients | requests | non-2xx | admitted/s | all ended after s | ended/s |",
+    rows = ["Each sustained run on a fresh stack (its broker empty), after 500 requests to "
+            "warm it.", "",
+            "| clients | requests | non-2xx | admitted/s | all ended after s | ended/s |",
             "|---|---|---|---|---|---|"]
     for s in result["sustained"]:
         rows.append(f"| {s['connections']} | {_n(s['requests'])} (ended {_n(s['ended'])}) | "
@@ -73,8 +75,8 @@ def pipeline_table(result: dict[str, Any]) -> str:
              f"{e['p90_ms']:.0f} | **{e['p99_ms']:.0f}** | {e['max_ms']:.0f} |"]
     if "open_loop_aged" in result:
         g = result["open_loop_aged"]
-        aged = (f"| due → terminal status on the stack that ran everything above (its broker "
-                f"holding the records of {_n(g['broker_held_requests'])} requests) | "
+        aged = (f"| due → terminal status on the stack that ran the door's rounds (its "
+                f"broker holding the records of {_n(g['broker_held_requests'])} requests) | "
                 f"{g['end_to_end']['p50_ms']:.0f} | {g['end_to_end']['p90_ms']:.0f} | "
                 f"{g['end_to_end']['p99_ms']:.0f} | {g['end_to_end']['max_ms']:.0f} |")
         rows.append(aged)

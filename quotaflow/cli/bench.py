@@ -15,12 +15,14 @@ database qf_test_bench_run and Redis index 15; the stand-in model):
   1. admit against a bare Flask endpoint that only parses the CloudEvent, both under admit's
      own server command, loaded by wrk in interleaved rounds: req/s, p50/p99, non-2xx, and
      ratio = admit req/s / bare req/s (median over rounds);
-  2. the whole pipeline: N requests from C clients as fast as admit takes them, timed until
-     the last one has ended (per C in --clients), with the CPU each process spent a request;
-     the steps alone draining a backlog (the first step paused while admit fills it); then an
-     open loop at --rate req/s paced by wrk (each request due at its own time, whatever
-     the answers), latency from each due time to its terminal status (read from PostgreSQL),
-     once on that stack and once on a fresh one (the local broker slows as it fills);
+  2. the whole pipeline: an open loop at --rate req/s paced by wrk (each request due at its
+     own time, whatever the answers), latency from each due time to its terminal status
+     (read from PostgreSQL), on the stack that ran step 1; then N requests from C clients as
+     fast as admit takes them, timed until the last one has ended, with the CPU each process
+     spent a request, each C in --clients on a fresh stack; the steps alone draining a
+     backlog (the first step paused while admit fills it); and the open loop again on a
+     fresh stack. Fresh stacks, because the local broker slows as it fills (README, Kafka);
+     each is warmed with 500 requests first;
   3. `quotaflow audit` on the bench's database.
 
 With --servers, instead of 1 and 2: admit and the bare endpoint under each candidate server
@@ -30,7 +32,7 @@ door alone is measured: req/s, latency and CPU a request (how admit's server was
 Writes the JSON result, refreshes the tables between the markers in BENCHMARKS.md and draws
 docs/bench/latency-cdf.png and docs/bench/throughput.png. Progress goes to stderr, the
 summary to stdout; exits 1 if the audit is not clean. Needs wrk (infra/local/setup.sh
-installs it). A full run takes about four minutes on an idle machine, --quick about two."""
+installs it). A full run takes about five minutes on an idle machine, --quick about one."""
 
 
 def register(sub: Any) -> None:
