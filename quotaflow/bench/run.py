@@ -29,6 +29,7 @@ from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
 
+WARM_REQUESTS = 500  # sent to each fresh stack before it is measured
 DATABASE = "qf_test_bench_run"
 REDIS_DB = 15
 
@@ -123,7 +124,7 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
             _pipeline(up, tenant, key, opts, result, workdir, say)
             stack = _fresh(up, workdir, say, "the open loop")
             result["open_loop"] = _open_loop(stack, tenant, key, opts, workdir, say,
-                                             "a fresh stack", 0)
+                                             "a fresh stack", WARM_REQUESTS)
         say("auditing the bench's ledger and requests ...")
         result["audit"] = audit(stack.settings)
         say(f"  audit {'clean' if result['audit']['clean'] else 'NOT clean'}")
@@ -187,7 +188,7 @@ def _open_loop(stack: DevStack, tenant: str, key: str, opts: Options, workdir: P
         f"broker holds the records of {held:,} requests) ...")
     o = pipeline.open_loop(stack.admit_url, pg, tenant, key, stack.settings.model_name,
                            opts.rate, opts.seconds, workdir, say=say)
-    o["broker_held_requests"] = held
+    o["broker_held_requests"], o["stack"] = held, which
     say(f"  end to end p50 {o['end_to_end']['p50_ms']:.0f} ms, "
         f"p99 {o['end_to_end']['p99_ms']:.0f} ms")
     return o
@@ -196,8 +197,8 @@ def _open_loop(stack: DevStack, tenant: str, key: str, opts: Options, workdir: P
 def _fresh(up: list[DevStack], workdir: Path, say: Callable[[str], None], purpose: str
            ) -> DevStack:
     """The stack up (`up[-1]`) stopped and a new one started on the same database and Redis
-    (a broker that holds nothing), appended to `up` once it is up, and warmed: 500
-    requests, so that the first of a run do not pay for connections and consumer joins."""
+    (a broker that holds nothing), appended to `up` once it is up, and warmed with
+    `WARM_REQUESTS`, so that a run's first do not pay for connections and consumer joins."""
     say(f"a fresh stack for {purpose} (same database), its broker empty ...")
     stack = up[-1]
     stack.down()
@@ -211,10 +212,10 @@ def _fresh(up: list[DevStack], workdir: Path, say: Callable[[str], None], purpos
         fresh.down()
         raise
     up.append(fresh)
-    say("  warming it: 500 requests ...")
+    say(f"  warming it: {WARM_REQUESTS} requests ...")
     tenant, key = _tenant(fresh)
     pipeline.sustained(fresh.admit_url, fresh.settings.postgres_url, tenant, key,
-                       fresh.settings.model_name, 500, 16, workdir, {})
+                       fresh.settings.model_name, WARM_REQUESTS, 16, workdir, {})
     return fresh
 
 

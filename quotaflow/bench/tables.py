@@ -49,8 +49,7 @@ def door_table(result: dict[str, Any]) -> str:
 
 def pipeline_table(result: dict[str, Any]) -> str:
     """Sustained requests/s to all ended, by concurrency, then open-loop latency."""
-    rows = ["Each sustained run on a fresh stack (its broker empty), after 500 requests to "
-            "warm it.", "",
+    rows = ["Each sustained run on a fresh stack, after 500 requests to warm it.", "",
             "| clients | requests | non-2xx | admitted/s | all ended after s | ended/s |",
             "|---|---|---|---|---|---|"]
     for s in result["sustained"]:
@@ -67,9 +66,9 @@ def pipeline_table(result: dict[str, Any]) -> str:
     rows += ["", f"Open loop at {o['rate']:g} req/s for {o['seconds']:g} s, paced by wrk "
              f"(achieved {o['achieved_rate']:g}/s, {o['sent']} sent, {o['ended']} ended, "
              f"{o['non2xx']} non-2xx"
-             + ("" if "broker_held_requests" not in o else "; on a fresh stack, its broker "
-                "empty" if o["broker_held_requests"] == 0 else f"; the broker already held "
-                f"the records of {_n(o['broker_held_requests'])} requests") + "):", "",
+             + ("" if "broker_held_requests" not in o else f"; on {o.get('stack', 'a stack')}"
+                f", its broker holding the records of {_n(o['broker_held_requests'])} requests")
+             + "):", "",
              "| latency | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|",
              f"| due → terminal status (PostgreSQL `updated_at`) | {e['p50_ms']:.0f} | "
              f"{e['p90_ms']:.0f} | **{e['p99_ms']:.0f}** | {e['max_ms']:.0f} |"]

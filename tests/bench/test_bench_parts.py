@@ -110,8 +110,10 @@ def test_the_pipeline_table_shows_the_open_loop_on_the_aged_stack_beside_the_fre
     result["open_loop_aged"] = {  # type: ignore[index]
         **result["open_loop"], "broker_held_requests": 32804,  # type: ignore[dict-item]
         "end_to_end": {"p50_ms": 2687, "p90_ms": 4546, "p99_ms": 5162, "max_ms": 5282}}
+    result["open_loop"].update(stack="a fresh stack", broker_held_requests=500)  # type: ignore[union-attr]
     text = tables.pipeline_table(json.loads(json.dumps(result)))
     assert "records of 32,804 requests) | 2687 | 4546 | 5162 | 5282 |" in text
+    assert "on a fresh stack, its broker holding the records of 500 requests):" in text
     assert "**240**" in text  # the fresh stack's p99 stays the result
 
 
