@@ -102,7 +102,8 @@ def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
     stack = _stack(Settings.from_env(), workdir)
     result: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(),
                               "mode": "quick" if opts.quick else "full",
-                              "database": DATABASE, "redis_db": REDIS_DB}
+                              "database": DATABASE, "redis_db": REDIS_DB,
+                              "warm_requests": WARM_REQUESTS}
     say("starting a local stack of the bench's own ...")
     stack.up(explicit_pg=True, explicit_redis=True, progress=say)
     up = [stack]  # the stacks started, in order: only the last one is up

@@ -49,8 +49,9 @@ def door_table(result: dict[str, Any]) -> str:
 
 def pipeline_table(result: dict[str, Any]) -> str:
     """Sustained requests/s to all ended, by concurrency, then open-loop latency."""
-    rows = ["Each sustained run on a fresh stack, after 500 requests to warm it.", "",
-            "| clients | requests | non-2xx | admitted/s | all ended after s | ended/s |",
+    rows = [f"Each sustained run on a fresh stack, after {result['warm_requests']} requests to "
+            "warm it.", ""] if "warm_requests" in result else []
+    rows += ["| clients | requests | non-2xx | admitted/s | all ended after s | ended/s |",
             "|---|---|---|---|---|---|"]
     for s in result["sustained"]:
         rows.append(f"| {s['connections']} | {_n(s['requests'])} (ended {_n(s['ended'])}) | "

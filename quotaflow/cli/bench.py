@@ -32,7 +32,8 @@ door alone is measured: req/s, latency and CPU a request (how admit's server was
 Writes the JSON result, refreshes the tables between the markers in BENCHMARKS.md and draws
 docs/bench/latency-cdf.png and docs/bench/throughput.png. Progress goes to stderr, the
 summary to stdout; exits 1 if the audit is not clean. Needs wrk (infra/local/setup.sh
-installs it). A full run takes about five minutes on an idle machine, --quick about one."""
+installs it). A full run takes about two and a half minutes on an idle machine, --quick
+about one."""
 
 
 def register(sub: Any) -> None:

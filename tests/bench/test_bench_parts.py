@@ -114,6 +114,10 @@ def test_the_pipeline_table_shows_the_open_loop_on_the_aged_stack_beside_the_fre
     text = tables.pipeline_table(json.loads(json.dumps(result)))
     assert "records of 32,804 requests) | 2687 | 4546 | 5162 | 5282 |" in text
     assert "on a fresh stack, its broker holding the records of 500 requests):" in text
+    assert "warm it" not in text  # a result from before fresh stacks says nothing of them
+    result["warm_requests"] = 500  # type: ignore[index]
+    assert text.replace("| clients", "Each sustained run on a fresh stack, after 500 requests "
+                        "to warm it.\n\n| clients") == tables.pipeline_table(result)
     assert "**240**" in text  # the fresh stack's p99 stays the result
 
 
