@@ -27,24 +27,31 @@ from quotaflow.ports import (
 
 Conn = psycopg.Connection[Any]
 
+# A batch of moves in one statement, its rows passed as one JSON array (as `_INSERT_MANY`);
+# one statement a row cost each row a bind, an execution and a round of psycopg. Its generic
+# plan probes the primary key even when made on an empty table (tests/ledger/test_hot_plans).
 # A field a record leaves None keeps what was stored (a rejection carries no usage).
 _FINISH = (
-    "UPDATE requests SET status = %(status)s, reason = %(reason)s, "
-    "charged_tokens = %(charged_tokens)s, output = coalesce(%(output)s, output), "
-    "prompt_tokens = coalesce(%(prompt_tokens)s, prompt_tokens), "
-    "completion_tokens = coalesce(%(completion_tokens)s, completion_tokens), "
-    "reserved_tokens = coalesce(%(reserved_tokens)s, reserved_tokens), "
-    "model_version = coalesce(%(model_version)s, model_version), updated_at = now() "
-    "WHERE request_id = %(request_id)s "
-    "AND (status = 'queued' OR (status = 'reserved' AND %(status)s <> 'rejected'))")
+    "UPDATE requests q SET status = m.status, reason = m.reason, "
+    "charged_tokens = m.charged_tokens, output = coalesce(m.output, q.output), "
+    "prompt_tokens = coalesce(m.prompt_tokens, q.prompt_tokens), "
+    "completion_tokens = coalesce(m.completion_tokens, q.completion_tokens), "
+    "reserved_tokens = coalesce(m.reserved_tokens, q.reserved_tokens), "
+    "model_version = coalesce(m.model_version, q.model_version), updated_at = now() "
+    "FROM jsonb_to_recordset(%s::jsonb) AS m(request_id text, status text, reason text, "
+    "charged_tokens bigint, output text, prompt_tokens integer, completion_tokens integer, "
+    "reserved_tokens bigint, model_version text) WHERE q.request_id = m.request_id "
+    "AND (q.status = 'queued' OR (q.status = 'reserved' AND m.status <> 'rejected'))")
 # `request_id = ANY(%s)` is never prepared. A generic plan does not know the array's length
 # and guesses ten keys: on a table still small when it was made, a scan of the table is the
 # cheaper guess, and it stays cached while the table grows (tests/ledger/test_hot_plans.py).
 # Planned at each run, on the table as it is, it probes the primary key.
 _BY_KEYS = False
-_MARK_RESERVED = ("UPDATE requests SET status = 'reserved', reserved_tokens = %s, "
-                  "prompt_tokens = %s, updated_at = now() "
-                  "WHERE request_id = %s AND status = 'queued'")
+_MARK_RESERVED = (
+    "UPDATE requests q SET status = 'reserved', reserved_tokens = m.reserved_tokens, "
+    "prompt_tokens = m.prompt_tokens, updated_at = now() FROM jsonb_to_recordset(%s::jsonb) "
+    "AS m(request_id text, reserved_tokens bigint, prompt_tokens integer) "
+    "WHERE q.request_id = m.request_id AND q.status = 'queued'")
 _NOTE_REDRIVEN = ("UPDATE requests SET redrives = redrives + 1, redriven_at = now() "
                   "WHERE request_id = ANY(%s)")
 _VIEW_COLUMNS = ("request_id, status, output, prompt_tokens, completion_tokens, "
@@ -125,15 +132,14 @@ class PostgresRequestStore(OnConnection):
         return Inserted(False, *row) if row is not None else None
 
     def mark_reserved(self, marks: Sequence[ReservedMark]) -> None:
-        """Each `queued` request is now `reserved`, in one transaction (one commit, and one
-        round trip: psycopg pipelines `executemany`); any later status is left alone."""
-        self._many(_MARK_RESERVED, [(m.reserved_tokens, m.prompt_tokens, m.request_id)
-                                    for m in marks])
+        """Each `queued` request is now `reserved`, in one statement; any later status is
+        left alone."""
+        self._moves(_MARK_RESERVED, [dataclasses.asdict(m) for m in marks])
 
     def finish(self, records: Sequence[FinalRecord]) -> None:
-        """Write terminal states in one transaction; a terminal status is never overwritten,
+        """Write terminal states in one statement; a terminal status is never overwritten,
         and a reserved request is never rejected."""
-        self._many(_FINISH, [dataclasses.asdict(r) for r in records])
+        self._moves(_FINISH, [dataclasses.asdict(r) for r in records])
 
     def fetch(self, tenant: str, request_id: str) -> RequestView | None:
         """The tenant's own request, or None."""
@@ -162,13 +168,16 @@ class PostgresRequestStore(OnConnection):
         if request_ids:
             self._execute(_NOTE_REDRIVEN, (list(request_ids),), prepare=_BY_KEYS)
 
-    def _many(self, sql: str, params: Sequence[Any]) -> None:
-        """One statement for each of `params`, in one transaction (or the caller's)."""
-        if not params:
-            return
-        conn = self.conn
-        with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(sql, params)
+    def _moves(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
+        """`sql` over `rows`, each request's first row only: a request's first move in a
+        batch wins, as it would with a statement a row (the next no longer matches). Sorted
+        by id: PostgreSQL runs a batch as a loop over the array with an index probe each, so
+        two batches lock the rows they share in the same order."""
+        first: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            first.setdefault(row["request_id"], row)
+        if first:
+            self._execute(sql, (json.dumps([first[k] for k in sorted(first)]),))
 
     @overload
     def _execute(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None: ...

@@ -104,6 +104,13 @@ def test_a_batch_of_marks_moves_each_queued_request_and_leaves_the_others(
         "a": ("reserved", 10), "b": ("reserved", 40), "done": ("completed", 69)}
 
 
+def test_the_same_request_twice_in_one_batch_of_marks_takes_the_first(store: Store) -> None:
+    store.insert(new("a"))
+    store.mark_reserved([ReservedMark("a", 10, 1), ReservedMark("a", 20, 2)])
+    view = store.fetch("acme", "a")
+    assert view is not None and (view.status, view.reserved_tokens) == ("reserved", 10)
+
+
 def test_finishing_writes_the_final_state_from_queued_or_reserved(store: Store) -> None:
     store.insert(new("done"))
     store.mark_reserved([ReservedMark("done", 69, 37)])
