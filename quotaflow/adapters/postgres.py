@@ -2,18 +2,21 @@
 
 A long-running process holds its connections in `Reconnecting`: after a server restart, a
 failover or `pg_terminate_backend` the next call opens a new connection instead of failing
-on the dead one forever. Every connection a process opens for its work has a connect timeout
+on the dead one (`hung_up`), or, when the server could not say goodbye, after the one
+statement that finds it dead. Every connection a process opens for its work has a connect timeout
 and a statement timeout, so an unreachable or stuck server costs seconds, not minutes."""
 
 from __future__ import annotations
 
 import logging
+import select
 import threading
 from collections.abc import Callable
 from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from events.resources import data_path
 from quotaflow.settings import Settings
@@ -31,6 +34,21 @@ def connect(url: str, autocommit: bool = False, connect_timeout_s: int = 0,
     if statement_timeout_ms:
         options["options"] = f"-c statement_timeout={statement_timeout_ms}"
     return psycopg.connect(url, autocommit=autocommit, **options)
+
+
+def hung_up(conn: Conn) -> bool:
+    """Whether the server closed idle `conn` (a restart, a failover, `pg_terminate_backend`).
+    Its goodbye waits unread on the socket, and psycopg reads it only when the next statement
+    fails on it; a zero-timeout poll finds it first. Nothing else arrives on an idle
+    connection that runs no LISTEN, and none of ours does."""
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    try:
+        poll = select.poll()
+        poll.register(conn.pgconn.socket, select.POLLIN)
+        return bool(poll.poll(0))
+    except (OSError, psycopg.Error):
+        return True
 
 
 class Reconnecting:
@@ -56,7 +74,7 @@ class Reconnecting:
     def __call__(self) -> Conn:
         with self._lock:
             conn = self._conn
-            if conn is None or conn.closed or conn.broken:
+            if conn is None or conn.closed or conn.broken or hung_up(conn):
                 if conn is not None:
                     self.reconnects += 1
                     log.warning("PostgreSQL connection lost; reconnecting")

@@ -67,10 +67,11 @@ class ThreadConnections:
     """One autocommit PostgreSQL connection per thread, with a connect timeout and a statement
     timeout (0: none), so a thread never waits minutes on a database that is down.
 
-    A connection learns that the server went away (a restart, a failover) only when its next
-    statement fails, so after a restart each thread's connection would fail one request of its
-    own: dozens of 503s, one per thread, spread over as many seconds. So once any connection is
-    found broken, every thread opens a new one before its next statement."""
+    A connection the server closed while it sat idle (a restart, a failover) is replaced
+    before its next statement (`postgres.hung_up`). One whose server vanished without a word
+    (a network partition) is found broken only by a failing statement; so that each thread
+    does not fail one request of its own (dozens of 503s, spread over as many seconds), once
+    any connection is found broken every thread opens a new one before its next statement."""
 
     def __init__(self, url: str, connect_timeout_s: int = 0,
                  statement_timeout_ms: int = 0) -> None:
@@ -85,7 +86,8 @@ class ThreadConnections:
     def get(self) -> psycopg.Connection[Any]:
         """This thread's connection."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is None or conn.broken or conn.closed or self._lost(conn):
+        if (conn is None or conn.broken or conn.closed or self._lost(conn)
+                or postgres.hung_up(conn)):
             if conn is not None:
                 conn.close()
             conn = postgres.connect(self.url, True, self.connect_timeout_s,
