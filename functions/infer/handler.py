@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from events.payloads import Completed, Failed, Reserved
 from quotaflow.ports import ChatMessage, GenerationRequest, Generator, TokenStream
-from quotaflow.runtime.step import Step
+from quotaflow.runtime.step import POLL_BATCH, Step
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,9 @@ def on_poison(p: Reserved, reason: str, ports: InferPorts) -> list[Failed]:
     return [Failed(p.request_id, p.tenant, p.reserved_tokens, reason)]
 
 
-# The stand-in answers any batch at once: a polled batch as large as the other steps' costs
-# one produce and one commit, where eight at a time cost one per eight requests.
-STANDIN_BATCH = 64
-
 STEP = Step(name="infer", consumes=("reserved",), produces=("completed", "failed"),
             handle=handle, on_poison=on_poison,
-            batch_max=lambda s: STANDIN_BATCH if s.model_source == "standin" else s.batch_max,
+            # The stand-in answers any batch at once: a polled batch as large as the other
+            # steps' costs one produce and one commit, where eight cost one per eight requests.
+            batch_max=lambda s: POLL_BATCH if s.model_source == "standin" else s.batch_max,
             in_flight=lambda s: 1 if s.model_source == "standin" else s.batch_max)

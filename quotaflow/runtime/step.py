@@ -28,6 +28,9 @@ class Resources(Protocol):
 In = TypeVar("In")
 P = TypeVar("P")
 
+# The records a step takes a poll unless it says otherwise.
+POLL_BATCH = 64
+
 
 @dataclass(frozen=True)
 class Step(Generic[In, P]):
@@ -42,7 +45,7 @@ class Step(Generic[In, P]):
     tick: Callable[[P], Sequence[Payload]] | None = None
     tick_interval_s: Callable[[Settings], float] = field(default=lambda s: 0.0)
     # How many records one handler call may take (infer batches, reserve group-commits).
-    batch_max: Callable[[Settings], int] = field(default=lambda s: 64)
+    batch_max: Callable[[Settings], int] = field(default=lambda s: POLL_BATCH)
     # How many records the Kafka loop may be handling at once, each in a handler call of its
     # own (runtime/inflight.py); 1: one handler call per polled batch, on the loop's thread.
     # infer takes more, so requests polled while the model decodes join its running batch.
