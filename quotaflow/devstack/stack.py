@@ -139,8 +139,8 @@ class DevStack:
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
-        # One box's cores for all: infer's model threads sleep between operators (QF_ORT_SPIN).
-        env = {**replace(self.settings, ort_spin=0).as_env(), **self.child_env,
+        # infer's model threads spin between operators unless QF_ORT_SPIN=0 (BENCHMARKS.md).
+        env = {**self.settings.as_env(), **self.child_env,
                "PYTHONUNBUFFERED": "1"}
         loops = {step: ["run", step] for step in CONSUMER_STEPS}
         loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps

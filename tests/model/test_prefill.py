@@ -91,7 +91,7 @@ def test_real_model_greedy_answers_are_the_same_with_and_without_the_prefix_cach
 
 def test_a_model_that_shares_its_cores_sleeps_between_operators_and_answers_the_same(
         tiny: OnnxGenerator, tiny_model_dir: Path) -> None:
-    """QF_ORT_SPIN=0 (the local stack's infer): same outputs, ONNX Runtime told not to spin."""
+    """QF_ORT_SPIN=0: same outputs, ONNX Runtime told not to spin."""
     sharing = OnnxGenerator(tiny_model_dir, prefer_gpu=False, spin=False)
     entry = "session.intra_op.allow_spinning"
     assert sharing.session.get_session_options().get_session_config_entry(entry) == "0"
