@@ -61,13 +61,20 @@ class Row:
         return self.ticket.batch[self.i]
 
 
-def _pad_left(a: Any, width: int, axis: int) -> Any:
-    missing = width - a.shape[axis]
-    if missing <= 0:
-        return a
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (missing, 0)
-    return np.pad(a, pad)
+def _stack_left(parts: Sequence[Any], axis: int) -> Any:
+    """`parts` stacked on axis 0, each left-padded with zeros to the widest along `axis`:
+    one allocation and one copy of each part (the KV caches are megabytes a pass)."""
+    width = max(p.shape[axis] for p in parts)
+    shape = list(parts[0].shape)
+    shape[0], shape[axis] = sum(p.shape[0] for p in parts), width
+    out = np.zeros(shape, dtype=parts[0].dtype)
+    at = 0
+    for p in parts:
+        index = [slice(at, at + p.shape[0])] + [slice(None)] * (p.ndim - 1)
+        index[axis] = slice(width - p.shape[axis], width)
+        out[tuple(index)] = p
+        at += p.shape[0]
+    return out
 
 
 class DecodeEngine:
@@ -203,18 +210,16 @@ class DecodeEngine:
         self._mask, self._pos = self._mask[keep], self._pos[keep]
         first = int(self._mask.any(axis=0).argmax())
         self._mask = self._mask[:, first:]
-        self._past = [np.ascontiguousarray(host(p)[keep][:, :, first:]) for p in self._past]
+        self._past = [host(p)[keep, :, first:] for p in self._past]  # one copy, contiguous
 
     def _merge(self, rows: list[Row], past: list[Any], mask: Any, pos: Any) -> None:
         """Append freshly prefilled rows to the running batch, padding the shorter caches."""
         if not self.rows:
             self.rows, self._past, self._mask, self._pos = list(rows), past, mask, pos
             return
-        width = max(self._mask.shape[1], mask.shape[1])
-        self._past = [np.concatenate([_pad_left(host(old), width, 2),
-                                      _pad_left(host(new), width, 2)])
+        self._past = [_stack_left([host(old), host(new)], 2)
                       for old, new in zip(self._past, past, strict=True)]
-        self._mask = np.concatenate([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+        self._mask = _stack_left([self._mask, mask], 1)
         self._pos = np.concatenate([self._pos, pos])
         self.rows = self.rows + rows
 
