@@ -57,7 +57,9 @@ def test_after_the_server_drops_every_connection_at_most_one_statement_fails(
         pids = on_each_thread(select("SELECT pg_backend_pid()"))
         assert len(set(pids)) == THREADS
         with psycopg.connect(url, autocommit=True) as admin:  # the server drops them all
-            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid",
+            # The timeout waits for each backend to have exited, its goodbye sent: without
+            # it a thread can run before the goodbye is on its socket (a busy machine).
+            admin.execute("SELECT pg_terminate_backend(pid, 5000) FROM unnest(%s::int[]) AS pid",
                           (pids,))
         # Seen: every thread reconnects first. Lost: the first thread to use its connection
         # finds out and fails; the others reconnect.

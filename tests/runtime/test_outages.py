@@ -52,9 +52,10 @@ def settings(url: str, kafka_bootstrap: str) -> Iterator[Settings]:
 
 
 def terminate_backends(url: str) -> int:
-    """Terminate every other connection to the database, as a failover would."""
+    """Terminate every other connection to the database, as a failover would, and wait for
+    each backend to have exited (its goodbye sent)."""
     with db.connect(url, autocommit=True) as conn:
-        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        rows = conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                             ).fetchall()
     return sum(1 for (ok,) in rows if ok)
