@@ -2,6 +2,7 @@
 same model, in the same run, at concurrency 1 and 8.
 
     .venv/bin/python benchmarks/bench_pipeline.py --model dir:PATH [--requests 64] [--max-tokens 32]
+        [--trace]
 
 The bare loop calls `Generator.generate` directly (batch 1, then batches of 8), before and after
 the pipeline runs, and the faster of the two is the baseline; the pipeline numbers go through
@@ -11,17 +12,22 @@ measured from the first POST to the last final status."""
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from events.envelope import UndecodableEvent, from_kafka
 from quotaflow import client
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
@@ -52,11 +58,12 @@ def bare(settings: Settings, n: int, max_tokens: int, batch: int) -> float:
 
 
 def pipeline(stack: DevStack, key: str, n: int, max_tokens: int, concurrency: int,
-             stream: bool) -> float:
+             stream: bool, sent: dict[str, float] | None = None) -> float:
     """Tokens/s from the first POST to the last request's final record (the record step's
     database time), so the client's polling interval does not count."""
 
     def one(i: int) -> str:
+        at = time.time()
         a = client.submit(stack.admit_url, key, {"model": stack.settings.model_name,
                                                  "prompt": PROMPTS[i % len(PROMPTS)],
                                                  "max_tokens": max_tokens, "stream": stream})
@@ -68,9 +75,13 @@ def pipeline(stack: DevStack, key: str, n: int, max_tokens: int, concurrency: in
         else:  # poll gently: status reads compete with the pipeline for the same two cores
             r = client.wait(stack.admit_url, key, a["request_id"], timeout_s=600, poll_s=0.25)
             assert r["status"] == "completed", r
+        if sent is not None:
+            sent[a["request_id"]] = at
         return str(a["request_id"])
 
     one(0)  # warm-up: consumer groups joined, model warm
+    if sent is not None:
+        sent.clear()
     started = datetime.now(UTC)
     with ThreadPoolExecutor(concurrency) as pool:
         ids = list(pool.map(one, range(n)))
@@ -79,6 +90,61 @@ def pipeline(stack: DevStack, key: str, n: int, max_tokens: int, concurrency: in
     assert all(r["status"] == "completed" for r in done), done
     elapsed = (max(datetime.fromisoformat(r["updated_at"]) for r in done) - started)
     return sum(int(r["usage"]["completion_tokens"]) for r in done) / elapsed.total_seconds()
+
+
+STAGES = ("admitted", "estimated", "reserved", "completed", "settled", "recorded")
+
+
+def stamps(stack: DevStack, sent: dict[str, float]) -> dict[str, dict[str, tuple[float, Any]]]:
+    """Each stage's records of the requests in `sent`: request id -> (the record's timestamp,
+    stamped when its step produced it, in s; its payload)."""
+    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap,
+                         "group.id": f"bench-trace-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    found: dict[str, dict[str, tuple[float, Any]]] = {}
+    for stage in STAGES:
+        found[stage] = {}
+        consumer.assign([TopicPartition(stack.settings.topic(stage), p, OFFSET_BEGINNING)
+                         for p in range(stack.partitions)])
+        while len(found[stage]) < len(sent) and (msgs := consumer.consume(500, 2.0)):
+            for m in msgs:
+                try:
+                    payload = from_kafka(m.headers(), m.key(), m.value()).payload
+                except UndecodableEvent:
+                    continue
+                if payload.request_id in sent:
+                    found[stage][payload.request_id] = (m.timestamp()[1] / 1000, payload)
+    consumer.close()
+    return found
+
+
+def trace(stack: DevStack, sent: dict[str, float]) -> None:
+    """Where a request's time goes, from the client's send to its record: median and p90 of
+    each span, from the Kafka records' timestamps (one host clock)."""
+    at = stamps(stack, sent)
+
+    def t(stage: str, rid: str) -> float:
+        return at[stage][rid][0]
+
+    def call_start(rid: str) -> float:  # infer's model call began (join, prefill, decode)
+        return t("completed", rid) - float(at["completed"][rid][1].latency_ms) / 1000
+
+    spans: list[tuple[str, Callable[[str], float]]] = [
+        ("POST to admitted", lambda r: t("admitted", r) - sent[r]),
+        ("admitted to estimated", lambda r: t("estimated", r) - t("admitted", r)),
+        ("estimated to reserved", lambda r: t("reserved", r) - t("estimated", r)),
+        ("reserved to infer's model call", lambda r: call_start(r) - t("reserved", r)),
+        ("the model call", lambda r: t("completed", r) - call_start(r)),
+        ("completed to settled", lambda r: t("settled", r) - t("completed", r)),
+        ("settled to recorded", lambda r: t("recorded", r) - t("settled", r))]
+    ids = [r for r in sent if all(r in at[stage] for stage in STAGES)]
+    print(f"\nwhere the time goes at concurrency 8 ({len(ids)} of {len(sent)} requests traced), "
+          f"ms:\n{'':34}{'median':>8}{'p90':>8}")
+    for name, span in spans:
+        values = sorted(span(r) * 1000 for r in ids)
+        if values:
+            print(f"{name:34}{statistics.median(values):8.1f}"
+                  f"{values[int(0.9 * (len(values) - 1))]:8.1f}")
 
 
 def decode_rows(stack: DevStack) -> tuple[float, float]:
@@ -103,6 +169,9 @@ def main() -> None:
     ap.add_argument("--clients", choices=("stream", "poll"), default="stream",
                     help="stream: each client sends stream: true and reads the request's "
                          "events until it ends (default); poll: status every 0.25 s")
+    ap.add_argument("--trace", action="store_true",
+                    help="also print where a request's time goes at concurrency 8, span by "
+                         "span, from the Kafka records' timestamps")
     args = ap.parse_args()
     settings = replace(Settings.from_env(), model_source=args.model, batch_max=8)
 
@@ -127,8 +196,12 @@ def main() -> None:
             RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
         pipe1 = pipeline(stack, key, args.requests, args.max_tokens, 1, args.clients == "stream")
         before = decode_rows(stack)
-        pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8, args.clients == "stream")
+        sent: dict[str, float] = {}
+        pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8, args.clients == "stream",
+                         sent)
         after = decode_rows(stack)
+        if args.trace:
+            trace(stack, sent)
         rows8 = (after[0] - before[0]) / max(1.0, after[1] - before[1])
     finally:
         stack.down()
