@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from events.envelope import UndecodableEvent, from_kafka
 from quotaflow import client
+from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.devstack.process import free_port
@@ -98,9 +99,7 @@ STAGES = ("admitted", "estimated", "reserved", "completed", "settled", "recorded
 def stamps(stack: DevStack, sent: dict[str, float]) -> dict[str, dict[str, tuple[float, Any]]]:
     """Each stage's records of the requests in `sent`: request id -> (the record's timestamp,
     stamped when its step produced it, in s; its payload)."""
-    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap,
-                         "group.id": f"bench-trace-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = kafka.make_consumer(stack.settings, f"bench-trace-{uuid.uuid4().hex}")
     found: dict[str, dict[str, tuple[float, Any]]] = {}
     for stage in STAGES:
         found[stage] = {}
