@@ -3,12 +3,16 @@ request of a freshly started process (model load included) versus a warm one.
 
     .venv/bin/python benchmarks/bench_model.py --model-dir DIR [--device cpu|cuda|both]
     .venv/bin/python benchmarks/bench_model.py --model-dir DIR --streaming [--redis-url URL]
+    .venv/bin/python benchmarks/bench_model.py --model-dir DIR --clients 8,64 [--device both]
 
 Ratios are against measurements of the same run: batch 8 against batch 1, cold against warm,
 CUDA against CPU. `--streaming` measures generation while streaming every request of a batch of
 8: tokens/s, time to the first delta and median time between deltas, through a sink that only
 stamps the time (the bare loop's own figures), the in-memory stream and Redis (one pipelined
-round trip per decode step), each against the stamping sink."""
+round trip per decode step), each against the stamping sink. `--clients N` measures the
+continuous engine: N client threads each sending one request at a time (a request joins the
+running batch between two passes) against static batches of N, and checks that every greedy
+answer equals the first device's answer to the same prompt in a static batch."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,45 @@ def measure(model_dir: Path, gpu: bool, max_tokens: int, rounds: int) -> dict[st
     gen.generate(reqs[:1])
     out["warm_first_s"] = time.perf_counter() - started
     return out
+
+
+def clients(model_dir: Path, gpu: bool, n: int, max_tokens: int, rounds: int
+            ) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Static batches of n, then n client threads sending `rounds` requests each: tok/s of each,
+    the continuous engine's mean rows a pass, and every answer text by prompt."""
+    from quotaflow.model.base import ChatMessage, GenerationRequest
+    from quotaflow.model.onnx_decoder import OnnxGenerator
+
+    gen = OnnxGenerator(model_dir, prefer_gpu=gpu)
+    if gpu and gen.device != "cuda":
+        raise SystemExit("CUDA was asked for but ONNX Runtime has no CUDA provider here")
+    gen.warm_up()
+    reqs = [GenerationRequest((ChatMessage("user", PROMPTS[i % len(PROMPTS)]),), max_tokens)
+            for i in range(n * rounds)]
+    answers: dict[str, list[str]] = {p: [] for p in PROMPTS}
+    tokens, started = 0, time.perf_counter()
+    for i in range(0, len(reqs), n):
+        for req, res in zip(reqs[i:i + n], gen.generate(reqs[i:i + n]), strict=True):
+            tokens += res.completion_tokens
+            answers[req.messages[0].content].append(res.text)
+    out = {"static_tok_s": tokens / (time.perf_counter() - started)}
+    passes: list[int] = []
+    gen.engine._on_pass = passes.append  # count rows a pass (the metric's own hook)
+
+    def client(k: int) -> int:
+        got = 0
+        for req in reqs[k::n]:
+            (res,) = gen.generate([req])
+            answers[req.messages[0].content].append(res.text)
+            got += res.completion_tokens
+        return got
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        tokens = sum(pool.map(client, range(n)))
+    out["continuous_tok_s"] = tokens / (time.perf_counter() - started)
+    out["rows_per_pass"] = statistics.mean(passes)
+    return out, answers
 
 
 def cold_start(model_dir: Path, gpu: bool) -> float:
@@ -129,7 +173,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--streaming", action="store_true")
     ap.add_argument("--redis-url", help="also stream through Redis (e.g. a spare db index)")
+    ap.add_argument("--clients", help="comma-separated client counts for the continuous engine")
+    ap.add_argument("--skip-cold", action="store_true", help="no cold-start subprocess")
     args = ap.parse_args()
+    if args.clients:
+        run_clients(args)
+        return
     if args.streaming:
         figures = streaming(args.model_dir, args.device == "cuda", args.max_tokens,
                             args.rounds, args.redis_url)
@@ -145,15 +194,43 @@ def main() -> None:
     results = {}
     for dev in devices:
         r = measure(args.model_dir, dev == "cuda", args.max_tokens, args.rounds)
-        r["cold_first_s"] = cold_start(args.model_dir, dev == "cuda")
+        if not args.skip_cold:
+            r["cold_first_s"] = cold_start(args.model_dir, dev == "cuda")
         results[dev] = r
         print(f"{dev}: batch 1 {r['batch1_tok_s']:.1f} tok/s, batch 8 "
               f"{r['batch8_tok_s']:.1f} tok/s ({r['batch8_tok_s'] / r['batch1_tok_s']:.2f}x); "
-              f"first request cold {r['cold_first_s']:.2f} s vs warm {r['warm_first_s']:.2f} s "
-              f"({r['cold_first_s'] / r['warm_first_s']:.1f}x)", flush=True)
+              f"first request cold {r.get('cold_first_s', 0):.2f} s vs warm "
+              f"{r['warm_first_s']:.2f} s", flush=True)
     if len(devices) == 2:
         for k in ("batch1_tok_s", "batch8_tok_s"):
             print(f"cuda/cpu {k}: {results['cuda'][k] / results['cpu'][k]:.2f}x")
+    print(json.dumps(results, indent=2))
+
+
+def run_clients(args: argparse.Namespace) -> None:
+    """--clients: per device and client count, continuous against static tok/s; then whether
+    every answer, on every device and either way, equals the first device's static one."""
+    devices = ["cpu", "cuda"] if args.device == "both" else [args.device]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    reference: dict[str, str] = {}
+    differ = 0
+    for dev in devices:
+        for n in (int(c) for c in args.clients.split(",")):
+            r, answers = clients(args.model_dir, dev == "cuda", n, args.max_tokens, args.rounds)
+            for prompt, texts in answers.items():
+                reference.setdefault(prompt, texts[0])
+                differ += sum(t != reference[prompt] for t in texts)
+            results.setdefault(dev, {})[str(n)] = r
+            print(f"{dev}, {n} clients: continuous {r['continuous_tok_s']:.1f} tok/s "
+                  f"({r['rows_per_pass']:.1f} rows a pass), static batches of {n} "
+                  f"{r['static_tok_s']:.1f} tok/s: "
+                  f"{r['continuous_tok_s'] / r['static_tok_s']:.2f}x", flush=True)
+    if len(devices) == 2:
+        for count, r in results["cuda"].items():
+            cpu = results["cpu"][count]
+            print(f"cuda/cpu at {count}: static {r['static_tok_s'] / cpu['static_tok_s']:.2f}x, "
+                  f"continuous {r['continuous_tok_s'] / cpu['continuous_tok_s']:.2f}x")
+    print(f"answers differing from {devices[0]}'s first: {differ}")
     print(json.dumps(results, indent=2))
 
 
