@@ -7,6 +7,7 @@ their own ticket. Between two passes the engine
   (`quotaflow.model.prefill`), then their KV caches are merged with the running ones, the
   shorter side left-padded with masked positions;
 - drops rows that ended, and trims cache columns that no remaining row attends to.
+Both happen where the caches live, on the CPU or on the GPU (`quotaflow.model.kv_ops`).
 Masked positions change nothing a row attends to, and positions are per row, so a row's output
 depends neither on its batch-mates nor on when it joined (greedy, fp32), as in a static batch.
 
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from quotaflow.model.base import GenerationRequest
-from quotaflow.model.prefill import Prefill, StepFn, host
+from quotaflow.model.kv_ops import HostKvOps, KvOps, stack_left
+from quotaflow.model.prefill import Prefill, StepFn
 from quotaflow.model.sampling import pick
 from quotaflow.model.streaming import BatchStream, sync_streams
 from quotaflow.model.tokenizer import ChatTokenizer, TextDecoder
@@ -61,26 +63,12 @@ class Row:
         return self.ticket.batch[self.i]
 
 
-def _stack_left(parts: Sequence[Any], axis: int) -> Any:
-    """`parts` stacked on axis 0, each left-padded with zeros to the widest along `axis`:
-    one allocation and one copy of each part (the KV caches are megabytes a pass)."""
-    width = max(p.shape[axis] for p in parts)
-    shape = list(parts[0].shape)
-    shape[0], shape[axis] = sum(p.shape[0] for p in parts), width
-    out = np.zeros(shape, dtype=parts[0].dtype)
-    at = 0
-    for p in parts:
-        index = [slice(at, at + p.shape[0])] + [slice(None)] * (p.ndim - 1)
-        index[axis] = slice(width - p.shape[axis], width)
-        out[tuple(index)] = p
-        at += p.shape[0]
-    return out
-
-
 class DecodeEngine:
     def __init__(self, tokenizer: ChatTokenizer, step: StepFn, prefill: Prefill,
-                 on_pass: Callable[[int], None] = lambda rows: None) -> None:
+                 on_pass: Callable[[int], None] = lambda rows: None,
+                 kv: KvOps | None = None) -> None:
         self.tokenizer = tokenizer
+        self.kv = kv or HostKvOps()  # joins and trims the caches where they live
         self._on_pass = on_pass  # told how many rows each decode pass ran
         self._step = step
         self.prefill = prefill
@@ -210,16 +198,15 @@ class DecodeEngine:
         self._mask, self._pos = self._mask[keep], self._pos[keep]
         first = int(self._mask.any(axis=0).argmax())
         self._mask = self._mask[:, first:]
-        self._past = [host(p)[keep, :, first:] for p in self._past]  # one copy, contiguous
+        self._past = self.kv.take(self._past, keep, first)
 
     def _merge(self, rows: list[Row], past: list[Any], mask: Any, pos: Any) -> None:
         """Append freshly prefilled rows to the running batch, padding the shorter caches."""
         if not self.rows:
             self.rows, self._past, self._mask, self._pos = list(rows), past, mask, pos
             return
-        self._past = [_stack_left([host(old), host(new)], 2)
-                      for old, new in zip(self._past, past, strict=True)]
-        self._mask = _stack_left([self._mask, mask], 1)
+        self._past = self.kv.stack_left(self._past, past)
+        self._mask = stack_left([self._mask, mask], 1)
         self._pos = np.concatenate([self._pos, pos])
         self.rows = self.rows + rows
 

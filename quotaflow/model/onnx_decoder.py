@@ -24,6 +24,7 @@ import numpy as np
 
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.continuous import DecodeEngine
+from quotaflow.model.kv_ops import HostKvOps, OrtKvOps
 from quotaflow.model.metrics import BATCH_SIZE, DECODE_ROWS, INFERENCE_SECONDS, TOKENS
 from quotaflow.model.prefill import Prefill
 from quotaflow.model.session import open_session
@@ -50,7 +51,8 @@ class OnnxGenerator:
         rows = DECODE_ROWS.labels(self._name, self._version, self._device)
         prefill = Prefill(self._step, self.tokenizer.pad_token_id, self.layers, self.kv_heads,
                           self.head_dim, self.tokenizer.shared_prefix())
-        self.engine = DecodeEngine(self.tokenizer, self._step, prefill, on_pass=rows.observe)
+        kv = OrtKvOps(2 * self.layers) if self._device == "cuda" else HostKvOps()
+        self.engine = DecodeEngine(self.tokenizer, self._step, prefill, rows.observe, kv)
         log.info("loaded model %s %s on %s in %.1f s (%d layers)", self._name, self._version,
                  self._device, time.perf_counter() - started, self.layers)
 

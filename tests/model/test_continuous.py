@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from quotaflow.model.base import GenerationRequest, GenerationResult, TokenDelta
+from quotaflow.model.kv_ops import OrtKvOps
 from quotaflow.model.onnx_decoder import OnnxGenerator
 from tests.model.test_generation import FRANCE, OTHERS, CountingSession
 from tests.model.test_streaming import ask
@@ -51,9 +52,14 @@ def joined_mid_decode(model: OnnxGenerator, running: GenerationRequest,
     return first, [results[k] for k in range(len(joiners))], counting.runs
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> OnnxGenerator:
-    return OnnxGenerator(tiny_model_dir, prefer_gpu=False)
+@pytest.fixture(scope="module", params=["numpy", "onnx graphs"])
+def tiny(tiny_model_dir: Path, request: pytest.FixtureRequest) -> OnnxGenerator:
+    """The tiny model, its caches joined and trimmed by NumPy (the CPU's way) or by the ONNX
+    graphs that do it on CUDA (run here on the CPU)."""
+    model = OnnxGenerator(tiny_model_dir, prefer_gpu=False)
+    if request.param == "onnx graphs":
+        model.engine.kv = OrtKvOps(2 * model.layers, device="cpu")
+    return model
 
 
 def test_a_request_arriving_mid_decode_joins_the_batch_and_both_come_out_as_alone(
