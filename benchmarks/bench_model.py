@@ -218,6 +218,8 @@ def run_clients(args: argparse.Namespace) -> None:
         for n in (int(c) for c in args.clients.split(",")):
             r, answers = clients(args.model_dir, dev == "cuda", n, args.max_tokens, args.rounds)
             for prompt, texts in answers.items():
+                if not texts:  # fewer requests than prompts
+                    continue
                 reference.setdefault(prompt, texts[0])
                 differ += sum(t != reference[prompt] for t in texts)
             results.setdefault(dev, {})[str(n)] = r

@@ -18,9 +18,13 @@ def open_session(path: Path, prefer_gpu: bool, spin: bool = True) -> tuple[Any, 
     sleep between operators instead of spinning (for a process that shares its cores)."""
     import onnxruntime as ort
 
-    providers = ["CPUExecutionProvider"]
+    providers: list[Any] = ["CPUExecutionProvider"]
     if prefer_gpu and "CUDAExecutionProvider" in providers_available():
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        # TF32 (ONNX Runtime's default on Ampere and later) rounds fp32 matrix products to a
+        # 10-bit mantissa where cuBLAS picks tensor-core kernels, which it does for some batch
+        # sizes and not others: greedy answers then change with the batch. Full fp32 keeps a
+        # row's answer independent of its batch-mates, as on the CPU.
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
         preload = getattr(ort, "preload_dlls", None)
         if preload is not None:  # onnxruntime-gpu: load CUDA/cuDNN from the nvidia wheels
             preload()
