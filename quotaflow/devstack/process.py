@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,10 +35,43 @@ def http_ok(url: str) -> bool:
         return False
 
 
+_handed_out: set[int] = set()
+
+
+def ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (Linux's default where unreadable)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def draw_range(ephemeral: range) -> tuple[int, int]:
+    """Where free ports are drawn from: below the ephemeral range, above the well-known ports."""
+    return (20000, ephemeral.start - 1) if ephemeral.start > 21000 else (10000, 19999)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on, for a child to listen on. Drawn below the kernel's ephemeral
+    range: a port from that range can go to one of the stack's own outgoing connections in the
+    seconds before the child binds it (it did: infer died on "Address already in use"). Never
+    the same port twice in one process."""
+    ephemeral = ephemeral_ports()
+    low, high = draw_range(ephemeral)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(low, high)
+        if port in _handed_out or port in ephemeral:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise DevStackError(f"no free port between {low} and {high}")
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout_s: float,
