@@ -95,12 +95,8 @@ def _start(args: argparse.Namespace) -> DevStack:
     settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
                      admit_access_log=args.access_log)
-    try:
-        stack.up(explicit_pg="POSTGRES_URL" in os.environ,
-                 explicit_redis="REDIS_URL" in os.environ, progress=_say)
-    except BaseException:
-        stack.down()
-        raise
+    stack.up(explicit_pg="POSTGRES_URL" in os.environ,
+             explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
 
 

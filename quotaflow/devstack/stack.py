@@ -18,6 +18,7 @@ from pathlib import Path
 
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
+from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
     free_port,
@@ -25,13 +26,6 @@ from quotaflow.devstack.process import (
     port_open,
     stop_pids,
     wait_for,
-)
-from quotaflow.devstack.services import (
-    embedded_pgdata,
-    postgres_reachable,
-    redact,
-    redis_reachable,
-    tansu_binary,
 )
 from quotaflow.devstack.serving import admit_server_argv
 from quotaflow.devstack.supervisor import Supervisor
@@ -85,7 +79,7 @@ class DevStack:
         if port_open("127.0.0.1", self.kafka_port):
             raise DevStackError(f"port {self.kafka_port} is taken; pick another with --kafka-port")
         url = f"tcp://127.0.0.1:{self.kafka_port}"
-        proc = self._spawn("kafka", [str(tansu_binary()), "broker", "--listener-url", url,
+        proc = self._spawn("kafka", [str(svc.tansu_binary()), "broker", "--listener-url", url,
                                      "--advertised-listener-url", url,
                                      "--storage-engine", "memory://tansu/"])
         self._await_kafka(proc)
@@ -106,27 +100,27 @@ class DevStack:
         self.child_env.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"})
 
     def ensure_postgres(self, explicit: bool) -> None:
-        if postgres_reachable(self.settings.postgres_url):
-            log.info("using PostgreSQL at %s", redact(self.settings.postgres_url))
+        if svc.postgres_reachable(self.settings.postgres_url):
+            log.info("using PostgreSQL at %s", svc.redact(self.settings.postgres_url))
             return
         if explicit:
-            raise DevStackError(f"POSTGRES_URL {redact(self.settings.postgres_url)} "
+            raise DevStackError(f"POSTGRES_URL {svc.redact(self.settings.postgres_url)} "
                                 "is not reachable")
         port = free_port()
-        bindir, pgdata, user = embedded_pgdata(self.state_dir)
+        bindir, pgdata, user = svc.embedded_pgdata(self.state_dir)
         proc = self._spawn("postgres", [str(bindir / "postgres"), "-D", str(pgdata), "-h",
                                         "127.0.0.1", "-p", str(port), "-k", "/tmp"], user=user)
         url = f"postgresql://postgres@127.0.0.1:{port}/quotaflow"
-        wait_for("embedded PostgreSQL", lambda: postgres_reachable(url), 60, proc,
+        wait_for("embedded PostgreSQL", lambda: svc.postgres_reachable(url), 60, proc,
                  self.logs / "postgres.log")
         self.settings = replace(self.settings, postgres_url=url)
 
     def ensure_redis(self, explicit: bool) -> None:
-        if redis_reachable(self.settings.redis_url):
-            log.info("using Redis at %s", redact(self.settings.redis_url))
+        if svc.redis_reachable(self.settings.redis_url):
+            log.info("using Redis at %s", svc.redact(self.settings.redis_url))
             return
         if explicit:
-            raise DevStackError(f"REDIS_URL {redact(self.settings.redis_url)} is not reachable")
+            raise DevStackError(f"REDIS_URL {svc.redact(self.settings.redis_url)} is not reachable")
         binary = shutil.which("redis-server")
         if binary is None:
             raise DevStackError("no Redis reachable and no redis-server on PATH: start one or "
@@ -135,7 +129,8 @@ class DevStack:
         proc = self._spawn("redis", [binary, "--bind", "127.0.0.1", "--port", str(port),
                                      "--save", "", "--appendonly", "no"])
         url = f"redis://127.0.0.1:{port}/0"
-        wait_for("embedded Redis", lambda: redis_reachable(url), 30, proc, self.logs / "redis.log")
+        wait_for("embedded Redis", lambda: svc.redis_reachable(url), 30, proc,
+                 self.logs / "redis.log")
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
@@ -156,10 +151,6 @@ class DevStack:
         proc = self.procs[name]
         os.killpg(proc.pid, sig)
         proc.wait(10)
-
-    def restart(self, name: str) -> None:
-        """Start `name` again now unless it is running (the supervisor was first)."""
-        self.respawn(name)
 
     def respawn(self, name: str) -> bool:
         """Start process `name` again if it is not running; the broker comes back empty (it
@@ -194,6 +185,14 @@ class DevStack:
                      timeout_s, self.procs[step], path)
 
     def up(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]) -> None:
+        try:
+            self._start(explicit_pg, explicit_redis, progress)
+        except BaseException:  # a stack that fails to come up stops what did start
+            self.down()
+            raise
+
+    def _start(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]
+               ) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         progress("starting Kafka broker (Tansu) ...")
         self.start_kafka()

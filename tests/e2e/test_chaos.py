@@ -30,7 +30,7 @@ def test_step_killed_mid_stream_and_restarted_charges_every_request_exactly_once
         time.sleep(0.15)
         stack.kill(victim)
         accepted = list(pending)
-        stack.restart(victim)
+        stack.respawn(victim)
         results = list(pool.map(lambda a: client.wait(stack.admit_url, key, a["request_id"],
                                                       timeout_s=90), accepted))
     assert [r["status"] for r in results] == ["completed"] * n
