@@ -59,9 +59,8 @@ def free_port() -> int:
     the same port twice in one process."""
     ephemeral = ephemeral_ports()
     low, high = draw_range(ephemeral)
-    rng = random.Random()
     for _ in range(200):
-        port = rng.randint(low, high)
+        port = random.randint(low, high)
         if port in _handed_out or port in ephemeral:
             continue
         with socket.socket() as s:
