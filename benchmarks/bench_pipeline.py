@@ -2,10 +2,10 @@
 same model, in the same run, at concurrency 1 and 8.
 
     .venv/bin/python benchmarks/bench_pipeline.py --model dir:PATH [--requests 64] [--max-tokens 32]
-        [--trace]
+        [--rounds R] [--trace]
 
 The bare loop calls `Generator.generate` directly (batch 1, then batches of 8), before and after
-the pipeline runs, and the faster of the two is the baseline; the pipeline numbers go through
+each pipeline run, and the faster of the two is that run's baseline; the pipeline numbers go through
 admit (HTTP), Kafka (Tansu), estimate, reserve (PostgreSQL ledger), infer, settle and record,
 measured from the first POST to the last final status."""
 
@@ -157,27 +157,8 @@ def decode_rows(stack: DevStack) -> tuple[float, float]:
     return values["sum"], values["count"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="standin", help="standin or dir:PATH")
-    ap.add_argument("--requests", type=int, default=64,
-                    help="requests per run (default 64: fewer, and the first and last rounds "
-                         "of eight, ramping up and down, weigh on the ratio)")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--clients", choices=("stream", "poll"), default="stream",
-                    help="stream: each client sends stream: true and reads the request's "
-                         "events until it ends (default); poll: status every 0.25 s")
-    ap.add_argument("--trace", action="store_true",
-                    help="also print where a request's time goes at concurrency 8, span by "
-                         "span, from the Kafka records' timestamps")
-    args = ap.parse_args()
-    settings = replace(Settings.from_env(), model_source=args.model, batch_max=8)
-
-    print(f"bare loop, {args.requests} requests x {args.max_tokens} tokens ...", flush=True)
-    bare1 = bare(settings, args.requests, args.max_tokens, 1)
-    bare8 = bare(settings, args.requests, args.max_tokens, 8)
-
+def start_stack(settings: Settings) -> DevStack:
+    """A local stack on the bench's own database and Redis index, emptied first."""
     base = settings.postgres_url.rsplit("/", 1)[0]
     port = free_port()
     stack = DevStack(Path(tempfile.mkdtemp(prefix="qf-bench-")),
@@ -189,37 +170,89 @@ def main() -> None:
     redis.Redis.from_url(stack.settings.redis_url).flushdb()
     print("starting the pipeline ...", flush=True)
     stack.up(explicit_pg=True, explicit_redis=True, progress=lambda m: print(m, flush=True))
+    return stack
+
+
+def pipeline_round(settings: Settings, args: argparse.Namespace, first: bool
+                   ) -> tuple[float | None, float, float]:
+    """One stack's run: (concurrency 1 on the first round only, concurrency 8, the requests
+    the running batch held a pass at 8). The stack is down again when it returns, so the bare
+    loop after it has the cores to itself."""
+    stack = start_stack(settings)
     try:
         with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
             key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10_000_000)
             RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
-        pipe1 = pipeline(stack, key, args.requests, args.max_tokens, 1, args.clients == "stream")
+        stream = args.clients == "stream"
+        pipe1 = pipeline(stack, key, args.requests, args.max_tokens, 1, stream) if first \
+            else None
         before = decode_rows(stack)
         sent: dict[str, float] = {}
-        pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8, args.clients == "stream",
-                         sent)
+        pipe8 = pipeline(stack, key, args.requests, args.max_tokens, 8, stream, sent)
         after = decode_rows(stack)
-        if args.trace:
+        if args.trace and first:
             trace(stack, sent)
-        rows8 = (after[0] - before[0]) / max(1.0, after[1] - before[1])
     finally:
         stack.down()
-    # The bare loop again, now that the stack is down: this machine's speed drifts by 20% and
-    # more within minutes, so the baseline is the faster of the two runs (the harder one).
-    print("bare loop again ...", flush=True)
-    bare1 = max(bare1, bare(settings, args.requests, args.max_tokens, 1))
-    bare8 = max(bare8, bare(settings, args.requests, args.max_tokens, 8))
+    return pipe1, pipe8, (after[0] - before[0]) / max(1.0, after[1] - before[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="standin", help="standin or dir:PATH")
+    ap.add_argument("--requests", type=int, default=64,
+                    help="requests per run (default 64: fewer, and the first and last rounds "
+                         "of eight, ramping up and down, weigh on the ratio)")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="pipeline runs at concurrency 8, each on a fresh stack between two "
+                         "runs of the bare loop; the result is the median of their ratios "
+                         "(default 1)")
+    ap.add_argument("--clients", choices=("stream", "poll"), default="stream",
+                    help="stream: each client sends stream: true and reads the request's "
+                         "events until it ends (default); poll: status every 0.25 s")
+    ap.add_argument("--trace", action="store_true",
+                    help="also print where a request's time goes at concurrency 8, span by "
+                         "span, from the Kafka records' timestamps (first round)")
+    args = ap.parse_args()
+    settings = replace(Settings.from_env(), model_source=args.model, batch_max=8)
+
+    def bare_runs(batch_1: bool) -> tuple[float, float]:
+        """Batch 1 (only beside the first round: concurrency 1 runs there) and batch 8."""
+        print(f"bare loop, {args.requests} requests x {args.max_tokens} tokens ...", flush=True)
+        return (bare(settings, args.requests, args.max_tokens, 1) if batch_1 else 0.0,
+                bare(settings, args.requests, args.max_tokens, 8))
+
+    # The bare loop runs before and after each pipeline run, with the stack down: this
+    # machine's speed drifts by 20% and more within minutes, so each run's baseline is the
+    # faster of the two beside it (the harder one).
+    bares = [bare_runs(True)]
+    pipe1: float | None = None
+    runs: list[tuple[float, float]] = []  # (concurrency 8 tokens/s, batch rows a pass)
+    for r in range(args.rounds):
+        got1, pipe8, rows8 = pipeline_round(settings, args, first=r == 0)
+        pipe1 = got1 if got1 is not None else pipe1
+        runs.append((pipe8, rows8))
+        bares.append(bare_runs(r == 0))
+    assert pipe1 is not None
+    bare1 = max(bares[0][0], bares[1][0])
+    ratios = [pipe8 / max(bares[i][1], bares[i + 1][1]) for i, (pipe8, _) in enumerate(runs)]
 
     print(f"\nmodel {args.model}, {args.requests} requests, max_tokens {args.max_tokens}, "
-          f"clients {args.clients}")
+          f"clients {args.clients}, {args.rounds} round(s)")
     print(f"{'':28}{'tokens/s':>10}")
     print(f"{'bare loop, batch 1':28}{bare1:10.1f}")
-    print(f"{'bare loop, batch 8':28}{bare8:10.1f}")
+    print(f"{'bare loop, batch 8':28}" + " / ".join(f"{b8:.1f}" for _, b8 in bares))
     print(f"{'pipeline, concurrency 1':28}{pipe1:10.1f}   {pipe1 / bare1:.2f}x bare batch 1")
-    print(f"{'pipeline, concurrency 8':28}{pipe8:10.1f}   {pipe8 / bare8:.2f}x bare batch 8, "
-          f"{pipe8 / pipe1:.2f}x pipeline concurrency 1")
-    print(f"\nat concurrency 8 the running batch held {rows8:.1f} requests a forward pass on "
-          f"average (infer's ml_decode_rows)")
+    for (pipe8, rows8), ratio in zip(runs, ratios, strict=True):
+        print(f"{'pipeline, concurrency 8':28}{pipe8:10.1f}   {ratio:.2f}x bare batch 8, "
+              f"{pipe8 / pipe1:.2f}x pipeline concurrency 1; the running batch held "
+              f"{rows8:.1f} requests a pass")
+    if len(ratios) > 1:
+        print(f"\nat concurrency 8, median of {len(ratios)} rounds: "
+              f"{statistics.median(ratios):.2f}x the bare loop (batch 8); "
+              f"range {min(ratios):.2f} to {max(ratios):.2f}")
 
 
 if __name__ == "__main__":
