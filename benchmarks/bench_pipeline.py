@@ -5,9 +5,10 @@ same model, in the same run, at concurrency 1 and 8.
         [--rounds R] [--trace]
 
 The bare loop calls `Generator.generate` directly (batch 1, then batches of 8), before and after
-each pipeline run, and the faster of the two is that run's baseline; the pipeline numbers go through
-admit (HTTP), Kafka (Tansu), estimate, reserve (PostgreSQL ledger), infer, settle and record,
-measured from the first POST to the last final status."""
+each pipeline run, and the faster of the two is that run's baseline; the pipeline numbers go
+through admit (HTTP), Kafka (Tansu), estimate, reserve (PostgreSQL ledger), infer, settle and
+record, measured from the first POST to the last final status. With `--rounds R` the result is
+the median of R pipeline runs' ratios, each on a fresh stack."""
 
 from __future__ import annotations
 
@@ -216,6 +217,8 @@ def main() -> None:
                     help="also print where a request's time goes at concurrency 8, span by "
                          "span, from the Kafka records' timestamps (first round)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     settings = replace(Settings.from_env(), model_source=args.model, batch_max=8)
 
     def bare_runs(batch_1: bool) -> tuple[float, float]:
