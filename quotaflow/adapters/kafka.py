@@ -167,6 +167,7 @@ class KafkaPublisher:
         self.timeout_s = timeout_s
         self._poller: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._closed = threading.Event()
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout_s: float = 10.0) -> KafkaPublisher:
@@ -227,5 +228,13 @@ class KafkaPublisher:
                 self._poller.start()
 
     def _poll(self) -> None:
-        while True:
+        while not self._closed.is_set():
             self.producer.poll(0.1)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Deliver what is queued (for up to `timeout_s`) and stop the delivery thread, which
+        would otherwise keep the publisher and its producer alive until the process exits."""
+        self._closed.set()
+        if self._poller is not None:
+            self._poller.join(timeout_s)
+        self.producer.flush(timeout_s)

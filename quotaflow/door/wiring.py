@@ -135,7 +135,7 @@ class _Held:
             return False
 
     def close(self) -> None:
-        self.publisher.producer.flush(5)
+        self.publisher.close(5)
         self.connections.close()
         self.redis.close()
 

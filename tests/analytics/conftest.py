@@ -99,6 +99,7 @@ def make_history(conn: psycopg.Connection[Any], settings: Settings, requests: in
     relay.publish_pending()
     publisher = KafkaPublisher.from_settings(settings, timeout_s=60)
     publisher.publish([Envelope.of(c, "infer") for c in completed])
+    publisher.close()
     return History(keys, completed)
 
 

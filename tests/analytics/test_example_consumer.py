@@ -31,8 +31,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_the_example_prints_every_record_decoded_without_quotaflow_code(
         conn: psycopg.Connection[Any], settings: Settings, tmp_path: Path) -> None:
     history = make_history(conn, settings, requests=6, tenants=("acme",))
-    KafkaPublisher.from_settings(settings).publish(
+    publisher = KafkaPublisher.from_settings(settings)
+    publisher.publish(
         [Envelope.of(Failed("acme-3", "acme", 100, "inference failed: test"), "infer")])
+    publisher.close()
     events = conn.execute("SELECT seq, tenant_id, stream_version, kind, request_id, amount, "
                           "released FROM ledger_events ORDER BY seq").fetchall()
     expected = len(events) + len(history.completed) + 1

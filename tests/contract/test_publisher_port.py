@@ -73,7 +73,7 @@ def _kafka(bootstrap: str) -> Iterator[Bus]:
         return kafka.KafkaPublisher(producer, settings.topic, timeout_s=0.3)
 
     yield Bus(publisher, held, unavailable)
-    publisher.producer.flush(5)
+    publisher.close(5)
 
 
 @pytest.fixture(params=["memory", "kafka"])
@@ -119,3 +119,23 @@ def test_concurrent_publishes_each_return_once_their_own_envelopes_are_held(bus:
         list(pool.map(lambda e: bus.publisher.publish([e]), sent))
     held = bus.held(tenant, 24)
     assert sorted(e.id for e in held) == sorted(e.id for e in sent)
+
+
+def test_a_closed_kafka_publisher_is_held_by_no_thread_of_its_own(kafka_bootstrap: str) -> None:
+    # Its delivery thread referenced it for good: every publisher a process made lived on, and
+    # kept its producer polling the broker, until the process exited.
+    import gc
+    import weakref
+
+    from quotaflow.adapters import kafka
+
+    settings = replace(Settings(), kafka_bootstrap=kafka_bootstrap,
+                       topic_prefix=f"close-{uuid.uuid4().hex[:8]}.")
+    kafka.create_topics(settings)
+    publisher = kafka.KafkaPublisher.from_settings(settings)
+    publisher.publish([admitted("closing", 1)])
+    publisher.close()
+    gone = weakref.ref(publisher)
+    del publisher
+    gc.collect()
+    assert gone() is None
