@@ -3,6 +3,7 @@ and Redis come from tests/services.py, each test module on its own database / Re
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 from collections.abc import Iterator
@@ -33,6 +34,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_for("tansu", lambda: port_open("127.0.0.1", port), 30, proc, log)
         yield f"127.0.0.1:{port}"
     finally:
+        # Apps and ports that tests dropped may still hold Kafka producers in reference cycles:
+        # collected here, while the broker answers. Left to the exit, each producer logs
+        # "Connection refused" lines at a broker already gone.
+        gc.collect()
         proc.terminate()
         proc.wait(10)
 

@@ -281,8 +281,10 @@ def test_a_key_with_nul_is_401(env: dict[str, Any]) -> None:
 
 def test_an_unreachable_database_is_503_with_retry_after(env: dict[str, Any]) -> None:
     down = replace(env["settings"], postgres_url="postgresql://nobody@127.0.0.1:1/x")
-    client = create_app(down).test_client()
+    app = create_app(down)
+    client = app.test_client()
     resp = client.post("/", headers=headers(env["key"]), data=body())
     assert_problem(resp, 503, "a backing service failed")
     assert resp.headers["Retry-After"] == "5"
     assert client.get("/health/readiness").status_code == 503
+    app.extensions["quotaflow"]["resources"].close()
