@@ -1,7 +1,7 @@
 """admit's HTTP throughput and latency versus a bare Flask CloudEvents endpoint served the same
 way (gunicorn, 2 sync-thread workers) in the same run.
 
-    .venv/bin/python benchmarks/bench_admit.py [--requests 2000] [--concurrency 16]
+    python -m benchmarks.bench_admit [--requests 2000] [--concurrency 16]
 
 The baseline parses the CloudEvent with the SDK and answers 202, nothing else. admit also
 authenticates the key (PostgreSQL, then cached), rate-limits and pre-checks the quota (Redis,

@@ -1,6 +1,6 @@
 """Analytics roll-up throughput against a bare consume of the same topic, in the same run.
 
-    .venv/bin/python benchmarks/bench_analytics.py [--events 60000] [--tenants 50] [--rounds 3]
+    python -m benchmarks.bench_analytics [--events 60000] [--tenants 50] [--rounds 3]
 
 A ledger of --events events (reservations, settlements, a few rejections, per tenant and
 request, with request records carrying model and key) is written in SQL into database
@@ -55,7 +55,8 @@ def make_ledger(conn: psycopg.Connection[tuple[object, ...]], events: int, tenan
         " END, timestamptz '2026-11-29 00:00:00+00' + i * interval '50 ms' "
         "FROM generate_series(1, %s) i, generate_series(0, 1) e WHERE e = 0 OR i %% 10 <> 0 "
         "ORDER BY i, e", (tenants, tenants, requests))
-    return int(conn.execute("SELECT count(*) FROM ledger_events").fetchone()[0])  # type: ignore[index]
+    row = conn.execute("SELECT count(*) FROM ledger_events").fetchone()
+    return int(str(row[0])) if row is not None else 0
 
 
 def timed(read: Callable[[], int], total: int) -> float:

@@ -1,6 +1,6 @@
 """Ledger benchmarks, each as a ratio against a baseline measured in the same run.
 
-    .venv/bin/python benchmarks/bench_ledger.py [--requests 20000] [--batch 256] [--rounds 6]
+    python -m benchmarks.bench_ledger [--requests 20000] [--batch 256] [--rounds 6]
 
 (a) Decisions/s through reserve + settle, a polled batch per ledger call (as the reserve and
     settle steps run), versus plain batched INSERTs of the same number of rows into a table of

@@ -1,9 +1,9 @@
 """The bare ONNX generation loop: generated tokens/s at batch 1 and batch 8, and the first
 request of a freshly started process (model load included) versus a warm one.
 
-    .venv/bin/python benchmarks/bench_model.py --model-dir DIR [--device cpu|cuda|both]
-    .venv/bin/python benchmarks/bench_model.py --model-dir DIR --streaming [--redis-url URL]
-    .venv/bin/python benchmarks/bench_model.py --model-dir DIR --clients 8,64 [--device both]
+    python -m benchmarks.bench_model --model-dir DIR [--device cpu|cuda|both]
+    python -m benchmarks.bench_model --model-dir DIR --streaming [--redis-url URL]
+    python -m benchmarks.bench_model --model-dir DIR --clients 8,64 [--device both]
 
 Ratios are against measurements of the same run: batch 8 against batch 1, cold against warm,
 CUDA against CPU. `--streaming` measures generation while streaming every request of a batch of

@@ -1,7 +1,7 @@
 """Generated tokens/s through the whole local pipeline versus the bare generation loop on the
 same model, in the same run, at concurrency 1 and 8.
 
-    .venv/bin/python benchmarks/bench_pipeline.py --model dir:PATH [--requests 64] [--max-tokens 32]
+    python -m benchmarks.bench_pipeline --model dir:PATH [--requests 64] [--max-tokens 32]
         [--rounds R] [--trace]
 
 The bare loop calls `Generator.generate` directly (batch 1, then batches of 8), before and after

@@ -3,7 +3,7 @@ client streaming from admit: admit, estimate, reserve, infer publishing to Redis
 relay) against the bare generation loop (the same generator called in this process with a sink
 that only notes the time of each delta), in the same run, alternating request by request.
 
-    .venv/bin/python benchmarks/bench_streaming.py [--model standin|dir:PATH]
+    python -m benchmarks.bench_streaming [--model standin|dir:PATH]
         [--token-delay-ms 20] [--requests 20] [--max-tokens 32]
 
 The stand-in model pauses `--token-delay-ms` per decode step (a model's step time without the

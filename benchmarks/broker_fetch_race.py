@@ -1,7 +1,7 @@
 """Reproduces the local broker's race that skips records (README, "Kafka broker quirks"), and
 shows that reading again from the gap gets them: what `quotaflow/runtime/gaps.py` does.
 
-    .venv/bin/python benchmarks/broker_fetch_race.py [--producers 4] [--seconds 30] [--reread]
+    python -m benchmarks.broker_fetch_race [--producers 4] [--seconds 30] [--reread]
 
 A fresh Tansu broker, one topic of one partition, N idempotent producers sending batches of 5
 records as fast as they can, one consumer reading. Offsets are contiguous, so a record past the
@@ -65,7 +65,8 @@ def main() -> None:
                              "log_level": 0})
         consumer.assign([TopicPartition("race", 0, 0)])
         guard = GapGuard("race")  # what the pipeline's consumers do
-        expected, consumed, gaps, pending, filled = 0, 0, [], set(), 0
+        expected, consumed, pending, filled = 0, 0, set[int](), 0
+        gaps: list[tuple[int, int | None]] = []  # (first missing offset, next one read)
         started = time.monotonic()
         print(f"{args.producers} producers, one consumer, {args.seconds:g} s ...", flush=True)
         while time.monotonic() - started < args.seconds:

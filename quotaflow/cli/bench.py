@@ -1,4 +1,8 @@
-"""`quotaflow bench`: measure admit and the pipeline on a local stack of the bench's own."""
+"""`quotaflow bench`: measure admit and the pipeline on a local stack of the bench's own.
+
+The benchmarks are not part of the installed package: they live in a checkout's
+`benchmarks/`, imported when the command runs, with matplotlib and psutil from the `dev` extra.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,15 @@ Writes the JSON result, refreshes the tables between the markers in BENCHMARKS.m
 docs/bench/latency-cdf.png and docs/bench/throughput.png. Progress goes to stderr, the
 summary to stdout; exits 1 if the audit is not clean. Needs wrk (infra/local/setup.sh
 installs it). A full run takes about two and a half minutes on an idle machine, --quick
-about one."""
+about one.
+
+The benchmarks live in a checkout (benchmarks/, not in the installed package) and need the
+dev extra: run from the checkout's root after pip install -e '.[dev,local]'."""
+
+# Said in one line when the benchmarks or what they need are missing (an installed wheel).
+NOT_HERE = ("quotaflow bench: the benchmarks are not installed with the package; run it from a "
+            "checkout of quotaflow with the dev extra (git clone, then pip install -e "
+            "'.[dev,local]' in it)")
 
 
 def register(sub: Any) -> None:
@@ -65,8 +77,15 @@ def register(sub: Any) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from quotaflow.bench.run import Options, bench
-    from quotaflow.bench.wrk import WrkError
+    try:
+        from benchmarks.run import Options, bench
+        from benchmarks.wrk import WrkError
+    except ModuleNotFoundError as exc:
+        # a wheel without a checkout, or a checkout without the dev extra
+        if (exc.name or "").split(".")[0] not in ("benchmarks", "matplotlib", "psutil"):
+            raise
+        print(NOT_HERE, file=sys.stderr)
+        return 2
 
     given: dict[str, Any] = {"connections": args.connections, "rate": args.rate,
                              "out": args.out, "skip_door": args.skip_door,

@@ -1,5 +1,5 @@
-"""The pure parts of `quotaflow bench`: percentiles, wrk's result line, the table refresher and
-the bare endpoint's server command."""
+"""The pure parts of `quotaflow bench` (benchmarks/): percentiles, wrk's result line, the table
+refresher and the bare endpoint's server command."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from quotaflow.bench import door, stats, tables, wrk
+from benchmarks import door, stats, tables, wrk
 
 
 def test_percentiles_interpolate_linearly_in_milliseconds() -> None:
@@ -136,7 +136,7 @@ def test_bare_endpoint_gets_admits_server_command_with_only_app_and_port_changed
 
 
 def test_cpu_per_request_divides_each_processes_cpu_delta_by_the_requests() -> None:
-    from quotaflow.bench import cpu
+    from benchmarks import cpu
 
     got = cpu.per_request_ms({"admit": 1.0, "record": 0.5}, {"admit": 3.0, "record": 0.7}, 1000)
     assert got == {"admit": 2.0, "record": 0.2}
@@ -147,7 +147,7 @@ def test_cpu_counts_a_process_and_its_busy_children_and_zero_for_one_gone() -> N
     import subprocess
     import sys
 
-    from quotaflow.bench import cpu
+    from benchmarks import cpu
 
     child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -174,7 +174,7 @@ def test_pipeline_table_reports_the_steps_drain_rate_when_measured(tmp_path) -> 
 
 
 def test_every_server_candidate_serves_the_app_it_is_given_on_the_port_it_is_given() -> None:
-    from quotaflow.bench import servers
+    from benchmarks import servers
 
     for name, server in servers.CANDIDATES.items():
         for app in (servers.ADMIT_FACTORY, servers.BARE_FACTORY):

@@ -1,7 +1,7 @@
-"""The open loop `quotaflow bench` measures latency with: wrk sends each request at its own due
-time (start + slot / rate), whatever the answers to the others, and names that time in its
-ce-id, so latency is read from when a request was due, never from when a busy client got round
-to sending it. Needs wrk (infra/local/setup.sh installs it)."""
+"""The open loop `quotaflow bench` (benchmarks/) measures latency with: wrk sends each request
+at its own due time (start + slot / rate), whatever the answers to the others, and names that
+time in its ce-id, so latency is read from when a request was due, never from when a busy
+client got round to sending it. Needs wrk (infra/local/setup.sh installs it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
-from quotaflow.bench import wrk
+from benchmarks import wrk
 
 
 class Recorder(BaseHTTPRequestHandler):

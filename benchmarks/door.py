@@ -10,13 +10,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from quotaflow.bench import wrk
-from quotaflow.bench.stats import median
+from benchmarks import wrk
+from benchmarks.stats import median
 from quotaflow.devstack.process import free_port, http_ok, wait_for
 from quotaflow.devstack.stack import DevStack
 
 ADMIT_APP = "functions.admit.app:create"
-BARE_APP = "quotaflow.bench.bare:create"
+BARE_APP = "benchmarks.bare:create"
 
 
 def bare_argv(admit_argv: Sequence[str], port: int) -> list[str]:

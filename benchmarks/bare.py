@@ -1,5 +1,5 @@
 """The bare endpoint admit is compared with: Flask that parses the CloudEvent with the SDK and
-answers 202, nothing else. Served by the same server command as admit (`quotaflow.bench.door`)."""
+answers 202, nothing else. Served by the same server command as admit (`benchmarks.door`)."""
 
 from __future__ import annotations
 

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from quotaflow.bench import wrk
-from quotaflow.bench.cpu import cpu_seconds
-from quotaflow.bench.stats import median
+from benchmarks import wrk
+from benchmarks.cpu import cpu_seconds
+from benchmarks.stats import median
 from quotaflow.devstack.process import free_port, http_ok, wait_for
 from quotaflow.devstack.serving import ADMIT_FACTORY, admit_server_argv
 from quotaflow.devstack.stack import DevStack
 
-BARE_FACTORY = "quotaflow.bench.bare:create"
+BARE_FACTORY = "benchmarks.bare:create"
 
 
 def gunicorn_argv(port: int, workers: int, threads: int, app: str) -> list[str]:

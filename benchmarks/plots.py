@@ -1,19 +1,30 @@
-"""The bench's PNG plots, drawn with matplotlib (no display needed)."""
+"""The bench's PNG plots, drawn with matplotlib (no display needed). matplotlib is imported
+when a plot is drawn, not with this module: a run that writes no plots never loads it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def latency_cdf(result: dict[str, Any], path: Path) -> Path:
     """The CDF of end-to-end latency (due time → terminal status) at the open-loop rate."""
+    plt = _pyplot()
     o = result["open_loop"]
     xs = np.sort(np.asarray(o["end_to_end_s"], dtype=float)) * 1000
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -33,6 +44,7 @@ def latency_cdf(result: dict[str, Any], path: Path) -> Path:
 
 def throughput(result: dict[str, Any], path: Path) -> Path:
     """Sustained requests/s (all ended) and admitted/s against the number of clients."""
+    plt = _pyplot()
     rows = sorted(result["sustained"], key=lambda s: s["connections"])
     cs = [s["connections"] for s in rows]
     fig, ax = plt.subplots(figsize=(7, 4.2))

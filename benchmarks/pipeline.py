@@ -21,9 +21,9 @@ from typing import Any
 
 import psycopg
 
+from benchmarks import cpu, wrk
+from benchmarks.stats import summarize
 from quotaflow.adapters import postgres as db
-from quotaflow.bench import cpu, wrk
-from quotaflow.bench.stats import summarize
 from quotaflow.client import TERMINAL
 
 Conn = psycopg.Connection[Any]

@@ -20,9 +20,9 @@ from typing import Any
 
 import redis
 
+from benchmarks import door, pipeline, plots, servers, tables, wrk
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
-from quotaflow.bench import door, pipeline, plots, servers, tables, wrk
 from quotaflow.devstack.process import free_port
 from quotaflow.devstack.stack import DevStack
 from quotaflow.ledger.projection import RedisProjection
@@ -49,7 +49,7 @@ class Options:
     benchmarks_md: Path | None = Path("BENCHMARKS.md")
     plots_dir: Path | None = Path("docs/bench")
     skip_door: bool = False
-    servers: bool = False  # only the server comparison (quotaflow.bench.servers)
+    servers: bool = False  # only the server comparison (benchmarks.servers)
     fill_s: float = 4  # under the consumer session timeout (6 s): the paused step stays a member
 
     @classmethod
