@@ -95,12 +95,27 @@ def audit(settings: Settings, attempts: int = 3) -> dict[str, Any]:
             "differences": diffs[:20]}
 
 
+def commit() -> str | None:
+    """The checkout's commit, `+changes` when its tracked files differ from it (the code a
+    figure was measured on); None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if dirty else "")
+
+
 def bench(opts: Options, say: Callable[[str], None]) -> dict[str, Any]:
     """Run everything; the result (also written to `opts.out`)."""
     wrk.binary()  # fail before starting anything
     workdir = Path(tempfile.mkdtemp(prefix="qf-bench-"))
     stack = _stack(Settings.from_env(), workdir)
     result: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(),
+                              "commit": commit(),
                               "mode": "quick" if opts.quick else "full",
                               "database": DATABASE, "redis_db": REDIS_DB,
                               "warm_requests": WARM_REQUESTS}

@@ -31,11 +31,16 @@ def _n(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def measured_on(result: dict[str, Any]) -> str:
+    """Which code a result was measured on: its commit, or its date where it has none."""
+    return f"commit {result['commit']}" if result.get("commit") else str(result["date"])
+
+
 def door_table(result: dict[str, Any]) -> str:
     """admit against the bare endpoint, one row each, and the ratio."""
     d = result["door"]
     return "\n".join([
-        f"{result['date']}, {result['mode']} run: {d['connections']} connections, "
+        f"{measured_on(result)}, {result['mode']} run: {d['connections']} connections, "
         f"{len(d['rounds'])} interleaved rounds of {d['seconds']:g} s, medians; "
         f"server: `{result['server']}`.", "",
         "| endpoint | req/s | p50 ms | p99 ms | non-2xx |", "|---|---|---|---|---|",
@@ -92,9 +97,8 @@ def pipeline_table(result: dict[str, Any]) -> str:
 
 def servers_table(result: dict[str, Any]) -> str:
     """Each server setup: admit and bare, the door alone, and CPU a request."""
-    rows = [f"{result['date']}, {result['mode']} run, the first step paused (the door alone), "
-            "access logs off; "
-            "medians over interleaved rounds.", "",
+    rows = [f"{measured_on(result)}, {result['mode']} run, the first step paused (the door "
+            "alone), access logs off; medians over interleaved rounds.", "",
             "| server | admit req/s | admit p50 / p99 ms | admit CPU ms a request | "
             "bare req/s | bare CPU ms a request | admit / bare | non-2xx |",
             "|---|---|---|---|---|---|---|---|"]

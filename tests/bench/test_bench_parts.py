@@ -191,3 +191,12 @@ def test_the_servers_table_shows_each_setup_with_its_cpu_and_ratio() -> None:
            "ratio": 0.165, "admit_non2xx": 0, "bare_non2xx": 2}
     text = tables.servers_table({"date": "2026-11-29", "mode": "full", "servers": [row]})
     assert "| granian 2 x 16 | **512** | 30.1 / 70.2 | 1.91 | 3,100 | 0.45 | 0.17 | 2 |" in text
+    assert text.startswith("2026-11-29, full run")  # a result from before commits were kept
+
+
+def test_the_tables_name_the_commit_a_result_was_measured_on() -> None:
+    result = {"date": "2026-11-29", "commit": "adb42d5", "mode": "full", "servers": []}
+    assert tables.servers_table(result).startswith("commit adb42d5, full run")
+    door = _result() | {"commit": "adb42d5+changes"}
+    assert tables.door_table(json.loads(json.dumps(door))).startswith(
+        "commit adb42d5+changes, full run: 16 connections")
