@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from events.status import TERMINAL_STATUSES, RequestStatus
 from quotaflow.model.token_stream import START, id_key
 from quotaflow.ports import RequestStore, RequestView, StreamEnd, TokenStream
 
-TERMINAL = ("completed", "rejected", "failed", "expired")
+TERMINAL = TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Ended:
     """How the request ended: by the stream's end entry (`status` completed), or by its record
     when the stream has none (`finish_reason` derived, `view` set)."""
 
-    status: str
+    status: RequestStatus
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
@@ -75,7 +76,8 @@ def finish_reason(view: RequestView, max_tokens: int | None) -> str | None:
 
 
 def from_end(end: StreamEnd) -> Ended:
-    return Ended("completed", end.finish_reason, end.prompt_tokens, end.completion_tokens)
+    return Ended(RequestStatus.COMPLETED, end.finish_reason, end.prompt_tokens,
+                 end.completion_tokens)
 
 
 def from_view(view: RequestView, max_tokens: int | None) -> Ended:
@@ -150,8 +152,8 @@ class Relay:
             return None  # infer ended the stream just now: read it on
         out: list[Event] = []
         output = view.output or ""
-        if (view.status == "completed" and self.text_known and output.startswith(self.text)
-                and output != self.text):
+        if (view.status == RequestStatus.COMPLETED and self.text_known
+                and output.startswith(self.text) and output != self.text):
             # Not streamed (or infer died before its end entry): the record has the rest.
             out.append(Delta(self.after_id, output[len(self.text):]))
             self.text = output
