@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from events.status import LedgerKind, RequestStatus, SettlementStatus
+from events.status import FinishReason, LedgerKind, RequestStatus, SettlementStatus
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class Completed:
     model: str
     model_version: str
     latency_ms: float
-    finish_reason: str = "unknown"
+    finish_reason: FinishReason = FinishReason.UNKNOWN
     batch_size: int = 1
     device: str = "cpu"
 
@@ -161,6 +161,7 @@ PAYLOADS: dict[str, type[Payload]] = {
 P = TypeVar("P", bound=Payload)
 # Fields the schemas carry as Avro strings and the payloads type as enums (events.status).
 ENUM_FIELDS: dict[type, dict[str, type[StrEnum]]] = {
+    Completed: {"finish_reason": FinishReason},
     Settled: {"status": SettlementStatus},
     Recorded: {"status": RequestStatus},
     LedgerEntry: {"kind": LedgerKind},

@@ -1,6 +1,6 @@
 """The closed vocabularies that travel between functions and into the database: a request's
 status, how a reservation ended, the ledger's event kinds and refusal reasons, and the
-inference outcomes analytics counts.
+inference outcomes analytics counts and why generation ended.
 
 Each is a `StrEnum`, so a member *is* its string: Avro, JSON, SQL parameters and Redis see
 exactly the text they saw before these types existed, and a member compares equal to the plain
@@ -79,6 +79,16 @@ class LedgerReason(StrEnum):
     ALREADY_ENDED = "already_ended"
     TTL = "ttl"  # a reservation expired by the sweep
     IDEMPOTENCY_CONFLICT = "idempotency_conflict: same request id, different payload"
+
+
+class FinishReason(StrEnum):
+    """Why generation ended: `Completed.finish_reason`, the token stream's end entry and the
+    OpenAI door's `finish_reason`."""
+
+    STOP = "stop"  # end of sequence or a stop sequence
+    LENGTH = "length"  # max_tokens reached
+    CANCELLED = "cancelled"  # the client hung up; the text is what was generated until then
+    UNKNOWN = "unknown"  # the schema's default: a `completed` v1 record had no finish reason
 
 
 class OutcomeKind(StrEnum):

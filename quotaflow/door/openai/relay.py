@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from events.status import TERMINAL_STATUSES, RequestStatus
+from events.status import TERMINAL_STATUSES, FinishReason, RequestStatus
 from quotaflow.model.token_stream import START, id_key
 from quotaflow.ports import RequestStore, RequestView, StreamEnd, TokenStream
 
@@ -47,7 +47,7 @@ class Ended:
     when the stream has none (`finish_reason` derived, `view` set)."""
 
     status: RequestStatus
-    finish_reason: str | None
+    finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
     view: RequestView | None = None
@@ -67,12 +67,13 @@ class TimedOut:
 Event = Delta | Ended | Quiet | TimedOut
 
 
-def finish_reason(view: RequestView, max_tokens: int | None) -> str | None:
+def finish_reason(view: RequestView, max_tokens: int | None) -> FinishReason | None:
     """A finished request's OpenAI finish reason, from its record: "length" when it used all
     of `max_tokens`, else "stop"; None when `max_tokens` is not known."""
     if max_tokens is None:
         return None
-    return "length" if (view.completion_tokens or 0) >= max_tokens else "stop"
+    return (FinishReason.LENGTH if (view.completion_tokens or 0) >= max_tokens
+            else FinishReason.STOP)
 
 
 def from_end(end: StreamEnd) -> Ended:
