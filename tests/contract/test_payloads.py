@@ -35,7 +35,7 @@ from events.payloads import (
     to_record,
 )
 from events.resources import data_path
-from events.status import LedgerKind, RequestStatus, SettlementStatus
+from events.status import FinishReason, LedgerKind, RequestStatus, SettlementStatus
 
 AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 REQUEST: dict[str, Any] = dict(
@@ -49,7 +49,7 @@ SAMPLES: list[Payload] = [
     Reserved(**REQUEST, prompt_tokens=5, reserved_tokens=13, period="2026-11", ledger_seq=4),
     Rejected("r-1", "acme", 13, "quota_exceeded", "2026-11", 5),
     Rejected("r-2", "acme", 13, "unprocessable: bad"),
-    Completed("r-1", "acme", 13, "hello", 5, 2, "m", "v1", 12.5, "stop", 2, "cpu"),
+    Completed("r-1", "acme", 13, "hello", 5, 2, "m", "v1", 12.5, FinishReason.STOP, 2, "cpu"),
     Failed("r-1", "acme", 13, "handler_error"),
     Settled("r-1", "acme", SettlementStatus.COMPLETED, 13, 7, 6, 5, 2, "hello", "m", "v1", None, 9),
     Recorded("r-1", "acme", RequestStatus.COMPLETED),

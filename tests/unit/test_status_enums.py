@@ -8,6 +8,7 @@ import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,12 @@ import pytest
 from events import avro
 from events.catalog import EVENTS
 from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
-from events.payloads import LedgerEntry, Recorded, Settled, to_record
+from events.payloads import Completed, LedgerEntry, Recorded, Settled, to_record
 from events.resources import data_path
 from events.status import (
     OPEN_STATUSES,
     TERMINAL_STATUSES,
+    FinishReason,
     LedgerKind,
     LedgerReason,
     OutcomeKind,
@@ -47,8 +49,17 @@ def _check_in(migration: str, column: str) -> set[str]:
 
 
 def _values(enum: type[RequestStatus] | type[SettlementStatus] | type[LedgerKind]
-            | type[OutcomeKind] | type[LedgerReason]) -> set[str]:
+            | type[OutcomeKind] | type[LedgerReason] | type[FinishReason]) -> set[str]:
     return {m.value for m in enum}
+
+
+def test_finish_reasons_hold_the_completed_schemas_documented_ones_and_its_default() -> None:
+    doc = json.loads((data_path("schemas") / "completed" / "v2.avsc").read_text())
+    (f,) = [f for f in doc["fields"] if f["name"] == "finish_reason"]
+    assert set(re.findall(r"(\w+) \(", f["doc"])) == {"stop", "length"}
+    # and `cancelled`, which infer writes when the client hung up
+    assert _values(FinishReason) == {"stop", "length", "cancelled", f["default"]}
+    assert Completed.__dataclass_fields__["finish_reason"].default is FinishReason.UNKNOWN
 
 
 def test_settlement_statuses_are_the_settled_schemas_statuses() -> None:
@@ -103,6 +114,7 @@ SETTLED = Settled("r-1", "acme", SettlementStatus.COMPLETED, 13, 7, 6, 5, 2, "he
                   "v1", None, 9)
 RECORDED = Recorded("r-1", "acme", RequestStatus.EXPIRED)
 ENTRY = LedgerEntry(9, "acme", 3, LedgerKind.RESERVATION_SETTLED, "r-1", "2026-11", 7, 6, AT)
+COMPLETED = Completed("r-1", "acme", 13, "hi", 5, 2, "m", "v1", 1.5, FinishReason.LENGTH)
 
 
 def _ledger_envelope(entry: LedgerEntry) -> Envelope:
@@ -113,9 +125,10 @@ def _ledger_envelope(entry: LedgerEntry) -> Envelope:
     (SETTLED, "status", SettlementStatus),
     (RECORDED, "status", RequestStatus),
     (ENTRY, "kind", LedgerKind),
+    (COMPLETED, "finish_reason", FinishReason),
 ])
 def test_a_decoded_record_carries_the_enum_member_not_a_bare_string(
-        payload: Settled | Recorded | LedgerEntry, field: str, enum: type) -> None:
+        payload: Settled | Recorded | LedgerEntry | Completed, field: str, enum: type) -> None:
     envelope = (_ledger_envelope(payload) if isinstance(payload, LedgerEntry)
                 else Envelope.of(payload, "test"))
     message = to_kafka(envelope)
@@ -125,12 +138,13 @@ def test_a_decoded_record_carries_the_enum_member_not_a_bare_string(
     assert value is getattr(payload, field)
 
 
-@pytest.mark.parametrize("payload", [SETTLED, RECORDED, ENTRY], ids=lambda p: p.event_name)
+@pytest.mark.parametrize("payload", [SETTLED, RECORDED, ENTRY, COMPLETED],
+                         ids=lambda p: p.event_name)
 def test_a_member_is_written_as_the_string_it_replaced(
-        payload: Settled | Recorded | LedgerEntry) -> None:
+        payload: Settled | Recorded | LedgerEntry | Completed) -> None:
     record = to_record(payload)
-    plain = {k: (v.value if isinstance(v, RequestStatus | SettlementStatus | LedgerKind) else v)
-             for k, v in record.items()}
+    plain = {k: (v.value if isinstance(v, Enum) else v) for k, v in record.items()}
+    assert any(isinstance(v, Enum) for v in record.values())
     name, version = payload.event_name, EVENTS[payload.event_name].version
     assert avro.encode(name, version, record) == avro.encode(name, version, plain)
     assert json.dumps(record, default=str) == json.dumps(plain, default=str)
