@@ -1,12 +1,13 @@
 """The closed vocabularies that travel between functions and into the database: a request's
-status, how a reservation ended, the ledger's event kinds and refusal reasons, and the
-inference outcomes analytics counts and why generation ended.
+status, how a reservation ended, the ledger's event kinds and refusal reasons, the inference
+outcomes analytics counts, and why generation ended.
 
 Each is a `StrEnum`, so a member *is* its string: Avro, JSON, SQL parameters and Redis see
 exactly the text they saw before these types existed, and a member compares equal to the plain
-string read back from anywhere. The Avro schemas keep these fields as `string` (an Avro enum
-would be a new, incompatible type for existing readers); `events.payloads.from_record` turns
-the decoded strings into members. tests/unit/test_status_enums.py holds each enum to the
+string read back from anywhere. The Avro schemas keep these fields as `string`: schema
+resolution turns neither a string into an enum nor an enum into a string, so an Avro enum
+would break every reader of the other version. `events.payloads.from_record` turns the decoded
+strings into members. tests/unit/test_status_enums.py holds each enum to the
 values its schema documents or its database CHECK constraint allows."""
 
 from __future__ import annotations
