@@ -170,7 +170,7 @@ def _decode(a: _Attributes, raw: object) -> Envelope:
         raise UndecodableEvent(f"Avro decode failed for {name} v{version}: {exc!r}") from None
     try:
         payload = from_record(PAYLOADS[name], data)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # ValueError: a status or kind no enum has
         raise UndecodableEvent(f"{name} v{version} does not fit its payload: {exc}") from None
     return Envelope(type=etype, id=a.id, source=a.source, tenant=a.partitionkey or payload.tenant,
                     payload=payload, time=a.time or datetime.now(UTC), writer_version=version)

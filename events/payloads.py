@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
+
+from events.status import FinishReason, LedgerKind, RequestStatus, SettlementStatus
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class Completed:
     model: str
     model_version: str
     latency_ms: float
-    finish_reason: str = "unknown"
+    finish_reason: FinishReason = FinishReason.UNKNOWN
     batch_size: int = 1
     device: str = "cpu"
 
@@ -113,7 +116,7 @@ class Settled:
     event_name: ClassVar[str] = "settled"
     request_id: str
     tenant: str
-    status: str  # completed, failed or expired
+    status: SettlementStatus
     reserved_tokens: int
     charged_tokens: int
     released_tokens: int
@@ -131,7 +134,7 @@ class Recorded:
     event_name: ClassVar[str] = "recorded"
     request_id: str
     tenant: str
-    status: str
+    status: RequestStatus  # the terminal one record wrote
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class LedgerEntry:
     seq: int
     tenant: str
     stream_version: int
-    kind: str
+    kind: LedgerKind
     request_id: str | None
     period: str
     amount: int
@@ -156,6 +159,13 @@ PAYLOADS: dict[str, type[Payload]] = {
     cls.event_name: cls for cls in (Admitted, Estimated, Reserved, Rejected, Completed, Failed,
                                     Settled, Recorded, LedgerEntry)}
 P = TypeVar("P", bound=Payload)
+# Fields the schemas carry as Avro strings and the payloads type as enums (events.status).
+ENUM_FIELDS: dict[type, dict[str, type[StrEnum]]] = {
+    Completed: {"finish_reason": FinishReason},
+    Settled: {"status": SettlementStatus},
+    Recorded: {"status": RequestStatus},
+    LedgerEntry: {"kind": LedgerKind},
+}
 
 
 def to_record(payload: Payload) -> dict[str, Any]:
@@ -169,8 +179,12 @@ def to_record(payload: Payload) -> dict[str, Any]:
 
 
 def from_record(cls: type[P], record: dict[str, Any]) -> P:
-    """The payload of a decoded Avro record; fields the class does not know are an error."""
+    """The payload of a decoded Avro record; fields the class does not know are an error, and
+    so is a string that is not one of its enum field's values."""
     values = dict(record)
+    for name, enum in ENUM_FIELDS.get(cls, {}).items():
+        if name in values:
+            values[name] = enum(values[name])
     if "messages" in values:
         values["messages"] = tuple(Message(m["role"], m["content"]) for m in values["messages"])
     if "stop" in values:

@@ -11,8 +11,9 @@ import uuid
 from typing import Any
 
 from events.catalog import REQUESTED_TYPE
+from events.status import TERMINAL_STATUSES
 
-TERMINAL = ("completed", "rejected", "failed", "expired")  # a request ends in one of these
+TERMINAL = TERMINAL_STATUSES  # a request ends in one of these
 
 
 class ApiError(RuntimeError):

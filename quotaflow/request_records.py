@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from events.status import RequestStatus
+
 
 @dataclass(frozen=True)
 class NewRequest:
@@ -44,7 +46,7 @@ class Inserted:
 
     created: bool
     payload_hash: str
-    status: str
+    status: RequestStatus
     admitted_at: datetime
 
 
@@ -55,7 +57,7 @@ class FinalRecord:
     accepted by the ledger), the others from `queued` or `reserved`."""
 
     request_id: str
-    status: str  # completed, failed, expired or rejected
+    status: RequestStatus  # completed, failed, expired or rejected
     reason: str | None
     charged_tokens: int
     output: str | None = None
@@ -70,7 +72,7 @@ class RequestView:
     """What `GET /v1/requests/{id}` answers."""
 
     request_id: str
-    status: str
+    status: RequestStatus
     output: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
@@ -118,7 +120,7 @@ class OpenRequest:
     request_id: str
     tenant: str
     key_id: str
-    status: str
+    status: RequestStatus
     payload: Mapping[str, Any] | None
     admitted_at: datetime
     reserved_tokens: int | None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from events.payloads import Admitted
+from events.status import RequestStatus
 from quotaflow.ports import Clock, Inserted, NewRequest, Principal, RequestStore, payload_hash
 from quotaflow.runtime.idempotency import admitted_payload, to_millis
 
@@ -97,7 +98,7 @@ def admit(principal: Principal, request: ClientRequest, ports: AdmitPorts,
             digest, data["model"], data, to_millis(ports.clock.now())))
     if stored.payload_hash != digest:
         raise _conflict(request)
-    if not stored.created and stored.status != "queued":
+    if not stored.created and stored.status != RequestStatus.QUEUED:
         return Admission(request_id, False, [])
     # A resend of a request still queued is published again (the first publish may have been
     # lost), identical to the first: same data, the first admission's time. Every step

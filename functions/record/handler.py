@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.payloads import Recorded, Rejected, Settled
+from events.status import RequestStatus
 from quotaflow.ports import FinalRecord, RequestStore
 from quotaflow.runtime.step import Step
 
@@ -32,8 +33,9 @@ def storable(text: str | None) -> str | None:
 def final_record(p: Settled | Rejected) -> FinalRecord:
     """The request's terminal state as the read model keeps it."""
     if isinstance(p, Rejected):
-        return FinalRecord(p.request_id, "rejected", storable(p.reason), charged_tokens=0)
-    return FinalRecord(p.request_id, p.status, storable(p.reason), p.charged_tokens,
+        return FinalRecord(p.request_id, RequestStatus.REJECTED, storable(p.reason),
+                           charged_tokens=0)
+    return FinalRecord(p.request_id, p.status.request_status, storable(p.reason), p.charged_tokens,
                        output=storable(p.text), prompt_tokens=p.prompt_tokens,
                        completion_tokens=p.completion_tokens, reserved_tokens=p.reserved_tokens,
                        model_version=storable(p.model_version) or None)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.payloads import Admitted, Completed, Failed, Reserved, Settled
+from events.status import LedgerKind, LedgerReason, RequestStatus, SettlementStatus
 from quotaflow.ports import (
     EndCommand,
     FinalRecord,
@@ -29,8 +30,9 @@ from quotaflow.runtime.step import Step
 # The digest of the reservation refused when a request's deadline closes it: no real
 # reservation command has it, so any later one is a conflict and reserves nothing.
 DEADLINE_DIGEST = "deadline"
-STATUS = {"ReservationSettled": "completed", "ReservationReleased": "failed",
-          "ReservationExpired": "expired"}
+STATUS = {LedgerKind.RESERVATION_SETTLED: SettlementStatus.COMPLETED,
+          LedgerKind.RESERVATION_RELEASED: SettlementStatus.FAILED,
+          LedgerKind.RESERVATION_EXPIRED: SettlementStatus.EXPIRED}
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,15 @@ def settled(o: Outcome, p: Completed | Failed | None) -> Settled:
     """What record needs of a reservation's end (`p` is None for an expiry). The status and
     the charge are the ledger's; the output travels only with the charge it was billed for."""
     # Refused: a late settlement after expiry, or nothing was reserved.
-    status = STATUS.get(o.kind or "") or (
-        "expired" if o.reason == "reservation_expired" else "failed")
-    charged = o.amount if o.kind == "ReservationSettled" else 0
-    done = p if isinstance(p, Completed) and o.kind == "ReservationSettled" else None
+    status = (STATUS.get(o.kind) if o.kind is not None else None) or (
+        SettlementStatus.EXPIRED if o.reason == LedgerReason.RESERVATION_EXPIRED
+        else SettlementStatus.FAILED)
+    charged = o.amount if o.kind == LedgerKind.RESERVATION_SETTLED else 0
+    done = p if isinstance(p, Completed) and o.kind == LedgerKind.RESERVATION_SETTLED else None
     return Settled(
         request_id=o.request_id, tenant=o.tenant, status=status,
         reserved_tokens=o.reserved or (p.reserved_tokens if p else 0), charged_tokens=charged,
-        released_tokens=o.released if o.kind == "ReservationSettled" else o.amount,
+        released_tokens=o.released if o.kind == LedgerKind.RESERVATION_SETTLED else o.amount,
         prompt_tokens=done.prompt_tokens if done else 0,
         completion_tokens=done.completion_tokens if done else 0,
         text=done.text if done else None, model=done.model if done else "",
@@ -111,16 +114,16 @@ def end_overdue(overdue: Sequence[OpenRequest], r: Reconciler, ports: SettlePort
     if not overdue:
         return
     why = f"deadline: not ended within {r.request_deadline_s} s of admission"
-    queued = [q for q in overdue if q.status == "queued"]
+    queued = [q for q in overdue if q.status == RequestStatus.QUEUED]
     closed = {o.request_id for o in ports.ledger.reserve(
         [ReserveTokens(q.tenant, q.request_id, 0, DEADLINE_DIGEST) for q in queued])
-        if o.kind == "RequestRejected"}
+        if o.kind == LedgerKind.REQUEST_REJECTED}
     rest = [q for q in overdue if q.request_id not in closed]
     ended = handle([Failed(q.request_id, q.tenant, q.reserved_tokens or 0, why) for q in rest],
                    ports) if rest else []
     r.requests.finish(
-        [FinalRecord(rid, "rejected", why, 0) for rid in sorted(closed)]
-        + [FinalRecord(s.request_id, s.status, why if s.reason in (None, why) else
+        [FinalRecord(rid, RequestStatus.REJECTED, why, 0) for rid in sorted(closed)]
+        + [FinalRecord(s.request_id, s.status.request_status, why if s.reason in (None, why) else
                        f"{why} ({s.reason})", s.charged_tokens) for s in ended])
 
 

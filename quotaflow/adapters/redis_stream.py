@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from events.status import FinishReason
 from quotaflow.adapters.redis_gate import connect_redis
 from quotaflow.model.base import StreamEnd, TokenDelta
 from quotaflow.model.token_stream import END_ID, START, StreamEntry, delta_id
@@ -54,7 +55,7 @@ def _entry(request_id: str, entry_id: Any, raw: dict[Any, Any]) -> StreamEntry:
     fields = {_text(k): _text(v) for k, v in raw.items()}
     if fields.get("done") == "1":
         return StreamEntry(_text(entry_id), end=StreamEnd(
-            request_id, fields["finish_reason"], int(fields["prompt_tokens"]),
+            request_id, FinishReason(fields["finish_reason"]), int(fields["prompt_tokens"]),
             int(fields["completion_tokens"])))
     return StreamEntry(_text(entry_id), delta=TokenDelta(request_id, int(fields["seq"]),
                                                          fields["delta"]))

@@ -29,6 +29,7 @@ from prometheus_client import Counter
 from events import avro
 from events.catalog import BY_CE_TYPE, parse_dataschema
 from events.payloads import PAYLOADS, Completed, Failed, LedgerEntry, from_record
+from events.status import OutcomeKind
 from quotaflow.adapters import kafka
 from quotaflow.analytics.rollup import Batch, Outcome
 from quotaflow.analytics.store import UsageStore
@@ -114,10 +115,11 @@ class AnalyticsConsumer:
                 batch.ledger.append(payload)
             elif isinstance(payload, Completed):
                 batch.outcomes.append(Outcome(
-                    "completed", payload.request_id, payload.tenant, at,
+                    OutcomeKind.COMPLETED, payload.request_id, payload.tenant, at,
                     payload.prompt_tokens, payload.completion_tokens, payload.latency_ms))
             elif isinstance(payload, Failed):
-                batch.outcomes.append(Outcome("failed", payload.request_id, payload.tenant, at))
+                batch.outcomes.append(Outcome(OutcomeKind.FAILED, payload.request_id,
+                                              payload.tenant, at))
             else:
                 SKIPPED.labels("other_event").inc()
         return batch

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from events.status import OutcomeKind
 from quotaflow.analytics.query import UsageQuery, rows, summarize
 from quotaflow.analytics.rollup import (
     Applied,
@@ -28,7 +29,7 @@ class MemoryUsageStore:
         self.attribution = attribution if attribution is not None else {}
         self.buckets: dict[Bucket, Counts] = {}
         self.versions: dict[str, int] = {}
-        self.outcomes: set[tuple[str, str]] = set()
+        self.outcomes: set[tuple[str, OutcomeKind]] = set()
         self.stored: dict[tuple[str, str, int], int] = {}
         self._lock = threading.Lock()
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import psycopg
 
 from events.payloads import LedgerEntry
+from events.status import LedgerKind, OutcomeKind
 from quotaflow.analytics.query import Key, UsageQuery, rows
 from quotaflow.analytics.rollup import (
     COLUMNS,
@@ -108,9 +109,9 @@ class PostgresUsageStore:
             ledger = self._with_gaps_filled(conn, batch.ledger, versions)
             attribution = self._attribution(
                 conn, batch.request_ids() | {e.request_id for e in ledger if e.request_id})
-            fresh: set[tuple[str, str]] = set()
+            fresh: set[tuple[str, OutcomeKind]] = set()
             if batch.outcomes:
-                fresh = {(r, k) for r, k in conn.execute(
+                fresh = {(r, OutcomeKind(k)) for r, k in conn.execute(
                     "INSERT INTO usage_outcomes (request_id, kind) SELECT * FROM "
                     "unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING "
                     "RETURNING request_id, kind",
@@ -191,7 +192,8 @@ class PostgresUsageStore:
             ([h[0] for h in holes], [h[1] for h in holes], [h[2] for h in holes])).fetchall()
         filled = {tenant for tenant, _, _ in holes}
         return [*(e for e in entries if e.tenant not in filled),
-                *(LedgerEntry(*row) for row in rows)]
+                *(LedgerEntry(row[0], row[1], row[2], LedgerKind(row[3]), *row[4:])
+                  for row in rows)]
 
     @staticmethod
     def _lock_versions(conn: Conn, tenants: list[str]) -> dict[str, int]:

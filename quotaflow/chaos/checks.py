@@ -7,6 +7,7 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from events.status import LedgerKind, RequestStatus
 from quotaflow.chaos.facts import (
     TERMINAL,
     Balances,
@@ -16,7 +17,8 @@ from quotaflow.chaos.facts import (
     Snapshot,
 )
 
-_RANK = {"queued": 0, "reserved": 1, **{s: 2 for s in TERMINAL}}
+_RANK: dict[str, int] = {RequestStatus.QUEUED: 0, RequestStatus.RESERVED: 1,
+                         **{s: 2 for s in TERMINAL}}
 
 
 @dataclass
@@ -73,9 +75,9 @@ def find_charge_errors(requests: dict[str, RequestRow], ledger: list[LedgerRow])
     for ev in ledger:
         if ev.request_id is None:
             continue
-        if ev.kind == "ReservationSettled":
+        if ev.kind == LedgerKind.RESERVATION_SETTLED:
             settled[ev.request_id].append(ev.amount)
-        elif ev.kind == "TokensReserved":
+        elif ev.kind == LedgerKind.TOKENS_RESERVED:
             reserved[ev.request_id] += 1
     out = [f"request {r} reserved {n} times" for r, n in sorted(reserved.items()) if n > 1]
     out += [f"request {r} charged {len(a)} times ({'+'.join(map(str, a))})"
@@ -101,16 +103,17 @@ def find_overshoot(ledger: list[LedgerRow], grants: dict[str, int]) -> list[str]
     peak: dict[tuple[str, str], int] = {}
     for ev in sorted(ledger, key=lambda e: e.seq):
         key = (ev.tenant, ev.period)
-        if ev.kind == "QuotaGranted":
+        if ev.kind == LedgerKind.QUOTA_GRANTED:
             granted[key] += ev.amount
-        elif ev.kind == "TokensReserved" and ev.request_id is not None:
+        elif ev.kind == LedgerKind.TOKENS_RESERVED and ev.request_id is not None:
             held[ev.request_id] = (key, ev.amount)
             open_[key] += ev.amount
-        elif ev.request_id in held and ev.kind in ("ReservationSettled", "ReservationReleased",
-                                                   "ReservationExpired"):
+        elif ev.request_id in held and ev.kind in (LedgerKind.RESERVATION_SETTLED,
+                                                   LedgerKind.RESERVATION_RELEASED,
+                                                   LedgerKind.RESERVATION_EXPIRED):
             hkey, amount = held.pop(ev.request_id)
             open_[hkey] -= amount
-            if ev.kind == "ReservationSettled":
+            if ev.kind == LedgerKind.RESERVATION_SETTLED:
                 spent[hkey] += ev.amount
         limit = min(granted[key], grants.get(ev.tenant, granted[key]))
         over = open_[key] + spent[key] - limit
@@ -140,15 +143,15 @@ def replay_balances(ledger: list[LedgerRow]) -> Balances:
     held: dict[str, tuple[tuple[str, str], int]] = {}
     for ev in sorted(ledger, key=lambda e: e.seq):
         b = out[(ev.tenant, ev.period)]
-        if ev.kind == "QuotaGranted":
+        if ev.kind == LedgerKind.QUOTA_GRANTED:
             b[0] += ev.amount
-        elif ev.kind == "TokensReserved" and ev.request_id is not None:
+        elif ev.kind == LedgerKind.TOKENS_RESERVED and ev.request_id is not None:
             held[ev.request_id] = ((ev.tenant, ev.period), ev.amount)
             b[1] += ev.amount
-        elif ev.request_id in held and ev.kind != "RequestRejected":
+        elif ev.request_id in held and ev.kind != LedgerKind.REQUEST_REJECTED:
             key, amount = held.pop(ev.request_id)
             out[key][1] -= amount
-            if ev.kind == "ReservationSettled":
+            if ev.kind == LedgerKind.RESERVATION_SETTLED:
                 out[key][2] += ev.amount
     return {k: (g, o, s) for k, (g, o, s) in out.items()}
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TERMINAL = ("completed", "rejected", "failed", "expired")
+from events.status import TERMINAL_STATUSES
+
+TERMINAL = TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
+from events.status import RequestStatus
 from quotaflow.chaos.facts import Outcome
 from quotaflow.chaos.load import Loader, event_request, send_until_answered
 from quotaflow.chaos.plan import PROBE_TENANT, Fault
@@ -113,9 +114,10 @@ class Prober:
                                        str(body.get("detail", ""))[:160]))
             while request_id and time.monotonic() < deadline:
                 state = request_status(self.loader.base_url, key, request_id)
-                if state == "completed":
+                if state == RequestStatus.COMPLETED:
                     return True
-                if state in ("rejected", "failed", "expired"):
+                if state in (RequestStatus.REJECTED, RequestStatus.FAILED,
+                             RequestStatus.EXPIRED):
                     break
                 time.sleep(0.1)
             time.sleep(0.1)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from events.status import RequestStatus
 from quotaflow import client
 from quotaflow.devstack import control
 from quotaflow.devstack.process import DevStackError, pid_alive, read_state
@@ -189,7 +190,7 @@ def _ask(args: argparse.Namespace) -> int:
         print(json.dumps(exc.problem, indent=2))
         return 1
     print(json.dumps(result, indent=2))
-    return 0 if result["status"] == "completed" else 1
+    return 0 if result["status"] == RequestStatus.COMPLETED else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -236,9 +237,9 @@ def _demo_on(stack: DevStack, args: argparse.Namespace) -> int:
     print(f"usage:   {json.dumps(result['usage'])}")
     print(f"quota:   {json.dumps(client.quota(stack.admit_url, key))}")
     print(f"\ntry it: curl -s {stack.admit_url}/v1/quota -H 'Authorization: Bearer {key}'")
-    if result["status"] != "completed":
+    if result["status"] != RequestStatus.COMPLETED:
         _say(f"the sample request ended {result['status']}: {result.get('reason')}")
     if args.exit:
         stack.down()
-        return 0 if result["status"] == "completed" else 1
+        return 0 if result["status"] == RequestStatus.COMPLETED else 1
     return _serve(stack)

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from events.status import OPEN_STATUSES, TERMINAL_STATUSES, RequestStatus
 from quotaflow.ledger.audit import Audit
 
 _FACTS = """
@@ -53,7 +54,7 @@ class RequestFacts:
 
     request_id: str
     tenant: str
-    status: str
+    status: str  # as stored: the audit reports one that no RequestStatus has
     charged: int | None  # the record's charge (None while open)
     overdue: bool  # still open past the request deadline
     reserved: int = 0  # TokensReserved events
@@ -72,17 +73,17 @@ def findings(f: RequestFacts, deadline_s: int) -> list[str]:
     """What is wrong with one request record against its ledger events."""
     who = f"{f.tenant}: request {f.request_id}"
     charged = f.charged or 0
-    if f.status in ("queued", "reserved"):
+    if f.status in OPEN_STATUSES:
         return [f"{who} still {f.status} past the deadline of {deadline_s} s"] \
             if f.overdue else []
-    if f.status == "completed":
+    if f.status == RequestStatus.COMPLETED:
         if not f.settled:
             return [f"{who} recorded completed with no ReservationSettled in the ledger "
                     "(missing settlement)"]
         if charged != f.ledger_charged:
             return [f"{who} recorded charged {charged}, the ledger charged {f.ledger_charged}"]
         return []
-    if f.status not in ("rejected", "failed", "expired"):
+    if f.status not in TERMINAL_STATUSES:  # completed was handled above
         return [f"{who} has an unknown status {f.status!r}"]
     if f.settled:
         return [f"{who} recorded {f.status} but the ledger charged {f.ledger_charged} "

@@ -60,7 +60,7 @@ class Outcome(NamedTuple):
 
     request_id: str
     tenant: str
-    kind: str | None
+    kind: Kind | None
     period: str
     amount: int
     released: int = 0

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
 
+from events.status import LedgerKind, LedgerReason
 
-class Kind(StrEnum):
-    """The ledger's event kinds, as stored."""
-
-    QUOTA_GRANTED = "QuotaGranted"
-    TOKENS_RESERVED = "TokensReserved"
-    RESERVATION_SETTLED = "ReservationSettled"
-    RESERVATION_RELEASED = "ReservationReleased"
-    RESERVATION_EXPIRED = "ReservationExpired"
-    REQUEST_REJECTED = "RequestRejected"
+# The ledger's event kinds, as stored: the enum lives in `events` because the kinds also travel
+# on the ledger topic (LedgerEntry.kind); the rules call it `Kind`.
+Kind = LedgerKind
 
 
 @dataclass(frozen=True)
@@ -79,10 +73,10 @@ def decide_reserve(balance: Balance, tenant: str, period: str, request_id: str,
     """Reserve `amount` if it fits the period's grant, else reject the request."""
     if amount <= 0:
         return LedgerEvent(Kind.REQUEST_REJECTED, tenant, period, amount, request_id,
-                           reason="invalid_amount")
+                           reason=LedgerReason.INVALID_AMOUNT)
     if balance.reserved + balance.spent + amount > balance.granted:
         return LedgerEvent(Kind.REQUEST_REJECTED, tenant, period, amount, request_id,
-                           reason="quota_exceeded")
+                           reason=LedgerReason.QUOTA_EXCEEDED)
     return LedgerEvent(Kind.TOKENS_RESERVED, tenant, period, amount, request_id)
 
 
@@ -120,7 +114,7 @@ def decide_expire(r: Reservation) -> LedgerEvent:
     """End a reservation its step never settled; nothing is charged."""
     _check_open(r)
     return LedgerEvent(Kind.RESERVATION_EXPIRED, r.tenant, r.period, r.amount, r.request_id,
-                       reason="ttl")
+                       reason=LedgerReason.TTL)
 
 
 def _check_open(r: Reservation) -> None:

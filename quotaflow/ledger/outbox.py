@@ -24,7 +24,7 @@ CURSOR = "ledger-topic"
 def ledger_envelope(ev: StoredEvent) -> Envelope:
     """The record of one committed ledger event: id `ledger/<seq>`, timed when it was recorded."""
     entry = LedgerEntry(seq=ev.seq, tenant=ev.tenant, stream_version=ev.stream_version,
-                        kind=ev.kind.value, request_id=ev.request_id, period=ev.period,
+                        kind=ev.kind, request_id=ev.request_id, period=ev.period,
                         amount=ev.amount, released=ev.released, recorded_at_ms=ev.recorded_at)
     return Envelope(type=EVENTS[LedgerEntry.event_name], id=f"ledger/{ev.seq}",
                     source="/quotaflow/ledger", tenant=ev.tenant, payload=entry,

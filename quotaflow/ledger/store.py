@@ -51,11 +51,16 @@ _RETRYABLE = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected,
 OUTCOME_COLUMNS = "request_id, tenant, kind, period, amount, released, seq, reason, reserved"
 EVENT_COLUMNS = ("seq, tenant_id, stream_version, kind, request_id, period, amount, released, "
                  "reason, recorded_at")
+# A stored kind as its enum member (an outcome's None stays None). A lookup, not `Kind(...)`:
+# on this project's 2-core machine the lookup took 80 ns and the enum call 880 ns, and a batch
+# decides a request in tens of microseconds.
+_KIND = {k.value: k for k in Kind}
+_KINDS = _KIND.get
 
 
 def row_to_event(row: Sequence[Any]) -> StoredEvent:
     """A `ledger_events` row, read in `EVENT_COLUMNS` order."""
-    return StoredEvent(row[0], row[1], row[2], Kind(row[3]), row[4], row[5], row[6], row[7],
+    return StoredEvent(row[0], row[1], row[2], _KIND[row[3]], row[4], row[5], row[6], row[7],
                        row[8], row[9])
 
 
@@ -142,7 +147,7 @@ class PostgresLedger(OnConnection):
             else:
                 with self.conn.transaction():
                     rows = self.conn.execute(sql, args, binary=True).fetchall()
-            return [Outcome._make(r) for r in rows]
+            return [tuple.__new__(Outcome, (r[0], r[1], _KINDS(r[2]), *r[3:])) for r in rows]
 
         return self._retrying(run)
 

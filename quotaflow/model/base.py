@@ -13,6 +13,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from events.status import FinishReason
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -37,9 +39,7 @@ class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int  # forward passes run for this request: what is billed
-    # "stop" (end of sequence or a stop sequence) | "length" (max_tokens reached)
-    # | "cancelled" (the client hung up; the text is what was generated until then)
-    finish_reason: str
+    finish_reason: FinishReason  # stop, length or cancelled
     model_version: str = ""  # the version that produced it, when a router picked one
     # The most requests decoded together while it ran (0: not told). Not part of equality:
     # it describes the run, and the result is the same whatever it was.
@@ -60,7 +60,7 @@ class StreamEnd:
     """A request's last stream entry: how it ended and its exact token counts."""
 
     request_id: str
-    finish_reason: str
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
 

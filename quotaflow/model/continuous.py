@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from events.status import FinishReason
 from quotaflow.model.base import GenerationRequest
 from quotaflow.model.kv_ops import HostKvOps, KvOps, stack_left
 from quotaflow.model.prefill import Prefill, StepFn
@@ -129,7 +130,7 @@ class DecodeEngine:
                         self.tokenizer.text_decoder()) for i, r in enumerate(t.batch)]
             for row in rows:
                 if row.budget == 0:
-                    self._end(row, "length")
+                    self._end(row, FinishReason.LENGTH)
             fresh += [r for r in rows if not r.ended]
         self._sync(tickets, fresh)  # cancelled before any pass
         fresh = [r for r in fresh if not r.ended]
@@ -158,9 +159,9 @@ class DecodeEngine:
             row.ticket.out[row.i].append(token)
             row.next_token = token
             if token == eos or row.ticket.stream.add(row.i, row.decoder.step(token)):
-                self._end(row, "stop")
+                self._end(row, FinishReason.STOP)
             elif len(row.ticket.out[row.i]) >= row.budget:
-                self._end(row, "length")
+                self._end(row, FinishReason.LENGTH)
         self._sync(list(dict.fromkeys(r.ticket for r in rows)),
                    [r for r in rows if not r.ended])
 
@@ -173,9 +174,9 @@ class DecodeEngine:
         for mine, cancelled in zip(rows, gone, strict=True):
             for row in mine:
                 if row.i in cancelled:
-                    self._end(row, "cancelled")
+                    self._end(row, FinishReason.CANCELLED)
 
-    def _end(self, row: Row, finish: str) -> None:
+    def _end(self, row: Row, finish: FinishReason) -> None:
         t = row.ticket
         row.ended = True
         t.live -= 1

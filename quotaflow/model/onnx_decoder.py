@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from events.status import FinishReason
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.continuous import DecodeEngine
 from quotaflow.model.kv_ops import HostKvOps, OrtKvOps
@@ -85,7 +86,7 @@ class OnnxGenerator:
         ticket = self.engine.run(batch, prompts, stream)
         results = [GenerationResult(
             text=row.text, prompt_tokens=len(prompt), completion_tokens=len(out),
-            finish_reason=finish or "stop", model_version=self._version, batch_size=peak)
+            finish_reason=finish or FinishReason.STOP, model_version=self._version, batch_size=peak)
             for prompt, out, row, finish, peak in zip(prompts, ticket.out, stream.rows,
                                                       stream.finish, ticket.peak, strict=True)]
         labels = (self._name, self._version, self._device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from events.status import FinishReason
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.streaming import BatchStream
 
@@ -34,15 +35,15 @@ class StandInModel:
         prompts = [self.count_prompt_tokens(r.messages) for r in batch]
         out = [0] * len(batch)  # words generated so far: one forward pass each
 
-        def end(i: int, finish: str) -> None:
+        def end(i: int, finish: FinishReason) -> None:
             stream.end(i, finish, prompts[i], out[i])
 
         for i, r in enumerate(batch):
             if not words[i] or r.max_tokens <= 0:
-                end(i, "stop" if not words[i] else "length")
+                end(i, FinishReason.STOP if not words[i] else FinishReason.LENGTH)
         live = [i for i in range(len(batch)) if stream.finish[i] is None]
         for i in stream.sync(live):
-            end(i, "cancelled")
+            end(i, FinishReason.CANCELLED)
         while live := [i for i in range(len(batch)) if stream.finish[i] is None]:
             if self.token_delay_s:
                 time.sleep(self.token_delay_s)
@@ -50,13 +51,14 @@ class StandInModel:
                 word = words[i][out[i]]
                 out[i] += 1
                 if stream.add(i, word if out[i] == 1 else " " + word) or out[i] == len(words[i]):
-                    end(i, "stop")
+                    end(i, FinishReason.STOP)
                 elif out[i] >= batch[i].max_tokens:
-                    end(i, "length")
+                    end(i, FinishReason.LENGTH)
             for i in stream.sync([i for i in live if stream.finish[i] is None]):
-                end(i, "cancelled")
+                end(i, FinishReason.CANCELLED)
         stream.close()
-        return [GenerationResult(row.text, prompts[i], out[i], stream.finish[i] or "stop")
+        return [GenerationResult(row.text, prompts[i], out[i],
+                                 stream.finish[i] or FinishReason.STOP)
                 for i, row in enumerate(stream.rows)]
 
 

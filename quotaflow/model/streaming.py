@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from events.status import FinishReason
 from quotaflow.model.base import GenerationRequest, StreamEnd, TokenDelta, TokenSink
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class BatchStream:
         self.sink = sink
         self.check_every = max(1, check_every)
         self.rows = [RowText(r.stop) for r in batch]
-        self.finish: list[str | None] = [None] * len(batch)
+        self.finish: list[FinishReason | None] = [None] * len(batch)
         self._seq = [0] * len(batch)
         self._deltas: list[TokenDelta] = []
         self._ends: list[StreamEnd] = []
@@ -85,11 +86,11 @@ class BatchStream:
         self._queue(i, self.rows[i].feed(piece))
         return self.rows[i].stopped
 
-    def end(self, i: int, finish_reason: str, prompt_tokens: int, completion_tokens: int
+    def end(self, i: int, finish_reason: FinishReason, prompt_tokens: int, completion_tokens: int
             ) -> None:
         """Row `i` has ended: release its held text and queue its end entry."""
         if self.rows[i].stopped:
-            finish_reason = "stop"
+            finish_reason = FinishReason.STOP
         self._queue(i, self.rows[i].flush())
         self.finish[i] = finish_reason
         r = self.batch[i]

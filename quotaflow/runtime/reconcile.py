@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from events.payloads import Admitted, Reserved
+from events.status import RequestStatus
 from quotaflow.ports import Clock, Ledger, OpenRequest, OpenRequests, ReserveTokens
 from quotaflow.runtime.idempotency import admitted_payload, reserve_digest
 
@@ -69,7 +70,7 @@ def reconcile(r: Reconciler, ledger: Ledger) -> Reconciled:
             continue  # stored before requests kept their data: only the deadline can end it
         admitted = admitted_payload(req.request_id, req.tenant, req.key_id, req.payload,
                                     req.admitted_at)
-        if req.status == "queued":
+        if req.status == RequestStatus.QUEUED:
             out.admitted.append(admitted)
         elif req.reserved_tokens is not None:
             to_reserve.append((admitted, req.reserved_tokens, req.prompt_tokens or 0))

@@ -7,13 +7,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from events.payloads import Rejected, Settled
+from events.status import SettlementStatus
 from functions.record.handler import RecordPorts, handle, on_poison
 from quotaflow.ports import ReservedMark
 from tests.unit.fakes import World, admitted
 
 
 def settled(request_id: str, status: str = "completed", charged: int = 15) -> Settled:
-    return Settled(request_id, "acme", status, 50, charged, 50 - charged, 10, charged - 10,
+    return Settled(request_id, "acme", SettlementStatus(status), 50, charged, 50 - charged, 10,
+                   charged - 10,
                    "the answer" if status == "completed" else None, "standin", "standin-1",
                    None if status == "completed" else "ttl", 7)
 

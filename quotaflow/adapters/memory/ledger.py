@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from events.status import LedgerReason
 from quotaflow.ledger import domain
 from quotaflow.ledger.commands import (
     EndCommand,
@@ -24,7 +25,7 @@ from quotaflow.ledger.commands import (
 from quotaflow.ledger.domain import Balance, Kind, LedgerEvent, Reservation
 from quotaflow.ports import Clock
 
-CONFLICT = "idempotency_conflict: same request id, different payload"
+CONFLICT = LedgerReason.IDEMPOTENCY_CONFLICT
 C = TypeVar("C", ReserveTokens, EndCommand)
 
 
@@ -77,7 +78,7 @@ class MemoryLedger:
         for _, rid in stale:
             ev = domain.decide_expire(self._reservations[rid])
             seq = self._append(ev)
-            out.append(Outcome(rid, ev.tenant, ev.kind.value, ev.period, ev.amount, 0, seq,
+            out.append(Outcome(rid, ev.tenant, ev.kind, ev.period, ev.amount, 0, seq,
                                ev.reason, ev.amount))
         return out
 
@@ -87,7 +88,7 @@ class MemoryLedger:
             raise LookupError(f"unknown tenant {tenant!r}")
         period = self.current_period(tenant) if period is None else period
         seq = self._append(LedgerEvent(Kind.QUOTA_GRANTED, tenant, period, tokens))
-        return Outcome("", tenant, Kind.QUOTA_GRANTED.value, period, tokens, 0, seq)
+        return Outcome("", tenant, Kind.QUOTA_GRANTED, period, tokens, 0, seq)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -136,28 +137,31 @@ class MemoryLedger:
     def _reserve_one(self, c: ReserveTokens, now: datetime) -> Outcome:
         plan = self._plans.get(c.tenant)
         if plan is None:
-            return Outcome(c.request_id, c.tenant, None, "", c.amount, reason="unknown_tenant")
+            return Outcome(c.request_id, c.tenant, None, "", c.amount,
+                           reason=LedgerReason.UNKNOWN_TENANT)
         period = domain.period_of(plan.plan_period, now)
         if (c.tenant, period) not in self._balances:  # the period's first decision
             self._append(LedgerEvent(Kind.QUOTA_GRANTED, c.tenant, period, plan.grant_tokens))
         ev = domain.decide_reserve(self._balances[(c.tenant, period)], c.tenant, period,
                                    c.request_id, c.amount)
         seq = self._append(ev)
-        return Outcome(c.request_id, c.tenant, ev.kind.value, period, c.amount, 0, seq,
+        return Outcome(c.request_id, c.tenant, ev.kind, period, c.amount, 0, seq,
                        ev.reason, c.amount)
 
     def _end_one(self, c: EndCommand) -> Outcome:
         r = self._reservations.get(c.request_id)
         if r is None or r.tenant != c.tenant:
-            return Outcome(c.request_id, c.tenant, None, "", 0, reason="unknown_reservation")
+            return Outcome(c.request_id, c.tenant, None, "", 0,
+                           reason=LedgerReason.UNKNOWN_RESERVATION)
         if r.ended is not None:
-            why = "reservation_expired" if r.ended is Kind.RESERVATION_EXPIRED else "already_ended"
+            why = (LedgerReason.RESERVATION_EXPIRED if r.ended is Kind.RESERVATION_EXPIRED
+                   else LedgerReason.ALREADY_ENDED)
             return Outcome(c.request_id, c.tenant, None, r.period, 0, reason=why,
                            reserved=r.amount)
         ev = (domain.decide_settle(r, c.actual_tokens) if isinstance(c, SettleReservation)
               else domain.decide_release(r, c.reason))
         seq = self._append(ev)
-        return Outcome(c.request_id, c.tenant, ev.kind.value, r.period, ev.amount, ev.released,
+        return Outcome(c.request_id, c.tenant, ev.kind, r.period, ev.amount, ev.released,
                        seq, ev.reason, r.amount)
 
     def _append(self, ev: LedgerEvent) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from events.status import OPEN_STATUSES, RequestStatus
 from quotaflow.adapters.clock import SystemClock
 from quotaflow.ports import (
     Clock,
@@ -20,13 +21,14 @@ from quotaflow.ports import (
     ReservedMark,
 )
 
-OPEN = ("queued", "reserved")
+OPEN = OPEN_STATUSES
 
 
-def moves_from(status: str) -> tuple[str, ...]:
+def moves_from(status: RequestStatus) -> tuple[RequestStatus, ...]:
     """The statuses a request may take `status` from: a reserved request was accepted by the
     ledger, so it can no longer be rejected."""
-    return ("queued",) if status in ("reserved", "rejected") else OPEN
+    return ((RequestStatus.QUEUED,) if status in (RequestStatus.RESERVED, RequestStatus.REJECTED)
+            else OPEN)
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,12 @@ class MemoryRequestStore:
             return Inserted(False, row.payload_hash, row.view.status, row.view.created_at)
         self._rows[request.request_id] = _Row(
             request.tenant, request.key_id, request.payload_hash, dict(request.payload),
-            RequestView(request_id=request.request_id, status="queued", output=None,
+            RequestView(request_id=request.request_id, status=RequestStatus.QUEUED, output=None,
                         prompt_tokens=None, completion_tokens=None, reserved_tokens=None,
                         charged_tokens=None, model=request.model, model_version=None,
                         reason=None, created_at=request.admitted_at,
                         updated_at=request.admitted_at))
-        return Inserted(True, request.payload_hash, "queued", request.admitted_at)
+        return Inserted(True, request.payload_hash, RequestStatus.QUEUED, request.admitted_at)
 
     def insert_many(self, requests: Sequence[NewRequest]) -> list[Inserted]:
         """`insert` for each request, in order (the same id twice: the later is a resend)."""
@@ -75,7 +77,8 @@ class MemoryRequestStore:
     def mark_reserved(self, marks: Sequence[ReservedMark]) -> None:
         """Each `queued` request is now `reserved`; any later status is left alone."""
         for m in marks:
-            self._update(m.request_id, moves_from("reserved"), status="reserved",
+            self._update(m.request_id, moves_from(RequestStatus.RESERVED),
+                         status=RequestStatus.RESERVED,
                          reserved_tokens=m.reserved_tokens, prompt_tokens=m.prompt_tokens)
 
     def finish(self, records: Sequence[FinalRecord]) -> None:
@@ -119,7 +122,8 @@ class MemoryRequestStore:
         return OpenRequest(request_id, row.tenant, row.key_id, v.status, row.payload,
                            v.created_at, v.reserved_tokens, v.prompt_tokens, row.redrives)
 
-    def _update(self, request_id: str, only_from: tuple[str, ...], **fields: object) -> None:
+    def _update(self, request_id: str, only_from: tuple[RequestStatus, ...],
+                **fields: object) -> None:
         row = self._rows.get(request_id)
         if row is None or row.view.status not in only_from:
             return

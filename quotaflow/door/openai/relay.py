@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from events.status import TERMINAL_STATUSES, FinishReason, RequestStatus
 from quotaflow.model.token_stream import START, id_key
 from quotaflow.ports import RequestStore, RequestView, StreamEnd, TokenStream
 
-TERMINAL = ("completed", "rejected", "failed", "expired")
+TERMINAL = TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class Ended:
     """How the request ended: by the stream's end entry (`status` completed), or by its record
     when the stream has none (`finish_reason` derived, `view` set)."""
 
-    status: str
-    finish_reason: str | None
+    status: RequestStatus
+    finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
     view: RequestView | None = None
@@ -66,16 +67,18 @@ class TimedOut:
 Event = Delta | Ended | Quiet | TimedOut
 
 
-def finish_reason(view: RequestView, max_tokens: int | None) -> str | None:
+def finish_reason(view: RequestView, max_tokens: int | None) -> FinishReason | None:
     """A finished request's OpenAI finish reason, from its record: "length" when it used all
     of `max_tokens`, else "stop"; None when `max_tokens` is not known."""
     if max_tokens is None:
         return None
-    return "length" if (view.completion_tokens or 0) >= max_tokens else "stop"
+    return (FinishReason.LENGTH if (view.completion_tokens or 0) >= max_tokens
+            else FinishReason.STOP)
 
 
 def from_end(end: StreamEnd) -> Ended:
-    return Ended("completed", end.finish_reason, end.prompt_tokens, end.completion_tokens)
+    return Ended(RequestStatus.COMPLETED, end.finish_reason, end.prompt_tokens,
+                 end.completion_tokens)
 
 
 def from_view(view: RequestView, max_tokens: int | None) -> Ended:
@@ -150,8 +153,8 @@ class Relay:
             return None  # infer ended the stream just now: read it on
         out: list[Event] = []
         output = view.output or ""
-        if (view.status == "completed" and self.text_known and output.startswith(self.text)
-                and output != self.text):
+        if (view.status == RequestStatus.COMPLETED and self.text_known
+                and output.startswith(self.text) and output != self.text):
             # Not streamed (or infer died before its end entry): the record has the rest.
             out.append(Delta(self.after_id, output[len(self.text):]))
             self.text = output

@@ -15,6 +15,7 @@ from functools import partial
 
 from flask import Blueprint, Response, jsonify, request
 
+from events.status import RequestStatus
 from functions.admit.handler import IdempotencyConflict
 from quotaflow.door.auth import Authenticator
 from quotaflow.door.openai import shapes
@@ -106,7 +107,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
     def whole(who: Principal, request_id: str, call: Call) -> Response:
         view = door.wait(who, request_id)
         reason = finish_reason(view, call.max_tokens)
-        if view.status != "completed":
+        if view.status != RequestStatus.COMPLETED:
             raise door.ended_error(who, Ended(view.status, reason, 0, 0, view))
         used = shapes.usage(view.prompt_tokens or 0, view.completion_tokens or 0,
                             view.charged_tokens or 0)
@@ -117,7 +118,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
         relay = door.relay(who, request_id, call)
         events = relay.events()
         first = first_event(events, FIRST_WAIT_S)
-        if isinstance(first, Ended) and first.status != "completed":
+        if isinstance(first, Ended) and first.status != RequestStatus.COMPLETED:
             raise door.ended_error(who, first)
         if isinstance(first, TimedOut):
             door.cancel(request_id)

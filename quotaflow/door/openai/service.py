@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC
 
+from events.status import LedgerReason, RequestStatus
 from quotaflow.door.accept import Acceptor
 from quotaflow.door.limits import seconds_to_next_period
 from quotaflow.door.openai import shapes
@@ -93,13 +94,13 @@ class OpenAIDoor:
         """The error of a request that ended other than completed."""
         view = ended.view
         reason = (view.reason if view is not None else None) or ended.status
-        if ended.status == "rejected" and reason == "quota_exceeded":
+        if ended.status == RequestStatus.REJECTED and reason == LedgerReason.QUOTA_EXCEEDED:
             now = self.ports.clock.now().astimezone(UTC)
             return insufficient_quota(
                 f"tenant {principal.tenant} has not enough quota left for this request "
                 "(its prompt plus max_tokens)",
                 seconds_to_next_period(principal.plan_period, now))
-        if ended.status == "expired":
+        if ended.status == RequestStatus.EXPIRED:
             return OpenAIError(503, f"the request's reservation expired ({reason}); send it "
                                "again", SERVER, "service_unavailable", headers={"Retry-After": "5"})
         return OpenAIError(500, f"the request {ended.status}: {reason}", SERVER,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
+from events.status import RequestStatus
 from quotaflow.door.openai import shapes
 from quotaflow.door.openai.errors import SERVER, OpenAIError
 from quotaflow.door.openai.relay import Delta, Ended, Event, Quiet, TimedOut
@@ -72,7 +73,7 @@ def openai_chunks(a: shapes.Answer, events: Iterable[Event], *,
             yield shapes.sse(timed_out().body())
             return
         elif isinstance(event, Ended):
-            if event.status != "completed":
+            if event.status != RequestStatus.COMPLETED:
                 yield shapes.sse(ended_error(event).body())
                 return
             yield shapes.sse(shapes.chunk(a, None, event.finish_reason))
