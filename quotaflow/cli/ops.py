@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level)
+    kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
     step = load_step(args.step)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
@@ -79,6 +80,8 @@ def _strimzi(args: argparse.Namespace) -> int:
 
 
 def _create_topics(args: argparse.Namespace) -> int:
-    created = kafka.create_topics(Settings.from_env())
+    settings = Settings.from_env()
+    kafka.check_brokers(settings)
+    created = kafka.create_topics(settings)
     print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else ""))
     return 0
