@@ -30,6 +30,12 @@ def register(sub: Any) -> None:
     s.add_argument("--cluster", default="quotaflow", help="strimzi.io/cluster label")
     s.add_argument("--prefix", default="quotaflow.", help="topic name prefix")
     s.set_defaults(func=_strimzi)
+    u = tsub.add_parser("users", help="print a Strimzi KafkaUser per function, with ACLs for "
+                        "only its own topics and groups (kafka/strimzi/users.yaml is this "
+                        "output)")
+    u.add_argument("--cluster", default="quotaflow", help="strimzi.io/cluster label")
+    u.add_argument("--prefix", default="quotaflow.", help="topic name prefix")
+    u.set_defaults(func=_users)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -76,6 +82,13 @@ def strimzi_topics(cluster: str = "quotaflow", prefix: str = "quotaflow.") -> st
 
 def _strimzi(args: argparse.Namespace) -> int:
     print(strimzi_topics(args.cluster, args.prefix), end="")
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    from quotaflow.deploy.kafka_users import strimzi_users
+
+    print(strimzi_users(args.cluster, args.prefix), end="")
     return 0
 
 
