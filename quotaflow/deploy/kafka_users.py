@@ -10,6 +10,7 @@ which produces `estimated` and `rejected`, cannot write `completed`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import yaml
@@ -27,6 +28,7 @@ ADMIT_WRITES = ("admitted",)
 EXTRA_WRITES = {"settle": ("ledger",)}
 # The analytics consumer (quotaflow/analytics/consumer.py) reads these as its own group.
 ANALYTICS = "analytics"
+ALL_IN_ONE = "all"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ def source_group(step: str, topic: str) -> str:
 
 
 def accesses() -> list[Access]:
-    """Every function's access, admit first, then the steps, then analytics."""
+    """Every function's access: admit, the steps, the all-in-one function (all of theirs),
+    then analytics."""
     from quotaflow.analytics.consumer import TOPICS as ANALYTICS_TOPICS
 
     dlq = dead_letter_suffix()
@@ -66,8 +69,15 @@ def accesses() -> list[Access]:
                   *(t + dlq for t in step.consumes))
         groups = (GROUP_PREFIX + name, *(source_group(name, t) for t in step.consumes))
         out.append(Access(name, tuple(step.consumes), tuple(dict.fromkeys(writes)), groups))
+    # The root func.yaml's all-in-one function: admit's door and every step in one process.
+    out.append(Access(ALL_IN_ONE, _union(a.reads for a in out), _union(a.writes for a in out),
+                      _union(a.groups for a in out)))
     out.append(Access(ANALYTICS, ANALYTICS_TOPICS, (), (GROUP_PREFIX + ANALYTICS,)))
     return out
+
+
+def _union(parts: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(x for part in parts for x in part))
 
 
 def _acl(kind: str, name: str, *operations: str) -> dict[str, object]:

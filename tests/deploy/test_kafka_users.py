@@ -16,7 +16,7 @@ from events.catalog import topic_specs
 from quotaflow.deploy.kafka_users import accesses, source_group, strimzi_users, user_name
 from quotaflow.runtime.steps import CONSUMER_STEPS, load_step
 from tests.conftest import REPO
-from tests.deploy.schemas import by_kind, crd_validator
+from tests.deploy.schemas import by_kind, crd_validator, func_yamls
 
 PREFIX = "quotaflow."
 CA_SECRET = ("quotaflow-cluster-ca-cert", "ca.crt")
@@ -94,9 +94,14 @@ def test_every_consumer_may_join_its_groups_and_only_those() -> None:
 
 
 def test_every_function_and_the_analytics_consumer_has_a_user() -> None:
-    workloads = {component(s) for s in by_kind("Service")} | {"analytics"}
+    workloads = {component(s) for s in by_kind("Service")} | {"analytics", "all"}
     assert set(users()) == {user_name(w) for w in workloads}
-    assert [a.function for a in accesses()] == ["admit", *CONSUMER_STEPS, "analytics"]
+    assert [a.function for a in accesses()] == ["admit", *CONSUMER_STEPS, "all", "analytics"]
+    everything = accesses()[:-2]
+    (all_in_one,) = [a for a in accesses() if a.function == "all"]
+    for field in ("reads", "writes", "groups"):
+        assert set(getattr(all_in_one, field)) == {x for a in everything
+                                                   for x in getattr(a, field)}
 
 
 def _secret_ref(holder: dict[str, Any]) -> tuple[str, str]:
@@ -133,6 +138,16 @@ def test_every_function_runs_as_its_own_user_over_sasl_ssl() -> None:
         assert _secret_ref(env["KAFKA_SASL_PASSWORD"]["valueFrom"]) == (user_name(fn),
                                                                         "password")
         assert _secret_ref(env["KAFKA_SSL_CA_PEM"]["valueFrom"]) == CA_SECRET
+    # `kn func deploy` sets a Service's environment from its func.yaml: the same user there.
+    for path in func_yamls():
+        doc = yaml.safe_load(path.read_text())
+        env = {e["name"]: e["value"] for e in doc["run"]["envs"]}
+        fn = doc["name"].removeprefix("quotaflow").removeprefix("-") or "all"
+        assert env["KAFKA_SASL_USERNAME"] == user_name(fn)
+        assert env["KAFKA_SASL_PASSWORD"] == f"{{{{ secret:{user_name(fn)}:password }}}}"
+        assert env["KAFKA_SSL_CA_PEM"] == "{{ secret:quotaflow-cluster-ca-cert:ca.crt }}"
+        assert env["KAFKA_SECURITY_PROTOCOL"] == \
+            "{{ configMap:quotaflow-config:KAFKA_SECURITY_PROTOCOL }}"
 
 
 def test_every_dead_letter_sink_writes_as_a_user_allowed_to() -> None:

@@ -98,10 +98,17 @@ def test_manifests_set_only_environment_variables_the_settings_read() -> None:
         names = {e["name"] for e in envs}
         assert names <= known, (path, names - known)
         for e in envs:
-            ref = re.fullmatch(r"\{\{ (configMap|secret):([a-z-]+):([A-Z_0-9]+) \}\}", e["value"])
+            if e["name"] == "KAFKA_SASL_USERNAME":
+                continue  # a literal: the function's Kafka user (test_kafka_users.py)
+            ref = re.fullmatch(r"\{\{ (configMap|secret):([a-z-]+):([A-Za-z_0-9.]+) \}\}",
+                               e["value"])
             assert ref, e
-            kind, _, key = ref.groups()
-            assert key in (config if kind == "configMap" else secret), e
+            kind, name, key = ref.groups()
+            if name in ("quotaflow-config", "quotaflow-secrets"):
+                assert key in (config if kind == "configMap" else secret), e
+            else:  # Strimzi's Secrets: a Kafka user's password, the cluster CA
+                assert (kind, e["name"]) in {("secret", "KAFKA_SASL_PASSWORD"),
+                                             ("secret", "KAFKA_SSL_CA_PEM")}, e
     for svc in [*by_kind("Service"), *by_kind("Job"), *by_kind("Deployment")]:
         refs = svc["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {r.get("configMapRef", r.get("secretRef"))["name"] for r in refs} == \
