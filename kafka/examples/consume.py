@@ -15,7 +15,7 @@ librdkafka property as KAFKA_<PROPERTY> (upper case, dots as underscores), e.g. 
 SASL_SSL cluster with SCRAM:
 
     export KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_MECHANISMS=SCRAM-SHA-512
-    export KAFKA_SASL_USERNAME=quotaflow-analytics KAFKA_SASL_PASSWORD=...
+    export KAFKA_SASL_USERNAME=my-reader KAFKA_SASL_PASSWORD=...
     export KAFKA_SSL_CA_LOCATION=/path/to/ca.crt
 """
 
