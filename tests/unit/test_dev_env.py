@@ -25,7 +25,7 @@ def stack_settings() -> Settings:
                    kafka_client=KafkaClientConfig({
                        "security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512",
                        "sasl.username": "quotaflow-admin", "sasl.password": AWKWARD,
-                       "ssl.ca.location": "/tmp/a dir/ca.crt"}))
+                       "ssl.ca.location": "/etc/kafka certs/ca.crt"}))
 
 
 def test_exports_are_export_lines_of_the_client_settings_only() -> None:
@@ -38,7 +38,7 @@ def test_exports_are_export_lines_of_the_client_settings_only() -> None:
                      "export KAFKA_SASL_PASSWORD", "export KAFKA_SASL_USERNAME",
                      "export KAFKA_SECURITY_PROTOCOL", "export KAFKA_SSL_CA_LOCATION"]
     assert "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19093\n" in text
-    assert "export KAFKA_SSL_CA_LOCATION='/tmp/a dir/ca.crt'\n" in text
+    assert "export KAFKA_SSL_CA_LOCATION='/etc/kafka certs/ca.crt'\n" in text
 
 
 def test_empty_settings_are_left_out() -> None:
