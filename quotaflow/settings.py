@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from quotaflow.kafka_settings import (
+    KafkaClientConfig,
+    KafkaSettingError,
+    is_kafka_client_variable,
+    kafka_property,
+    kafka_variable,
+)
+
+__all__ = ["ENV_NAMES", "KafkaClientConfig", "Settings", "SettingsError",
+           "is_kafka_client_variable", "kafka_property", "kafka_variable"]
 
 
 class SettingsError(ValueError):
@@ -73,12 +84,23 @@ class Settings:
     handler_retries: int = 3
     log_level: str = "INFO"
     metrics_port: int = 0
+    # Every librdkafka property set by environment (KAFKA_<PROPERTY>: security.protocol,
+    # sasl.*, ssl.*, ...), applied to every client quotaflow makes (adapters/kafka.py).
+    kafka_client: KafkaClientConfig = field(default_factory=KafkaClientConfig)
+    # How long start-up waits for the brokers to answer before it gives up with one line
+    # (a wrong password or an unknown CA ends it at once).
+    kafka_startup_timeout_s: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        try:
+            values: dict[str, Any] = {"kafka_client": KafkaClientConfig.from_env(env)}
+        except KafkaSettingError as exc:
+            raise SettingsError(str(exc)) from None
         for f in fields(cls):
+            if f.name not in ENV_NAMES:
+                continue
             name = ENV_NAMES[f.name]
             raw = env.get(name)
             if raw is None or raw == "":
@@ -117,13 +139,17 @@ class Settings:
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
-        return {ENV_NAMES[f.name]: str(getattr(self, f.name)) for f in fields(self)}
+        env = {ENV_NAMES[f.name]: str(getattr(self, f.name)) for f in fields(self)
+               if f.name in ENV_NAMES}
+        env.update({kafka_variable(k): v for k, v in self.kafka_client.items()})
+        return env
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
 
-# The one list of environment variables quotaflow reads; manifests are checked against it.
+# The one list of environment variables quotaflow reads, with the KAFKA_<PROPERTY> family
+# (`is_kafka_client_variable`); manifests are checked against both.
 ENV_NAMES: dict[str, str] = {
     "kafka_bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
     "postgres_url": "POSTGRES_URL",
@@ -142,6 +168,7 @@ ENV_NAMES: dict[str, str] = {
     "kafka_session_timeout_ms": "QF_KAFKA_SESSION_TIMEOUT_MS",
     "kafka_fetch_wait_max_ms": "QF_KAFKA_FETCH_WAIT_MAX_MS",
     "kafka_linger_ms": "QF_KAFKA_LINGER_MS",
+    "kafka_startup_timeout_s": "QF_KAFKA_STARTUP_TIMEOUT_S",
     "max_body_bytes": "QF_MAX_BODY_BYTES",
     "max_prompt_chars": "QF_MAX_PROMPT_CHARS",
     "max_tokens_limit": "QF_MAX_TOKENS_LIMIT",

@@ -9,6 +9,14 @@ every writer schema against the newest version it has (Avro schema resolution), 
 written with an older schema decode too.
 
     python kafka/examples/consume.py ledger completed --bootstrap 127.0.0.1:9092
+
+It takes the Kafka settings quotaflow's own clients take: KAFKA_BOOTSTRAP_SERVERS, and every
+librdkafka property as KAFKA_<PROPERTY> (upper case, dots as underscores), e.g. for a
+SASL_SSL cluster with SCRAM:
+
+    export KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_MECHANISMS=SCRAM-SHA-512
+    export KAFKA_SASL_USERNAME=my-reader KAFKA_SASL_PASSWORD=...
+    export KAFKA_SSL_CA_LOCATION=/path/to/ca.crt
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,21 @@ from confluent_kafka import Consumer
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 URN = re.compile(r"^urn:quotaflow:schema:([a-z_]+):v(\d+)$")
+# The same rule as quotaflow/settings.py (this reader uses no quotaflow code): KAFKA_<PROPERTY>
+# sets a librdkafka property; KAFKA_LOG_LEVEL is `log_level` (the one settable property with an
+# underscore); the bootstrap servers, the Kafka scripts' and Kubernetes' KAFKA_* variables are
+# not client properties.
+NOT_CLIENT = re.compile(
+    r"KAFKA_(BOOTSTRAP_SERVERS|HOME|LOG_DIR|CLUSTER_ID|([A-Z0-9_]+_)?OPTS"
+    r"|([A-Z0-9_]+_)?(PORT|SERVICE_HOST|SERVICE_PORT)(_[A-Z0-9_]+)?)")
+
+
+def env_client_config(environ: Mapping[str, str]) -> dict[str, str]:
+    """The librdkafka properties set by KAFKA_<PROPERTY> variables."""
+    return {("log_level" if name == "KAFKA_LOG_LEVEL"
+             else name[len("KAFKA_"):].lower().replace("_", ".")): value
+            for name, value in environ.items()
+            if name.startswith("KAFKA_") and value and not NOT_CLIENT.fullmatch(name)}
 
 
 class Schemas:
@@ -93,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
         "session.timeout.ms": 6000,  # some brokers join a group only after half of it
+        **env_client_config(os.environ),
     })
     consumer.subscribe(topics)
     schemas = Schemas(args.schemas)

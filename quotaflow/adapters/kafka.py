@@ -1,5 +1,8 @@
-"""confluent-kafka clients configured for quotaflow, the `Publisher` over a producer, and topic
-creation from kafka/topics.yaml."""
+"""confluent-kafka clients configured for quotaflow, the `Publisher` over a producer, topic
+creation from kafka/topics.yaml, and the start-up check that the brokers take our settings.
+
+Every client is made here, configured by `kafka_config.client_config` (the security settings
+by environment included); `check_brokers` is the start-up check."""
 
 from __future__ import annotations
 
@@ -16,21 +19,15 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from events.catalog import topic_specs
 from events.envelope import Envelope, to_kafka
+from quotaflow.adapters.kafka_config import KafkaUnavailable as KafkaUnavailable
+from quotaflow.adapters.kafka_config import check_brokers as check_brokers
+from quotaflow.adapters.kafka_config import client_config as client_config
+from quotaflow.adapters.kafka_config import consumer_config
+from quotaflow.adapters.kafka_config import producer_config as producer_config
 from quotaflow.ports import PublishTimeout
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """Idempotent, fully acknowledged production: a retried send is never duplicated."""
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": settings.kafka_linger_ms,
-        "compression.type": "none",
-    }
 
 
 class HealingProducer:
@@ -65,6 +62,11 @@ class HealingProducer:
         log.warning("Kafka producer renewed after an undelivered flush")
 
 
+def admin_client(settings: Settings, **overrides: Any) -> AdminClient:
+    """An admin client for `settings`' brokers, with their security settings."""
+    return AdminClient(client_config(settings, **overrides))
+
+
 def make_producer(settings: Settings) -> HealingProducer:
     """A producer for `settings`' brokers."""
     return HealingProducer(producer_config(settings))
@@ -72,20 +74,7 @@ def make_producer(settings: Settings) -> HealingProducer:
 
 def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
     """A consumer in `group` that commits offsets only when told to."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": group,
-        # Offsets are committed by hand, after outputs are flushed and the ledger committed.
-        "enable.auto.commit": False,
-        # Tansu's high watermark is unreliable after batched produce; `latest` re-delivers.
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": settings.kafka_session_timeout_ms,
-        "heartbeat.interval.ms": max(500, settings.kafka_session_timeout_ms // 4),
-        "fetch.wait.max.ms": settings.kafka_fetch_wait_max_ms,
-        "partition.assignment.strategy": "cooperative-sticky",
-    }
-    config.update(overrides)
-    return Consumer(config)
+    return Consumer(consumer_config(settings, group, **overrides))
 
 
 AnyProducer = Producer | HealingProducer
@@ -136,7 +125,7 @@ def create_topics(settings: Settings, timeout_s: float = 30.0,
                   partitions: int | None = None) -> list[str]:
     """Create every declared topic (and its dead-letter topic) that does not exist yet, with
     its declared partitions, or with `partitions` each."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = admin_client(settings)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [NewTopic(settings.topic(t.name), num_partitions=partitions or t.partitions,
                        replication_factor=1)
@@ -238,3 +227,4 @@ class KafkaPublisher:
         if self._poller is not None:
             self._poller.join(timeout_s)
         self.producer.flush(timeout_s)
+

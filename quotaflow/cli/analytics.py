@@ -40,6 +40,7 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
+    from quotaflow.adapters import kafka
     from quotaflow.adapters.postgres import Reconnecting
     from quotaflow.analytics.consumer import AnalyticsConsumer
     from quotaflow.analytics.store import PostgresUsageStore
@@ -48,6 +49,7 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit("--batch must be at least 1")
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level)
+    kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""`quotaflow dev up|down|status`, `quotaflow demo` and `quotaflow ask`."""
+"""`quotaflow dev up|down|status|env`, `quotaflow demo` and `quotaflow ask`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from events.status import RequestStatus
 from quotaflow import client
+from quotaflow.cli import dev_env
 from quotaflow.devstack import control
 from quotaflow.devstack.process import DevStackError, pid_alive, read_state
 from quotaflow.devstack.stack import DevStack
@@ -40,6 +41,7 @@ def register(sub: Any) -> None:
     st = dsub.add_parser("status", help="show the running stack's processes and URLs")
     st.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
     st.set_defaults(func=_status)
+    dev_env.register(dsub)
 
     demo = sub.add_parser("demo", help="start the stack, create a demo tenant, answer a sample "
                           "prompt, print output and usage, then keep serving until Ctrl-C")

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from quotaflow import __version__
+from quotaflow.settings import SettingsError
 
 _GROUPS = (
     "quotaflow.cli.dev",
@@ -46,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:  # a malformed variable: one line naming it, no traceback
+        raise SystemExit(f"quotaflow: {exc}") from None
     return code
 
 

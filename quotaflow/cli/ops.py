@@ -30,6 +30,12 @@ def register(sub: Any) -> None:
     s.add_argument("--cluster", default="quotaflow", help="strimzi.io/cluster label")
     s.add_argument("--prefix", default="quotaflow.", help="topic name prefix")
     s.set_defaults(func=_strimzi)
+    u = tsub.add_parser("users", help="print a Strimzi KafkaUser per function, with ACLs for "
+                        "only its own topics and groups (kafka/strimzi/users.yaml is this "
+                        "output)")
+    u.add_argument("--cluster", default="quotaflow", help="strimzi.io/cluster label")
+    u.add_argument("--prefix", default="quotaflow.", help="topic name prefix")
+    u.set_defaults(func=_users)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -40,6 +46,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level)
+    kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
     step = load_step(args.step)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1")
@@ -78,7 +85,16 @@ def _strimzi(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users(args: argparse.Namespace) -> int:
+    from quotaflow.deploy.kafka_users import strimzi_users
+
+    print(strimzi_users(args.cluster, args.prefix), end="")
+    return 0
+
+
 def _create_topics(args: argparse.Namespace) -> int:
-    created = kafka.create_topics(Settings.from_env())
+    settings = Settings.from_env()
+    kafka.check_brokers(settings)
+    created = kafka.create_topics(settings)
     print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else ""))
     return 0

@@ -8,7 +8,14 @@ from pathlib import Path
 import yaml
 
 from quotaflow.deploy import templates as t
-from quotaflow.deploy.sizing import RUNTIME_DEPENDENCIES, SIZING, Sizing, env_refs
+from quotaflow.deploy.kafka_users import user_name
+from quotaflow.deploy.sizing import (
+    RUNTIME_DEPENDENCIES,
+    SIZING,
+    Sizing,
+    env_refs,
+    kafka_user_env,
+)
 from quotaflow.runtime.steps import ALL_STEPS, CONSUMER_STEPS
 
 ALL_IN_ONE = "all"
@@ -21,8 +28,10 @@ def _scalar(value: str) -> str:
 
 def func_yaml(step: str, sizing: Sizing) -> str:
     """A func.yaml: the root all-in-one one for "all", functions/<step>/func.yaml otherwise."""
-    envs = "\n".join(t.ENV.substitute(name=name, kind=kind, source=source)
-                     for name, kind, source in env_refs())
+    values = [(name, f"{{{{ {kind}:{source}:{name} }}}}") for name, kind, source in env_refs()]
+    values += kafka_user_env(user_name("all" if step == ALL_IN_ONE else step))
+    envs = "\n".join(t.ENV.substitute(name=name, value=_scalar(value))
+                     for name, value in values)
     root = step == ALL_IN_ONE
     return t.FUNC_YAML.substitute(
         generated=t.GENERATED,

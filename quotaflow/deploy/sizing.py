@@ -60,8 +60,26 @@ SIZING: dict[str, Sizing] = {
 }
 
 
+# The Kafka client properties (KAFKA_<PROPERTY>) every function reads from the ConfigMap.
+KAFKA_FROM_CONFIG_MAP = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISMS")
+# Strimzi's Secret holding the cluster CA (`<cluster>-cluster-ca-cert`), copied into the
+# functions' namespace (knative/README.md).
+CLUSTER_CA = ("quotaflow-cluster-ca-cert", "ca.crt")
+
+
 def env_refs() -> list[tuple[str, str, str]]:
-    """(variable, "configMap" or "secret", object name) for every variable a func.yaml sets."""
+    """(variable, "configMap" or "secret", object name) for every variable a func.yaml sets
+    from the shared ConfigMap and Secret, under the same key."""
     return ([(ENV_NAMES[f], "configMap", CONFIG_MAP) for f in FROM_CONFIG_MAP]
+            + [(name, "configMap", CONFIG_MAP) for name in KAFKA_FROM_CONFIG_MAP]
             + [(ENV_NAMES[f], "secret", SECRET) for f in FROM_SECRET]
             + [(name, "secret", SECRET) for name in LIBRARY_SECRETS])
+
+
+def kafka_user_env(user: str) -> list[tuple[str, str]]:
+    """(variable, func.yaml value) that make a function authenticate as its Kafka user: the
+    name, the password from the Secret Strimzi's User Operator writes for the user, and the
+    cluster CA (kafka/strimzi/users.yaml)."""
+    return [("KAFKA_SASL_USERNAME", user),
+            ("KAFKA_SASL_PASSWORD", f"{{{{ secret:{user}:password }}}}"),
+            ("KAFKA_SSL_CA_PEM", f"{{{{ secret:{CLUSTER_CA[0]}:{CLUSTER_CA[1]} }}}}")]

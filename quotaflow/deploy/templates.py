@@ -24,7 +24,7 @@ INVOKE_NOTE = """\
 
 ENV = Template("""\
   - name: $name
-    value: '{{ $kind:$source:$name }}'""")
+    value: $value""")
 
 FUNC_YAML = Template("""\
 $generated

@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask
 
+from quotaflow.adapters import kafka
 from quotaflow.runtime.step import Resources
 from quotaflow.settings import Settings
 
@@ -36,6 +37,7 @@ def create(step: str) -> Flask:
         logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     for handler in root.handlers:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
     return create_app(step, settings)
 
 

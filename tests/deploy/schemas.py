@@ -20,6 +20,8 @@ CRD_FILES = {
     ("eventing.knative.dev", "KafkaSink"): "eventing.knative.dev_v1alpha1_kafkasink.yaml",
     ("kafka.strimzi.io", "KafkaTopic"):
         "kafka.strimzi.io_v1beta2+v1_kafkatopic_strimzi-0.51.0.yaml",
+    ("kafka.strimzi.io", "KafkaUser"):
+        "kafka.strimzi.io_v1beta2+v1_kafkauser_strimzi-0.51.0.yaml",
 }
 FUNC_SCHEMA = "func_yaml-schema.json"
 

@@ -97,8 +97,9 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200
 
-        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": uuid.uuid4().hex,
-                      "auto.offset.reset": "earliest", "session.timeout.ms": 2000})
+        c = Consumer(kafka.client_config(settings, {
+            "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000}))
         c.subscribe([settings.topic("recorded")])
         got: list[Any] = []
         until = time.monotonic() + 20

@@ -20,7 +20,7 @@ import yaml
 from events.catalog import EVENTS, topic_specs
 from quotaflow.cli.ops import strimzi_topics
 from quotaflow.devstack.process import free_port
-from quotaflow.settings import ENV_NAMES
+from quotaflow.settings import ENV_NAMES, is_kafka_client_variable
 from tests.conftest import REPO
 from tests.deploy.schemas import by_kind, crd_validator, func_yamls, manifests
 
@@ -83,10 +83,14 @@ def test_committed_strimzi_topics_are_the_generators_output() -> None:
 
 
 def test_manifests_set_only_environment_variables_the_settings_read() -> None:
-    known = set(ENV_NAMES.values()) | LIBRARY_ENV
+    # The settings' names, boto3's, and any librdkafka property (KAFKA_<PROPERTY>).
+    named = set(ENV_NAMES.values()) | LIBRARY_ENV
+    known = named | {n for _, d in manifests() for n in _env_names(d)
+                     if is_kafka_client_variable(n)}
     (config,) = [d["data"] for d in by_kind("ConfigMap")
                  if d["metadata"]["name"] == "quotaflow-config"]
-    (secret,) = [d["stringData"] for d in by_kind("Secret")]
+    (secret,) = [d["stringData"] for d in by_kind("Secret")
+                 if d["metadata"]["name"] == "quotaflow-secrets"]
     assert set(config) <= known, set(config) - known
     assert set(secret) <= known, set(secret) - known
     for path in func_yamls():
@@ -94,14 +98,31 @@ def test_manifests_set_only_environment_variables_the_settings_read() -> None:
         names = {e["name"] for e in envs}
         assert names <= known, (path, names - known)
         for e in envs:
-            ref = re.fullmatch(r"\{\{ (configMap|secret):([a-z-]+):([A-Z_0-9]+) \}\}", e["value"])
+            if e["name"] == "KAFKA_SASL_USERNAME":
+                continue  # a literal: the function's Kafka user (test_kafka_users.py)
+            ref = re.fullmatch(r"\{\{ (configMap|secret):([a-z-]+):([A-Za-z_0-9.]+) \}\}",
+                               e["value"])
             assert ref, e
-            kind, _, key = ref.groups()
-            assert key in (config if kind == "configMap" else secret), e
+            kind, name, key = ref.groups()
+            if name in ("quotaflow-config", "quotaflow-secrets"):
+                assert key in (config if kind == "configMap" else secret), e
+            else:  # Strimzi's Secrets: a Kafka user's password, the cluster CA
+                assert (kind, e["name"]) in {("secret", "KAFKA_SASL_PASSWORD"),
+                                             ("secret", "KAFKA_SSL_CA_PEM")}, e
     for svc in [*by_kind("Service"), *by_kind("Job"), *by_kind("Deployment")]:
         refs = svc["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {r.get("configMapRef", r.get("secretRef"))["name"] for r in refs} == \
             {"quotaflow-config", "quotaflow-secrets"}
+        names = set(_env_names(svc))
+        assert names <= known, (svc["metadata"]["name"], names - known)
+
+
+def _env_names(doc: dict[str, Any]) -> list[str]:
+    """The variables a workload sets one by one (`env`), or a ConfigMap holds."""
+    if doc["kind"] == "ConfigMap":
+        return list(doc.get("data", {}))
+    template = doc.get("spec", {}).get("template", {}).get("spec", {})
+    return [e["name"] for c in template.get("containers", []) for e in c.get("env", [])]
 
 
 def test_services_scale_to_zero_and_bound_concurrency() -> None:

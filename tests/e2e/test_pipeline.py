@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer
 from events.envelope import from_kafka
 from events.payloads import LedgerEntry
 from quotaflow import client
+from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.devstack.stack import DevStack
@@ -39,9 +40,9 @@ def ask(stack: DevStack, key: str, prompt: str, max_tokens: int) -> dict[str, ob
 
 
 def read_topic(stack: DevStack, topic: str, want: int, timeout_s: float = 30) -> list[object]:
-    c = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap,
-                  "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-                  "session.timeout.ms": 2000, "fetch.wait.max.ms": 50})
+    c = Consumer(kafka.client_config(stack.settings, {
+        "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+        "session.timeout.ms": 2000, "fetch.wait.max.ms": 50}))
     c.subscribe([topic])
     got: list[object] = []
     deadline = time.monotonic() + timeout_s
@@ -85,7 +86,7 @@ def test_tenant_whose_grant_is_too_small_is_rejected_and_charged_nothing(
 def test_undecodable_record_goes_to_the_dead_letter_topic_and_the_pipeline_goes_on(
         stack: DevStack) -> None:
     topic = stack.settings.topic("admitted")
-    p = Producer({"bootstrap.servers": stack.settings.kafka_bootstrap})
+    p = Producer(kafka.client_config(stack.settings))
     p.produce(topic, key=b"nobody", value=b"\x00garbage",
               headers=[("ce_specversion", b"1.0"), ("ce_id", b"junk-1"),
                        ("ce_source", b"/test"), ("ce_type", b"dev.quotaflow.request.admitted"),

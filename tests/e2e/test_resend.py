@@ -23,6 +23,7 @@ from confluent_kafka import Consumer
 
 from events.envelope import from_kafka
 from quotaflow import client
+from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.adapters.request_store import PostgresRequestStore
@@ -75,9 +76,9 @@ def ledger_charges(stack: DevStack, tenant: str) -> dict[str, tuple[int, int]]:
 
 def admitted_published(stack: DevStack, request_ids: set[str], want: int) -> int:
     """How many `admitted` records of `request_ids` admit published (reading until `want`)."""
-    c = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap,
-                  "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
-                  "session.timeout.ms": 2000, "fetch.wait.max.ms": 50})
+    c = Consumer(kafka.client_config(stack.settings, {
+        "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+        "session.timeout.ms": 2000, "fetch.wait.max.ms": 50}))
     c.subscribe([stack.settings.topic("admitted")])
     seen = 0
     deadline = time.monotonic() + 20

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from events.catalog import topic_specs
 from quotaflow import client
+from quotaflow.adapters import kafka
 from quotaflow.devstack.process import pid_alive
 from quotaflow.devstack.stack import DevStack
 from tests.e2e.conftest import start_stack
@@ -78,8 +78,7 @@ def test_a_killed_step_comes_back_by_itself_and_requests_complete(stack: DevStac
 
 def partition_counts(stack: DevStack) -> dict[str, int]:
     """Partitions of each declared topic (dead-letter topics included) on the stack's broker."""
-    topics = AdminClient({"bootstrap.servers": stack.settings.kafka_bootstrap}).list_topics(
-        timeout=30).topics
+    topics = kafka.admin_client(stack.settings).list_topics(timeout=30).topics
     return {spec.name: len(topics[stack.settings.topic(spec.name)].partitions)
             for spec in topic_specs()}
 

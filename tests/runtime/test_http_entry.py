@@ -63,9 +63,9 @@ def test_concurrent_deliveries_are_each_on_kafka_before_their_answer(
     assert all(code == 200 for code, _ in answers)
     assert sorted(a["produced"][0] for _, a in answers) == sorted(f"b{i}/completed"
                                                                   for i in range(8))
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": uuid.uuid4().hex,
-                  "auto.offset.reset": "earliest", "session.timeout.ms": 2000,
-                  "fetch.wait.max.ms": 50})
+    c = Consumer(kafka.client_config(settings, {
+        "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest",
+        "session.timeout.ms": 2000, "fetch.wait.max.ms": 50}))
     c.subscribe([settings.topic("completed")])
     got: list[Envelope] = []
     deadline = time.monotonic() + 20

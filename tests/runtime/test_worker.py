@@ -91,7 +91,7 @@ def test_a_batch_polled_while_another_is_handled_goes_out_first_and_its_offset_w
                        consumer_group_prefix=prefix, kafka_session_timeout_ms=2000)
     kafka.create_topics(settings)
     topic = settings.topic("reserved")
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer = Producer(kafka.client_config(settings))
     for rid in ("slow", "fast"):
         message = to_kafka(reserved(rid, "fine"))
         producer.produce(topic, value=message.value, key=message.key,
