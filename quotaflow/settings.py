@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from quotaflow.runtime.client_address import networks
+
 
 class SettingsError(ValueError):
     """A configuration variable is missing or malformed; the message names it."""
@@ -67,6 +69,7 @@ class Settings:
     # then fail; past it, a key not seen valid is answered 429 (door/auth.py).
     auth_failures_per_s: int = 10
     auth_failures_per_s_total: int = 200  # the same for all clients of one admit process
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For names the client (client_address.py)
     # The most requests infer decodes at once (continuous batching: each joins the running
     # batch when it arrives and leaves it when it ends).
     batch_max: int = 8
@@ -106,6 +109,10 @@ class Settings:
         if self.auth_failures_per_s < 1:
             raise SettingsError("QF_AUTH_FAILURES_PER_S must be at least 1 (0 would refuse "
                                 "every key this process has not yet seen valid)")
+        try:
+            networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"QF_TRUSTED_PROXIES: {exc}") from None
         src = self.model_source
         if not (src in ("standin", "registry") or src.startswith("dir:")):
             raise SettingsError(
@@ -157,6 +164,7 @@ ENV_NAMES: dict[str, str] = {
     "auth_cache_ms": "QF_AUTH_CACHE_MS",
     "auth_failures_per_s": "QF_AUTH_FAILURES_PER_S",
     "auth_failures_per_s_total": "QF_AUTH_FAILURES_PER_S_TOTAL",
+    "trusted_proxies": "QF_TRUSTED_PROXIES",
     "batch_max": "QF_BATCH_MAX",
     "batch_wait_ms": "QF_BATCH_WAIT_MS",
     "handler_retries": "QF_HANDLER_RETRIES",

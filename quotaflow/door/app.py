@@ -24,6 +24,7 @@ from quotaflow.door.auth import Authenticator
 from quotaflow.door.parse import Limits, parse
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
+from quotaflow.runtime.client_address import TrustedProxies, networks
 from quotaflow.runtime.http_entry import add_health_routes
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
@@ -57,6 +58,8 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
                           settings.max_prompt_chars)
     max_body = settings.max_body_bytes
     app = Flask("quotaflow.admit")
+    app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
+        app.wsgi_app, networks(settings.trusted_proxies))
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
     add_health_routes(app, ports.resources.ready)
     app.register_blueprint(ui_routes.blueprint(ports, settings, auth))

@@ -1,6 +1,7 @@
 """Failed logins never lock out a valid key (issue 26, item 4). Failed key lookups are
-throttled by client address and by key id, and bounded per process, never one budget for
-everyone: the rules first on in-memory ports with a clock the test moves, then a bounded flood
+throttled by client address (behind trusted proxies, the address they forwarded) and by key
+id, and bounded per process, never one budget for everyone: the rules first on in-memory ports
+with a clock the test moves, then a bounded flood
 (1,000 random keys a second for a few seconds, loopback only) against a door on real
 PostgreSQL (database `qf_test_login_flood`, Redis db 15) while a key is created and used."""
 
@@ -29,8 +30,9 @@ from quotaflow.door import wiring
 from quotaflow.door.app import create_app
 from quotaflow.door.auth import Authenticator, client_of
 from quotaflow.ports import Principal
+from quotaflow.runtime.client_address import client_address, networks
 from quotaflow.runtime.problem import Problem
-from quotaflow.settings import Settings
+from quotaflow.settings import Settings, SettingsError
 from tests.services import fresh_database, redis_base
 
 DATABASE, REDIS_DB = "qf_test_login_flood", 15
@@ -129,6 +131,61 @@ def test_the_process_budget_is_the_settings_own_and_read_from_the_environment() 
     assert Settings().auth_failures_per_s_total == 200
     env = {"QF_AUTH_FAILURES_PER_S_TOTAL": "50"}
     assert Settings.from_env(env).auth_failures_per_s_total == 50
+
+
+# --- behind proxies: the client is whom the trusted proxies say (runtime/client_address.py)
+
+TRUSTED = networks("127.0.0.0/8, 10.0.0.0/8, ::1/128")
+
+
+@pytest.mark.parametrize("peer, forwarded_for, client", [
+    ("203.0.113.7", "", "203.0.113.7"),  # no proxy
+    ("203.0.113.7", "198.51.100.1", "203.0.113.7"),  # an untrusted peer's header is ignored
+    ("127.0.0.1", "198.51.100.1", "198.51.100.1"),  # queue-proxy, the client
+    ("127.0.0.1", "198.51.100.1, 10.1.2.3", "198.51.100.1"),  # queue-proxy, activator
+    ("127.0.0.1", "6.6.6.6, 198.51.100.1, 10.1.2.3", "198.51.100.1"),  # a forged left part
+    ("127.0.0.1", "garbage, 10.1.2.3", "garbage"),
+    ("127.0.0.1", "10.9.9.9, 10.1.2.3", "10.9.9.9"),  # all trusted: the leftmost
+    ("::1", "2001:db8::5", "2001:db8::5"),
+])
+def test_behind_trusted_proxies_the_client_is_the_rightmost_untrusted_forwarded_address(
+        peer: str, forwarded_for: str, client: str) -> None:
+    assert client_address(peer, forwarded_for, TRUSTED) == client
+
+
+def _through_proxy(trusted: str) -> tuple[MemoryTenants, Any]:
+    from tests.unit.test_admit_door import Door
+
+    door = Door()
+    door.settings = replace(door.settings, trusted_proxies=trusted, auth_failures_per_s=5)
+    return door.tenants, create_app(door.settings, door.ports).test_client()
+
+
+def _quota(client: Any, key: str, forwarded_for: str) -> int:
+    return int(client.get("/v1/quota", headers={
+        "Authorization": f"Bearer {key}", "X-Forwarded-For": forwarded_for},
+        environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code)
+
+
+def test_a_flood_through_a_trusted_proxy_spends_only_the_flooding_clients_budget() -> None:
+    directory, client = _through_proxy("127.0.0.0/8,10.0.0.0/8")
+    flood = [_quota(client, unknown_key(n), f"6.6.6.{n % 250}, 203.0.113.7, 10.1.2.3")
+             for n in range(100)]
+    assert flood.count(401) == 5 and flood.count(429) == 95  # forging the left part is no help
+    assert _quota(client, directory.create_key("acme"), "198.51.100.1, 10.1.2.3") == 200
+
+
+def test_without_trusted_proxies_every_client_behind_a_proxy_is_the_proxy() -> None:
+    directory, client = _through_proxy("")
+    for n in range(20):
+        _quota(client, unknown_key(n), "203.0.113.7")
+    assert _quota(client, directory.create_key("acme"), "198.51.100.1") == 429
+
+
+def test_a_trusted_proxies_setting_that_is_no_network_fails_naming_it() -> None:
+    with pytest.raises(SettingsError, match=r"QF_TRUSTED_PROXIES: '10\.0\.0\.0/33'"):
+        Settings.from_env({"QF_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/33"})
+    assert Settings.from_env({"QF_TRUSTED_PROXIES": "10.0.0.0/8,::1"}).trusted_proxies
 
 
 # --- a real flood against a door on PostgreSQL ---------------------------------------------
