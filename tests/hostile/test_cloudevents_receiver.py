@@ -280,3 +280,24 @@ def test_a_cloudevents_1_0_2_receiver_accepts_what_the_spec_allows_and_refuses_t
 def test_the_table_covers_over_a_hundred_cases_each_citing_its_rule() -> None:
     assert len(CASES) > 100
     assert all(c.rule.split(":")[0] for c in CASES)
+
+
+@pytest.mark.parametrize("name", ["ce-datacontenttype-header", "time-not-rfc3339",
+                                  "relative-dataschema", "fraction-extension", "source-not-uri"])
+def test_the_chaos_harness_bad_inputs_from_the_spec_are_400_naming_the_attribute(
+        name: str) -> None:
+    from quotaflow.chaos.load import bad_request
+    from quotaflow.chaos.plan import BAD_INPUTS
+
+    assert name in BAD_INPUTS
+    door = Door()
+    send = next(s for s in _sends() if s.bad == name)
+    path, sent_headers, sent_body = bad_request(name, door.keys["acme"], send, MODEL)
+    problem = assert_problem(door.client.post(path, data=sent_body, headers=sent_headers), 400)
+    assert problem["attribute"] in problem["detail"]
+
+
+def _sends() -> list[Any]:
+    from quotaflow.chaos import plan
+
+    return [s for s in plan.sends(300, ["acme"], MODEL, seed=1) if s.kind == "bad"]
