@@ -19,7 +19,9 @@ revoked key keeps working in one process. Failed authentications cost no query e
 
 What is left: a flood spread over more addresses than `failures_per_s_total /
 failures_per_s` can spend the process's budget, and then a key this process has never seen
-waits (429, Retry-After: 1) until the flood eases; keys it has seen are still served."""
+waits (429, Retry-After: 1) until the flood eases; keys it has seen are still served. So can
+guesses at the secret of one known key id, for that key alone, on a process that has not yet
+seen it valid."""
 
 from __future__ import annotations
 
