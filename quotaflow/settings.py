@@ -18,6 +18,7 @@ from quotaflow.kafka_settings import (
     kafka_property,
     kafka_variable,
 )
+from quotaflow.runtime.client_address import networks
 
 __all__ = ["ENV_NAMES", "KafkaClientConfig", "Settings", "SettingsError",
            "is_kafka_client_variable", "kafka_property", "kafka_variable"]
@@ -74,9 +75,11 @@ class Settings:
     retry_backoff_max_s: int = 10
     # How long an admit process trusts a looked-up API key (a revocation takes this long).
     auth_cache_ms: int = 1000
-    # How many keys a second each admit process may look up that then fail; past it, a key
-    # not seen valid is answered 429 (door/auth.py).
+    # How many keys a second each client address (and each key id) may have looked up that
+    # then fail; past it, a key not seen valid is answered 429 (door/auth.py).
     auth_failures_per_s: int = 10
+    auth_failures_per_s_total: int = 200  # the same for all clients of one admit process
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For names the client (client_address.py)
     # The most requests infer decodes at once (continuous batching: each joins the running
     # batch when it arrives and leaves it when it ends).
     batch_max: int = 8
@@ -127,6 +130,10 @@ class Settings:
         if self.auth_failures_per_s < 1:
             raise SettingsError("QF_AUTH_FAILURES_PER_S must be at least 1 (0 would refuse "
                                 "every key this process has not yet seen valid)")
+        try:
+            networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"QF_TRUSTED_PROXIES: {exc}") from None
         src = self.model_source
         if not (src in ("standin", "registry") or src.startswith("dir:")):
             raise SettingsError(
@@ -182,6 +189,8 @@ ENV_NAMES: dict[str, str] = {
     "retry_backoff_max_s": "QF_RETRY_BACKOFF_MAX_S",
     "auth_cache_ms": "QF_AUTH_CACHE_MS",
     "auth_failures_per_s": "QF_AUTH_FAILURES_PER_S",
+    "auth_failures_per_s_total": "QF_AUTH_FAILURES_PER_S_TOTAL",
+    "trusted_proxies": "QF_TRUSTED_PROXIES",
     "batch_max": "QF_BATCH_MAX",
     "batch_wait_ms": "QF_BATCH_WAIT_MS",
     "handler_retries": "QF_HANDLER_RETRIES",

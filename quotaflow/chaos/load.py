@@ -60,6 +60,15 @@ def bad_request(name: str, key: str, send: Send, model: str) -> Request:
         return path, {**headers, "Content-Type": "text/plain"}, body
     if name == "too-large":
         return path, headers, json.dumps({**data, "prompt": "x" * 200_000}).encode()
+    if name == "ce-datacontenttype-header":  # CloudEvents HTTP binding 3.1.1
+        return path, {**headers, "ce-datacontenttype": "application/json"}, body
+    structured: dict[str, dict[str, Any]] = {
+        "time-not-rfc3339": {"time": "2026-01-01T00:00:00+0530"},
+        "relative-dataschema": {"dataschema": "/schema.json"},
+        "fraction-extension": {"chaosratio": 1.5}, "source-not-uri": {"source": "/a b"}}
+    if name in structured:  # attribute types, CloudEvents 1.0.2
+        path, headers, raw = _structured(key, send.source, send.ce_id, data)
+        return path, headers, json.dumps({**json.loads(raw), **structured[name]}).encode()
     raise ValueError(f"unknown bad input {name!r}")
 
 

@@ -24,6 +24,7 @@ from quotaflow.door.auth import Authenticator
 from quotaflow.door.parse import Limits, parse
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
+from quotaflow.runtime.client_address import TrustedProxies, networks
 from quotaflow.runtime.http_entry import add_health_routes
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
@@ -49,13 +50,16 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     """The door over `ports` (the real ones from `settings` when not given)."""
     ports = ports or wiring.connect(settings)
     auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000,
-                         settings.auth_failures_per_s)
+                         settings.auth_failures_per_s,
+                         failures_per_s_total=settings.auth_failures_per_s_total)
     acceptor = Acceptor(ports)
     limits = acceptor.limits
     parse_limits = Limits(settings.model_name, settings.max_tokens_limit,
                           settings.max_prompt_chars)
     max_body = settings.max_body_bytes
     app = Flask("quotaflow.admit")
+    app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
+        app.wsgi_app, networks(settings.trusted_proxies))
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
     add_health_routes(app, ports.resources.ready)
     app.register_blueprint(ui_routes.blueprint(ports, settings, auth))
@@ -109,7 +113,8 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
         if len(body) > max_body:
             raise Problem(413, "Request too large",
                           f"body exceeds the limit of {max_body} bytes")
-        principal = auth.principal(request.headers.get("Authorization", ""))
+        principal = auth.principal(request.headers.get("Authorization", ""),
+                                   request.remote_addr or "")
         client_request = parse(dict(request.headers), body, parse_limits)
         admission = acceptor.accept(principal, client_request, client_request.max_tokens + 1)
         status_url = f"{settings.public_url.rstrip('/')}/v1/requests/{admission.request_id}"
@@ -119,7 +124,8 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
 
     @app.get("/v1/requests/<request_id>")
     def get_request(request_id: str) -> Response:
-        principal = auth.principal(request.headers.get("Authorization", ""))
+        principal = auth.principal(request.headers.get("Authorization", ""),
+                                   request.remote_addr or "")
         # Request ids are UUIDs: anything else names no request, and is not sent to the store.
         found = ports.requests.fetch(principal.tenant, request_id) \
             if _canonical_uuid(request_id) else None
@@ -130,7 +136,8 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
 
     @app.get("/v1/quota")
     def get_quota() -> Response:
-        principal = auth.principal(request.headers.get("Authorization", ""))
+        principal = auth.principal(request.headers.get("Authorization", ""),
+                                   request.remote_addr or "")
         period = limits.period(principal)
         balance = ports.balances.balance(principal.tenant, period)
         return jsonify(views.quota_json(principal.tenant, period, balance))

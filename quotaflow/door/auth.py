@@ -5,17 +5,31 @@ A looked-up key is trusted for `cache_s` (`Settings.auth_cache_ms`): that bounds
 revoked key keeps working in one process. Failed authentications cost no query each:
 - a malformed key is refused by its form alone;
 - a key that failed is remembered as failed for `cache_s`;
-- each process looks up at most `failures_per_s` keys a second that then fail. Past that
-  budget a key not known to be valid is answered 429 with Retry-After, not 401: the door did
-  not look it up, so it may be valid, and a client told 401 would drop a good key where one
-  told 429 waits and retries. A key that was valid in the last hour is still looked up, so a
-  flood of bad keys does not lock out the tenants whose keys the process has seen."""
+- failed lookups are throttled by who sends them and what they aim at, never by one budget
+  for everyone (one was: a flood of random keys from one client kept every new key out):
+  each client address (an IPv6 one by its /64) may have `failures_per_s` keys a second
+  looked up that then fail, and so may each key id (the public part of a key: guessing the
+  secret of one key from many addresses is bounded too); the whole process looks up at most
+  `failures_per_s_total` such keys a second, which bounds what a flood costs PostgreSQL.
+  Past a budget a key not known to be valid is answered 429 with Retry-After, not 401: the
+  door did not look it up, so it may be valid, and a client told 401 would drop a good key
+  where one told 429 waits and retries. A key that was valid in the last hour is looked up
+  whatever the budgets, so a flood does not lock out the tenants whose keys the process has
+  seen; a key created during a flood from one address is served at once from any other.
+
+What is left: a flood spread over more addresses than `failures_per_s_total /
+failures_per_s` can spend the process's budget, and then a key this process has never seen
+waits (429, Retry-After: 1) until the flood eases; keys it has seen are still served. So can
+guesses at the secret of one known key id, for that key alone, on a process that has not yet
+seen it valid."""
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
@@ -24,10 +38,12 @@ from quotaflow.adapters.api_keys import api_key_parts
 from quotaflow.ports import Principal, TenantDirectory
 from quotaflow.runtime.problem import Problem
 
-FAILURES_PER_S = 10.0
+FAILURES_PER_S = 10.0  # per client address and per key id
+TOTAL_FAILURES_PER_S = 200.0  # per process: what a flood may cost PostgreSQL a second
 KNOWN_S = 3600.0  # how long a key once valid may still be looked up past the budget
 LOOKUP_WAIT_S = 30.0  # how long a request waits on another thread's lookup of its key
 CACHE_MAX = 10_000
+BUDGETS_MAX = 10_000  # client addresses and key ids with a budget of their own, each
 V = TypeVar("V")
 
 
@@ -77,16 +93,57 @@ class FailureBudget:
             self._tokens = min(self.rate, self._tokens + 1)
 
 
+class Budgets:
+    """A `FailureBudget` per name (client address or key id), for the `most` names used last:
+    a name forgotten gets a full budget back, which costs at most one budget's lookups."""
+
+    def __init__(self, rate: float, monotonic: Callable[[], float],
+                 most: int = BUDGETS_MAX) -> None:
+        self.rate = rate
+        self._monotonic = monotonic
+        self._most = most
+        self._budgets: OrderedDict[str, FailureBudget] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> FailureBudget:
+        with self._lock:
+            budget = self._budgets.get(name)
+            if budget is None:
+                budget = self._budgets[name] = FailureBudget(self.rate, self._monotonic)
+                if len(self._budgets) > self._most:
+                    self._budgets.popitem(last=False)
+            else:
+                self._budgets.move_to_end(name)
+            return budget
+
+
+def client_of(address: str) -> str:
+    """The name `address` is throttled under: itself, or for IPv6 its /64 (what one host is
+    usually given, so one host cannot take a fresh budget per address)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class Authenticator:
     """Authenticates keys against `directory`, trusting a lookup for `cache_s`."""
 
     def __init__(self, directory: TenantDirectory, cache_s: float = 1.0,
                  failures_per_s: float = FAILURES_PER_S,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 failures_per_s_total: float = TOTAL_FAILURES_PER_S) -> None:
         self.directory = directory
         self.cache_s = cache_s
         self._monotonic = monotonic
-        self.budget = FailureBudget(failures_per_s, monotonic)
+        self.budget = FailureBudget(max(failures_per_s_total, failures_per_s), monotonic)
+        self.by_client = Budgets(failures_per_s, monotonic)
+        self.by_key_id = Budgets(failures_per_s, monotonic)
         # By a digest of the key, so that no secret stays in memory. Threads share these
         # maps: single dict operations are atomic, and a lost entry costs one lookup.
         self._valid: dict[bytes, tuple[float, Principal]] = {}  # (looked up at, principal)
@@ -97,10 +154,12 @@ class Authenticator:
         self._inflight: dict[bytes, Future[Principal]] = {}
         self._lock = threading.Lock()
 
-    def principal(self, authorization: str) -> Principal:
-        """The caller's principal, or a 401 (429 past the failure budget) Problem."""
+    def principal(self, authorization: str, address: str = "") -> Principal:
+        """The caller's principal, or a 401 (429 past a failure budget) Problem. `address` is
+        the client's (the peer of the connection): its failures are throttled apart."""
         api_key = bearer_key(authorization)
-        if api_key_parts(api_key) is None:
+        parts = api_key_parts(api_key)
+        if parts is None:
             raise _invalid()
         digest = hashlib.sha256(api_key.encode()).digest()
         now = self._monotonic()
@@ -118,7 +177,9 @@ class Authenticator:
         if pending is not None:  # another thread is looking this key up: its answer is ours
             return pending.result(LOOKUP_WAIT_S)
         try:
-            found = self._look_up(api_key, digest, now, valid)
+            found = self._look_up(api_key, digest, now, valid,
+                                  (self.by_client[client_of(address)],
+                                   self.by_key_id[parts[0]], self.budget))
         except BaseException as exc:
             mine.set_exception(exc)
             raise
@@ -130,28 +191,40 @@ class Authenticator:
                 del self._inflight[digest]
 
     def _look_up(self, api_key: str, digest: bytes, now: float,
-                 valid: tuple[float, Principal] | None) -> Principal:
+                 valid: tuple[float, Principal] | None,
+                 budgets: tuple[FailureBudget, ...]) -> Principal:
         known = valid is not None and now - valid[0] < KNOWN_S
-        budgeted = self.budget.take()
-        if not budgeted and not known:
-            raise Problem(429, "Too many failed authentications",
-                          "this server is refusing unchecked API keys for a moment after "
-                          "too many invalid ones; send the request again",
-                          slug="auth-throttled", headers={"Retry-After": "1"})
+        taken: list[FailureBudget] = []
+        if not known:
+            for budget in budgets:
+                if not budget.take():
+                    for back in taken:
+                        back.give_back()
+                    raise _throttled(budget, budgets)
+                taken.append(budget)
         try:
             found = self.directory.authenticate(api_key)
         except Exception:
-            if budgeted:  # a directory that is down is no failed authentication
-                self.budget.give_back()
+            for back in taken:  # a directory that is down is no failed authentication
+                back.give_back()
             raise
         if found is None:
             self._valid.pop(digest, None)
             _remember(self._failed, digest, now)
             raise _invalid()
-        if budgeted:
-            self.budget.give_back()
+        for back in taken:
+            back.give_back()
         _remember(self._valid, digest, (now, found))
         return found
+
+
+def _throttled(spent: FailureBudget, budgets: tuple[FailureBudget, ...]) -> Problem:
+    whose = ("this client address has", "this key id has", "this server has")[
+        budgets.index(spent)]
+    return Problem(429, "Too many failed authentications",
+                   f"{whose} sent too many invalid API keys; unchecked keys are refused for a "
+                   "moment: send the request again", slug="auth-throttled",
+                   headers={"Retry-After": "1"})
 
 
 def _remember(cache: dict[bytes, V], digest: bytes, value: V) -> None:

@@ -2,11 +2,12 @@
 Problem naming what was wrong. No I/O here; `app.py` wires authentication, rate limit,
 quota pre-check, the read model and Kafka around it.
 
-What is accepted is what every later hop can carry: JSON is strict (`strict_json`); attribute
-values follow the CloudEvents string rule (no control characters, lone surrogates or
-noncharacters); prompt text may hold neither U+0000 (PostgreSQL text cannot store it, and the
-model's output, which can echo it, is stored there) nor a lone surrogate (not encodable as
-UTF-8, so neither as Avro). Such input is refused whole, never altered: what the client sent
+What is accepted is what every later hop can carry: JSON is strict (`strict_json`); the
+attributes are read and checked as a CloudEvents 1.0.2 receiver must (`events.received`: each
+of its type, strings with no control characters, lone surrogates or noncharacters); prompt
+text may hold neither U+0000 (PostgreSQL text cannot store it, and the model's output, which
+can echo it, is stored there) nor a lone surrogate (not encodable as UTF-8, so neither as
+Avro). Such input is refused whole, never altered: what the client sent
 is what its idempotency hash covers."""
 
 from __future__ import annotations
@@ -15,28 +16,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
-from cloudevents.core.bindings import http as ce_http
-from cloudevents.core.exceptions import BaseCloudEventException
-from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
-
+from events import attributes, received
 from events.catalog import REQUESTED_TYPE
 from quotaflow.door.strict_json import decode_json
 from quotaflow.runtime.problem import Problem
 
-REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")
+REQUIRED_ATTRIBUTES = received.REQUIRED
+STRUCTURED_JSON = "application/cloudevents+json"
 DATA_FIELDS = {"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed",
                "stop", "stream"}
 MAX_STOP = 4  # stop sequences, as OpenAI allows
 MAX_STOP_CHARS = 256
 ROLES = ("system", "user", "assistant")
-MAX_ATTRIBUTE_CHARS = 1024
-_NONCHARACTERS = "".join(chr(p * 0x10000 + 0xFFFE) + chr(p * 0x10000 + 0xFFFF)
-                         for p in range(17))
-_NOT_IN_ATTRIBUTES = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
-                                f"{_NONCHARACTERS}]")
+MAX_ATTRIBUTE_CHARS = attributes.MAX_CHARS
 _NOT_IN_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -62,31 +55,6 @@ def _bad(detail: str, slug: str = "bad-event") -> Problem:
     return Problem(400, "Bad CloudEvent", detail, slug=slug)
 
 
-def _header(name: str, raw: str) -> str:
-    """A ce-* header's value, percent-decoded as the CloudEvents HTTP binding says."""
-    if not raw.isascii():
-        raise _bad(f"{name} must be ASCII; percent-encode other characters as UTF-8",
-                   "invalid-attribute")
-    try:
-        return unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise _bad(f"{name} is not percent-encoded UTF-8", "invalid-attribute") from None
-
-
-def _attribute(label: str, value: Any) -> None:
-    """A string attribute value follows the CloudEvents string rule."""
-    if not isinstance(value, str):
-        return
-    if len(value) > MAX_ATTRIBUTE_CHARS:
-        raise _bad(f"{label} has {len(value)} characters; the limit is {MAX_ATTRIBUTE_CHARS}",
-                   "invalid-attribute")
-    found = _NOT_IN_ATTRIBUTES.search(value)
-    if found is not None:
-        raise _bad(f"{label} contains U+{ord(found.group()):04X} at character {found.start()}; "
-                   "CloudEvents attribute values may not hold control characters, lone "
-                   "surrogates or noncharacters", "invalid-attribute")
-
-
 def _text(label: str, value: str) -> None:
     found = _NOT_IN_TEXT.search(value)
     if found is None:
@@ -97,62 +65,61 @@ def _text(label: str, value: str) -> None:
 
 
 def parse(headers: Mapping[str, str], body: bytes, limits: Limits) -> ClientRequest:
-    """The client's request in `headers` and `body`, or a Problem naming what is wrong."""
+    """The client's request in `headers` and `body`, or a Problem naming what is wrong.
+
+    The content mode is the Content-Type's (HTTP binding, section 3): a media type starting
+    `application/cloudevents` is structured mode, whatever `ce-*` headers come along (they
+    are not read: the body carries every attribute); anything else is binary mode. Media
+    types compare case-insensitively and without their parameters."""
     lower = {k.lower(): v for k, v in headers.items()}
-    content_type = lower.get("content-type", "").split(";")[0].strip().lower()
-    binary = any(k.startswith("ce-") for k in lower)
-    attributes: dict[str, Any]
-    if binary:
-        if content_type != "application/json":
-            raise Problem(415, "Unsupported content type",
-                          f"binary-mode data must be application/json, got {content_type!r}")
-        attributes = {k[3:]: _header(k, v) for k, v in lower.items() if k.startswith("ce-")}
-    elif content_type == "application/cloudevents+json":
-        envelope = decode_json(body, "body")
-        if not isinstance(envelope, dict):
-            raise _bad("a structured CloudEvent must be a JSON object")
-        attributes = {k: v for k, v in envelope.items() if k not in ("data", "data_base64")}
-        if "data_base64" in envelope:
-            raise Problem(415, "Unsupported content type", "data_base64 is not accepted; "
-                          "send the request as JSON in `data`")
-    else:
+    structured = _structured_mode(attributes.media_type(lower.get("content-type", "")), lower)
+    try:
+        if structured:
+            found, data = received.from_structured(decode_json(body, "body"))
+            received.check(found, "")
+        else:
+            found = received.from_headers(lower)
+            received.check(found, "ce-")
+    except received.Refused as refused:
+        named: dict[str, Any] = {"attribute": refused.attribute} if refused.attribute else {}
+        raise Problem(refused.status, "Bad CloudEvent" if refused.status == 400 else
+                      "Unsupported content type", refused.detail, slug=refused.slug,
+                      **named) from None
+    if found["type"] != REQUESTED_TYPE:
+        raise _bad(f"unknown event type {found['type']!r}; send {REQUESTED_TYPE}",
+                   "unknown-type")
+    datacontenttype = found.get("datacontenttype")
+    if datacontenttype is not None \
+            and attributes.media_type(datacontenttype) != "application/json":
+        raise Problem(415, "Unsupported content type", "datacontenttype must be "
+                      f"application/json, got {datacontenttype!r}", attribute="datacontenttype")
+    if not structured:
+        data = decode_json(body, "data")
+    if not isinstance(data, dict):
+        raise _bad("data must be a JSON object with model, prompt or messages, and max_tokens",
+                   "invalid-data")
+    return ClientRequest(found["source"], found["id"], validate_data(data, limits))
+
+
+def _structured_mode(content_type: str, lower: Mapping[str, str]) -> bool:
+    """Whether the event is in structured mode, or a 415 for a mode or format not taken."""
+    if content_type.startswith("application/cloudevents-batch"):
+        raise Problem(415, "Unsupported content type", "batched mode "
+                      f"({content_type}) is not accepted; send one event per request")
+    if content_type.startswith("application/cloudevents"):
+        if content_type != STRUCTURED_JSON:
+            raise Problem(415, "Unsupported content type", f"event format {content_type!r} is "
+                          f"not supported; send structured events as {STRUCTURED_JSON}")
+        return True
+    if not any(k.startswith("ce-") for k in lower):
         raise Problem(415, "Unsupported content type",
                       "send a binary-mode CloudEvent (ce-* headers, Content-Type: "
                       "application/json) or a structured one (application/cloudevents+json); "
                       f"got Content-Type {content_type or 'none'!r}")
-    _check_attributes(attributes, "ce-" if binary else "")
-    if binary:
-        decode_json(body, "data")
-    try:
-        event = ce_http.from_http(ce_http.HTTPMessage(headers=dict(headers), body=body),
-                                  JSONFormat(), CloudEvent)
-    except (BaseCloudEventException, ValueError, TypeError) as exc:
-        raise _bad(f"invalid CloudEvent: {exc}") from None
-    if event.get_datacontenttype() not in (None, "application/json"):
-        raise Problem(415, "Unsupported content type", "datacontenttype must be application/json")
-    data = event.get_data()
-    if not isinstance(data, dict):
-        raise _bad("data must be a JSON object with model, prompt or messages, and max_tokens",
-                   "invalid-data")
-    return ClientRequest(event.get_source(), event.get_id(), validate_data(data, limits))
-
-
-def _check_attributes(attributes: dict[str, Any], prefix: str) -> None:
-    missing = [a for a in REQUIRED_ATTRIBUTES if attributes.get(a) in (None, "")]
-    if missing:
-        names = ", ".join(prefix + m for m in missing)
-        raise _bad(f"missing required CloudEvents attribute(s): {names}", "missing-attribute")
-    for name in REQUIRED_ATTRIBUTES:
-        if not isinstance(attributes[name], str):
-            raise _bad(f"{prefix}{name} must be a string", "invalid-attribute")
-    if attributes["specversion"] != "1.0":
-        raise _bad(f"specversion must be 1.0, got {attributes['specversion']!r}",
-                   "unsupported-specversion")
-    if attributes["type"] != REQUESTED_TYPE:
-        raise _bad(f"unknown event type {attributes['type']!r}; send {REQUESTED_TYPE}",
-                   "unknown-type")
-    for name, value in attributes.items():
-        _attribute(prefix + name, value)
+    if content_type != "application/json":
+        raise Problem(415, "Unsupported content type",
+                      f"binary-mode data must be application/json, got {content_type!r}")
+    return False
 
 
 def validate_data(data: dict[str, Any], limits: Limits, prefix: str = "data.") -> dict[str, Any]:

@@ -59,7 +59,8 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator) -> Blue
 
     @bp.get("/v1/requests")
     def recent_requests() -> Response:
-        principal = auth.principal(request.headers.get("Authorization", ""))
+        principal = auth.principal(request.headers.get("Authorization", ""),
+                                   request.remote_addr or "")
         limit = parse_limit(request.args.get("limit"))
         found = ports.requests.recent(principal.tenant, limit)
         return jsonify(requests=[views.request_json(v) for v in found])

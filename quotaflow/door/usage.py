@@ -40,7 +40,8 @@ def usage_blueprint(auth: Authenticator, reader: UsageReader) -> Blueprint:
 
     @bp.get("/v1/usage")
     def get_usage() -> Response:
-        principal = auth.principal(request.headers.get("Authorization", ""))
+        principal = auth.principal(request.headers.get("Authorization", ""),
+                                   request.remote_addr or "")
         args = request.args
         unknown = sorted(set(args) - set(PARAMS))
         if unknown:

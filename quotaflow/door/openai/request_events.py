@@ -53,7 +53,8 @@ def events_blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
 
     @bp.get("/v1/requests/<request_id>/events")
     def request_stream(request_id: str) -> Response:
-        principal = auth.principal(request.headers.get("Authorization", ""))
+        principal = auth.principal(request.headers.get("Authorization", ""),
+                                   request.remote_addr or "")
         known = _request_id(request_id)
         if known is None or ports.requests.fetch(principal.tenant, known) is None:
             raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "

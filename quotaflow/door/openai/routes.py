@@ -80,7 +80,8 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
                            SERVER).response()
 
     def principal() -> Principal:
-        return auth.principal(request.headers.get("Authorization", ""))
+        return auth.principal(request.headers.get("Authorization", ""),
+                              request.remote_addr or "")
 
     def body() -> bytes:
         length = request.content_length
