@@ -1,7 +1,7 @@
 """admit: a client's request becomes a stored `queued` request and the `admitted` payload that
 starts the pipeline. `(tenant, source, id)` is the idempotency key: the same event sent again is
 the same request; the same key with another payload is a conflict. The HTTP door
-(`quotaflow.door`) authenticates and parses before, screens the request here (rate limit,
+(`quotaflow.runtime.door`) authenticates and parses before, screens the request here (rate limit,
 quota pre-check and a fast record of recent acceptances, in one round trip) and publishes
 after."""
 

@@ -32,9 +32,9 @@ from quotaflow.adapters.memory.outbox import MemoryOutbox
 from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.stream import MemoryTokenStream
 from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door.app import create_app
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.model.standin import StandInModel
+from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.settings import Settings
 
 MODEL = "standin"

@@ -19,9 +19,9 @@ from quotaflow.adapters.memory.ledger import MemoryLedger
 from quotaflow.adapters.memory.publisher import MemoryPublisher
 from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door.app import create_app
-from quotaflow.door.ui_routes import UI_DIR
-from quotaflow.door.wiring import DoorPorts
+from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.usage_page import UI_DIR
+from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.settings import Settings
 from tests.problems import assert_problem, body
 
@@ -81,8 +81,8 @@ def test_the_page_and_its_files_are_served_under_a_strict_content_security_polic
 
 def test_a_missing_page_file_or_a_path_outside_the_page_is_a_404_problem(door: Door) -> None:
     assert_problem(door.client.get("/ui/nothing-here.js"), 404)
-    assert_problem(door.client.get("/ui/../ui_routes.py"), 404)
-    assert_problem(door.client.get("/ui/%2e%2e/ui_routes.py"), 404)
+    assert_problem(door.client.get("/ui/../usage_page.py"), 404)
+    assert_problem(door.client.get("/ui/%2e%2e/usage_page.py"), 404)
 
 
 def test_recent_requests_are_the_callers_own_newest_first(door: Door) -> None:

@@ -16,8 +16,8 @@ import redis
 
 from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.door.app import create_app
 from quotaflow.ports import Inserted, NewRequest, PublishTimeout, RequestView
+from quotaflow.runtime.door.app import create_app
 from tests.problems import MODEL, assert_problem, body
 from tests.unit.test_admit_door import Door, headers
 

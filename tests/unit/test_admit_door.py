@@ -20,9 +20,9 @@ from quotaflow.adapters.memory.ledger import MemoryLedger
 from quotaflow.adapters.memory.publisher import MemoryPublisher
 from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door.app import create_app
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Inserted, NewRequest, ReservedMark, ReserveTokens
+from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.settings import Settings
 from tests.problems import MODEL, assert_problem, body
 

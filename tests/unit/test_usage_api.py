@@ -21,8 +21,8 @@ from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.analytics.memory import MemoryUsageStore
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.rollup import Batch
-from quotaflow.door.app import create_app
-from quotaflow.door.wiring import DoorPorts
+from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.settings import Settings
 from tests.problems import assert_problem
 

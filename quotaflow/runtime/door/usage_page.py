@@ -2,7 +2,7 @@
 vendored chart library; nothing is built before running), and the one read only the page
 needs, the caller's recent requests.
 
-    GET /ui/                    -> the page (`quotaflow/door/ui/`)
+    GET /ui/                    -> the page (`quotaflow/runtime/door/ui/`)
     GET /v1/requests?limit=N    -> {"requests": [...]}: the caller's N (1-100, default 20) most
                                    recent requests, newest first, each as `GET /v1/requests/{id}`
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
-from quotaflow.door import views
-from quotaflow.door.auth import Authenticator
-from quotaflow.door.wiring import DoorPorts
+from quotaflow.runtime.door import views
+from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 

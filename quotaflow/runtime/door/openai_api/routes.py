@@ -16,17 +16,33 @@ from functools import partial
 from flask import Blueprint, Response, jsonify, request
 
 from functions.admit.handler import IdempotencyConflict
-from quotaflow.door.auth import Authenticator
-from quotaflow.door.openai import shapes
-from quotaflow.door.openai.errors import SERVER, OpenAIError, from_problem, model_not_found
-from quotaflow.door.openai.mapping import CHAT, TEXT, Call, parse_call
-from quotaflow.door.openai.relay import Ended, TimedOut, Timing, finish_reason, first_event
-from quotaflow.door.openai.service import OpenAIDoor
-from quotaflow.door.openai.streaming import HangupBody, openai_chunks, prepend, timed_out
-from quotaflow.door.parse import Limits
-from quotaflow.door.strict_json import decode_json
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Principal, PublishTimeout
+from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.openai_api import shapes
+from quotaflow.runtime.door.openai_api.errors import (
+    SERVER,
+    OpenAIError,
+    from_problem,
+    model_not_found,
+)
+from quotaflow.runtime.door.openai_api.mapping import CHAT, TEXT, Call, parse_call
+from quotaflow.runtime.door.openai_api.relay import (
+    Ended,
+    TimedOut,
+    Timing,
+    finish_reason,
+    first_event,
+)
+from quotaflow.runtime.door.openai_api.service import OpenAIDoor
+from quotaflow.runtime.door.openai_api.streaming import (
+    HangupBody,
+    openai_chunks,
+    prepend,
+    timed_out,
+)
+from quotaflow.runtime.door.parse import Limits
+from quotaflow.runtime.door.strict_json import decode_json
+from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
-from quotaflow.door.openai import shapes
-from quotaflow.door.openai.errors import SERVER, OpenAIError
-from quotaflow.door.openai.relay import Delta, Ended, Event, Quiet, TimedOut
+from quotaflow.runtime.door.openai_api import shapes
+from quotaflow.runtime.door.openai_api.errors import SERVER, OpenAIError
+from quotaflow.runtime.door.openai_api.relay import Delta, Ended, Event, Quiet, TimedOut
 
 
 class HangupBody:

@@ -18,12 +18,12 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from functions.admit.handler import IdempotencyConflict
-from quotaflow.door import ui_routes, views, wiring
-from quotaflow.door.accept import Acceptor
-from quotaflow.door.auth import Authenticator
-from quotaflow.door.parse import Limits, parse
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
+from quotaflow.runtime.door import usage_page, views, wiring
+from quotaflow.runtime.door.accept import Acceptor
+from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.parse import Limits, parse
 from quotaflow.runtime.http_entry import add_health_routes
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
@@ -58,11 +58,12 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     app = Flask("quotaflow.admit")
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
     add_health_routes(app, ports.resources.ready)
-    app.register_blueprint(ui_routes.blueprint(ports, settings, auth))
-    from quotaflow.door.usage import reader_for, usage_blueprint  # GET /v1/usage
+    app.register_blueprint(usage_page.blueprint(ports, settings, auth))
+    from quotaflow.runtime.door.usage import reader_for, usage_blueprint  # GET /v1/usage
 
     app.register_blueprint(usage_blueprint(auth, reader_for(settings, ports)))
-    from quotaflow.door.openai import request_events, routes  # OpenAI API; request SSE
+    from quotaflow.runtime.door import request_events  # GET /v1/requests/{id}/events
+    from quotaflow.runtime.door.openai_api import routes  # the OpenAI-compatible API
 
     app.register_blueprint(routes.blueprint(ports, settings, auth, unavailable=UNAVAILABLE))
     app.register_blueprint(request_events.events_blueprint(ports, settings, auth))
@@ -139,5 +140,5 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
 
 
 def create() -> Flask:
-    """WSGI factory for gunicorn: `gunicorn 'quotaflow.door.app:create()'`."""
+    """WSGI factory for gunicorn: `gunicorn 'quotaflow.runtime.door.app:create()'`."""
     return create_app(Settings.from_env())

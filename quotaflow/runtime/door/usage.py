@@ -12,8 +12,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from quotaflow.analytics.query import FORMATS, BadQuery, UsageQuery, render
 from quotaflow.analytics.store import PostgresUsageStore, UsageReader
-from quotaflow.door.auth import Authenticator
-from quotaflow.door.wiring import ThreadConnections
+from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.wiring import ThreadConnections
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 

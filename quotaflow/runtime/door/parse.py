@@ -23,7 +23,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from events.catalog import REQUESTED_TYPE
-from quotaflow.door.strict_json import decode_json
+from quotaflow.runtime.door.strict_json import decode_json
 from quotaflow.runtime.problem import Problem
 
 REQUIRED_ATTRIBUTES = ("specversion", "id", "source", "type")

@@ -22,7 +22,6 @@ from quotaflow.adapters.redis_gate import GroupScreenGate, RedisAdmissionGate
 from quotaflow.adapters.redis_stream import RedisTokenStream
 from quotaflow.adapters.request_store import GroupCommitRequestStore, PostgresRequestStore
 from quotaflow.adapters.tenant_store import PostgresTenants
-from quotaflow.door.limits import Balances
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ports import (
     AdmissionGate,
@@ -33,6 +32,7 @@ from quotaflow.ports import (
     TenantDirectory,
     TokenStream,
 )
+from quotaflow.runtime.door.limits import Balances
 from quotaflow.runtime.step import Resources
 from quotaflow.settings import Settings
 
