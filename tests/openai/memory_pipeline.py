@@ -34,7 +34,7 @@ from quotaflow.adapters.memory.stream import MemoryTokenStream
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.model.standin import StandInModel
 from quotaflow.runtime.door.app import create_app
-from quotaflow.runtime.door.wiring import DoorPorts
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.settings import Settings
 
 MODEL = "standin"

@@ -20,8 +20,8 @@ from quotaflow.adapters.memory.publisher import MemoryPublisher
 from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.door.usage_page import UI_DIR
-from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.settings import Settings
 from tests.problems import assert_problem, body
 

@@ -22,7 +22,7 @@ from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.ports import Inserted, NewRequest, ReservedMark, ReserveTokens
 from quotaflow.runtime.door.app import create_app
-from quotaflow.runtime.door.wiring import DoorPorts
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.settings import Settings
 from tests.problems import MODEL, assert_problem, body
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,16 +21,11 @@ from quotaflow.analytics.memory import MemoryUsageStore
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.rollup import Batch
 from quotaflow.runtime.door.app import create_app
-from quotaflow.runtime.door.wiring import DoorPorts
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.settings import Settings
 from tests.problems import assert_problem
 
 AT = datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class UsagePorts(DoorPorts):
-    usage: MemoryUsageStore | None = None
 
 
 class Door:
@@ -44,8 +38,8 @@ class Door:
             LedgerEntry(1, "acme", 1, "TokensReserved", "a1", "2026-11", 70, 0, AT),
             LedgerEntry(2, "beta", 1, "TokensReserved", "b1", "2026-11", 900, 0, AT),
             LedgerEntry(3, "acme", 2, "ReservationSettled", "a1", "2026-11", 30, 40, AT)]))
-        ports = UsagePorts(tenants, gate, gate.projection, MemoryRequestStore(clock),
-                           MemoryPublisher(), clock, usage=self.usage)
+        ports = DoorPorts(tenants, gate, gate.projection, MemoryRequestStore(clock),
+                          MemoryPublisher(), clock, usage=self.usage)
         self.client: FlaskClient = create_app(Settings(), ports).test_client()
 
     def get(self, query: str = "", tenant: str = "acme") -> Any:

@@ -10,7 +10,7 @@ from functions.admit.handler import Admission, AdmitPorts, ClientRequest, admit
 from quotaflow.ports import Principal
 from quotaflow.runtime import metrics
 from quotaflow.runtime.door.limits import AdmissionLimits
-from quotaflow.runtime.door.wiring import DoorPorts
+from quotaflow.runtime.door.ports import DoorPorts
 
 
 class Acceptor:

@@ -20,10 +20,11 @@ from werkzeug.exceptions import HTTPException
 from functions.admit.handler import IdempotencyConflict
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
-from quotaflow.runtime.door import usage_page, views, wiring
+from quotaflow.runtime.door import usage_page, views
 from quotaflow.runtime.door.accept import Acceptor
 from quotaflow.runtime.door.auth import Authenticator
 from quotaflow.runtime.door.parse import Limits, parse
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.http_entry import add_health_routes
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
@@ -45,9 +46,12 @@ def _canonical_uuid(text: str) -> bool:
         return False
 
 
-def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Flask:
+def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
     """The door over `ports` (the real ones from `settings` when not given)."""
-    ports = ports or wiring.connect(settings)
+    if ports is None:
+        from quotaflow.compose import connect_door
+
+        ports = connect_door(settings)
     auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000,
                          settings.auth_failures_per_s)
     acceptor = Acceptor(ports)
@@ -59,9 +63,10 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
     add_health_routes(app, ports.resources.ready)
     app.register_blueprint(usage_page.blueprint(ports, settings, auth))
-    from quotaflow.runtime.door.usage import reader_for, usage_blueprint  # GET /v1/usage
+    if ports.usage is not None:
+        from quotaflow.runtime.door.usage import usage_blueprint  # GET /v1/usage
 
-    app.register_blueprint(usage_blueprint(auth, reader_for(settings, ports)))
+        app.register_blueprint(usage_blueprint(auth, ports.usage))
     from quotaflow.runtime.door import request_events  # GET /v1/requests/{id}/events
     from quotaflow.runtime.door.openai_api import routes  # the OpenAI-compatible API
 

@@ -20,7 +20,7 @@ from quotaflow.model.token_stream import START, id_key
 from quotaflow.runtime.door.auth import Authenticator
 from quotaflow.runtime.door.openai_api.relay import Relay, Timing
 from quotaflow.runtime.door.openai_api.streaming import HangupBody, request_events
-from quotaflow.runtime.door.wiring import DoorPorts
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 

@@ -6,32 +6,16 @@ naming the parameter."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify, request
 
 from quotaflow.analytics.query import FORMATS, BadQuery, UsageQuery, render
-from quotaflow.analytics.store import PostgresUsageStore, UsageReader
+from quotaflow.analytics.store import UsageReader
 from quotaflow.runtime.door.auth import Authenticator
-from quotaflow.runtime.door.wiring import ThreadConnections
 from quotaflow.runtime.problem import Problem
-from quotaflow.settings import Settings
 
 PARAMS = ("tenant", "by", "group", "from", "to", "format")
 MAX_ROWS = 10_000
 MIMETYPES = {"csv": "text/csv", "table": "text/plain"}
-
-
-def reader_for(settings: Settings, ports: Any) -> UsageReader:
-    """The roll-ups the door reads: the ports' own `usage` reader when they carry one, else
-    PostgreSQL on the door's per-thread connections (or its own, opened on first use)."""
-    given: UsageReader | None = getattr(ports, "usage", None)
-    if given is not None:
-        return given
-    connections = getattr(getattr(ports, "resources", None), "connections", None)
-    if not isinstance(connections, ThreadConnections):
-        connections = ThreadConnections(settings.postgres_url)
-    return PostgresUsageStore(connections.get)
 
 
 def usage_blueprint(auth: Authenticator, reader: UsageReader) -> Blueprint:

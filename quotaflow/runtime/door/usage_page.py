@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from quotaflow.runtime.door import views
 from quotaflow.runtime.door.auth import Authenticator
-from quotaflow.runtime.door.wiring import DoorPorts
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 

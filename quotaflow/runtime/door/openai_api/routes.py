@@ -41,8 +41,8 @@ from quotaflow.runtime.door.openai_api.streaming import (
     timed_out,
 )
 from quotaflow.runtime.door.parse import Limits
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.door.strict_json import decode_json
-from quotaflow.runtime.door.wiring import DoorPorts
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 

@@ -27,7 +27,7 @@ from quotaflow.runtime.door.openai_api.errors import (
 from quotaflow.runtime.door.openai_api.mapping import Call
 from quotaflow.runtime.door.openai_api.relay import Ended, Relay, Timing, charged_view
 from quotaflow.runtime.door.parse import MAX_ATTRIBUTE_CHARS
-from quotaflow.runtime.door.wiring import DoorPorts
+from quotaflow.runtime.door.ports import DoorPorts
 
 SOURCE = "openai"
 USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
