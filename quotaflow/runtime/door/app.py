@@ -4,16 +4,15 @@
     GET  /v1/requests/{id}      -> status, output, usage, model
     GET  /v1/quota              -> {tenant, period, granted, reserved, spent, remaining}
 Errors are application/problem+json (RFC 9457), never a stack trace. Bad input is a 4xx naming
-what was wrong; a backing service that is down (by the type of its error: `UNAVAILABLE`)
-answers 503 with Retry-After; anything else is a bug, answered 500 and logged with its trace."""
+what was wrong; a backing service that is down (`quotaflow.runtime.faults.is_infrastructure`,
+the steps' and the CLI's classification too) answers 503 with Retry-After; anything else is a
+bug, answered 500 and logged with its trace."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 
-import psycopg
-import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -25,19 +24,12 @@ from quotaflow.runtime.door.accept import Acceptor
 from quotaflow.runtime.door.auth import Authenticator
 from quotaflow.runtime.door.parse import Limits, parse
 from quotaflow.runtime.door.ports import DoorPorts
+from quotaflow.runtime.faults import is_infrastructure
 from quotaflow.runtime.http_entry import add_health_routes
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.admit")
-
-# The errors of a backing service that is down or too slow, as opposed to a bug: PostgreSQL
-# unreachable, restarted or past its statement timeout; Redis unreachable or slow; a socket
-# refused or timed out; Kafka's local queue full because the broker takes nothing.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError, ConnectionError,
-    TimeoutError, BufferError)
-
 
 def _canonical_uuid(text: str) -> bool:
     try:
@@ -70,7 +62,7 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
     from quotaflow.runtime.door import request_events  # GET /v1/requests/{id}/events
     from quotaflow.runtime.door.openai_api import routes  # the OpenAI-compatible API
 
-    app.register_blueprint(routes.blueprint(ports, settings, auth, unavailable=UNAVAILABLE))
+    app.register_blueprint(routes.blueprint(ports, settings, auth))
     app.register_blueprint(request_events.events_blueprint(ports, settings, auth))
 
     @app.errorhandler(Problem)
@@ -94,7 +86,7 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        if isinstance(exc, UNAVAILABLE):
+        if is_infrastructure(exc):
             log.warning("admit: a backing service is unavailable: %s: %s",
                         type(exc).__name__, exc)
             return problem(Problem(503, "Service unavailable", "a backing service failed; "

@@ -43,6 +43,7 @@ from quotaflow.runtime.door.openai_api.streaming import (
 from quotaflow.runtime.door.parse import Limits
 from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.door.strict_json import decode_json
+from quotaflow.runtime.faults import is_infrastructure
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 
@@ -54,10 +55,9 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
-              timing: Timing | None = None,
-              unavailable: tuple[type[BaseException], ...] = ()) -> Blueprint:
-    """The routes over the door's ports, settings and authenticator; an error of a type in
-    `unavailable` (a backing service down) is a 503 with Retry-After, any other a 500."""
+              timing: Timing | None = None) -> Blueprint:
+    """The routes over the door's ports, settings and authenticator; a backing service down
+    (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500."""
     door = OpenAIDoor(ports, timing or Timing(total_s=float(settings.request_deadline_s)))
     limits = Limits(settings.model_name, settings.max_tokens_limit, settings.max_prompt_chars)
     max_body = settings.max_body_bytes
@@ -84,7 +84,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
 
     @bp.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        if isinstance(exc, unavailable):
+        if is_infrastructure(exc):
             log.warning("openai: a backing service is unavailable: %s: %s",
                         type(exc).__name__, exc)
             return OpenAIError(503, "a backing service failed; send the request again later",
