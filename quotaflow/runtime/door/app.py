@@ -1,28 +1,25 @@
-"""admit's HTTP door: POST a CloudEvent, read a request's status, read the tenant's quota.
+"""admit's HTTP door as one Flask app: its three APIs (`cloudevents_api`, `openai_api`,
+`usage_page`), health and metrics, and the error ladder they share.
 
-    POST /  (or /v1/requests)   -> 202 {request_id, status_url}
-    GET  /v1/requests/{id}      -> status, output, usage, model
-    GET  /v1/quota              -> {tenant, period, granted, reserved, spent, remaining}
-Errors are application/problem+json (RFC 9457), never a stack trace. Bad input is a 4xx naming
-what was wrong; a backing service that is down (`quotaflow.runtime.faults.is_infrastructure`,
-the steps' and the CLI's classification too) answers 503 with Retry-After; anything else is a
-bug, answered 500 and logged with its trace."""
+Errors are application/problem+json (RFC 9457), never a stack trace (the OpenAI API answers
+OpenAI's error shape instead). Bad input is a 4xx naming what was wrong; a backing service that
+is down (`quotaflow.runtime.faults.is_infrastructure`, the steps' and the CLI's classification
+too) answers 503 with Retry-After; anything else is a bug, answered 500 and logged with its
+trace."""
 
 from __future__ import annotations
 
 import logging
-import uuid
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from functions.admit.handler import IdempotencyConflict
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
-from quotaflow.runtime.door import usage_page, views
-from quotaflow.runtime.door.accept import Acceptor
+from quotaflow.runtime.door import cloudevents_api, request_events, usage_page
 from quotaflow.runtime.door.auth import Authenticator
-from quotaflow.runtime.door.parse import Limits, parse
+from quotaflow.runtime.door.openai_api import routes as openai_api
 from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.faults import is_infrastructure
 from quotaflow.runtime.http_entry import add_health_routes
@@ -30,12 +27,6 @@ from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.admit")
-
-def _canonical_uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
 
 
 def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
@@ -46,24 +37,13 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
         ports = connect_door(settings)
     auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000,
                          settings.auth_failures_per_s)
-    acceptor = Acceptor(ports)
-    limits = acceptor.limits
-    parse_limits = Limits(settings.model_name, settings.max_tokens_limit,
-                          settings.max_prompt_chars)
-    max_body = settings.max_body_bytes
     app = Flask("quotaflow.admit")
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
     add_health_routes(app, ports.resources.ready)
-    app.register_blueprint(usage_page.blueprint(ports, settings, auth))
-    if ports.usage is not None:
-        from quotaflow.runtime.door.usage import usage_blueprint  # GET /v1/usage
-
-        app.register_blueprint(usage_blueprint(auth, ports.usage))
-    from quotaflow.runtime.door import request_events  # GET /v1/requests/{id}/events
-    from quotaflow.runtime.door.openai_api import routes  # the OpenAI-compatible API
-
-    app.register_blueprint(routes.blueprint(ports, settings, auth))
+    app.register_blueprint(cloudevents_api.blueprint(ports, settings, auth))
     app.register_blueprint(request_events.events_blueprint(ports, settings, auth))
+    app.register_blueprint(openai_api.blueprint(ports, settings, auth))
+    app.register_blueprint(usage_page.blueprint(ports, settings, auth))
 
     @app.errorhandler(Problem)
     def problem(p: Problem) -> Response:
@@ -95,43 +75,6 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
         log.exception("admit failed unexpectedly")
         return problem(Problem(500, "Internal server error", "admit failed unexpectedly; the "
                                "error is logged", slug="internal"))
-
-    @app.post("/")
-    @app.post("/v1/requests")
-    def post_event() -> tuple[Response, int]:
-        length = request.content_length
-        if length is not None and length > max_body:
-            raise Problem(413, "Request too large",
-                          f"body is {length} bytes; the limit is {max_body}")
-        body = request.stream.read(max_body + 1)
-        if len(body) > max_body:
-            raise Problem(413, "Request too large",
-                          f"body exceeds the limit of {max_body} bytes")
-        principal = auth.principal(request.headers.get("Authorization", ""))
-        client_request = parse(dict(request.headers), body, parse_limits)
-        admission = acceptor.accept(principal, client_request, client_request.max_tokens + 1)
-        status_url = f"{settings.public_url.rstrip('/')}/v1/requests/{admission.request_id}"
-        resp = jsonify(request_id=admission.request_id, status_url=status_url)
-        resp.headers["Location"] = status_url
-        return resp, 202
-
-    @app.get("/v1/requests/<request_id>")
-    def get_request(request_id: str) -> Response:
-        principal = auth.principal(request.headers.get("Authorization", ""))
-        # Request ids are UUIDs: anything else names no request, and is not sent to the store.
-        found = ports.requests.fetch(principal.tenant, request_id) \
-            if _canonical_uuid(request_id) else None
-        if found is None:
-            raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "
-                          "request ids are the UUIDs POST answers")
-        return jsonify(views.request_json(found))
-
-    @app.get("/v1/quota")
-    def get_quota() -> Response:
-        principal = auth.principal(request.headers.get("Authorization", ""))
-        period = limits.period(principal)
-        balance = ports.balances.balance(principal.tenant, period)
-        return jsonify(views.quota_json(principal.tenant, period, balance))
 
     return app
 
