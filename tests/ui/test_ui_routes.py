@@ -14,31 +14,19 @@ from flask.testing import FlaskClient
 
 from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.clock import FixedClock
-from quotaflow.adapters.memory.gate import MemoryAdmissionGate
-from quotaflow.adapters.memory.ledger import MemoryLedger
-from quotaflow.adapters.memory.publisher import MemoryPublisher
-from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.runtime.door.app import create_app
-from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.door.usage_page import UI_DIR
 from quotaflow.settings import Settings
 from tests.problems import assert_problem, body
+from tests.unit.fakes import World
 
 
 class Door:
     def __init__(self) -> None:
-        self.clock = FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC))
-        tenants, gate = MemoryTenants(), MemoryAdmissionGate()
-        self.requests = MemoryRequestStore(self.clock)
-        ledger = MemoryLedger(self.clock)
-        self.keys = {}
-        for tenant in ("acme", "other"):
-            ledger.add_tenant(tenant, 10_000)
-            self.keys[tenant] = tenants.create_key(tenant, 1000)
-        gate.projection.catch_up(ledger)
-        ports = DoorPorts(tenants, gate, gate.projection, self.requests, MemoryPublisher(),
-                          self.clock)
+        world = World(FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC)))
+        self.clock, self.requests = world.clock, world.requests
+        self.keys = {tenant: world.tenant(tenant, 10_000, 1000) for tenant in ("acme", "other")}
+        ports = world.door_ports()
         settings = replace(Settings(), public_url="http://door.test")
         self.client: FlaskClient = create_app(settings, ports).test_client()
 
