@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import redis
@@ -39,6 +39,9 @@ from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.reconcile import Reconciler
 from quotaflow.runtime.step import Held, Resources
 from quotaflow.settings import Settings
+
+if TYPE_CHECKING:
+    from quotaflow.model.registry import ModelRegistry
 
 # -- the pipeline steps -------------------------------------------------------------------
 
@@ -179,6 +182,13 @@ def ledger(settings: Settings) -> PostgresLedger:
     projection rebuild reads it whole)."""
     return PostgresLedger(Reconnecting(settings.postgres_url, True,
                                        settings.db_connect_timeout_s))
+
+
+def model_registry(settings: Settings) -> ModelRegistry:
+    """The S3 model registry (infer's model loader opens its own, `quotaflow.model.loader`)."""
+    from quotaflow.model.registry import ModelRegistry  # boto3: only when needed
+
+    return ModelRegistry.connect(settings.s3_endpoint_url, settings.model_bucket)
 
 
 def usage_store(settings: Settings, statement_timeout: bool = False) -> PostgresUsageStore:
