@@ -4,8 +4,14 @@ Every process starts here. A consumer step gets its ports bundle from `wire(step
 (the Kafka worker, the HTTP entry and the Knative entry all start a step through it); admit's
 HTTP door gets `DoorPorts` from `connect_door(settings)`; the command line and the chaos
 harness open PostgreSQL, the ledger, the projection and the usage roll-ups through the
-functions at the end. Nothing else constructs a PostgreSQL, Redis or Kafka adapter. The unit
-tests build the same bundles over in-memory fakes in `tests/unit/fakes.py`."""
+functions at the end. The unit tests build the same bundles over in-memory fakes in
+`tests/unit/fakes.py`.
+
+What stays outside: the Kafka consumer and producer a step runs on are the runtime's transport,
+not the step's ports, and the worker renews its producer after a fatal error, so the worker
+and the HTTP entry make them (`quotaflow.adapters.kafka`); the model loader picks the model
+(`quotaflow.model.loader`); the chaos harness's observers hold connections of their own,
+named so that the faults it injects spare them (`quotaflow.chaos.observe`)."""
 
 from __future__ import annotations
 
