@@ -11,7 +11,6 @@ import yaml
 
 from events.resources import data_path
 
-CE_TYPE_PREFIX = "dev.quotaflow."
 REQUESTED_TYPE = "dev.quotaflow.inference.requested"
 SWEEP_TYPE = "dev.quotaflow.quota.sweep"
 # What Knative's PingSource sends (its type cannot be changed): also a sweep trigger.

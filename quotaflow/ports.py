@@ -186,10 +186,6 @@ class AdmissionGate(Protocol):
     """admit's fast checks in one round trip: count this request in its key's one-minute
     window and read the tenant's projected balance for the period."""
 
-    def check(self, key_id: str, minute: int, tenant: str, period: str) -> tuple[int, Balance]:
-        """Returns (requests of `key_id` in window `minute` including this one, balance)."""
-        ...
-
     def screen(self, query: ScreenQuery) -> Screening:
         """The idempotency check, the rate limit and the quota pre-check together: a request
         id recently let through answers its recorded hash and counts nothing; any other is

@@ -36,7 +36,6 @@ class Settings:
     s3_endpoint_url: str = ""
     model_bucket: str = "quotaflow-models"
     model_name: str = "smollm2-135m-instruct"
-    model_alias: str = "stable"
     # "standin" (deterministic, no weights), "dir:PATH" (a built model directory) or "registry"
     model_source: str = "standin"
     model_cache_dir: str = ".quotaflow/models"
@@ -164,7 +163,6 @@ ENV_NAMES: dict[str, str] = {
     "s3_endpoint_url": "S3_ENDPOINT_URL",
     "model_bucket": "QF_MODEL_BUCKET",
     "model_name": "QF_MODEL_NAME",
-    "model_alias": "QF_MODEL_ALIAS",
     "model_source": "QF_MODEL_SOURCE",
     "model_cache_dir": "QF_MODEL_CACHE_DIR",
     "ort_spin": "QF_ORT_SPIN",

@@ -1,9 +1,17 @@
 """admit: a client's request becomes a stored `queued` request and the `admitted` payload that
 starts the pipeline. `(tenant, source, id)` is the idempotency key: the same event sent again is
-the same request; the same key with another payload is a conflict. The HTTP door
-(`quotaflow.door`) authenticates and parses before, screens the request here (rate limit,
-quota pre-check and a fast record of recent acceptances, in one round trip) and publishes
-after."""
+the same request; the same key with another payload is a conflict.
+
+Its path: a client calls the door (`quotaflow/runtime/door/`: `cloudevents_api` or
+`openai_api`), which authenticates and parses, then `accept.py` calls `admit` here, screening
+the request on the way (rate limit, quota pre-check and a fast record of recent acceptances, in
+one round trip) and publishing the `admitted` payload after.
+
+admit has no `Step` (`quotaflow.runtime.step`), unlike the five steps after it: a `Step` is a
+handler over payloads read from Kafka topics, run by the Kafka worker or the KafkaSource HTTP
+entry, retried and dead-lettered per record. admit reads no topic: its input is an HTTP request
+with a principal, it answers the client synchronously (202, or a 4xx naming what was wrong), and
+it has nothing to dead-letter; a `Step` for it would be one that nothing can run."""
 
 from __future__ import annotations
 

@@ -50,16 +50,6 @@ class RedisAdmissionGate:
         self._screen = client.register_script(
             (data_path("redis") / "admit_screen.lua").read_text())
 
-    def check(self, key_id: str, minute: int, tenant: str, period: str) -> tuple[int, Balance]:
-        """Count this request in its window and read the balance, in one round trip."""
-        window = window_key(key_id, minute)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(window)
-        pipe.expire(window, WINDOW_TTL_S)
-        pipe.hgetall(balance_key(tenant, period))
-        count, _, raw = pipe.execute()
-        return int(count), _balance(raw)
-
     def screen(self, query: ScreenQuery) -> Screening:
         """The record, or the count and the balance, in one script call."""
         return self.screen_many([query])[0]
@@ -109,10 +99,6 @@ class GroupScreenGate:
         self.gate = gate
         self.timeout_s = timeout_s
         self.committer = GroupCommitter(gate.screen_many, max_batch, "redis-screen")
-
-    def check(self, key_id: str, minute: int, tenant: str, period: str) -> tuple[int, Balance]:
-        """As `RedisAdmissionGate.check`."""
-        return self.gate.check(key_id, minute, tenant, period)
 
     def screen(self, query: ScreenQuery) -> Screening:
         """Screened with whatever else is waiting."""

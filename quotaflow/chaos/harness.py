@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from quotaflow import compose
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store
 from quotaflow.chaos import observe, plan
@@ -23,7 +24,6 @@ from quotaflow.chaos.report import Result
 from quotaflow.devstack.process import DevStackError, free_port
 from quotaflow.devstack.services import postgres_reachable, redis_reachable
 from quotaflow.devstack.stack import DevStack
-from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
 
@@ -100,12 +100,12 @@ def _start(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> DevS
 
 def _tenants(stack: DevStack, specs: list[plan.TenantSpec]) -> dict[str, str]:
     keys = {}
-    with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
+    with compose.postgres(stack.settings) as conn:
         for t in specs:
             # A rate limit out of the way: the run is about faults, not throttling.
             keys[t.name] = tenant_store.create_tenant(conn, t.name, t.tokens,
                                                       rate_limit_per_min=1_000_000)
-        RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
+        compose.projection(stack.settings).catch_up(PostgresLedger(conn))
     return keys
 
 
@@ -161,7 +161,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
                                                                       snap.projection):
                 break
             time.sleep(1)
-            snap.projection = observe.projection(settings.redis_url)
+            snap.projection = observe.projection(settings)
         verdict = judge(snap, loader.outcomes)
         seconds["total"] = round(time.monotonic() - began, 1)
         config = {"summary": cfg.summary(), "requests": cfg.requests, "tenants": cfg.tenants,

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import redis
 
+from quotaflow import compose
 from quotaflow.chaos.facts import (
     TERMINAL,
     Balances,
@@ -25,7 +26,6 @@ from quotaflow.chaos.facts import (
     Snapshot,
 )
 from quotaflow.chaos.faults import OBSERVER
-from quotaflow.ledger.projection import RedisProjection
 from quotaflow.settings import Settings
 
 
@@ -105,11 +105,11 @@ def wait_until_quiet(url: str, accepted: Callable[[], set[str]], timeout_s: floa
         time.sleep(0.5)
 
 
-def projection(url: str) -> Balances | None:
+def projection(settings: Settings) -> Balances | None:
     """The Redis projection's balances, or None when Redis cannot be read."""
     try:
         return {k: (b.granted, b.reserved, b.spent)
-                for k, b in RedisProjection.connect(url).balances().items()}
+                for k, b in compose.projection(settings).balances().items()}
     except redis.RedisError:
         return None
 
@@ -141,6 +141,6 @@ def snapshot(settings: Settings, accepted: set[str], history: dict[str, list[str
             "FROM reservations WHERE NOT expired")]
         grants = dict(conn.execute("SELECT tenant_id, grant_tokens FROM tenants").fetchall())
     clean, findings = audit(settings)
-    return Snapshot(accepted, requests, ledger, open_, grants, projection(settings.redis_url),
+    return Snapshot(accepted, requests, ledger, open_, grants, projection(settings),
                     history, clean, findings, settings.reservation_ttl_s,
                     settings.sweep_interval_s)

@@ -9,6 +9,7 @@ import signal
 import threading
 from typing import Any
 
+from quotaflow import compose
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow")
@@ -41,9 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from quotaflow.adapters import kafka
-    from quotaflow.adapters.postgres import Reconnecting
     from quotaflow.analytics.consumer import AnalyticsConsumer
-    from quotaflow.analytics.store import PostgresUsageStore
 
     if args.batch < 1:
         raise SystemExit("--batch must be at least 1")
@@ -55,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    store = PostgresUsageStore(Reconnecting.from_settings(settings))
+    store = compose.usage_store(settings, statement_timeout=True)
     consumer = AnalyticsConsumer(settings, store, args.group, args.batch)
     log.info("analytics consuming %s as group %s", ", ".join(consumer.topics), consumer.group)
     consumer.run(stop)
@@ -64,10 +63,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from quotaflow.adapters import postgres as db
     from quotaflow.analytics.check import check_rollups
 
-    with db.connect(Settings.from_env().postgres_url) as conn:
+    with compose.postgres(Settings.from_env(), autocommit=False) as conn:
         result = check_rollups(conn, args.tenant)
     if args.format == "json":
         print(json.dumps({"ok": result.ok, "compared_events": result.compared,
@@ -82,9 +80,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _reset(args: argparse.Namespace) -> int:
-    from quotaflow.analytics.store import PostgresUsageStore
-
-    store = PostgresUsageStore.connect(Settings.from_env().postgres_url)
+    store = compose.usage_store(Settings.from_env())
     store.reset()
     store.close()
     print("roll-ups and stored offsets cleared; stop running consumers first, then "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from quotaflow.adapters import postgres as db
+from quotaflow import compose
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.settings import Settings
 
@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 
 def create(args: argparse.Namespace) -> int:
     """Issue a key for `args.tenant`; the key is printed alone on the last line."""
-    with db.connect(Settings.from_env().postgres_url, autocommit=True) as conn:
+    with compose.postgres(Settings.from_env()) as conn:
         try:
             key = tenants.create_key(conn, args.tenant)
         except tenants.UnknownTenant as exc:
@@ -45,7 +45,7 @@ def create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with db.connect(Settings.from_env().postgres_url, autocommit=True) as conn:
+    with compose.postgres(Settings.from_env()) as conn:
         try:
             keys = tenants.PostgresTenants(conn).list_keys(args.tenant)
         except tenants.UnknownTenant as exc:
@@ -59,10 +59,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    with db.connect(Settings.from_env().postgres_url, autocommit=True) as conn:
+    settings = Settings.from_env()
+    with compose.postgres(settings) as conn:
         if not tenants.revoke_key(conn, args.key_id):
             print(f"error: no key {args.key_id!r}")
             return 2
     print(f"revoked key {args.key_id}; admit refuses it within "
-          f"{Settings.from_env().auth_cache_ms} ms")
+          f"{settings.auth_cache_ms} ms")
     return 0

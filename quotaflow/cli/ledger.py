@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from quotaflow.adapters import postgres as db
+from quotaflow import compose
 from quotaflow.settings import Settings
 
 
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    applied = db.migrate(Settings.from_env().postgres_url)
+    applied = compose.migrate(Settings.from_env())
     print("applied: " + ", ".join(applied) if applied else "up to date")
     return 0
 
@@ -43,14 +43,13 @@ def _audit(args: argparse.Namespace) -> int:
     from quotaflow.analytics.check import compare_rollups
     from quotaflow.ledger import audit as a
     from quotaflow.ledger.audit_records import compare_requests
-    from quotaflow.ledger.projection import RedisProjection
 
     settings = Settings.from_env()
-    with db.connect(settings.postgres_url) as conn:
+    with compose.postgres(settings, autocommit=False) as conn:
         result = a.replay(conn, args.tenant, args.period, progress=a.progress_printer())
         a.compare_snapshot(result, conn, args.tenant, args.period)
         if not args.no_projection:
-            a.compare_projection(result, RedisProjection.connect(settings.redis_url),
+            a.compare_projection(result, compose.projection(settings),
                                  args.tenant, args.period)
         compare_requests(result, conn, args.tenant, settings.request_deadline_s)
         compare_rollups(result, conn, args.tenant)
@@ -62,12 +61,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from quotaflow.ledger.projection import RedisProjection
-    from quotaflow.ledger.store import PostgresLedger
-
     settings = Settings.from_env()
-    ledger = PostgresLedger.connect(settings.postgres_url)
-    projection = RedisProjection.connect(settings.redis_url)
+    ledger = compose.ledger(settings)
+    projection = compose.projection(settings)
     applied = projection.rebuild(ledger)
     print(f"rebuilt the projection from {applied} ledger events "
           f"(last seq {projection.last_seq()}, {len(projection.balances())} balances)")

@@ -1,5 +1,7 @@
 """`quotaflow` command line. Each command group lives in its own module with a
-`register(subparsers)` function; this file only wires them."""
+`register(subparsers)` function; this file only wires them, and answers an outage of
+PostgreSQL, Redis or Kafka (`quotaflow.runtime.faults.is_infrastructure`) with one line on
+stderr and exit status 3 instead of a traceback."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from collections.abc import Sequence
 
 from quotaflow import __version__
 from quotaflow.settings import SettingsError
+
+# The exit status when a backing service is down (the commands use 1 and 2 for their own).
+UNAVAILABLE_EXIT = 3
 
 _GROUPS = (
     "quotaflow.cli.dev",
@@ -51,6 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except SettingsError as exc:  # a malformed variable: one line naming it, no traceback
         raise SystemExit(f"quotaflow: {exc}") from None
+    except Exception as exc:
+        from quotaflow.runtime.faults import describe, is_infrastructure
+
+        if not is_infrastructure(exc):
+            raise
+        print(f"quotaflow {args.command}: {describe(exc)}", file=sys.stderr)
+        return UNAVAILABLE_EXIT
     return code
 
 

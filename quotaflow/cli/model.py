@@ -42,9 +42,9 @@ def register(sub: Any) -> None:
 
 
 def _registry(settings: Settings) -> Any:
-    from quotaflow.model.registry import ModelRegistry
+    from quotaflow.compose import model_registry
 
-    return ModelRegistry.connect(settings.s3_endpoint_url, settings.model_bucket)
+    return model_registry(settings)
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from quotaflow.adapters import postgres as db
+from quotaflow import compose
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.cli import key as key_cli
-from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
 
@@ -35,15 +34,15 @@ def register(sub: Any) -> None:
 
 def _create(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    db.migrate(settings.postgres_url)
-    with db.connect(settings.postgres_url, autocommit=True) as conn:
+    compose.migrate(settings)
+    with compose.postgres(settings) as conn:
         try:
             key = tenants.create_tenant(conn, args.name, args.tokens, args.period,
                                         args.rate_limit)
         except ValueError as exc:  # a bad argument, or TenantExists
             print(f"error: {exc}")
             return 2
-        RedisProjection.connect(settings.redis_url).catch_up(PostgresLedger(conn))
+        compose.projection(settings).catch_up(PostgresLedger(conn))
     print(f"created tenant {args.name}: {args.tokens} tokens per {args.period}, "
           f"{args.rate_limit} requests/min per key")
     print(key)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from quotaflow import compose
 from quotaflow.analytics.query import FORMATS, GRAINS, GROUPS, BadQuery, UsageQuery, render
 from quotaflow.settings import Settings
 
@@ -27,15 +28,13 @@ def register(sub: Any) -> None:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from quotaflow.analytics.store import PostgresUsageStore
-
     try:
         query = UsageQuery.parse({"tenant": args.tenant, "by": args.by, "group": args.group,
                                   "from": args.start, "to": args.end})
     except BadQuery as exc:
         print(f"quotaflow usage: --{exc.param}: {exc}", file=sys.stderr)
         return 2
-    store = PostgresUsageStore.connect(Settings.from_env().postgres_url)
+    store = compose.usage_store(Settings.from_env())
     try:
         found = store.usage(query)
     finally:

@@ -3,9 +3,9 @@
 `kn func deploy --path functions/STEP` builds only what is inside that directory, so the shared
 code is copied in beside `function/`: the `events` package (with schemas, migrations, Redis
 scripts and the topic declaration under events/_data), the `quotaflow` package and the
-`functions` package's modules: every step's, not only STEP's, since the runtime's wiring
-imports each step's ports. The copies are build outputs (.gitignored); run this before every
-deploy."""
+`functions` package's modules: every step's, not only STEP's, since the composition root
+(`quotaflow/compose.py`) imports each step's ports. The copies are build outputs
+(.gitignored); run this before every deploy."""
 
 from __future__ import annotations
 

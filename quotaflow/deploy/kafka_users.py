@@ -22,7 +22,7 @@ CLUSTER = "quotaflow"
 TOPIC_PREFIX = "quotaflow."
 GROUP_PREFIX = "quotaflow-"
 # What the code writes beyond a step's `produces`: the door publishes the `admitted` events
-# (functions/admit, quotaflow/door), and settle's ledger relay publishes the ledger topic
+# (functions/admit, quotaflow/runtime/door), and settle's ledger relay publishes the ledger topic
 # (runtime/wiring.py: `wire_settle`).
 ADMIT_WRITES = ("admitted",)
 EXTRA_WRITES = {"settle": ("ledger",)}

@@ -14,7 +14,7 @@ CONFIG_MAP = "quotaflow-config"
 SECRET = "quotaflow-secrets"
 # Settings fields every function reads from the ConfigMap, then from the Secret, in this order.
 FROM_CONFIG_MAP = ("kafka_bootstrap", "topic_prefix", "model_source", "model_name",
-                   "model_alias", "model_bucket", "model_cache_dir", "public_url",
+                   "model_bucket", "model_cache_dir", "public_url",
                    "reservation_ttl_s", "redrive_after_s", "request_deadline_s", "batch_max",
                    "batch_wait_ms", "log_level")
 FROM_SECRET = ("postgres_url", "redis_url", "s3_endpoint_url")

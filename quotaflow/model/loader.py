@@ -2,8 +2,9 @@
 
     standin     the deterministic stand-in (no weights)
     dir:PATH    a directory built by `quotaflow model build`
-    registry    QF_MODEL_NAME at alias QF_MODEL_ALIAS from the S3 registry (stable + canary),
-                re-resolved every few seconds, so a promotion takes effect without a restart
+    registry    QF_MODEL_NAME from the S3 registry: the canary version for its weight of
+                requests, stable for the rest, re-resolved every few seconds, so a promotion
+                takes effect without a restart
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ def create_app(step: str, settings: Settings) -> Flask:
     """The Flask app of `step`: admit's door, or a consumer step's CloudEvents entry with its
     ports wired from `settings`."""
     if step == "admit":
-        from quotaflow.door.app import create_app as admit_app
+        from quotaflow.runtime.door.app import create_app as admit_app
 
         return admit_app(settings)
     from quotaflow.runtime import http_entry

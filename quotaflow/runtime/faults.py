@@ -1,5 +1,7 @@
 """Which failures are the infrastructure's and which are a record's, and how long to wait
-before trying again.
+before trying again. `is_infrastructure` is the one classification of outages: a step retries
+such an error with backoff, the door and the HTTP entries answer it 503 with `Retry-After`, and
+the command line prints one line naming the service (`describe`) and exits 3.
 
 A step that cannot reach PostgreSQL, Redis or Kafka has nothing wrong with the record in hand:
 dead-lettering it would throw away a good request because of an outage (a one-second database
@@ -29,8 +31,9 @@ _INFRASTRUCTURE: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     PublishTimeout,
-    ConnectionError,
+    ConnectionError,  # a socket refused or reset
     TimeoutError,
+    BufferError,  # the Kafka producer's local queue is full: the broker takes nothing
 )
 
 
@@ -60,6 +63,24 @@ def _causes(exc: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__ or current.__context__
     return chain
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a person: which service failed (PostgreSQL, Redis, Kafka) and its first
+    line of error, with no trace."""
+    cause = next((c for c in _causes(exc) if _service(c)), exc)
+    detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+    return f"{_service(cause) or 'a backing service'} is unavailable: {detail}"
+
+
+def _service(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error):
+        return "PostgreSQL"
+    if isinstance(exc, redis.RedisError):
+        return "Redis"
+    if isinstance(exc, KafkaException | PublishTimeout | BufferError):
+        return "Kafka"
+    return ""
 
 
 def producer_failed(exc: BaseException) -> bool:

@@ -22,12 +22,12 @@ from events.catalog import PING_TYPE, SWEEP_TYPE
 from events.envelope import Envelope, UndecodableEvent, from_http
 from events.payloads import Payload
 from quotaflow.adapters import kafka
+from quotaflow.compose import wire
 from quotaflow.runtime import metrics
 from quotaflow.runtime.faults import INFRA_RETRIES, error_name, is_infrastructure
 from quotaflow.runtime.handling import handle_with_retries, publish
 from quotaflow.runtime.problem import Problem
-from quotaflow.runtime.step import AnyStep, Resources
-from quotaflow.runtime.wiring import Held, wire
+from quotaflow.runtime.step import AnyStep, Held, Resources
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)

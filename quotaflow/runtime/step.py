@@ -25,6 +25,29 @@ class Resources(Protocol):
     def close(self) -> None: ...
 
 
+class Connection(Protocol):
+    """A PostgreSQL connection, or a `Reconnecting` holder (closed while it cannot reopen)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Held:
+    """The `Resources` of ports: ready while none of their PostgreSQL connections is closed;
+    `close` runs the closers in order. `Held()` holds nothing (the in-memory fakes)."""
+
+    connections: Sequence[Connection] = ()
+    closers: Sequence[Callable[[], None]] = field(default=())
+
+    def ready(self) -> bool:
+        return not any(conn.closed for conn in self.connections)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+
 In = TypeVar("In")
 P = TypeVar("P")
 

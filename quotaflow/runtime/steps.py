@@ -1,5 +1,5 @@
 """The one list of pipeline steps: the ones that consume Kafka, by name, and admit (the
-HTTP door)."""
+HTTP door, which has no `Step`: `functions/admit/handler.py` says why)."""
 
 from __future__ import annotations
 

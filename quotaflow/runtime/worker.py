@@ -24,12 +24,12 @@ from confluent_kafka import Consumer, KafkaException, Message
 from events.envelope import Envelope, UndecodableEvent, from_kafka
 from events.payloads import Payload
 from quotaflow.adapters import kafka
+from quotaflow.compose import wire
 from quotaflow.runtime import faults, metrics
 from quotaflow.runtime.gaps import GapGuard, first_offsets, seek
 from quotaflow.runtime.handling import dead_letter, handle_with_retries, publish
 from quotaflow.runtime.inflight import InFlight, batch_offsets, rewind_offsets
-from quotaflow.runtime.step import AnyStep, Resources
-from quotaflow.runtime.wiring import Held, wire
+from quotaflow.runtime.step import AnyStep, Held, Resources
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)

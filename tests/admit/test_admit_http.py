@@ -17,9 +17,9 @@ import redis
 
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
-from quotaflow.door.app import create_app
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
+from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings
 from tests.problems import MODEL, assert_problem, body
 from tests.services import fresh_database, redis_base

@@ -20,7 +20,7 @@ import pytest
 import redis
 from werkzeug.serving import make_server
 
-from quotaflow.door.app import create_app
+from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings
 from tests.services import fresh_database, redis_base
 

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from quotaflow.adapters import postgres
-from quotaflow.door.wiring import ThreadConnections
+from quotaflow.adapters.thread_connections import ThreadConnections
 from tests.services import pg_base
 
 THREADS = 4

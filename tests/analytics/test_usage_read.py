@@ -18,9 +18,9 @@ from quotaflow.analytics.check import check_rollups, compare_rollups
 from quotaflow.analytics.consumer import AnalyticsConsumer
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.store import PostgresUsageStore
-from quotaflow.door.app import create_app
 from quotaflow.ledger.audit import Audit
 from quotaflow.ledger.store import PostgresLedger
+from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings
 from tests.analytics.conftest import History, make_history, quotaflow, wait
 from tests.services import redis_base

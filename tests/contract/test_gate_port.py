@@ -1,6 +1,7 @@
 """The `AdmissionGate` contract, run against the in-memory gate and Redis (db index 13): each
-check counts one request in its key's minute window and reads the balance the projection holds
-for the tenant's period. `-k memory` runs the fake alone, with no services."""
+screen of a new request counts it in its key's minute window and reads the balance the
+projection holds for the tenant's period; a request let through is recognised by its hash.
+`-k memory` runs the fake alone, with no services."""
 
 from __future__ import annotations
 
@@ -55,20 +56,26 @@ def event(seq: int, kind: Kind, amount: int, tenant: str = "acme", period: str =
                        period, amount, released, None, datetime(2026, 11, 29, tzinfo=UTC))
 
 
-def test_checks_count_the_keys_requests_in_their_minute(gate: Gate) -> None:
-    counts = [gate.gate.check("k1", MINUTE, "acme", "2026-11")[0] for _ in range(3)]
+def query(request_id: str, digest: str = "h1", limit: int = 100, needs: int = 10,
+          tenant: str = "acme", key_id: str = "k1", minute: int = MINUTE,
+          period: str = "2026-11") -> ScreenQuery:
+    return ScreenQuery(request_id, digest, key_id, minute, tenant, period, limit, needs)
+
+
+def test_screens_count_the_keys_requests_in_their_minute(gate: Gate) -> None:
+    counts = [gate.gate.screen(query(f"r{i}")).count for i in range(3)]
     assert counts == [1, 2, 3]
 
 
 def test_another_minute_or_another_key_counts_apart(gate: Gate) -> None:
-    gate.gate.check("k1", MINUTE, "acme", "2026-11")
-    assert gate.gate.check("k1", MINUTE + 1, "acme", "2026-11")[0] == 1
-    assert gate.gate.check("k2", MINUTE, "acme", "2026-11")[0] == 1
-    assert gate.gate.check("k1", MINUTE, "acme", "2026-11")[0] == 2
+    gate.gate.screen(query("r1"))
+    assert gate.gate.screen(query("r2", minute=MINUTE + 1)).count == 1
+    assert gate.gate.screen(query("r3", key_id="k2")).count == 1
+    assert gate.gate.screen(query("r4")).count == 2
 
 
 def test_a_period_with_nothing_projected_reads_zero(gate: Gate) -> None:
-    assert gate.gate.check("k1", MINUTE, "nobody", "2026-11")[1] == Balance()
+    assert gate.gate.screen(query("r1", tenant="nobody")).balance == Balance()
 
 
 def test_the_balance_is_the_projections_for_the_tenant_and_period(gate: Gate) -> None:
@@ -77,10 +84,10 @@ def test_the_balance_is_the_projections_for_the_tenant_and_period(gate: Gate) ->
                 event(4, Kind.RESERVATION_SETTLED, 12, released=18),
                 event(5, Kind.QUOTA_GRANTED, 7, period="2026-12"),
                 event(6, Kind.QUOTA_GRANTED, 5, tenant="other")])
-    _, balance = gate.gate.check("k1", MINUTE, "acme", "2026-11")
+    balance = gate.gate.screen(query("r1")).balance
     assert balance == Balance(granted=100, reserved=20, spent=12)
     assert balance.remaining == 68
-    assert gate.gate.check("k1", MINUTE, "acme", "2026-12")[1] == Balance(granted=7)
+    assert gate.gate.screen(query("r2", period="2026-12")).balance == Balance(granted=7)
 
 
 def test_a_redis_window_expires_after_its_minute_is_over() -> None:
@@ -88,13 +95,8 @@ def test_a_redis_window_expires_after_its_minute_is_over() -> None:
     from tests.services import redis_base
 
     client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
-    RedisAdmissionGate(client).check("k1", MINUTE, "acme", "2026-11")
+    RedisAdmissionGate(client).screen(query("r1"))
     assert 60 < client.ttl(window_key("k1", MINUTE)) <= WINDOW_TTL_S
-
-
-def query(request_id: str, digest: str = "h1", limit: int = 100, needs: int = 10,
-          tenant: str = "acme") -> ScreenQuery:
-    return ScreenQuery(request_id, digest, "k1", MINUTE, tenant, "2026-11", limit, needs)
 
 
 def test_a_new_request_is_counted_and_read_with_its_balance(gate: Gate) -> None:

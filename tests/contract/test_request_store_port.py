@@ -242,7 +242,7 @@ def test_group_committed_inserts_from_many_threads_create_each_request_once() ->
     from concurrent.futures import ThreadPoolExecutor
 
     from quotaflow.adapters.request_store import GroupCommitRequestStore, PostgresRequestStore
-    from quotaflow.door.wiring import ThreadConnections
+    from quotaflow.adapters.thread_connections import ThreadConnections
     from tests.contract.ledger_backends import postgres
 
     with postgres() as conn:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from events.catalog import REQUESTED_TYPE
-from quotaflow.door.parse import Limits, parse
+from quotaflow.runtime.door.parse import Limits, parse
 from tests.problems import MODEL, assert_problem, body
 from tests.unit.test_admit_door import Door
 

@@ -23,14 +23,14 @@ import pytest
 import redis
 from werkzeug.serving import make_server
 
+from quotaflow import compose
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door import wiring
-from quotaflow.door.app import create_app
-from quotaflow.door.auth import Authenticator, client_of
 from quotaflow.ports import Principal
 from quotaflow.runtime.client_address import client_address, networks
+from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.auth import Authenticator, client_of
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings, SettingsError
 from tests.services import fresh_database, redis_base
@@ -221,7 +221,7 @@ def door() -> Iterator[Door]:
     redis_url = f"{redis_base()}/{REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
     settings = replace(Settings(), postgres_url=fresh_database(DATABASE), redis_url=redis_url)
-    ports = wiring.connect(settings)
+    ports = compose.connect_door(settings)
     counting = CountingTenants(ports.tenants)
     app = create_app(settings, replace(ports, tenants=counting))
     server = make_server("127.0.0.1", 0, app, threaded=True)

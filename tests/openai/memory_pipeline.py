@@ -15,27 +15,16 @@ from flask.testing import FlaskClient
 
 from events.envelope import Envelope
 from events.payloads import Admitted, Rejected, Reserved
-from functions.estimate.handler import EstimatePorts
 from functions.estimate.handler import handle as estimate
-from functions.infer.handler import InferPorts
 from functions.infer.handler import handle as infer
-from functions.record.handler import RecordPorts
 from functions.record.handler import handle as record
-from functions.reserve.handler import ReservePorts
 from functions.reserve.handler import handle as reserve
-from functions.settle.handler import SettlePorts
 from functions.settle.handler import handle as settle
 from quotaflow.adapters.clock import FixedClock
-from quotaflow.adapters.memory.gate import MemoryAdmissionGate
-from quotaflow.adapters.memory.ledger import MemoryLedger
-from quotaflow.adapters.memory.outbox import MemoryOutbox
-from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.adapters.memory.stream import MemoryTokenStream
-from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door.app import create_app
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.model.standin import StandInModel
+from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings
+from tests.unit.fakes import World
 
 MODEL = "standin"
 PERIOD = "2026-11"
@@ -67,16 +56,14 @@ class Pipeline:
         self._thread.join(10)
 
     def _run(self) -> None:
-        d = self.door
+        w, model = self.door.world, self.model
         while (p := self._work.get()) is not None:
             self.paused.wait()
-            decided = reserve(estimate([p], EstimatePorts(self.model)),
-                              ReservePorts(d.ledger, d.gate.projection, d.requests))
+            decided = reserve(estimate([p], w.ports("estimate", model)), w.ports("reserve"))
             ok = [r for r in decided if isinstance(r, Reserved)]
             refused = [r for r in decided if isinstance(r, Rejected)]
-            settled = settle(infer(ok, InferPorts(self.model, d.stream)),
-                             SettlePorts(d.ledger, d.gate.projection, d.outbox, 300)) if ok else []
-            record([*settled, *refused], RecordPorts(d.requests))
+            settled = settle(infer(ok, w.ports("infer", model)), w.ports("settle")) if ok else []
+            record([*settled, *refused], w.ports("record"))
 
 
 class MemoryDoor:
@@ -84,20 +71,13 @@ class MemoryDoor:
     `acme` has plenty of quota, `tiny` 10 tokens."""
 
     def __init__(self, token_delay_s: float = 0.0, rate_limit: int = 1000) -> None:
-        self.clock = FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC))
-        self.tenants, self.gate = MemoryTenants(), MemoryAdmissionGate()
-        self.requests = MemoryRequestStore(self.clock)
-        self.ledger = MemoryLedger(self.clock)
-        self.outbox = MemoryOutbox(self.ledger)
-        self.stream = MemoryTokenStream()
-        self.keys: dict[str, str] = {}
-        for tenant, tokens in (("acme", 100_000), ("tiny", 10)):
-            self.ledger.add_tenant(tenant, tokens)
-            self.keys[tenant] = self.tenants.create_key(tenant, rate_limit)
-        self.gate.projection.catch_up(self.ledger)
+        self.world = w = World(FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC)))
+        self.clock, self.requests, self.ledger, self.stream = w.clock, w.requests, w.ledger, \
+            w.stream
+        self.keys = {tenant: w.tenant(tenant, tokens, rate_limit)
+                     for tenant, tokens in (("acme", 100_000), ("tiny", 10))}
         self.pipeline = Pipeline(self, StandInModel(token_delay_s))
-        self.ports = DoorPorts(self.tenants, self.gate, self.gate.projection, self.requests,
-                               self.pipeline, self.clock, stream=self.stream)
+        self.ports = w.door_ports(publisher=self.pipeline)
         self.settings = replace(Settings(), model_name=MODEL, max_body_bytes=8192,
                                 max_tokens_limit=64, public_url="http://door.test")
         self.client: FlaskClient = create_app(self.settings, self.ports).test_client()

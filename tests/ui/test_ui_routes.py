@@ -14,31 +14,19 @@ from flask.testing import FlaskClient
 
 from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.clock import FixedClock
-from quotaflow.adapters.memory.gate import MemoryAdmissionGate
-from quotaflow.adapters.memory.ledger import MemoryLedger
-from quotaflow.adapters.memory.publisher import MemoryPublisher
-from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door.app import create_app
-from quotaflow.door.ui_routes import UI_DIR
-from quotaflow.door.wiring import DoorPorts
+from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.usage_page import UI_DIR
 from quotaflow.settings import Settings
 from tests.problems import assert_problem, body
+from tests.unit.fakes import World
 
 
 class Door:
     def __init__(self) -> None:
-        self.clock = FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC))
-        tenants, gate = MemoryTenants(), MemoryAdmissionGate()
-        self.requests = MemoryRequestStore(self.clock)
-        ledger = MemoryLedger(self.clock)
-        self.keys = {}
-        for tenant in ("acme", "other"):
-            ledger.add_tenant(tenant, 10_000)
-            self.keys[tenant] = tenants.create_key(tenant, 1000)
-        gate.projection.catch_up(ledger)
-        ports = DoorPorts(tenants, gate, gate.projection, self.requests, MemoryPublisher(),
-                          self.clock)
+        world = World(FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC)))
+        self.clock, self.requests = world.clock, world.requests
+        self.keys = {tenant: world.tenant(tenant, 10_000, 1000) for tenant in ("acme", "other")}
+        ports = world.door_ports()
         settings = replace(Settings(), public_url="http://door.test")
         self.client: FlaskClient = create_app(settings, ports).test_client()
 
@@ -81,8 +69,8 @@ def test_the_page_and_its_files_are_served_under_a_strict_content_security_polic
 
 def test_a_missing_page_file_or_a_path_outside_the_page_is_a_404_problem(door: Door) -> None:
     assert_problem(door.client.get("/ui/nothing-here.js"), 404)
-    assert_problem(door.client.get("/ui/../ui_routes.py"), 404)
-    assert_problem(door.client.get("/ui/%2e%2e/ui_routes.py"), 404)
+    assert_problem(door.client.get("/ui/../usage_page.py"), 404)
+    assert_problem(door.client.get("/ui/%2e%2e/usage_page.py"), 404)
 
 
 def test_recent_requests_are_the_callers_own_newest_first(door: Door) -> None:

@@ -1,35 +1,81 @@
-"""The in-memory world the unit tests run handlers in, and payload builders."""
+"""The one builder of fakes: the in-memory world the unit tests run handlers and the door in
+(the twin of `quotaflow/compose.py`, over `quotaflow/adapters/memory/`), and payload builders.
+
+`World.ports(step, model)` answers a consumer step's ports bundle as `compose.wire` does, and
+`World.door_ports()` the door's as `compose.connect_door` does, all over one ledger, projection
+and request store on one fixed clock."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from events.payloads import Admitted, Estimated, Message, Reserved
+from functions.estimate.handler import EstimatePorts
+from functions.infer.handler import InferPorts
+from functions.record.handler import RecordPorts
+from functions.reserve.handler import ReservePorts
+from functions.settle.handler import SettlePorts
 from quotaflow.adapters.clock import FixedClock
+from quotaflow.adapters.memory.gate import MemoryAdmissionGate
 from quotaflow.adapters.memory.ledger import MemoryLedger
 from quotaflow.adapters.memory.outbox import MemoryOutbox
 from quotaflow.adapters.memory.projection import MemoryProjection
+from quotaflow.adapters.memory.publisher import MemoryPublisher
 from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.ports import NewRequest
+from quotaflow.adapters.memory.stream import MemoryTokenStream
+from quotaflow.adapters.memory.tenants import MemoryTenants
+from quotaflow.analytics.store import UsageReader
+from quotaflow.ports import NewRequest, Publisher
+from quotaflow.runtime.door.ports import DoorPorts
 
 ADMITTED_AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 
 @dataclass
 class World:
-    """One ledger, its projection and outbox, and the request store, on a fixed clock."""
+    """One ledger, its projection and outbox, the request store, the door's tenants, gate,
+    publisher and token stream, on a fixed clock."""
 
     clock: FixedClock = field(default_factory=FixedClock)
     projection: MemoryProjection = field(default_factory=MemoryProjection)
     requests: MemoryRequestStore = field(init=False)
     ledger: MemoryLedger = field(init=False)
     outbox: MemoryOutbox = field(init=False)
+    tenants: MemoryTenants = field(default_factory=MemoryTenants)
+    gate: MemoryAdmissionGate = field(init=False)
+    publisher: MemoryPublisher = field(default_factory=MemoryPublisher)
+    stream: MemoryTokenStream = field(default_factory=MemoryTokenStream)
 
     def __post_init__(self) -> None:
         self.ledger = MemoryLedger(self.clock)
         self.outbox = MemoryOutbox(self.ledger)
         self.requests = MemoryRequestStore(self.clock)
+        self.gate = MemoryAdmissionGate(self.projection)
+
+    def tenant(self, name: str, tokens: int, rate_limit_per_min: int = 600) -> str:
+        """A tenant granted `tokens` a month, projected; answers a new API key of it."""
+        self.ledger.add_tenant(name, tokens)
+        self.projection.catch_up(self.ledger)
+        return self.tenants.create_key(name, rate_limit_per_min)
+
+    def ports(self, step: str, model: Any = None) -> Any:
+        """The ports bundle of consumer step `step`, as `quotaflow.compose.wire` opens it."""
+        bundles: dict[str, Any] = {
+            "estimate": lambda: EstimatePorts(model),
+            "reserve": lambda: ReservePorts(self.ledger, self.projection, self.requests),
+            "infer": lambda: InferPorts(model, self.stream),
+            "settle": lambda: SettlePorts(self.ledger, self.projection, self.outbox, 300),
+            "record": lambda: RecordPorts(self.requests)}
+        return bundles[step]()
+
+    def door_ports(self, publisher: Publisher | None = None,
+                   usage: UsageReader | None = None) -> DoorPorts:
+        """The door's ports, as `quotaflow.compose.connect_door` opens them."""
+        return DoorPorts(self.tenants, self.gate, self.projection, self.requests,
+                         publisher or self.publisher, self.clock, stream=self.stream,
+                         usage=usage)
 
     def queue(self, *payloads: Admitted) -> None:
         """Store each request as admit does: `queued`, with its data and admission time."""

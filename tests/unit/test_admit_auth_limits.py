@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door.auth import Authenticator, bearer_key
-from quotaflow.door.limits import seconds_to_next_period
+from quotaflow.runtime.door.auth import Authenticator, bearer_key
+from quotaflow.runtime.door.limits import seconds_to_next_period
 from quotaflow.runtime.problem import Problem
 
 

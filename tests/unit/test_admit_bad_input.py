@@ -13,11 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from confluent_kafka import KafkaError, KafkaException
 
 from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.door.app import create_app
 from quotaflow.ports import Inserted, NewRequest, PublishTimeout, RequestView
+from quotaflow.runtime.door.app import create_app
 from tests.problems import MODEL, assert_problem, body
 from tests.unit.test_admit_door import Door, headers
 
@@ -169,9 +170,11 @@ def test_a_request_id_that_is_not_a_uuid_is_404_without_asking_the_store(
 
 @pytest.mark.parametrize("error", [
     psycopg.OperationalError("terminating connection due to administrator command"),
+    psycopg.InterfaceError("the connection is closed"),
     redis.ConnectionError("Connection refused"), redis.TimeoutError("Timeout reading"),
     ConnectionRefusedError("refused"), TimeoutError("timed out"),
-])
+    BufferError("Local: Queue full"), KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN)),
+], ids=lambda e: type(e).__name__)
 def test_a_backing_service_that_is_down_is_503_with_retry_after_and_no_trace(
         door: BigDoor, caplog: pytest.LogCaptureFixture, error: Exception) -> None:
     door.requests.fails = error

@@ -15,34 +15,24 @@ from flask.testing import FlaskClient
 
 from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.clock import FixedClock
-from quotaflow.adapters.memory.gate import MemoryAdmissionGate
-from quotaflow.adapters.memory.ledger import MemoryLedger
-from quotaflow.adapters.memory.publisher import MemoryPublisher
 from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.adapters.memory.tenants import MemoryTenants
-from quotaflow.door.app import create_app
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Inserted, NewRequest, ReservedMark, ReserveTokens
+from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings
 from tests.problems import MODEL, assert_problem, body
+from tests.unit.fakes import World
 
 
 class Door:
     """The door over in-memory ports, a ledger on the same clock, and three tenants' keys."""
 
     def __init__(self) -> None:
-        self.clock = FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC))
-        self.tenants, self.publisher = MemoryTenants(), MemoryPublisher()
-        self.gate, self.requests = MemoryAdmissionGate(), MemoryRequestStore(self.clock)
-        self.ledger = ledger = MemoryLedger(self.clock)
-        self.keys = {}
-        for tenant, tokens, rate in (("acme", 1000, 1000), ("tiny", 10, 600),
-                                     ("chatty", 10_000, 3)):
-            ledger.add_tenant(tenant, tokens)
-            self.keys[tenant] = self.tenants.create_key(tenant, rate)
-        self.gate.projection.catch_up(ledger)
-        self.ports = DoorPorts(self.tenants, self.gate, self.gate.projection, self.requests,
-                               self.publisher, self.clock)
+        world = World(FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC)))
+        self.clock, self.tenants, self.publisher = world.clock, world.tenants, world.publisher
+        self.gate, self.requests, self.ledger = world.gate, world.requests, world.ledger
+        self.keys = {tenant: world.tenant(tenant, tokens, rate) for tenant, tokens, rate in (
+            ("acme", 1000, 1000), ("tiny", 10, 600), ("chatty", 10_000, 3))}
+        self.ports = world.door_ports()
         self.settings = replace(Settings(), max_body_bytes=4096, public_url="http://door.test")
         self.client: FlaskClient = create_app(self.settings, self.ports).test_client()
 

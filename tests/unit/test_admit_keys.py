@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from quotaflow.door.app import create_app
-from quotaflow.door.auth import FAILURES_PER_S
+from quotaflow.runtime.door.app import create_app
+from quotaflow.runtime.door.auth import FAILURES_PER_S
 from tests.problems import assert_problem, body
 from tests.unit.test_admit_door import Door, headers
 

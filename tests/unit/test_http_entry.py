@@ -20,7 +20,7 @@ from functions.settle.handler import SettlePorts
 from quotaflow.ledger.commands import ReserveTokens
 from quotaflow.model.standin import StandInModel
 from quotaflow.runtime.http_entry import create_app
-from quotaflow.runtime.wiring import Held
+from quotaflow.runtime.step import Held
 from quotaflow.settings import Settings
 from tests.unit.fakes import World, reserved
 from tests.unit.runtime_fakes import FakeProducer, Fragile, fragile_step, upstream

@@ -1,6 +1,7 @@
 """The layout's promises, read from the code's own imports: `events` is the wire and imports
 nothing of the runtime, a step's code in `functions/` sees only the wire and the runtime's
-ports and step machinery, and no module imports itself back through others."""
+ports and step machinery, the door and the steps open no adapter of their own (the composition
+root, `quotaflow/compose.py`, does), and no module imports itself back through others."""
 
 from __future__ import annotations
 
@@ -69,6 +70,18 @@ def test_steps_import_only_the_wire_and_the_runtimes_ports_and_step_machinery() 
     wrong = {(m, i) for m in MODULES if m.startswith(("functions", "function"))
              for i in _imports(m)
              if not i.startswith((*FUNCTIONS_MAY_IMPORT, "functions", "function"))}
+    assert not wrong, sorted(wrong)
+
+
+# Adapters with no I/O, which anyone may use.
+PURE_ADAPTERS = ("quotaflow.adapters.api_keys",)
+
+
+def test_the_door_and_the_steps_take_their_adapters_from_the_composition_root() -> None:
+    wrong = {(m, i) for m in MODULES
+             if m.startswith(("quotaflow.runtime.door", "functions", "function"))
+             for i in _imports(m)
+             if i.startswith("quotaflow.adapters") and i not in PURE_ADAPTERS}
     assert not wrong, sorted(wrong)
 
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import psycopg
 import pytest
+import redis
 
 from events.catalog import REQUESTED_TYPE
+from quotaflow.runtime.door.app import create_app
 from tests.openai.memory_pipeline import MODEL, MemoryDoor
 
 WORDS = "one two three"  # the stand-in answers "three two one": 3 tokens; the prompt is 4
@@ -251,3 +255,21 @@ def test_a_request_not_streamed_gives_its_recorded_output_then_end(door: MemoryD
     got = sse_events(door.client.get(f"/v1/requests/{rid}/events", headers=door.headers()))
     assert [d.get("text") for _, e, d in got if e == "delta"] == ["three two one"]
     assert got[-1][2]["status"] == "completed" and got[-1][2]["usage"]["charged_tokens"] == 7
+
+
+@pytest.mark.parametrize("outage", [
+    psycopg.OperationalError("the database system is shutting down"),
+    redis.ConnectionError("Connection refused"), BufferError("Local: Queue full"),
+], ids=lambda e: type(e).__name__)
+def test_a_backing_service_that_is_down_is_503_with_retry_after(
+        door: MemoryDoor, outage: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    class Down:
+        def publish(self, envelopes: Any) -> None:
+            raise outage
+
+    client = create_app(door.settings, replace(door.ports, publisher=Down())).test_client()
+    resp = client.post("/v1/chat/completions", headers=door.headers(), json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    e = error(resp, 503)
+    assert e["code"] == "service_unavailable" and resp.headers["Retry-After"] == "5"
+    assert [r for r in caplog.records if r.exc_info] == []

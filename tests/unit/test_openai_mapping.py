@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from quotaflow.door.openai.errors import OpenAIError, from_problem
-from quotaflow.door.openai.mapping import CHAT, TEXT, parse_call
-from quotaflow.door.parse import Limits, validate_data
 from quotaflow.ports import payload_hash
+from quotaflow.runtime.door.openai_api.errors import OpenAIError, from_problem
+from quotaflow.runtime.door.openai_api.mapping import CHAT, TEXT, parse_call
+from quotaflow.runtime.door.parse import Limits, validate_data
 from quotaflow.runtime.problem import Problem
 
 LIMITS = Limits("m", 64, 1000)

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.stream import MemoryTokenStream
-from quotaflow.door.openai import shapes
-from quotaflow.door.openai.errors import OpenAIError
-from quotaflow.door.openai.relay import Delta, Ended, Quiet, Relay, TimedOut, Timing
-from quotaflow.door.openai.streaming import HangupBody, openai_chunks
 from quotaflow.ports import FinalRecord, NewRequest, StreamEnd, TokenDelta
+from quotaflow.runtime.door.openai_api import shapes
+from quotaflow.runtime.door.openai_api.errors import OpenAIError
+from quotaflow.runtime.door.openai_api.relay import Delta, Ended, Quiet, Relay, TimedOut, Timing
+from quotaflow.runtime.door.openai_api.streaming import HangupBody, openai_chunks
 
 RID = "r-1"
 QUICK = Timing(block_ms=5, check_first_s=0.0, check_s=0.0, total_s=5.0)

@@ -13,10 +13,11 @@ import pytest
 from events.catalog import EVENTS
 from functions.estimate.handler import EstimatePorts
 from functions.infer.handler import InferPorts
+from quotaflow.compose import WIRING, wire
 from quotaflow.model.standin import StandInModel
 from quotaflow.runtime.knative import _AllInOne
+from quotaflow.runtime.step import Held
 from quotaflow.runtime.steps import ALL_STEPS, CONSUMER_STEPS, load_step
-from quotaflow.runtime.wiring import WIRING, Held, wire
 from quotaflow.settings import Settings
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,39 +13,28 @@ from flask.testing import FlaskClient
 
 from events.payloads import LedgerEntry
 from quotaflow.adapters.clock import FixedClock
-from quotaflow.adapters.memory.gate import MemoryAdmissionGate
-from quotaflow.adapters.memory.publisher import MemoryPublisher
-from quotaflow.adapters.memory.requests import MemoryRequestStore
-from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.analytics.memory import MemoryUsageStore
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.rollup import Batch
-from quotaflow.door.app import create_app
-from quotaflow.door.wiring import DoorPorts
+from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings
 from tests.problems import assert_problem
+from tests.unit.fakes import World
 
 AT = datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class UsagePorts(DoorPorts):
-    usage: MemoryUsageStore | None = None
-
-
 class Door:
     def __init__(self) -> None:
-        clock = FixedClock(AT)
-        tenants, gate = MemoryTenants(), MemoryAdmissionGate()
-        self.keys = {t: tenants.create_key(t, 600) for t in ("acme", "beta")}
+        world = World(FixedClock(AT))
+        self.keys = {t: world.tenants.create_key(t, 600) for t in ("acme", "beta")}
         self.usage = MemoryUsageStore({"a1": ("m", "ka"), "b1": ("m", "kb")})
         self.usage.apply(Batch("g", [
             LedgerEntry(1, "acme", 1, "TokensReserved", "a1", "2026-11", 70, 0, AT),
             LedgerEntry(2, "beta", 1, "TokensReserved", "b1", "2026-11", 900, 0, AT),
             LedgerEntry(3, "acme", 2, "ReservationSettled", "a1", "2026-11", 30, 40, AT)]))
-        ports = UsagePorts(tenants, gate, gate.projection, MemoryRequestStore(clock),
-                           MemoryPublisher(), clock, usage=self.usage)
-        self.client: FlaskClient = create_app(Settings(), ports).test_client()
+        self.client: FlaskClient = create_app(
+            Settings(), world.door_ports(usage=self.usage)).test_client()
 
     def get(self, query: str = "", tenant: str = "acme") -> Any:
         return self.client.get(f"/v1/usage{query}",

@@ -121,6 +121,7 @@ def outage_step() -> Any:
     PublishTimeout("3 Kafka messages not delivered within 30 s"),
     KafkaException(KafkaError(KafkaError._TRANSPORT)),
     KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN)),
+    BufferError("Local: Queue full"),
 ])
 def test_an_outage_is_raised_to_the_loop_without_dead_lettering_any_record(
         error: Exception) -> None:

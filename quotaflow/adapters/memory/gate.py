@@ -21,13 +21,6 @@ class MemoryAdmissionGate:
         self._seen: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def check(self, key_id: str, minute: int, tenant: str, period: str) -> tuple[int, Balance]:
-        """Count this request in its window and read the balance."""
-        with self._lock:
-            self._counts[(key_id, minute)] += 1
-            count = self._counts[(key_id, minute)]
-        return count, self.projection.balance(tenant, period)
-
     def screen(self, query: ScreenQuery) -> Screening:
         """The record, or the count and the balance (recording a request within both)."""
         q = query

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from events.envelope import Envelope
 from functions.admit.handler import Admission, AdmitPorts, ClientRequest, admit
-from quotaflow.door.limits import AdmissionLimits
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Principal
 from quotaflow.runtime import metrics
+from quotaflow.runtime.door.limits import AdmissionLimits
+from quotaflow.runtime.door.ports import DoorPorts
 
 
 class Acceptor:

@@ -1,5 +1,5 @@
 """An OpenAI request body as a quotaflow request: the same normalized data the CloudEvents door
-produces (`quotaflow.door.parse.validate_data`), plus how to answer (stream or not, usage).
+produces (`quotaflow.runtime.door.parse.validate_data`), plus how to answer (stream or not, usage).
 
 Fields, and what is done with the ones quotaflow does not implement:
 - used: `model`, `messages` (chat) or `prompt` (completions), `max_tokens` /
@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quotaflow.door.openai.errors import bad_request, from_problem, model_not_found
-from quotaflow.door.parse import Limits, validate_data
+from quotaflow.runtime.door.openai_api.errors import bad_request, from_problem, model_not_found
+from quotaflow.runtime.door.parse import Limits, validate_data
 from quotaflow.runtime.problem import Problem
 
 CHAT = "chat"

@@ -16,11 +16,11 @@ import uuid
 
 from flask import Blueprint, Response, request
 
-from quotaflow.door.auth import Authenticator
-from quotaflow.door.openai.relay import Relay, Timing
-from quotaflow.door.openai.streaming import HangupBody, request_events
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.model.token_stream import START, id_key
+from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.openai_api.relay import Relay, Timing
+from quotaflow.runtime.door.openai_api.streaming import HangupBody, request_events
+from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 

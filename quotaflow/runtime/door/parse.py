@@ -19,7 +19,7 @@ from typing import Any
 
 from events import attributes, received
 from events.catalog import REQUESTED_TYPE
-from quotaflow.door.strict_json import decode_json
+from quotaflow.runtime.door.strict_json import decode_json
 from quotaflow.runtime.problem import Problem
 
 REQUIRED_ATTRIBUTES = received.REQUIRED

@@ -17,17 +17,34 @@ from flask import Blueprint, Response, jsonify, request
 
 from events.status import RequestStatus
 from functions.admit.handler import IdempotencyConflict
-from quotaflow.door.auth import Authenticator
-from quotaflow.door.openai import shapes
-from quotaflow.door.openai.errors import SERVER, OpenAIError, from_problem, model_not_found
-from quotaflow.door.openai.mapping import CHAT, TEXT, Call, parse_call
-from quotaflow.door.openai.relay import Ended, TimedOut, Timing, finish_reason, first_event
-from quotaflow.door.openai.service import OpenAIDoor
-from quotaflow.door.openai.streaming import HangupBody, openai_chunks, prepend, timed_out
-from quotaflow.door.parse import Limits
-from quotaflow.door.strict_json import decode_json
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Principal, PublishTimeout
+from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.openai_api import shapes
+from quotaflow.runtime.door.openai_api.errors import (
+    SERVER,
+    OpenAIError,
+    from_problem,
+    model_not_found,
+)
+from quotaflow.runtime.door.openai_api.mapping import CHAT, TEXT, Call, parse_call
+from quotaflow.runtime.door.openai_api.relay import (
+    Ended,
+    TimedOut,
+    Timing,
+    finish_reason,
+    first_event,
+)
+from quotaflow.runtime.door.openai_api.service import OpenAIDoor
+from quotaflow.runtime.door.openai_api.streaming import (
+    HangupBody,
+    openai_chunks,
+    prepend,
+    timed_out,
+)
+from quotaflow.runtime.door.parse import Limits
+from quotaflow.runtime.door.ports import DoorPorts
+from quotaflow.runtime.door.strict_json import decode_json
+from quotaflow.runtime.faults import is_infrastructure
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 
@@ -39,10 +56,9 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
-              timing: Timing | None = None,
-              unavailable: tuple[type[BaseException], ...] = ()) -> Blueprint:
-    """The routes over the door's ports, settings and authenticator; an error of a type in
-    `unavailable` (a backing service down) is a 503 with Retry-After, any other a 500."""
+              timing: Timing | None = None) -> Blueprint:
+    """The routes over the door's ports, settings and authenticator; a backing service down
+    (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500."""
     door = OpenAIDoor(ports, timing or Timing(total_s=float(settings.request_deadline_s)))
     limits = Limits(settings.model_name, settings.max_tokens_limit, settings.max_prompt_chars)
     max_body = settings.max_body_bytes
@@ -69,7 +85,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
 
     @bp.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        if isinstance(exc, unavailable):
+        if is_infrastructure(exc):
             log.warning("openai: a backing service is unavailable: %s: %s",
                         type(exc).__name__, exc)
             return OpenAIError(503, "a backing service failed; send the request again later",

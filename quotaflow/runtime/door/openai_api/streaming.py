@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
 from events.status import RequestStatus
-from quotaflow.door.openai import shapes
-from quotaflow.door.openai.errors import SERVER, OpenAIError
-from quotaflow.door.openai.relay import Delta, Ended, Event, Quiet, TimedOut
+from quotaflow.runtime.door.openai_api import shapes
+from quotaflow.runtime.door.openai_api.errors import SERVER, OpenAIError
+from quotaflow.runtime.door.openai_api.relay import Delta, Ended, Event, Quiet, TimedOut
 
 
 class HangupBody:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from quotaflow.door.openai.mapping import CHAT
+from quotaflow.runtime.door.openai_api.mapping import CHAT
 
 
 @dataclass(frozen=True)

@@ -43,17 +43,6 @@ class AdmissionLimits:
         """The principal's billing period now."""
         return period_of(principal.plan_period, self.clock.now().astimezone(UTC))
 
-    def check(self, principal: Principal, needs_tokens: int) -> None:
-        """Count the request; a 429 Problem with Retry-After when over the key's rate limit or
-        when the tenant's projected balance cannot cover `needs_tokens`."""
-        now = self.clock.now().astimezone(UTC)
-        period = period_of(principal.plan_period, now)
-        count, balance = self.gate.check(principal.key_id, int(now.timestamp() // 60),
-                                         principal.tenant, period)
-        refusal = _refusal(principal, now, period, count, balance, needs_tokens)
-        if refusal is not None:
-            raise refusal
-
     def screener(self, principal: Principal,
                  needs_tokens: int) -> Callable[[str, str], Screened]:
         """admit's screen for one request: the record of a recent acceptance, or the rate

@@ -15,15 +15,20 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from events.status import LedgerReason, RequestStatus
-from quotaflow.door.accept import Acceptor
-from quotaflow.door.limits import seconds_to_next_period
-from quotaflow.door.openai import shapes
-from quotaflow.door.openai.errors import SERVER, OpenAIError, bad_request, insufficient_quota
-from quotaflow.door.openai.mapping import Call
-from quotaflow.door.openai.relay import Ended, Relay, Timing, charged_view
-from quotaflow.door.parse import MAX_ATTRIBUTE_CHARS
-from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Principal, RequestView
+from quotaflow.runtime.door.accept import Acceptor
+from quotaflow.runtime.door.limits import seconds_to_next_period
+from quotaflow.runtime.door.openai_api import shapes
+from quotaflow.runtime.door.openai_api.errors import (
+    SERVER,
+    OpenAIError,
+    bad_request,
+    insufficient_quota,
+)
+from quotaflow.runtime.door.openai_api.mapping import Call
+from quotaflow.runtime.door.openai_api.relay import Ended, Relay, Timing, charged_view
+from quotaflow.runtime.door.parse import MAX_ATTRIBUTE_CHARS
+from quotaflow.runtime.door.ports import DoorPorts
 
 SOURCE = "openai"
 USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
