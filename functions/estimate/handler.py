@@ -1,5 +1,10 @@
 """estimate: count the prompt with the model's own tokenizer (chat template applied);
-the worst case to reserve is prompt tokens + max_tokens."""
+the worst case to reserve is prompt tokens + max_tokens.
+
+A request whose worst case exceeds the model's context is rejected here, before anything is
+reserved: reason `context_length_exceeded: <message>`, the message naming the numbers (the
+OpenAI door answers it as a 400 of that code). The door's byte and character limits are only a
+cheap first filter; tokens are counted here, where the tokenizer is."""
 
 from __future__ import annotations
 
@@ -16,15 +21,32 @@ class EstimatePorts:
     tokenizer: Tokenizer
 
 
-def handle(payloads: Sequence[Admitted], ports: EstimatePorts) -> list[Estimated]:
-    """One estimate per admitted request, in order."""
-    out = []
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+def handle(payloads: Sequence[Admitted], ports: EstimatePorts) -> list[Estimated | Rejected]:
+    """One estimate per admitted request, in order; a rejection for one over the context."""
+    out: list[Estimated | Rejected] = []
+    context = ports.tokenizer.context_tokens
     for p in payloads:
         messages = tuple(ChatMessage(m.role, m.content) for m in p.messages)
         prompt_tokens = ports.tokenizer.count_prompt_tokens(messages)
+        needed = prompt_tokens + p.max_tokens
+        if needed > context:
+            out.append(Rejected(p.request_id, p.tenant, needed, context_length_exceeded(
+                context, prompt_tokens, p.max_tokens)))
+            continue
         out.append(Estimated(**p.request_fields(), prompt_tokens=prompt_tokens,
-                             estimate_tokens=prompt_tokens + p.max_tokens))
+                             estimate_tokens=needed))
     return out
+
+
+def context_length_exceeded(context: int, prompt_tokens: int, max_tokens: int) -> str:
+    """The rejection's reason: its code, then what a client reads (OpenAI's own wording)."""
+    return (f"{CONTEXT_LENGTH_EXCEEDED}: This model's maximum context length is {context} "
+            f"tokens. However, you requested {prompt_tokens + max_tokens} tokens "
+            f"({prompt_tokens} in the prompt, {max_tokens} for max_tokens). Please reduce the "
+            "length of the prompt or max_tokens.")
 
 
 def on_poison(p: Admitted, reason: str, ports: EstimatePorts) -> list[Rejected]:

@@ -76,6 +76,12 @@ class TokenSink(Protocol):
 
 
 class Tokenizer(Protocol):
+    @property
+    def context_tokens(self) -> int:
+        """The most tokens the model attends to, prompt and completion together: its own
+        context length (the model's config), never a number of ours."""
+        ...
+
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens of the prompt with the chat template applied, exactly as `generate` feeds it."""
         ...

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from flask.testing import FlaskClient
 
 from events.envelope import Envelope
-from events.payloads import Admitted, Rejected, Reserved
+from events.payloads import Admitted, Estimated, Rejected, Reserved
 from functions.estimate.handler import EstimatePorts
 from functions.estimate.handler import handle as estimate
 from functions.infer.handler import InferPorts
@@ -70,8 +70,10 @@ class Pipeline:
         d = self.door
         while (p := self._work.get()) is not None:
             self.paused.wait()
-            decided = reserve(estimate([p], EstimatePorts(self.model)),
-                              ReservePorts(d.ledger, d.gate.projection, d.requests))
+            estimated = estimate([p], EstimatePorts(self.model))
+            decided = [*[e for e in estimated if isinstance(e, Rejected)],
+                       *reserve([e for e in estimated if isinstance(e, Estimated)],
+                                ReservePorts(d.ledger, d.gate.projection, d.requests))]
             ok = [r for r in decided if isinstance(r, Reserved)]
             refused = [r for r in decided if isinstance(r, Rejected)]
             settled = settle(infer(ok, InferPorts(self.model, d.stream)),

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC
 
+from functions.estimate.handler import CONTEXT_LENGTH_EXCEEDED
 from quotaflow.door.accept import Acceptor
 from quotaflow.door.limits import seconds_to_next_period
 from quotaflow.door.openai import shapes
@@ -89,10 +90,16 @@ class OpenAIDoor:
         return shapes.usage(ended.prompt_tokens, ended.completion_tokens,
                             ended.prompt_tokens + ended.completion_tokens)
 
-    def ended_error(self, principal: Principal, ended: Ended) -> OpenAIError:
-        """The error of a request that ended other than completed."""
+    def ended_error(self, principal: Principal, ended: Ended,
+                    prompt_param: str = "messages") -> OpenAIError:
+        """The error of a request that ended other than completed. A prompt over the model's
+        context (estimate's rejection) is OpenAI's 400 `context_length_exceeded`, naming
+        `prompt_param` (`messages` or `prompt`) with estimate's message and its numbers."""
         view = ended.view
         reason = (view.reason if view is not None else None) or ended.status
+        code, _, message = reason.partition(": ")
+        if ended.status == "rejected" and code == CONTEXT_LENGTH_EXCEEDED:
+            return bad_request(message, prompt_param, CONTEXT_LENGTH_EXCEEDED)
         if ended.status == "rejected" and reason == "quota_exceeded":
             now = self.ports.clock.now().astimezone(UTC)
             return insufficient_quota(
