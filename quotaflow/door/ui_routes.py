@@ -32,10 +32,12 @@ def parse_limit(raw: str | None) -> int:
     400 naming the parameter."""
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: `isdigit` alone takes "²" (which `int` refuses) and other scripts'
+    # digits, and `int` refuses more than 4,300 of them.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20 and 1 <= int(raw) <= MAX_LIMIT):
         raise Problem(400, "Bad request",
                       f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw[:40]!r}",
-                      slug="bad-query")
+                      slug="bad-query", parameter="limit")
     return int(raw)
 
 

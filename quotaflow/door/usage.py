@@ -44,8 +44,9 @@ def usage_blueprint(auth: Authenticator, reader: UsageReader) -> Blueprint:
         args = request.args
         unknown = sorted(set(args) - set(PARAMS))
         if unknown:
-            raise Problem(400, "Bad request", f"unknown query parameter {unknown[0]!r}; known: "
-                          f"{', '.join(PARAMS)}", slug="bad-query")
+            raise Problem(400, "Bad request", f"unknown query parameter {unknown[0][:40]!r}; "
+                          f"known: {', '.join(PARAMS)}", slug="bad-query",
+                          parameter=unknown[0][:40])
         named = args.get("tenant")
         if named and named != principal.tenant:
             raise Problem(403, "Forbidden", f"this key reads only its own tenant's usage "
@@ -53,7 +54,7 @@ def usage_blueprint(auth: Authenticator, reader: UsageReader) -> Blueprint:
         fmt = args.get("format") or "json"
         if fmt not in FORMATS:
             raise Problem(400, "Bad request", f"'format' must be one of {', '.join(FORMATS)}, "
-                          f"got {fmt!r}", slug="bad-query")
+                          f"got {fmt[:40]!r}", slug="bad-query", parameter="format")
         try:
             query = UsageQuery.parse({**args.to_dict(), "tenant": principal.tenant})
         except BadQuery as exc:

@@ -20,7 +20,7 @@ from quotaflow.door.auth import Authenticator
 from quotaflow.door.openai.relay import Relay, Timing
 from quotaflow.door.openai.streaming import HangupBody, request_events
 from quotaflow.door.wiring import DoorPorts
-from quotaflow.model.token_stream import START, id_key
+from quotaflow.model.token_stream import END_ID, START, id_key
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
 
@@ -35,13 +35,18 @@ def _request_id(text: str) -> str | None:
 
 
 def _last_event_id(raw: str | None) -> str:
+    """Where to read on: after `Last-Event-ID` when it is an id this stream can send (a delta's
+    "0-<seq>", or the end's "1-0"), else a 400 naming it, before the stream starts."""
     if not raw:
         return START
     try:
-        id_key(raw)
+        major, _ = id_key(raw)
     except ValueError:
+        major = -1
+    if major != 0 and raw != END_ID:
         raise Problem(400, "Bad request", f"Last-Event-ID must be an id this stream sent "
-                      f"(like 0-12), got {raw[:40]!r}", slug="bad-last-event-id") from None
+                      f"(like 0-12), got {raw[:40]!r}", slug="bad-last-event-id",
+                      parameter="Last-Event-ID")
     return raw
 
 

@@ -44,7 +44,7 @@ def idempotency_id(header: str | None) -> str:
         return str(uuid.uuid4())
     if len(header) > MAX_ATTRIBUTE_CHARS or not (header.isascii() and header.isprintable()):
         raise bad_request(f"the Idempotency-Key header must be at most {MAX_ATTRIBUTE_CHARS} "
-                          "printable ASCII characters", None)
+                          "printable ASCII characters", "Idempotency-Key")
     return header
 
 
