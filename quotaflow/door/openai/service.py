@@ -24,6 +24,7 @@ from quotaflow.door.openai.relay import Ended, Relay, Timing, charged_view
 from quotaflow.door.parse import MAX_ATTRIBUTE_CHARS
 from quotaflow.door.wiring import DoorPorts
 from quotaflow.ports import Principal, RequestView
+from quotaflow.runtime.handling import client_reason
 
 SOURCE = "openai"
 USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
@@ -96,7 +97,7 @@ class OpenAIDoor:
         context (estimate's rejection) is OpenAI's 400 `context_length_exceeded`, naming
         `prompt_param` (`messages` or `prompt`) with estimate's message and its numbers."""
         view = ended.view
-        reason = (view.reason if view is not None else None) or ended.status
+        reason = client_reason((view.reason if view is not None else None) or ended.status)
         code, _, message = reason.partition(": ")
         if ended.status == "rejected" and code == CONTEXT_LENGTH_EXCEEDED:
             return bad_request(message, prompt_param, CONTEXT_LENGTH_EXCEEDED)

@@ -16,6 +16,7 @@ from itertools import chain
 from quotaflow.door.openai import shapes
 from quotaflow.door.openai.errors import SERVER, OpenAIError
 from quotaflow.door.openai.relay import Delta, Ended, Event, Quiet, TimedOut
+from quotaflow.runtime.handling import client_reason
 
 
 class HangupBody:
@@ -100,7 +101,8 @@ def request_events(events: Iterable[Event]) -> Iterator[bytes]:
             body: dict[str, object] = {"status": event.status,
                                        "finish_reason": event.finish_reason, "usage": usage}
             if event.view is not None:
-                body["reason"] = event.view.reason
+                reason = event.view.reason
+                body["reason"] = None if reason is None else client_reason(reason)
                 usage["charged_tokens"] = event.view.charged_tokens
             yield shapes.sse(body, "end")
             return
