@@ -60,6 +60,13 @@ def bad_request(name: str, key: str, send: Send, model: str) -> Request:
         return path, {**headers, "Content-Type": "text/plain"}, body
     if name == "too-large":
         return path, headers, json.dumps({**data, "prompt": "x" * 200_000}).encode()
+    if name in ("temperature-nan", "temperature-huge"):  # numbers strict JSON cannot hold
+        number = b"NaN" if name == "temperature-nan" else b"1e400"
+        return path, headers, json.dumps(data).encode()[:-1] + b', "temperature": ' + number + b"}"
+    if name == "top-p-over-one":
+        return path, headers, json.dumps({**data, "top_p": 1.5}).encode()
+    if name == "seed-negative":
+        return path, headers, json.dumps({**data, "seed": -1}).encode()
     raise ValueError(f"unknown bad input {name!r}")
 
 

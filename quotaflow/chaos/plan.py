@@ -12,7 +12,8 @@ FAULT_KINDS = ("kill", "broker", "pg", "redis")
 # Inputs the door must answer 4xx (`load.bad_request` builds each).
 BAD_INPUTS = ("invalid-json", "deep-json", "nul-in-id", "nul-in-source", "lone-surrogate",
               "nul-in-prompt", "unknown-key", "missing-id", "max-tokens-zero",
-              "text-plain", "too-large")
+              "text-plain", "too-large", "temperature-nan", "temperature-huge",
+              "top-p-over-one", "seed-negative")
 RESEND_SHARE = 0.10
 TWIN_SHARE = 0.3  # of resends, sent twice at the same moment
 SMALL_GRANT = 150  # tokens: about ten stand-in requests, then rejections

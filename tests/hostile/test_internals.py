@@ -112,3 +112,33 @@ def test_rule6_no_answer_to_a_hostile_input_is_a_5xx_or_names_internals(
     text = resp.get_data(as_text=True)
     assert resp.status_code < 500, text
     assert not INTERNALS.search(text), text
+
+
+def test_rule6_the_chaos_harness_finds_a_bad_input_answered_with_internals() -> None:
+    from quotaflow.chaos.checks import judge
+    from quotaflow.chaos.facts import Outcome
+    from tests.chaos.test_checks import clean
+
+    snap, outcomes = clean()
+    outcomes += [Outcome(5, "bad", 400, bad="temperature-nan",
+                         detail="invalid CloudEvent: 'NoneType' object has no len()"),
+                 Outcome(6, "bad", 400, bad="seed-negative",
+                         detail="data.seed must be a non-negative integer")]
+    assert judge(snap, outcomes).door == [
+        "bad input temperature-nan answered naming internals: invalid CloudEvent: 'NoneType' "
+        "object has no len()"]
+
+
+@pytest.mark.parametrize("name", ["temperature-nan", "temperature-huge", "top-p-over-one",
+                                  "seed-negative"])
+def test_rule2_the_chaos_harness_sends_bad_sampling_parameters_answered_400(
+        door: MemoryDoor, name: str) -> None:
+    from quotaflow.chaos.load import bad_request
+    from quotaflow.chaos.plan import BAD_INPUTS, Send
+
+    assert name in BAD_INPUTS
+    send = Send(0, "bad", "acme", "/chaos/acme", "bad-0", {}, bad=name)
+    path, headers, body = bad_request(name, door.keys["acme"], send, MODEL)
+    resp = door.client.post(path, headers=headers, data=body)
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and not INTERNALS.search(text), text
