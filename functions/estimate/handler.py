@@ -12,16 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.payloads import Admitted, Estimated, Rejected
-from quotaflow.ports import ChatMessage, Tokenizer
+from quotaflow.ports import ChatMessage, Tokenizer, context_length_exceeded
 from quotaflow.runtime.step import Step
 
 
 @dataclass(frozen=True)
 class EstimatePorts:
     tokenizer: Tokenizer
-
-
-CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 
 
 def handle(payloads: Sequence[Admitted], ports: EstimatePorts) -> list[Estimated | Rejected]:
@@ -39,14 +36,6 @@ def handle(payloads: Sequence[Admitted], ports: EstimatePorts) -> list[Estimated
         out.append(Estimated(**p.request_fields(), prompt_tokens=prompt_tokens,
                              estimate_tokens=needed))
     return out
-
-
-def context_length_exceeded(context: int, prompt_tokens: int, max_tokens: int) -> str:
-    """The rejection's reason: its code, then what a client reads (OpenAI's own wording)."""
-    return (f"{CONTEXT_LENGTH_EXCEEDED}: This model's maximum context length is {context} "
-            f"tokens. However, you requested {prompt_tokens + max_tokens} tokens "
-            f"({prompt_tokens} in the prompt, {max_tokens} for max_tokens). Please reduce the "
-            "length of the prompt or max_tokens.")
 
 
 def on_poison(p: Admitted, reason: str, ports: EstimatePorts) -> list[Rejected]:

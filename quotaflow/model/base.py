@@ -13,6 +13,17 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# The reason of a request whose prompt plus max_tokens the model's context cannot hold.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+def context_length_exceeded(context_tokens: int, prompt_tokens: int, max_tokens: int) -> str:
+    """That reason: its code, then what a client reads (OpenAI's own wording, the numbers)."""
+    return (f"{CONTEXT_LENGTH_EXCEEDED}: This model's maximum context length is "
+            f"{context_tokens} tokens. However, you requested {prompt_tokens + max_tokens} tokens "
+            f"({prompt_tokens} in the prompt, {max_tokens} for max_tokens). Please reduce the "
+            "length of the prompt or max_tokens.")
+
 
 @dataclass(frozen=True)
 class ChatMessage:

@@ -23,6 +23,7 @@ class StandInModel:
     version = "standin-1"
     device = "cpu"
     token_delay_s = 0.0
+    context_tokens = CONTEXT_TOKENS
 
     def __init__(self, token_delay_s: float = 0.0, context_tokens: int = CONTEXT_TOKENS) -> None:
         self.token_delay_s = token_delay_s  # a pause per decode step, as a real model takes

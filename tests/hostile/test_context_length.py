@@ -118,3 +118,36 @@ def _ended(door: MemoryDoor, rid: str) -> dict[str, Any]:
             return got
         time.sleep(0.01)
     raise AssertionError(f"request {rid} did not end")
+
+
+def test_rule1_infer_fails_alone_a_prompt_over_the_context_that_reached_it() -> None:
+    """estimate refuses these; one estimated before it did (or for a model with a longer
+    context) fails alone without running, and its batch-mates complete."""
+    from events.payloads import Completed, Failed
+    from functions.infer.handler import InferPorts
+    from functions.infer.handler import handle as infer
+    from tests.unit.fakes import reserved
+
+    model = StandInModel(context_tokens=CONTEXT)
+    long = reserved("long", " ".join(["w"] * CONTEXT), CONTEXT + 9)
+    out = infer([reserved("a", "one two", 12), long, reserved("b", "three", 12)],
+                InferPorts(model))
+    assert [type(o) for o in out] == [Completed, Failed, Completed]
+    failed = out[1]
+    assert isinstance(failed, Failed) and failed.reserved_tokens == CONTEXT + 9
+    assert failed.reason.startswith("context_length_exceeded: ")
+
+
+def test_rule1_a_request_infer_failed_for_its_context_is_a_400_too(door: MemoryDoor) -> None:
+    from quotaflow.door.openai.relay import Ended
+    from quotaflow.door.openai.service import OpenAIDoor
+    from quotaflow.ports import FinalRecord, context_length_exceeded
+
+    door.pipeline.paused.clear()
+    rid = post_event(door)
+    door.requests.finish([FinalRecord(rid, "failed", context_length_exceeded(40, 41, 8), 0)])
+    view = door.requests.fetch("acme", rid)
+    assert view is not None
+    error = OpenAIDoor(door.ports).ended_error(None, Ended("failed", None, 0, 0, view),  # type: ignore[arg-type]
+                                               "prompt")
+    assert (error.status, error.code, error.param) == (400, "context_length_exceeded", "prompt")

@@ -14,7 +14,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC
 
-from functions.estimate.handler import CONTEXT_LENGTH_EXCEEDED
 from quotaflow.door.accept import Acceptor
 from quotaflow.door.limits import seconds_to_next_period
 from quotaflow.door.openai import shapes
@@ -23,7 +22,7 @@ from quotaflow.door.openai.mapping import Call
 from quotaflow.door.openai.relay import Ended, Relay, Timing, charged_view
 from quotaflow.door.parse import MAX_ATTRIBUTE_CHARS
 from quotaflow.door.wiring import DoorPorts
-from quotaflow.ports import Principal, RequestView
+from quotaflow.ports import CONTEXT_LENGTH_EXCEEDED, Principal, RequestView
 from quotaflow.runtime.handling import client_reason
 
 SOURCE = "openai"
@@ -99,7 +98,7 @@ class OpenAIDoor:
         view = ended.view
         reason = client_reason((view.reason if view is not None else None) or ended.status)
         code, _, message = reason.partition(": ")
-        if ended.status == "rejected" and code == CONTEXT_LENGTH_EXCEEDED:
+        if code == CONTEXT_LENGTH_EXCEEDED:  # rejected by estimate, or failed by infer
             return bad_request(message, prompt_param, CONTEXT_LENGTH_EXCEEDED)
         if ended.status == "rejected" and reason == "quota_exceeded":
             now = self.ports.clock.now().astimezone(UTC)
