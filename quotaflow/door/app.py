@@ -38,6 +38,13 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError, BufferError)
 
 
+def bad_request_id(text: str) -> Problem:
+    """The 400 for a request id that is not one: ids are the UUIDs POST answers."""
+    return Problem(400, "Bad request", f"request_id must be a UUID, as POST answers it (request "
+                   f"ids are the UUIDs POST answers); got {text[:40]!r}", slug="bad-request-id",
+                   parameter="request_id")
+
+
 def _canonical_uuid(text: str) -> bool:
     try:
         return str(uuid.UUID(text)) == text
@@ -120,9 +127,10 @@ def create_app(settings: Settings, ports: wiring.DoorPorts | None = None) -> Fla
     @app.get("/v1/requests/<request_id>")
     def get_request(request_id: str) -> Response:
         principal = auth.principal(request.headers.get("Authorization", ""))
-        # Request ids are UUIDs: anything else names no request, and is not sent to the store.
-        found = ports.requests.fetch(principal.tenant, request_id) \
-            if _canonical_uuid(request_id) else None
+        # Request ids are UUIDs: anything else is a 400, and is not sent to the store.
+        if not _canonical_uuid(request_id):
+            raise bad_request_id(request_id)
+        found = ports.requests.fetch(principal.tenant, request_id)
         if found is None:
             raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "
                           "request ids are the UUIDs POST answers")

@@ -83,3 +83,20 @@ def test_rule5_a_bad_idempotency_key_is_400_naming_it(door: MemoryDoor, key: str
                             headers=door.headers(**{"Idempotency-Key": key}))
     assert resp.status_code == 400, resp.get_data(as_text=True)
     assert resp.get_json()["error"]["param"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize("rid", ["not-a-uuid", "ab%00c", "%ED%A0%80", "x" * 5000,
+                                 "{00000000-0000-0000-0000-000000000000}",
+                                 "00000000-0000-0000-0000-00000000000G"])
+@pytest.mark.parametrize("suffix", ["", "/events"])
+def test_rule5_a_request_id_that_is_not_a_uuid_is_400_naming_it(door: MemoryDoor, rid: str,
+                                                                 suffix: str) -> None:
+    problem = assert_problem(door.client.get(f"/v1/requests/{rid}{suffix}",
+                                             headers=door.headers()), 400, "request_id")
+    assert problem["parameter"] == "request_id"
+
+
+@pytest.mark.parametrize("suffix", ["", "/events"])
+def test_rule5_a_well_formed_unknown_request_id_is_404(door: MemoryDoor, suffix: str) -> None:
+    rid = "00000000-0000-4000-8000-000000000000"
+    assert_problem(door.client.get(f"/v1/requests/{rid}{suffix}", headers=door.headers()), 404)

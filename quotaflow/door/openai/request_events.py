@@ -60,7 +60,11 @@ def events_blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
     def request_stream(request_id: str) -> Response:
         principal = auth.principal(request.headers.get("Authorization", ""))
         known = _request_id(request_id)
-        if known is None or ports.requests.fetch(principal.tenant, known) is None:
+        if known is None:
+            raise Problem(400, "Bad request", f"request_id must be a UUID, as POST answers it; "
+                          f"got {request_id[:40]!r}", slug="bad-request-id",
+                          parameter="request_id")
+        if ports.requests.fetch(principal.tenant, known) is None:
             raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "
                           "request ids are the UUIDs POST answers")
         relay = Relay(ports.stream, ports.requests, principal.tenant, known,
