@@ -58,9 +58,9 @@ def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed | 
     context = model.context_tokens
     prompts = [model.count_prompt_tokens(tuple(ChatMessage(m.role, m.content)
                                                for m in p.messages)) for p in payloads]
-    fits = [n + p.max_tokens <= context for p, n in zip(payloads, prompts, strict=True)]
-    batch = [generation_request(p, n) for p, n, ok in zip(payloads, prompts, fits, strict=True)
-             if ok]
+    asks = [generation_request(p, n) for p, n in zip(payloads, prompts, strict=True)]
+    fits = [n + r.max_tokens <= context for n, r in zip(prompts, asks, strict=True)]
+    batch = [r for r, ok in zip(asks, fits, strict=True) if ok]
     started = time.perf_counter()
     results = iter((model.generate(batch, ports.stream) if ports.stream
                     else model.generate(batch)) if batch else [])

@@ -93,8 +93,8 @@ class OpenAIDoor:
     def ended_error(self, principal: Principal, ended: Ended,
                     prompt_param: str = "messages") -> OpenAIError:
         """The error of a request that ended other than completed. A prompt over the model's
-        context (estimate's rejection) is OpenAI's 400 `context_length_exceeded`, naming
-        `prompt_param` (`messages` or `prompt`) with estimate's message and its numbers."""
+        context (refused by estimate, or by infer) is OpenAI's 400 `context_length_exceeded`,
+        naming `prompt_param` (`messages` or `prompt`), with the reason's message and numbers."""
         view = ended.view
         reason = client_reason((view.reason if view is not None else None) or ended.status)
         code, _, message = reason.partition(": ")
