@@ -23,6 +23,7 @@ from quotaflow.ledger.commands import (
 )
 from quotaflow.ledger.domain import Balance
 from quotaflow.model.base import (
+    CONTEXT_LENGTH_EXCEEDED,
     ChatMessage,
     GenerationRequest,
     GenerationResult,
@@ -30,6 +31,7 @@ from quotaflow.model.base import (
     StreamEnd,
     TokenDelta,
     Tokenizer,
+    context_length_exceeded,
 )
 from quotaflow.model.token_stream import StreamEntry, TokenStream
 from quotaflow.request_records import (
@@ -44,6 +46,7 @@ from quotaflow.request_records import (
 )
 
 __all__ = [
+    "CONTEXT_LENGTH_EXCEEDED",
     "AdmissionGate",
     "Balance",
     "ChatMessage",
@@ -79,6 +82,7 @@ __all__ = [
     "TokenDelta",
     "TokenStream",
     "Tokenizer",
+    "context_length_exceeded",
     "payload_hash",
 ]
 

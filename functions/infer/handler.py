@@ -24,7 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.payloads import Completed, Failed, Reserved
-from quotaflow.ports import ChatMessage, GenerationRequest, Generator, TokenStream
+from quotaflow.ports import (
+    ChatMessage,
+    GenerationRequest,
+    Generator,
+    TokenStream,
+    context_length_exceeded,
+)
 from quotaflow.runtime.step import POLL_BATCH, Step
 
 
@@ -34,25 +40,43 @@ class InferPorts:
     stream: TokenStream | None = None  # None: nothing is streamed or cancelled
 
 
-def generation_request(p: Reserved, model: Generator) -> GenerationRequest:
+def generation_request(p: Reserved, prompt_tokens: int) -> GenerationRequest:
     """The model call for `p`: max_tokens cut to what the reservation leaves after the prompt."""
     messages = tuple(ChatMessage(m.role, m.content) for m in p.messages)
-    budget = p.reserved_tokens - model.count_prompt_tokens(messages)
+    budget = p.reserved_tokens - prompt_tokens
     return GenerationRequest(messages, max(0, min(p.max_tokens, budget)), p.temperature,
                              p.top_p, p.seed, p.request_id, p.stop, p.stream)
 
 
-def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed]:
-    """Generate for the whole batch in one model call; one completion per input, in order."""
+def handle(payloads: Sequence[Reserved], ports: InferPorts) -> list[Completed | Failed]:
+    """Generate for the whole batch in one model call; one completion per input, in order.
+
+    A prompt plus max_tokens over the model's context is failed without running: estimate
+    refuses those, but one estimated before it did, or for a version with a longer context,
+    could still come, and running it would fail every request decoded with it."""
     model = ports.generator
-    batch = [generation_request(p, model) for p in payloads]
+    context = model.context_tokens
+    prompts = [model.count_prompt_tokens(tuple(ChatMessage(m.role, m.content)
+                                               for m in p.messages)) for p in payloads]
+    asks = [generation_request(p, n) for p, n in zip(payloads, prompts, strict=True)]
+    fits = [n + r.max_tokens <= context for n, r in zip(prompts, asks, strict=True)]
+    batch = [r for r, ok in zip(asks, fits, strict=True) if ok]
     started = time.perf_counter()
-    results = model.generate(batch, ports.stream) if ports.stream else model.generate(batch)
+    results = iter((model.generate(batch, ports.stream) if ports.stream
+                    else model.generate(batch)) if batch else [])
     latency_ms = (time.perf_counter() - started) * 1000
-    return [Completed(p.request_id, p.tenant, p.reserved_tokens, r.text, r.prompt_tokens,
-                      r.completion_tokens, model.name, r.model_version or model.version,
-                      latency_ms, r.finish_reason, r.batch_size or len(batch), model.device)
-            for p, r in zip(payloads, results, strict=True)]
+    out: list[Completed | Failed] = []
+    for p, n, ok in zip(payloads, prompts, fits, strict=True):
+        if not ok:
+            out.append(Failed(p.request_id, p.tenant, p.reserved_tokens,
+                              context_length_exceeded(context, n, p.max_tokens)))
+            continue
+        r = next(results)
+        out.append(Completed(p.request_id, p.tenant, p.reserved_tokens, r.text, r.prompt_tokens,
+                             r.completion_tokens, model.name, r.model_version or model.version,
+                             latency_ms, r.finish_reason, r.batch_size or len(batch),
+                             model.device))
+    return out
 
 
 def on_poison(p: Reserved, reason: str, ports: InferPorts) -> list[Failed]:

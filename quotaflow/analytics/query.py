@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from quotaflow.analytics.rollup import Bucket, Counts
@@ -45,10 +46,11 @@ class UsageQuery:
         naming the parameter that is wrong."""
         by = params.get("by") or "hour"
         if by not in GRAINS:
-            raise BadQuery("by", f"'by' must be one of {', '.join(GRAINS)}, got {by!r}")
+            raise BadQuery("by", f"'by' must be one of {', '.join(GRAINS)}, got {by[:40]!r}")
         group = params.get("group") or None
         if group is not None and group not in GROUPS:
-            raise BadQuery("group", f"'group' must be one of {', '.join(GROUPS)}, got {group!r}")
+            raise BadQuery("group", f"'group' must be one of {', '.join(GROUPS)}, "
+                           f"got {group[:40]!r}")
         start, end = timestamp("from", params.get("from")), timestamp("to", params.get("to"))
         if start and end and end <= start:
             raise BadQuery("to", "'to' must be later than 'from'")
@@ -74,16 +76,37 @@ class UsageQuery:
                 and (self.end is None or minute < self.end))
 
 
+# RFC 3339 allows what `datetime.fromisoformat` refuses: a lower-case "t" or "z", and a leap
+# second (second 60, read as the first instant of the next minute).
+_LEAP_SECOND = re.compile(r"(?<=[T ]\d\d:\d\d:)60(?=[.,]\d+|[Z+-]|$)")
+MAX_TIMESTAMP_CHARS = 64
+
+
 def timestamp(param: str, text: str | None) -> datetime | None:
-    """An ISO 8601 date or time (UTC when it names no offset), or BadQuery naming `param`."""
+    """An ISO 8601 date or time (UTC when it names no offset), or BadQuery naming `param`.
+    Any RFC 3339 time is taken, with any offset, in years 1 to 9999; one whose UTC instant
+    falls outside the years `datetime` holds (year 1 at +14:00, year 9999 at -14:00) is the
+    first or last instant it holds, which no row is before or after."""
     if not text:
         return None
+    bad = BadQuery(param, f"'{param}' must be an RFC 3339 time such as 2026-11-22T10:00:00Z, "
+                   f"got {text[:MAX_TIMESTAMP_CHARS]!r}")
+    if len(text) > MAX_TIMESTAMP_CHARS or not text.isascii():
+        raise bad
+    iso = text.strip().replace(" ", "T").replace("t", "T").replace("z", "Z")
+    leap = _LEAP_SECOND.search(iso) is not None
     try:
-        at = datetime.fromisoformat(text.strip().replace(" ", "T"))
+        at = datetime.fromisoformat(_LEAP_SECOND.sub("59", iso))
     except ValueError:
-        raise BadQuery(param, f"'{param}' must be an ISO 8601 time such as "
-                       f"2026-11-22T10:00:00Z, got {text!r}") from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        raise bad from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    try:
+        at = at.astimezone(UTC) + timedelta(seconds=leap)
+    except OverflowError:  # the offset or the leap second carries it past year 1 or 9999
+        return datetime.min.replace(tzinfo=UTC) if at.year == 1 else datetime.max.replace(
+            tzinfo=UTC)
+    return at
 
 
 Key = tuple[str, datetime, str]  # (tenant, row start, model or key)

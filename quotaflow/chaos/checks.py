@@ -4,6 +4,7 @@ the end. Pure: no I/O, so each check is tested on synthetic data and cannot pass
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -168,15 +169,22 @@ def compare_projection(ledger: list[LedgerRow], projection: Balances) -> list[st
     return out
 
 
+# What an answer's detail must never name: a stack trace, an exception, a source file.
+INTERNALS = re.compile(r"Traceback|\b[A-Z]\w*(Error|Exception)\b|\.py\b|NoneType")
+
+
 def door_findings(outcomes: list[Outcome]) -> list[str]:
-    """Bad input not answered 4xx; a valid event refused other than for quota, or never
-    answered; an exact resend of an accepted event not given that event's request id."""
+    """Bad input not answered 4xx, or answered naming internals; a valid event refused other
+    than for quota, or never answered; an exact resend of an accepted event not given that
+    event's request id."""
     first = {o.index: o for o in outcomes if o.kind == "new"}
     out = []
     for o in outcomes:
         if o.kind == "bad":
             if o.status is None or not 400 <= o.status < 500:
                 out.append(f"bad input {o.bad} answered {o.status or 'nothing'} {o.detail}")
+            elif INTERNALS.search(o.detail):
+                out.append(f"bad input {o.bad} answered naming internals: {o.detail}")
         elif o.status is None or o.status >= 500:
             out.append(f"{o.kind} send {o.index} unanswered ({o.status or 'no answer'} "
                        f"{o.detail})")

@@ -69,6 +69,13 @@ def bad_request(name: str, key: str, send: Send, model: str) -> Request:
     if name in structured:  # attribute types, CloudEvents 1.0.2
         path, headers, raw = _structured(key, send.source, send.ce_id, data)
         return path, headers, json.dumps({**json.loads(raw), **structured[name]}).encode()
+    if name in ("temperature-nan", "temperature-huge"):  # numbers strict JSON cannot hold
+        number = b"NaN" if name == "temperature-nan" else b"1e400"
+        return path, headers, json.dumps(data).encode()[:-1] + b', "temperature": ' + number + b"}"
+    if name == "top-p-over-one":
+        return path, headers, json.dumps({**data, "top_p": 1.5}).encode()
+    if name == "seed-negative":
+        return path, headers, json.dumps({**data, "seed": -1}).encode()
     raise ValueError(f"unknown bad input {name!r}")
 
 

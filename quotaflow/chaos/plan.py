@@ -13,7 +13,8 @@ FAULT_KINDS = ("kill", "broker", "pg", "redis")
 BAD_INPUTS = ("invalid-json", "deep-json", "nul-in-id", "nul-in-source", "lone-surrogate",
               "nul-in-prompt", "unknown-key", "missing-id", "max-tokens-zero",
               "text-plain", "too-large", "ce-datacontenttype-header", "time-not-rfc3339",
-              "relative-dataschema", "fraction-extension", "source-not-uri")
+              "relative-dataschema", "fraction-extension", "source-not-uri",
+              "temperature-nan", "temperature-huge", "top-p-over-one", "seed-negative")
 RESEND_SHARE = 0.10
 TWIN_SHARE = 0.3  # of resends, sent twice at the same moment
 SMALL_GRANT = 150  # tokens: about ten stand-in requests, then rejections

@@ -15,6 +15,17 @@ from typing import Protocol
 
 from events.status import FinishReason
 
+# The reason of a request whose prompt plus max_tokens the model's context cannot hold.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
+def context_length_exceeded(context_tokens: int, prompt_tokens: int, max_tokens: int) -> str:
+    """That reason: its code, then what a client reads (OpenAI's own wording, the numbers)."""
+    return (f"{CONTEXT_LENGTH_EXCEEDED}: This model's maximum context length is "
+            f"{context_tokens} tokens. However, you requested {prompt_tokens + max_tokens} tokens "
+            f"({prompt_tokens} in the prompt, {max_tokens} for max_tokens). Please reduce the "
+            "length of the prompt or max_tokens.")
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -76,6 +87,12 @@ class TokenSink(Protocol):
 
 
 class Tokenizer(Protocol):
+    @property
+    def context_tokens(self) -> int:
+        """The most tokens the model attends to, prompt and completion together: its own
+        context length (the model's config), never a number of ours."""
+        ...
+
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens of the prompt with the chat template applied, exactly as `generate` feeds it."""
         ...

@@ -111,6 +111,10 @@ class RegistryRouter:
     def device(self) -> str:
         return self._stable().device
 
+    @property
+    def context_tokens(self) -> int:
+        return self._stable().context_tokens
+
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return self._stable().count_prompt_tokens(messages)
 

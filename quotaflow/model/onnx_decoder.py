@@ -69,6 +69,10 @@ class OnnxGenerator:
     def device(self) -> str:
         return self._device
 
+    @property
+    def context_tokens(self) -> int:
+        return self.tokenizer.context_tokens
+
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return self.tokenizer.count_prompt_tokens(messages)
 

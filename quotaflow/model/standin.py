@@ -15,15 +15,20 @@ from events.status import FinishReason
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.streaming import BatchStream
 
+# The context of the model it stands in for (SmolLM2's), so a prompt over it is refused alike.
+CONTEXT_TOKENS = 8192
+
 
 class StandInModel:
     name = "standin"
     version = "standin-1"
     device = "cpu"
     token_delay_s = 0.0
+    context_tokens = CONTEXT_TOKENS
 
-    def __init__(self, token_delay_s: float = 0.0) -> None:
+    def __init__(self, token_delay_s: float = 0.0, context_tokens: int = CONTEXT_TOKENS) -> None:
         self.token_delay_s = token_delay_s  # a pause per decode step, as a real model takes
+        self.context_tokens = context_tokens
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return sum(1 + len(m.content.split()) for m in messages)

@@ -25,10 +25,22 @@ def delta_id(seq: int) -> str:
     return f"0-{seq}"
 
 
+MAX_ID_PART = 2**64 - 1  # each part of a Redis stream id is an unsigned 64-bit integer
+
+
 def id_key(entry_id: str) -> tuple[int, int]:
-    """An entry id as a sortable pair; raises ValueError for anything not "<int>-<int>"."""
-    major, _, minor = entry_id.partition("-")
-    return int(major), int(minor or 0)
+    """An entry id as a sortable pair; raises ValueError for anything not "<int>-<int>", each
+    part ASCII digits (no sign, space or underscore, which `int` would take) up to
+    `MAX_ID_PART`, as Redis takes them."""
+    major, dash, minor = entry_id.partition("-")
+    if not (dash and _part(major) and _part(minor)):
+        raise ValueError(f"not a stream entry id: {entry_id[:40]!r}")
+    return int(major), int(minor)
+
+
+def _part(text: str) -> bool:
+    return (0 < len(text) <= 20 and text.isascii() and text.isdigit()
+            and int(text) <= MAX_ID_PART)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ the text equals `decode(ids)` exactly."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class ChatTokenizer:
         self.eos_token_id = int(eos)
         pad = self._tok.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_id
+        self.context_tokens = context_tokens(model_dir)
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the prompt: chat template applied, generation prompt appended."""
@@ -57,6 +59,18 @@ class ChatTokenizer:
     def text_decoder(self) -> TextDecoder:
         """An incremental decoder for one generated sequence."""
         return TextDecoder(self)
+
+
+def context_tokens(model_dir: Path) -> int:
+    """The model's context length: `max_position_embeddings` of its config, the positions its
+    weights know (the tokenizer's `model_max_length` is transformers' "no limit" placeholder
+    in the models we build, so it says nothing)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    found = config.get("max_position_embeddings")
+    if not isinstance(found, int) or isinstance(found, bool) or found <= 0:
+        raise ValueError(f"{model_dir}/config.json: max_position_embeddings is not a positive "
+                         f"integer ({found!r}); the model's context length is unknown")
+    return found
 
 
 class TextDecoder:

@@ -22,6 +22,16 @@ from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)
 OnDead = Callable[[Message | None, Envelope, str], Sequence[Payload]]
+HANDLER_ERROR = "handler_error"  # a given-up record's reason: this code, then the exception
+
+
+def client_reason(reason: str) -> str:
+    """What a client may read of why its request ended: `reason` cut after its
+    `handler_error` code, since what follows is an exception's text (library, model node and
+    file names). The log, with the request's event id, and the dead-letter record's
+    `qf_dlq_reason` header keep the whole of it."""
+    head, found, _ = reason.partition(HANDLER_ERROR)
+    return head + HANDLER_ERROR if found else reason
 
 
 def publish(step: AnyStep, settings: Settings, producer: kafka.AnyProducer,
@@ -73,7 +83,7 @@ def handle_with_retries(step: AnyStep, ports: Any, settings: Settings,
             except Exception as exc:
                 if faults.is_infrastructure(exc):
                     raise
-                reason = f"handler_error: {type(exc).__name__}: {exc}"
+                reason = f"{HANDLER_ERROR}: {type(exc).__name__}: {exc}"
                 log.warning("step %s: %s attempt %d failed: %s\n%s", step.name, ev.id,
                             attempt + 1, reason, traceback.format_exc(limit=3))
                 time.sleep(0.05 * (attempt + 1))

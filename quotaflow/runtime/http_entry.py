@@ -25,7 +25,7 @@ from quotaflow.adapters import kafka
 from quotaflow.compose import wire
 from quotaflow.runtime import metrics
 from quotaflow.runtime.faults import INFRA_RETRIES, error_name, is_infrastructure
-from quotaflow.runtime.handling import handle_with_retries, publish
+from quotaflow.runtime.handling import client_reason, handle_with_retries, publish
 from quotaflow.runtime.problem import Problem
 from quotaflow.runtime.step import AnyStep, Held, Resources
 from quotaflow.settings import Settings
@@ -70,7 +70,7 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
         # has them (a release for a failed inference), so the pipeline goes on.
         if step.on_poison is None:
             raise Problem(500, "Handler failed", reason, slug="handler-failed")
-        return step.on_poison(env.payload, reason, ports)
+        return step.on_poison(env.payload, client_reason(reason), ports)
 
     def handle_one(env: Envelope) -> list[Payload]:
         return handle_with_retries(step, ports, settings, [(None, env)], give_up)

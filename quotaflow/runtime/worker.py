@@ -27,7 +27,7 @@ from quotaflow.adapters import kafka
 from quotaflow.compose import wire
 from quotaflow.runtime import faults, metrics
 from quotaflow.runtime.gaps import GapGuard, first_offsets, seek
-from quotaflow.runtime.handling import dead_letter, handle_with_retries, publish
+from quotaflow.runtime.handling import client_reason, dead_letter, handle_with_retries, publish
 from quotaflow.runtime.inflight import InFlight, batch_offsets, rewind_offsets
 from quotaflow.runtime.step import AnyStep, Held, Resources
 from quotaflow.settings import Settings
@@ -204,7 +204,7 @@ class KafkaWorker:
             dead_letter(self.step, self.producer, msg, reason)
         if self.step.on_poison is None:
             return []
-        return self.step.on_poison(ev.payload, reason, self.ports)
+        return self.step.on_poison(ev.payload, client_reason(reason), self.ports)
 
     def _maybe_tick(self) -> None:
         interval = self.step.tick_interval_s(self.settings)

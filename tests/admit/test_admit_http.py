@@ -268,10 +268,10 @@ def test_nasty_input_is_a_400_and_leaves_no_request_row(
 
 
 @pytest.mark.parametrize("rid", ["ab%00c", "%00", "not-a-uuid"])
-def test_a_request_id_with_nul_or_not_a_uuid_is_404(env: dict[str, Any], rid: str) -> None:
+def test_a_request_id_with_nul_or_not_a_uuid_is_400(env: dict[str, Any], rid: str) -> None:
     resp = env["client"].get(f"/v1/requests/{rid}",
                              headers={"Authorization": f"Bearer {env['key']}"})
-    assert_problem(resp, 404, "request ids are the UUIDs")
+    assert_problem(resp, 400, "request ids are the UUIDs")
 
 
 def test_a_key_with_nul_is_401(env: dict[str, Any]) -> None:

@@ -169,9 +169,13 @@ def _quota(client: Any, key: str, forwarded_for: str) -> int:
 
 def test_a_flood_through_a_trusted_proxy_spends_only_the_flooding_clients_budget() -> None:
     directory, client = _through_proxy("127.0.0.0/8,10.0.0.0/8")
+    started = time.monotonic()
     flood = [_quota(client, unknown_key(n), f"6.6.6.{n % 250}, 203.0.113.7, 10.1.2.3")
              for n in range(100)]
-    assert flood.count(401) == 5 and flood.count(429) == 95  # forging the left part is no help
+    # 5 lookups a second for the one client (203.0.113.7), however its left part is forged: 5
+    # at once, and 5 more for each second the flood took on a busy machine.
+    allowed = 5 + int(5 * (time.monotonic() - started))
+    assert 5 <= flood.count(401) <= allowed and flood.count(429) == 100 - flood.count(401)
     assert _quota(client, directory.create_key("acme"), "198.51.100.1, 10.1.2.3") == 200
 
 

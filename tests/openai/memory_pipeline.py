@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from flask.testing import FlaskClient
 
 from events.envelope import Envelope
-from events.payloads import Admitted, Rejected, Reserved
+from events.payloads import Admitted, Estimated, Rejected, Reserved
 from functions.estimate.handler import handle as estimate
 from functions.infer.handler import handle as infer
 from functions.record.handler import handle as record
@@ -56,10 +56,14 @@ class Pipeline:
         self._thread.join(10)
 
     def _run(self) -> None:
-        w, model = self.door.world, self.model
+        w = self.door.world
         while (p := self._work.get()) is not None:
             self.paused.wait()
-            decided = reserve(estimate([p], w.ports("estimate", model)), w.ports("reserve"))
+            model = self.model  # read each time: a test may swap the model
+            estimated = estimate([p], w.ports("estimate", model))
+            decided = [*[e for e in estimated if isinstance(e, Rejected)],
+                       *reserve([e for e in estimated if isinstance(e, Estimated)],
+                                w.ports("reserve"))]
             ok = [r for r in decided if isinstance(r, Reserved)]
             refused = [r for r in decided if isinstance(r, Rejected)]
             settled = settle(infer(ok, w.ports("infer", model)), w.ports("settle")) if ok else []

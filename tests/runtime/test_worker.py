@@ -70,7 +70,7 @@ def test_poison_record_is_dead_lettered_answered_failed_and_the_batch_goes_on(
                for m in drain(kafka_bootstrap, settings.topic("failed"), 3)]
     by_id = {p.request_id: p.reason for p in outputs if isinstance(p, Failed)}
     assert by_id["r1"] == by_id["r3"] == "fine"
-    assert by_id["boom2"].startswith("handler_error: RuntimeError: model exploded")
+    assert by_id["boom2"] == "handler_error"  # the client's record: the text is in the log
     dead = drain(kafka_bootstrap, settings.topic("reserved") + ".dlq", 1)
     assert len(dead) == 1
     headers = dict(dead[0].headers() or [])

@@ -161,9 +161,9 @@ def test_a_prompt_with_tabs_newlines_and_astral_characters_is_accepted(door: Big
 @pytest.mark.parametrize("path", ["/v1/requests/ab%00c", "/v1/requests/%ED%A0%80",
                                   "/v1/requests/not-a-uuid",
                                   "/v1/requests/{00000000-0000-0000-0000-000000000000}"])
-def test_a_request_id_that_is_not_a_uuid_is_404_without_asking_the_store(
+def test_a_request_id_that_is_not_a_uuid_is_400_without_asking_the_store(
         door: BigDoor, caplog: pytest.LogCaptureFixture, path: str) -> None:
-    assert_problem(door.get(path), 404, "request ids are the UUIDs")
+    assert_problem(door.get(path), 400, "request ids are the UUIDs")
     assert door.requests.fetches == 0
     assert [r for r in caplog.records if r.exc_info] == []
 

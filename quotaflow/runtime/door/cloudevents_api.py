@@ -29,6 +29,13 @@ def _canonical_uuid(text: str) -> bool:
         return False
 
 
+def bad_request_id(text: str) -> Problem:
+    """The 400 for a request id that is not one: ids are the UUIDs POST answers."""
+    return Problem(400, "Bad request", f"request_id must be a UUID, as POST answers it (request "
+                   f"ids are the UUIDs POST answers); got {text[:40]!r}", slug="bad-request-id",
+                   parameter="request_id")
+
+
 def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator) -> Blueprint:
     """The routes over the door's ports, settings and authenticator."""
     acceptor = Acceptor(ports)
@@ -62,9 +69,10 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator) -> Blue
     def get_request(request_id: str) -> Response:
         principal = auth.principal(request.headers.get("Authorization", ""),
                                    request.remote_addr or "")
-        # Request ids are UUIDs: anything else names no request, and is not sent to the store.
-        found = ports.requests.fetch(principal.tenant, request_id) \
-            if _canonical_uuid(request_id) else None
+        # Request ids are UUIDs: anything else is a 400, and is not sent to the store.
+        if not _canonical_uuid(request_id):
+            raise bad_request_id(request_id)
+        found = ports.requests.fetch(principal.tenant, request_id)
         if found is None:
             raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "
                           "request ids are the UUIDs POST answers")

@@ -128,7 +128,8 @@ def validate_data(data: dict[str, Any], limits: Limits, prefix: str = "data.") -
 
     `stop` (a string or up to 4) and `stream` are kept only when set: a request that does not
     use them normalizes, and so hashes for idempotency, as it did before they existed, and
-    `stream: false` is the same request as no `stream`."""
+    `stream: false` is the same request as no `stream`. Numbers are finite and in range, or a
+    400 names them; a temperature below 1e-5 (`sampling.GREEDY_BELOW`) decodes greedily."""
     def bad(detail: str, param: str | None = None) -> Problem:
         detail = detail.replace("data.", prefix)
         if param is None:

@@ -16,7 +16,7 @@ import uuid
 
 from flask import Blueprint, Response, request
 
-from quotaflow.model.token_stream import START, id_key
+from quotaflow.model.token_stream import END_ID, START, id_key
 from quotaflow.runtime.door.auth import Authenticator
 from quotaflow.runtime.door.openai_api.relay import Relay, Timing
 from quotaflow.runtime.door.openai_api.streaming import HangupBody, request_events
@@ -35,13 +35,18 @@ def _request_id(text: str) -> str | None:
 
 
 def _last_event_id(raw: str | None) -> str:
+    """Where to read on: after `Last-Event-ID` when it is an id this stream can send (a delta's
+    "0-<seq>", or the end's "1-0"), else a 400 naming it, before the stream starts."""
     if not raw:
         return START
     try:
-        id_key(raw)
+        major, _ = id_key(raw)
     except ValueError:
+        major = -1
+    if major != 0 and raw != END_ID:
         raise Problem(400, "Bad request", f"Last-Event-ID must be an id this stream sent "
-                      f"(like 0-12), got {raw[:40]!r}", slug="bad-last-event-id") from None
+                      f"(like 0-12), got {raw[:40]!r}", slug="bad-last-event-id",
+                      parameter="Last-Event-ID")
     return raw
 
 
@@ -56,7 +61,11 @@ def events_blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
         principal = auth.principal(request.headers.get("Authorization", ""),
                                    request.remote_addr or "")
         known = _request_id(request_id)
-        if known is None or ports.requests.fetch(principal.tenant, known) is None:
+        if known is None:
+            raise Problem(400, "Bad request", f"request_id must be a UUID, as POST answers it; "
+                          f"got {request_id[:40]!r}", slug="bad-request-id",
+                          parameter="request_id")
+        if ports.requests.fetch(principal.tenant, known) is None:
             raise Problem(404, "Not found", f"no request {request_id!r} for this tenant; "
                           "request ids are the UUIDs POST answers")
         relay = Relay(ports.stream, ports.requests, principal.tenant, known,

@@ -40,10 +40,12 @@ def parse_limit(raw: str | None) -> int:
     400 naming the parameter."""
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # ASCII digits only: `isdigit` alone takes "²" (which `int` refuses) and other scripts'
+    # digits, and `int` refuses more than 4,300 of them.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20 and 1 <= int(raw) <= MAX_LIMIT):
         raise Problem(400, "Bad request",
                       f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw[:40]!r}",
-                      slug="bad-query")
+                      slug="bad-query", parameter="limit")
     return int(raw)
 
 
@@ -88,8 +90,9 @@ def _usage_route(bp: Blueprint, auth: Authenticator, reader: UsageReader) -> Non
         args = request.args
         unknown = sorted(set(args) - set(USAGE_PARAMS))
         if unknown:
-            raise Problem(400, "Bad request", f"unknown query parameter {unknown[0]!r}; known: "
-                          f"{', '.join(USAGE_PARAMS)}", slug="bad-query")
+            raise Problem(400, "Bad request", f"unknown query parameter {unknown[0][:40]!r}; "
+                          f"known: {', '.join(USAGE_PARAMS)}", slug="bad-query",
+                          parameter=unknown[0][:40])
         named = args.get("tenant")
         if named and named != principal.tenant:
             raise Problem(403, "Forbidden", f"this key reads only its own tenant's usage "
@@ -97,7 +100,7 @@ def _usage_route(bp: Blueprint, auth: Authenticator, reader: UsageReader) -> Non
         fmt = args.get("format") or "json"
         if fmt not in FORMATS:
             raise Problem(400, "Bad request", f"'format' must be one of {', '.join(FORMATS)}, "
-                          f"got {fmt!r}", slug="bad-query")
+                          f"got {fmt[:40]!r}", slug="bad-query", parameter="format")
         try:
             query = UsageQuery.parse({**args.to_dict(), "tenant": principal.tenant})
         except BadQuery as exc:

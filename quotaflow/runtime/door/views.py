@@ -6,6 +6,7 @@ from typing import Any
 
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import RequestView
+from quotaflow.runtime.handling import client_reason
 
 
 def request_json(view: RequestView) -> dict[str, Any]:
@@ -19,7 +20,7 @@ def request_json(view: RequestView) -> dict[str, Any]:
                   "reserved_tokens": view.reserved_tokens,
                   "charged_tokens": view.charged_tokens},
         "model": {"name": view.model, "version": view.model_version},
-        "reason": view.reason,
+        "reason": None if view.reason is None else client_reason(view.reason),
         "created_at": view.created_at.isoformat(),
         "updated_at": view.updated_at.isoformat(),
     }

@@ -55,6 +55,11 @@ FIRST_WAIT_S = 5.0
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def prompt_param(call: Call) -> str:
+    """The field a call's prompt came in: what an error about its length names."""
+    return "messages" if call.kind == CHAT else "prompt"
+
+
 def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
               timing: Timing | None = None) -> Blueprint:
     """The routes over the door's ports, settings and authenticator; a backing service down
@@ -125,7 +130,8 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
         view = door.wait(who, request_id)
         reason = finish_reason(view, call.max_tokens)
         if view.status != RequestStatus.COMPLETED:
-            raise door.ended_error(who, Ended(view.status, reason, 0, 0, view))
+            raise door.ended_error(who, Ended(view.status, reason, 0, 0, view),
+                                   prompt_param(call))
         used = shapes.usage(view.prompt_tokens or 0, view.completion_tokens or 0,
                             view.charged_tokens or 0)
         answer = door.answer(who, request_id, call)
@@ -136,12 +142,13 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
         events = relay.events()
         first = first_event(events, FIRST_WAIT_S)
         if isinstance(first, Ended) and first.status != RequestStatus.COMPLETED:
-            raise door.ended_error(who, first)
+            raise door.ended_error(who, first, prompt_param(call))
         if isinstance(first, TimedOut):
             door.cancel(request_id)
             raise timed_out()
         parts = openai_chunks(door.answer(who, request_id, call), prepend(first, events),
-                              ended_error=partial(door.ended_error, who),
+                              ended_error=partial(door.ended_error, who,
+                                                  prompt_param=prompt_param(call)),
                               usage_of=partial(door.usage_of, who, request_id),
                               cancel=partial(door.cancel, request_id))
 

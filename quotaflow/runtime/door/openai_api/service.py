@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from events.status import LedgerReason, RequestStatus
-from quotaflow.ports import Principal, RequestView
+from quotaflow.ports import CONTEXT_LENGTH_EXCEEDED, Principal, RequestView
 from quotaflow.runtime.door.accept import Acceptor
 from quotaflow.runtime.door.limits import seconds_to_next_period
 from quotaflow.runtime.door.openai_api import shapes
@@ -29,6 +29,7 @@ from quotaflow.runtime.door.openai_api.mapping import Call
 from quotaflow.runtime.door.openai_api.relay import Ended, Relay, Timing, charged_view
 from quotaflow.runtime.door.parse import MAX_ATTRIBUTE_CHARS
 from quotaflow.runtime.door.ports import DoorPorts
+from quotaflow.runtime.handling import client_reason
 
 SOURCE = "openai"
 USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
@@ -49,7 +50,7 @@ def idempotency_id(header: str | None) -> str:
         return str(uuid.uuid4())
     if len(header) > MAX_ATTRIBUTE_CHARS or not (header.isascii() and header.isprintable()):
         raise bad_request(f"the Idempotency-Key header must be at most {MAX_ATTRIBUTE_CHARS} "
-                          "printable ASCII characters", None)
+                          "printable ASCII characters", "Idempotency-Key")
     return header
 
 
@@ -95,10 +96,16 @@ class OpenAIDoor:
         return shapes.usage(ended.prompt_tokens, ended.completion_tokens,
                             ended.prompt_tokens + ended.completion_tokens)
 
-    def ended_error(self, principal: Principal, ended: Ended) -> OpenAIError:
-        """The error of a request that ended other than completed."""
+    def ended_error(self, principal: Principal, ended: Ended,
+                    prompt_param: str = "messages") -> OpenAIError:
+        """The error of a request that ended other than completed. A prompt over the model's
+        context (refused by estimate, or by infer) is OpenAI's 400 `context_length_exceeded`,
+        naming `prompt_param` (`messages` or `prompt`), with the reason's message and numbers."""
         view = ended.view
-        reason = (view.reason if view is not None else None) or ended.status
+        reason = client_reason((view.reason if view is not None else None) or ended.status)
+        code, _, message = reason.partition(": ")
+        if code == CONTEXT_LENGTH_EXCEEDED:  # rejected by estimate, or failed by infer
+            return bad_request(message, prompt_param, CONTEXT_LENGTH_EXCEEDED)
         if ended.status == RequestStatus.REJECTED and reason == LedgerReason.QUOTA_EXCEEDED:
             now = self.ports.clock.now().astimezone(UTC)
             return insufficient_quota(

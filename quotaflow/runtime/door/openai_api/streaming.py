@@ -17,6 +17,7 @@ from events.status import RequestStatus
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import SERVER, OpenAIError
 from quotaflow.runtime.door.openai_api.relay import Delta, Ended, Event, Quiet, TimedOut
+from quotaflow.runtime.handling import client_reason
 
 
 class HangupBody:
@@ -101,7 +102,8 @@ def request_events(events: Iterable[Event]) -> Iterator[bytes]:
             body: dict[str, object] = {"status": event.status,
                                        "finish_reason": event.finish_reason, "usage": usage}
             if event.view is not None:
-                body["reason"] = event.view.reason
+                reason = event.view.reason
+                body["reason"] = None if reason is None else client_reason(reason)
                 usage["charged_tokens"] = event.view.charged_tokens
             yield shapes.sse(body, "end")
             return
