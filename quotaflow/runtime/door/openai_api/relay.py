@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from events.status import TERMINAL_STATUSES, FinishReason, RequestStatus
 from quotaflow.model.token_stream import START, id_key
 from quotaflow.ports import RequestStore, RequestView, StreamEnd, TokenStream
+from quotaflow.runtime.timeouts import DOOR_LONGEST_WAIT_S
 
 TERMINAL = TERMINAL_STATUSES
 
@@ -30,7 +31,7 @@ class Timing:
     block_ms: int = 1000
     check_first_s: float = 0.1
     check_s: float = 2.0
-    total_s: float = 900.0
+    total_s: float = float(DOOR_LONGEST_WAIT_S)  # under Knative's timeoutSeconds
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.door.strict_json import decode_json
 from quotaflow.runtime.faults import is_infrastructure
 from quotaflow.runtime.problem import Problem
+from quotaflow.runtime.timeouts import door_wait_s
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.admit.openai")
@@ -59,7 +60,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
               timing: Timing | None = None) -> Blueprint:
     """The routes over the door's ports, settings and authenticator; a backing service down
     (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500."""
-    door = OpenAIDoor(ports, timing or Timing(total_s=float(settings.request_deadline_s)))
+    door = OpenAIDoor(ports, timing or Timing(total_s=door_wait_s(settings)))
     limits = Limits(settings.model_name, settings.max_tokens_limit, settings.max_prompt_chars)
     max_body = settings.max_body_bytes
     bp = Blueprint("openai", __name__)
