@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 from events.status import RequestStatus
 from functions.admit.handler import IdempotencyConflict
 from quotaflow.ports import Principal, PublishTimeout
+from quotaflow.runtime.asgi_bridge import DISCONNECTED
 from quotaflow.runtime.door.auth import Authenticator
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import (
@@ -123,7 +124,9 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
         return resp
 
     def whole(who: Principal, request_id: str, call: Call) -> Response:
-        view = door.wait(who, request_id)
+        # Under the Knative entry, set once the client has gone (asgi_bridge).
+        gone = request.environ.get(DISCONNECTED)
+        view = door.wait(who, request_id, gone.is_set if gone is not None else lambda: False)
         reason = finish_reason(view, call.max_tokens)
         if view.status != RequestStatus.COMPLETED:
             raise door.ended_error(who, Ended(view.status, reason, 0, 0, view))
