@@ -128,17 +128,16 @@ class WsgiOnThreads:
 
         headers: list[tuple[bytes, bytes]] = []
         status: list[int] = []
+        started = False  # http.response.start sent: it goes with the first chunk
 
         def start_response(line: str, response_headers: list[tuple[str, str]],
                            exc_info: Any = None) -> Callable[[bytes], None]:
-            if exc_info is not None and status:
+            if exc_info is not None and started:
                 raise exc_info[1].with_traceback(exc_info[2])
             status[:] = [int(line.split(" ", 1)[0])]
             headers[:] = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                           for k, v in response_headers]
             return write
-
-        started = False
 
         def write(chunk: bytes) -> None:
             nonlocal started
