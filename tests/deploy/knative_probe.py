@@ -5,7 +5,10 @@ every step's `function.new()` returns) over a probe app instead of a step's. Ser
 - `POST /slow`: waits until `PEERS` calls are in at once (or `WAIT_S` passed) and answers the
   most it saw at once.
 - `GET /stream`: a keep-alive every 50 ms until the client hangs up; the hang-up (the body's
-  `close()` before its end, the local door's cancel path) touches `$PROBE_DIR/hung-up`."""
+  `close()` before its end, the local door's cancel path) touches `$PROBE_DIR/hung-up`.
+- `POST /wait`: answers nothing for up to `WAIT_S`, as a call that does not stream waits for its
+  answer; the client leaving meanwhile (`environ[DISCONNECTED]`, what the door's wait reads)
+  touches `$PROBE_DIR/gone`."""
 
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 
+from quotaflow.runtime.asgi_bridge import DISCONNECTED
 from quotaflow.runtime.door.openai_api.streaming import HangupBody
 from quotaflow.runtime.knative import KnativeFunction
 from quotaflow.settings import Settings
@@ -62,6 +66,13 @@ def probe_app(_step: str, _settings: Settings) -> tuple[Any, _Held]:
             (Path(os.environ["PROBE_DIR"]) / "hung-up").touch()
 
         return Response(HangupBody(beats(), hung_up), mimetype="text/event-stream")
+
+    @app.post("/wait")
+    def wait() -> Response:
+        gone: threading.Event = request.environ[DISCONNECTED]
+        if gone.wait(WAIT_S):
+            (Path(os.environ["PROBE_DIR"]) / "gone").touch()
+        return jsonify(waited=True)
 
     return app, _Held()
 

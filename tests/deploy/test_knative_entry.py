@@ -178,3 +178,16 @@ def test_a_client_hanging_up_closes_the_stream_as_the_local_door_sees_a_hangup(
     while not (folder / "hung-up").exists():
         assert time.monotonic() < deadline, "the hang-up never reached the body's close()"
         time.sleep(0.05)
+
+
+def test_a_client_leaving_a_call_still_waiting_for_its_answer_is_seen_by_the_handler(
+        probe: tuple[str, Path]) -> None:
+    base, folder = probe
+    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    conn.request("POST", "/wait", body=b"{}")
+    time.sleep(0.2)  # let the call reach its handler
+    conn.close()
+    deadline = time.monotonic() + 10
+    while not (folder / "gone").exists():
+        assert time.monotonic() < deadline, "the handler never saw the client leave"
+        time.sleep(0.05)
