@@ -21,7 +21,7 @@ FROM_SECRET = ("postgres_url", "redis_url", "s3_endpoint_url")
 # Read by boto3 itself, not by Settings; secrets too.
 LIBRARY_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
-RUNTIME_DEPENDENCIES = ("cloudevents>=2.2,<3", "flask>=3.0", "asgiref>=3.8",
+RUNTIME_DEPENDENCIES = ("cloudevents>=2.2,<3", "flask>=3.0",
                         "confluent-kafka>=2.16", "fastavro>=1.9", "psycopg[binary]>=3.2",
                         "redis>=5.0", "prometheus-client>=0.20", "pyyaml>=6.0")
 # The model comes from a directory or the S3 registry (QF_MODEL_SOURCE=registry): boto3 for both

@@ -1,29 +1,32 @@
 """The function instance Knative's Python runtime serves (the `func-python` middleware wraps
 `function.new()`): an ASGI `handle` over the step's Flask app, with `start`, `stop`, `alive`
 and `ready` hooks. Readiness stays false until start-up has opened connections and loaded
-the model, so Knative sends no traffic before."""
+the model, so Knative sends no traffic before.
+
+The app runs on a pool of as many threads as the Service's `containerConcurrency` (the sizing
+table), so every request Knative lets in runs at once (`asgi_bridge`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from quotaflow.adapters import kafka
+from quotaflow.runtime.asgi_bridge import Receive, Scope, Send, WsgiOnThreads, send_problem
 from quotaflow.runtime.entry import create_app, resources_of
 from quotaflow.runtime.step import Resources
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.knative")
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+AppBuilder = Callable[[str, Settings], tuple[Any, Resources]]
 
 
 def build_app(step: str, settings: Settings) -> tuple[Any, Resources]:
     """The step's Flask app and what it holds open ("all": admit plus every step's Kafka
     loop)."""
+    kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
     if step == "all":
         return _all_in_one(settings)
     app = create_app(step, settings)
@@ -69,31 +72,36 @@ def _all_in_one(settings: Settings) -> tuple[Any, Resources]:
     return app, _AllInOne(resources_of(app), workers, stop)
 
 
-class KnativeFunction:
-    """One function instance: `step` is a step name, or "all"."""
+def body_limit_bytes(settings: Settings) -> int:
+    """The largest body a function takes: what the steps' Flask apps allow (the door refuses
+    its own calls at `max_body_bytes`, with its own errors)."""
+    return settings.max_body_bytes * 16
 
-    def __init__(self, step: str) -> None:
+
+class KnativeFunction:
+    """One function instance: `step` is a step name, or "all". `concurrency` defaults to the
+    step's `containerConcurrency`; `build` (tests) makes the app."""
+
+    def __init__(self, step: str, concurrency: int | None = None,
+                 build: AppBuilder = build_app) -> None:
+        from quotaflow.deploy.sizing import SIZING
+
         self.step = step
-        self._asgi: Any = None
+        self.concurrency = concurrency or SIZING[step].concurrency
+        self._build = build
+        self._asgi: WsgiOnThreads | None = None
         self._resources: Resources | None = None
 
     def start(self, cfg: Mapping[str, str]) -> None:
-        from asgiref.wsgi import WsgiToAsgi
-
         settings = Settings.from_env(cfg)
         logging.getLogger().setLevel(settings.log_level)
-        kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
-        app, self._resources = build_app(self.step, settings)
-        self._asgi = WsgiToAsgi(app)  # type: ignore[no-untyped-call]
-        log.info("function %s started", self.step)
+        app, self._resources = self._build(self.step, settings)
+        self._asgi = WsgiOnThreads(app, self.concurrency, body_limit_bytes(settings))
+        log.info("function %s started: %d requests at once", self.step, self.concurrency)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._asgi is None:
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/problem+json")]})
-            await send({"type": "http.response.body",
-                        "body": b'{"title": "Starting", "status": 503, '
-                                b'"detail": "the function is still starting"}'})
+            await send_problem(send, 503, "Starting", "the function is still starting")
             return
         await self._asgi(scope, receive, send)
 
@@ -111,6 +119,8 @@ class KnativeFunction:
         return False, "backing services unreachable"
 
     def stop(self) -> None:
+        if self._asgi is not None:
+            self._asgi.close()
         if self._resources is not None:
             self._resources.close()
         log.info("function %s stopped", self.step)

@@ -15,6 +15,7 @@ import yaml
 
 from quotaflow.deploy.context import prepare
 from quotaflow.deploy.generate import stale, write
+from quotaflow.runtime.knative import KnativeFunction
 from quotaflow.runtime.steps import ALL_STEPS, CONSUMER_STEPS, load_step
 from tests.conftest import REPO
 from tests.deploy.schemas import CRDS, by_kind, func_validator, func_yamls
@@ -87,6 +88,8 @@ def test_func_yaml_and_service_agree_on_scale_and_concurrency() -> None:
             ann["autoscaling.knative.dev/target"]), step
         assert options["resources"]["limits"]["concurrency"] == \
             template["spec"]["containerConcurrency"], step
+        # The entry runs as many requests at once as Knative lets in (asgi_bridge's pool).
+        assert KnativeFunction(step).concurrency == template["spec"]["containerConcurrency"]
 
 
 def test_prepare_copies_the_shared_code_and_every_steps_modules(tmp_path: Path) -> None:

@@ -201,3 +201,26 @@ def test_redis_config_is_accepted_by_redis_and_never_evicts_the_projection(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_services_time_out_as_the_code_says_and_the_door_answers_before() -> None:
+    # One place (quotaflow/runtime/timeouts.py) for every Service's time-outs; the door's
+    # longest wait, and what a stream sends after it, end before Knative cuts the call.
+    from quotaflow.runtime import timeouts
+    from quotaflow.runtime.door.openai_api.relay import Timing
+    from quotaflow.runtime.door.openai_api.routes import FIRST_WAIT_S
+    from quotaflow.runtime.door.openai_api.service import USAGE_WAIT_S
+    from quotaflow.settings import Settings
+
+    (config,) = [d["data"] for d in by_kind("ConfigMap")
+                 if d["metadata"]["name"] == "quotaflow-config"]
+    deployed = Settings.from_env({"QF_REQUEST_DEADLINE_S": config["QF_REQUEST_DEADLINE_S"]})
+    for svc in by_kind("Service"):
+        spec = svc["spec"]["template"]["spec"]
+        assert spec["timeoutSeconds"] == timeouts.TIMEOUT_S, svc["metadata"]["name"]
+        assert spec["responseStartTimeoutSeconds"] == timeouts.RESPONSE_START_TIMEOUT_S
+    longest = timeouts.door_wait_s(deployed)
+    assert Timing().total_s == longest == timeouts.DOOR_LONGEST_WAIT_S
+    assert longest + USAGE_WAIT_S < timeouts.TIMEOUT_S  # a stream, to its usage chunk
+    assert longest < timeouts.RESPONSE_START_TIMEOUT_S  # a call that does not stream
+    assert FIRST_WAIT_S < timeouts.RESPONSE_START_TIMEOUT_S  # a stream's headers

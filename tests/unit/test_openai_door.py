@@ -6,6 +6,7 @@ each error with OpenAI's status, type and code, and the CloudEvents door's event
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from events.catalog import REQUESTED_TYPE
+from quotaflow.runtime.asgi_bridge import DISCONNECTED
 from quotaflow.runtime.door.app import create_app
 from tests.openai.memory_pipeline import MODEL, MemoryDoor
 
@@ -128,6 +130,26 @@ def test_hanging_up_mid_stream_cancels_and_charges_exactly_what_was_generated() 
         assert 3 <= (view.completion_tokens or 0) < 60
         assert view.charged_tokens == 61 + (view.completion_tokens or 0) == door.spent()
         assert door.reserved() == 0
+    finally:
+        door.pipeline.close()
+
+
+def test_a_client_gone_while_a_call_that_does_not_stream_waits_cancels_it() -> None:
+    # The Knative entry sets this event when the client disconnects (asgi_bridge).
+    door = MemoryDoor(token_delay_s=0.02)
+    gone = threading.Event()
+    gone.set()
+    try:
+        prompt = " ".join(f"w{i}" for i in range(60))
+        resp = door.client.post("/v1/chat/completions", headers=door.headers(), json={
+            "model": MODEL, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 60}, environ_overrides={DISCONNECTED: gone})
+        assert resp.status_code == 499
+        rid = resp.headers["x-request-id"]
+        assert door.stream.cancelled([rid]) == {rid}
+        view = _ended(door, rid)
+        assert (view.completion_tokens or 0) < 60
+        assert view.charged_tokens == 61 + (view.completion_tokens or 0) == door.spent()
     finally:
         door.pipeline.close()
 

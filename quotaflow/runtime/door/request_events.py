@@ -22,6 +22,7 @@ from quotaflow.runtime.door.openai_api.relay import Relay, Timing
 from quotaflow.runtime.door.openai_api.streaming import HangupBody, request_events
 from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.problem import Problem
+from quotaflow.runtime.timeouts import door_wait_s
 from quotaflow.settings import Settings
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -53,7 +54,7 @@ def _last_event_id(raw: str | None) -> str:
 def events_blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
                      timing: Timing | None = None) -> Blueprint:
     """The route over the door's ports and authenticator."""
-    timing = timing or Timing(total_s=float(settings.request_deadline_s))
+    timing = timing or Timing(total_s=door_wait_s(settings))
     bp = Blueprint("request_events", __name__)
 
     @bp.get("/v1/requests/<request_id>/events")

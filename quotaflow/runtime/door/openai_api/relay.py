@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from events.status import TERMINAL_STATUSES, FinishReason, RequestStatus
 from quotaflow.model.token_stream import START, id_key
 from quotaflow.ports import RequestStore, RequestView, StreamEnd, TokenStream
+from quotaflow.runtime.timeouts import DOOR_LONGEST_WAIT_S
 
 TERMINAL = TERMINAL_STATUSES
 
@@ -30,7 +31,7 @@ class Timing:
     block_ms: int = 1000
     check_first_s: float = 0.1
     check_s: float = 2.0
-    total_s: float = 900.0
+    total_s: float = float(DOOR_LONGEST_WAIT_S)  # under Knative's timeoutSeconds
 
 
 @dataclass(frozen=True)
@@ -191,16 +192,17 @@ def first_event(events: Iterator[Event], wait_s: float,
 
 def charged_view(requests: RequestStore, tenant: str, request_id: str, wait_s: float,
                  sleep: Callable[[float], None] = time.sleep,
-                 monotonic: Callable[[], float] = time.monotonic) -> RequestView | None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 gone: Callable[[], bool] = lambda: False) -> RequestView | None:
     """The request's record once it has ended (what the ledger charged), polling with backoff
-    for up to `wait_s`; None if it did not end by then."""
+    for up to `wait_s`, or until `gone()` (the client hung up); None if it did not end."""
     deadline = monotonic() + wait_s
     pause = 0.01
     while True:
         view = requests.fetch(tenant, request_id)
         if view is not None and view.status in TERMINAL:
             return view
-        if monotonic() >= deadline:
+        if monotonic() >= deadline or gone():
             return None
         sleep(pause)
         pause = min(pause * 2, 0.2)

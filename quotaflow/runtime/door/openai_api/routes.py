@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify, request
 from events.status import RequestStatus
 from functions.admit.handler import IdempotencyConflict
 from quotaflow.ports import Principal, PublishTimeout
+from quotaflow.runtime.asgi_bridge import DISCONNECTED
 from quotaflow.runtime.door.auth import Authenticator
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import (
@@ -46,6 +47,7 @@ from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.door.strict_json import decode_json
 from quotaflow.runtime.faults import is_infrastructure
 from quotaflow.runtime.problem import Problem
+from quotaflow.runtime.timeouts import door_wait_s
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.admit.openai")
@@ -64,7 +66,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
               timing: Timing | None = None) -> Blueprint:
     """The routes over the door's ports, settings and authenticator; a backing service down
     (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500."""
-    door = OpenAIDoor(ports, timing or Timing(total_s=float(settings.request_deadline_s)))
+    door = OpenAIDoor(ports, timing or Timing(total_s=door_wait_s(settings)))
     limits = Limits(settings.model_name, settings.max_tokens_limit, settings.max_prompt_chars)
     max_body = settings.max_body_bytes
     bp = Blueprint("openai", __name__)
@@ -127,7 +129,9 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
         return resp
 
     def whole(who: Principal, request_id: str, call: Call) -> Response:
-        view = door.wait(who, request_id)
+        # Under the Knative entry, set once the client has gone (asgi_bridge).
+        gone = request.environ.get(DISCONNECTED)
+        view = door.wait(who, request_id, gone.is_set if gone is not None else lambda: False)
         reason = finish_reason(view, call.max_tokens)
         if view.status != RequestStatus.COMPLETED:
             raise door.ended_error(who, Ended(view.status, reason, 0, 0, view),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -76,10 +77,16 @@ class OpenAIDoor:
         return shapes.Answer(call.kind, request_id, call.model, int(time.time()),
                              call.include_usage)
 
-    def wait(self, principal: Principal, request_id: str) -> RequestView:
-        """The ended request's record (a call that did not stream), or a 504."""
+    def wait(self, principal: Principal, request_id: str,
+             gone: Callable[[], bool] = lambda: False) -> RequestView:
+        """The ended request's record (a call that did not stream), or a 504. A client that
+        hung up meanwhile (`gone()`) cancels the request, as a hung-up stream does."""
         view = charged_view(self.ports.requests, principal.tenant, request_id,
-                            self.timing.total_s)
+                            self.timing.total_s, gone=gone)
+        if view is None and gone():
+            self.cancel(request_id)
+            raise OpenAIError(499, "the client closed the connection; the request was "
+                              "cancelled", code="client_closed")
         if view is None:
             raise OpenAIError(504, f"request {request_id} did not end in time; read it at "
                               f"/v1/requests/{request_id}", SERVER, "timeout")
