@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from quotaflow.adapters import kafka
+from quotaflow.runtime import metrics
 from quotaflow.runtime.entry import create_app, resources_of
 from quotaflow.runtime.step import Resources
 from quotaflow.settings import Settings
@@ -83,6 +84,7 @@ class KnativeFunction:
         settings = Settings.from_env(cfg)
         logging.getLogger().setLevel(settings.log_level)
         kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
+        metrics.serve(settings)  # its own port (QF_METRICS_PORT), never the serving one
         app, self._resources = build_app(self.step, settings)
         self._asgi = WsgiToAsgi(app)  # type: ignore[no-untyped-call]
         log.info("function %s started", self.step)
