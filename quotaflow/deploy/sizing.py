@@ -16,7 +16,7 @@ SECRET = "quotaflow-secrets"
 FROM_CONFIG_MAP = ("kafka_bootstrap", "topic_prefix", "model_source", "model_name",
                    "model_bucket", "model_cache_dir", "public_url",
                    "reservation_ttl_s", "redrive_after_s", "request_deadline_s", "batch_max",
-                   "batch_wait_ms", "log_level")
+                   "batch_wait_ms", "log_level", "metrics_port", "metrics_addr")
 FROM_SECRET = ("postgres_url", "redis_url", "s3_endpoint_url")
 # Read by boto3 itself, not by Settings; secrets too.
 LIBRARY_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
