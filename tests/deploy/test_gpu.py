@@ -77,21 +77,28 @@ def _check_gpu_infer(svc: dict[str, Any], image: str) -> None:
 
 def test_gpu_component_asks_for_a_gpu_on_a_gpu_node_and_stays_valid() -> None:
     _check_gpu_infer(_gpu_infer(), "quotaflow-infer-gpu")
-    kust = yaml.safe_load((GPU / "kustomization.yaml").read_text())
-    assert [i["name"] for i in kust["images"]] == ["quotaflow-infer-gpu"]
+    # The parent maps the image name: a component's own list would run before the parent's,
+    # which then could not find the name to set the deployer's registry and tag.
+    assert "images" not in yaml.safe_load((GPU / "kustomization.yaml").read_text())
+    parent = yaml.safe_load((REPO / "knative/kustomization.yaml").read_text())
+    assert "quotaflow-infer-gpu" in {i["name"] for i in parent["images"]}
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl (its kustomize) not installed")
 def test_gpu_component_renders_with_kustomize(tmp_path: Path) -> None:
     base = tmp_path / "knative"
     shutil.copytree(REPO / "knative", base)
-    with (base / "kustomization.yaml").open("a") as f:
-        f.write("components:\n  - overlays/gpu\n")
+    kust = yaml.safe_load((base / "kustomization.yaml").read_text())
+    kust["components"] = ["overlays/gpu"]  # as `kustomize edit add component` and
+    for image in kust["images"]:  # `kustomize edit set image` leave it
+        if image["name"] == "quotaflow-infer-gpu":
+            image.update(newName="REGISTRY2/quotaflow-infer-gpu", newTag="t1")
+    (base / "kustomization.yaml").write_text(yaml.safe_dump(kust))
     out = subprocess.run(["kubectl", "kustomize", str(base)], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
     (infer,) = [d for d in docs if d["kind"] == "Service" and name(d) == "quotaflow-infer"]
-    _check_gpu_infer(infer, "REGISTRY/quotaflow-infer-gpu")
+    _check_gpu_infer(infer, "REGISTRY2/quotaflow-infer-gpu:t1")
     others = [d for d in docs if d["kind"] == "Service" and name(d) != "quotaflow-infer"]
     assert len(others) == len(ALL_STEPS) - 1
     assert all("nvidia.com/gpu" not in str(d) for d in others)
