@@ -86,6 +86,8 @@ class Settings:
     handler_retries: int = 3
     log_level: str = "INFO"
     metrics_port: int = 0
+    # Where that port listens: loopback locally; 0.0.0.0 on a cluster, for the scraper.
+    metrics_addr: str = "127.0.0.1"
     # Every librdkafka property set by environment (KAFKA_<PROPERTY>: security.protocol,
     # sasl.*, ssl.*, ...), applied to every client quotaflow makes (adapters/kafka.py).
     kafka_client: KafkaClientConfig = field(default_factory=KafkaClientConfig)
@@ -194,4 +196,5 @@ ENV_NAMES: dict[str, str] = {
     "handler_retries": "QF_HANDLER_RETRIES",
     "log_level": "QF_LOG_LEVEL",
     "metrics_port": "QF_METRICS_PORT",
+    "metrics_addr": "QF_METRICS_ADDR",
 }

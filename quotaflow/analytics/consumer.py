@@ -3,10 +3,12 @@ rolls each polled batch up into PostgreSQL.
 
 Exactly once without Kafka transactions: the next offsets are written in the batch's own
 PostgreSQL transaction (`usage_offsets`), and on every assignment the consumer seeks to them
-(to the start of a partition it has none for). Kafka's committed offsets are never used, so a
+(to the start of a partition it has none for). Kafka's committed offsets are never read, so a
 crash between the database commit and anything else can only replay records whose effects
 and offsets committed together, and those are skipped by the offsets, or failing that by the
-stream versions and outcome ids the same transaction stored."""
+stream versions and outcome ids the same transaction stored. After each database commit the
+same offsets are copied to Kafka (asynchronously, best effort) only so that the group's lag
+is visible: KEDA scales the Deployment on it (infra/k8s/analytics-scaledobject.yaml)."""
 
 from __future__ import annotations
 
@@ -133,6 +135,7 @@ class AnalyticsConsumer:
         batch = self.batch(messages)
         started = time.perf_counter()
         applied = self.store.apply(batch)
+        self.mirror_offsets(batch)
         metrics.HANDLER_SECONDS.labels(STEP).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(STEP).observe(len(messages))
         if applied.ledger:
@@ -142,6 +145,14 @@ class AnalyticsConsumer:
         if applied.duplicates:
             SKIPPED.labels("duplicate").inc(applied.duplicates)
         return len(messages)
+
+    def mirror_offsets(self, batch: Batch) -> None:
+        """Copy the offsets the database now holds to Kafka, for the lag KEDA reads; never read
+        back (`_on_assign` seeks to the database's), so a lost or late copy costs nothing."""
+        if batch.next_offsets:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o
+                                          in sorted(batch.next_offsets.items())],
+                                 asynchronous=True)
 
     def rewind(self) -> None:
         """Put every assigned partition back at its stored offset (after a failed apply)."""

@@ -39,18 +39,16 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
-
     from quotaflow.adapters import kafka
     from quotaflow.analytics.consumer import AnalyticsConsumer
+    from quotaflow.runtime import metrics
 
     if args.batch < 1:
         raise SystemExit("--batch must be at least 1")
     settings = Settings.from_env()
     logging.getLogger().setLevel(settings.log_level)
     kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    metrics.serve(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

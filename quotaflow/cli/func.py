@@ -9,6 +9,7 @@ from typing import Any
 
 from quotaflow.deploy.context import REPO, prepare
 from quotaflow.deploy.generate import stale, write
+from quotaflow.deploy.sizing import VARIANTS
 from quotaflow.runtime.steps import ALL_STEPS
 
 
@@ -24,7 +25,8 @@ def register(sub: Any) -> None:
     p = fsub.add_parser("prepare", help="copy the shared runtime into functions/STEP so "
                         "`kn func deploy --path functions/STEP` can build it")
     p.add_argument("steps", nargs="*", metavar="STEP",
-                   help=f"steps to prepare: {', '.join(ALL_STEPS)} (default: all six)")
+                   help=f"steps to prepare: {', '.join(ALL_STEPS)} (default: all six), or a "
+                   f"variant's build context: {', '.join(VARIANTS)}")
     p.set_defaults(func=_prepare)
 
 
@@ -44,9 +46,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    unknown = sorted(set(args.steps) - set(ALL_STEPS))
+    unknown = sorted(set(args.steps) - set(ALL_STEPS) - set(VARIANTS))
     if unknown:
-        print(f"error: unknown step(s) {', '.join(unknown)}; steps are {', '.join(ALL_STEPS)}")
+        print(f"error: unknown step(s) {', '.join(unknown)}; steps are {', '.join(ALL_STEPS)}"
+              f" (variants: {', '.join(VARIANTS)})")
         return 2
     for step in args.steps or ALL_STEPS:
         path = prepare(step)

@@ -39,8 +39,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from prometheus_client import start_http_server
-
+    from quotaflow.runtime import metrics
     from quotaflow.runtime.steps import load_step
     from quotaflow.runtime.worker import KafkaWorker  # wires the step's ports from settings
 
@@ -48,8 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(settings.log_level)
     kafka.check_brokers(settings)  # a wrong password or CA ends start-up with one line
     step = load_step(args.step)
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+    metrics.serve(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

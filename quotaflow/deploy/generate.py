@@ -12,6 +12,7 @@ from quotaflow.deploy.kafka_users import user_name
 from quotaflow.deploy.sizing import (
     RUNTIME_DEPENDENCIES,
     SIZING,
+    VARIANTS,
     Sizing,
     env_refs,
     kafka_user_env,
@@ -26,8 +27,9 @@ def _scalar(value: str) -> str:
     return yaml.safe_dump([value]).removeprefix("- ").rstrip("\n")
 
 
-def func_yaml(step: str, sizing: Sizing) -> str:
-    """A func.yaml: the root all-in-one one for "all", functions/<step>/func.yaml otherwise."""
+def func_yaml(step: str, sizing: Sizing, variant: str | None = None) -> str:
+    """A func.yaml: the root all-in-one one for "all", functions/<step>/func.yaml otherwise,
+    functions/<variant>/func.yaml for a variant of the step (VARIANTS)."""
     values = [(name, f"{{{{ {kind}:{source}:{name} }}}}") for name, kind, source in env_refs()]
     values += kafka_user_env(user_name("all" if step == ALL_IN_ONE else step))
     envs = "\n".join(t.ENV.substitute(name=name, value=_scalar(value))
@@ -35,7 +37,10 @@ def func_yaml(step: str, sizing: Sizing) -> str:
     root = step == ALL_IN_ONE
     return t.FUNC_YAML.substitute(
         generated=t.GENERATED,
-        header=t.ROOT_FUNC_HEADER if root else t.STEP_FUNC_HEADER.substitute(step=step),
+        header=(t.ROOT_FUNC_HEADER if root else
+                t.VARIANT_FUNC_HEADER.substitute(step=step, context=variant,
+                                                 what=VARIANTS[variant].what) if variant else
+                t.STEP_FUNC_HEADER.substitute(step=step)),
         name="quotaflow" if root else f"quotaflow-{step}",
         invoke_note=t.INVOKE_NOTE if step in CONSUMER_STEPS else "",
         envs=envs, window=sizing.window, metric=sizing.metric,
@@ -46,7 +51,8 @@ def func_yaml(step: str, sizing: Sizing) -> str:
 
 
 def pyproject(step: str, sizing: Sizing) -> str:
-    """functions/<step>/pyproject.toml: the build context's project, named `function`."""
+    """functions/<step>/pyproject.toml (or a variant's): the build context's project, named
+    `function`."""
     deps = "\n".join(f'  "{d}",' for d in (*RUNTIME_DEPENDENCIES, *sizing.extra_dependencies))
     return t.PYPROJECT.substitute(generated=t.GENERATED, step=step, dependencies=deps)
 
@@ -80,6 +86,12 @@ def render() -> dict[str, str]:
         files[f"{base}/pyproject.toml"] = pyproject(step, SIZING[step])
         files[f"{base}/app.py"] = app(step)
         files[f"{base}/function/__init__.py"] = knative_entry(step)
+    for name, variant in VARIANTS.items():
+        base = f"functions/{name}"
+        files[f"{base}/func.yaml"] = func_yaml(variant.step, variant.sizing, name)
+        files[f"{base}/pyproject.toml"] = pyproject(name, variant.sizing)
+        files[f"{base}/app.py"] = app(variant.step)
+        files[f"{base}/function/__init__.py"] = knative_entry(variant.step)
     return files
 
 

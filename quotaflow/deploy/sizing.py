@@ -16,7 +16,7 @@ SECRET = "quotaflow-secrets"
 FROM_CONFIG_MAP = ("kafka_bootstrap", "topic_prefix", "model_source", "model_name",
                    "model_bucket", "model_cache_dir", "public_url",
                    "reservation_ttl_s", "redrive_after_s", "request_deadline_s", "batch_max",
-                   "batch_wait_ms", "log_level")
+                   "batch_wait_ms", "log_level", "metrics_port", "metrics_addr")
 FROM_SECRET = ("postgres_url", "redis_url", "s3_endpoint_url")
 # Read by boto3 itself, not by Settings; secrets too.
 LIBRARY_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -28,6 +28,10 @@ RUNTIME_DEPENDENCIES = ("cloudevents>=2.2,<3", "flask>=3.0",
 # steps that load it.
 TOKENIZER_DEPENDENCIES = ("numpy>=1.26", "transformers>=4.57", "tokenizers>=0.22", "boto3>=1.34")
 GENERATOR_DEPENDENCIES = (*TOKENIZER_DEPENDENCIES, "onnxruntime>=1.20")
+# The GPU build of infer: onnxruntime-gpu with the CUDA and cuDNN libraries from NVIDIA's wheels
+# (loaded by `onnxruntime.preload_dlls()`, quotaflow/model/session.py). Never beside onnxruntime:
+# both install the `onnxruntime` module.
+GPU_GENERATOR_DEPENDENCIES = (*TOKENIZER_DEPENDENCIES, "onnxruntime-gpu[cuda,cudnn]>=1.20")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,26 @@ SIZING: dict[str, Sizing] = {
                     extra_dependencies=GENERATOR_DEPENDENCIES),
     "settle": _SMALL,
     "record": _SMALL,
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another build of a step: its own build context functions/<variant>/ (same handler, same
+    Knative Service), other dependencies and sizing."""
+
+    step: str
+    sizing: Sizing
+    what: str  # one line for the generated files' headers
+
+
+# infer on a GPU: deployed with the kustomize component knative/overlays/gpu (which asks for
+# nvidia.com/gpu, a GPU node and its taint's toleration; func.yaml cannot), scale and resources
+# as that overlay sets them (tests/deploy checks they agree).
+VARIANTS: dict[str, Variant] = {
+    "infer-gpu": Variant("infer", Sizing(0, 4, 8, 8, ("1", "4"), ("4Gi", "8Gi"),
+                                         extra_dependencies=GPU_GENERATOR_DEPENDENCIES),
+                         "built with onnxruntime-gpu for a GPU"),
 }
 
 

@@ -11,6 +11,15 @@ STEP_FUNC_HEADER = Template("""\
 #   quotaflow func prepare $step
 # copies the shared runtime in; then: kn func deploy --path functions/$step""")
 
+VARIANT_FUNC_HEADER = Template("""\
+# quotaflow's $step function, $what.
+# Build context: this directory, after
+#   quotaflow func prepare $context
+# copies the shared runtime in; build its image with
+#   kn func build --path functions/$context --image <registry>/quotaflow-$context:<tag>
+# and deploy it with the kustomize component knative/overlays/gpu (knative/README.md):
+# func.yaml cannot ask for a GPU.""")
+
 ROOT_FUNC_HEADER = """\
 # The all-in-one function for small installs: admit's HTTP door plus the five steps as
 # Kafka loops in one process (min-scale 1). Build context: the repository root.

@@ -33,8 +33,9 @@ from quotaflow.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def add_health_routes(app: Flask, ready: Callable[[], bool]) -> None:
-    """Liveness, readiness (by `ready()`) and Prometheus metrics routes."""
+def add_health_routes(app: Flask, ready: Callable[[], bool], settings: Settings) -> None:
+    """Liveness and readiness (by `ready()`) routes, and `/metrics` unless the metrics have a
+    port of their own (QF_METRICS_PORT: `metrics.serve`)."""
 
     @app.get("/health/liveness")
     def liveness() -> Response:
@@ -43,6 +44,9 @@ def add_health_routes(app: Flask, ready: Callable[[], bool]) -> None:
     @app.get("/health/readiness")
     def readiness() -> Response | tuple[Response, int]:
         return (jsonify(status="ready"), 200) if ready() else (jsonify(status="starting"), 503)
+
+    if settings.metrics_port:
+        return
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -63,7 +67,7 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes * 16
     app.extensions["quotaflow"] = {"ports": ports, "resources": held, "producer": producer,
                                    "step": step}
-    add_health_routes(app, held.ready)
+    add_health_routes(app, held.ready, settings)
 
     def give_up(_msg: Any, env: Envelope, reason: str) -> Sequence[Payload]:
         # KafkaSource dead-letters on a non-2xx: answer the poison outputs instead when the step

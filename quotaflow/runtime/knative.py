@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from quotaflow.adapters import kafka
+from quotaflow.runtime import metrics
 from quotaflow.runtime.asgi_bridge import Receive, Scope, Send, WsgiOnThreads, send_problem
 from quotaflow.runtime.entry import create_app, resources_of
 from quotaflow.runtime.step import Resources
@@ -95,6 +96,7 @@ class KnativeFunction:
     def start(self, cfg: Mapping[str, str]) -> None:
         settings = Settings.from_env(cfg)
         logging.getLogger().setLevel(settings.log_level)
+        metrics.serve(settings)  # its own port (QF_METRICS_PORT), never the serving one
         app, self._resources = self._build(self.step, settings)
         self._asgi = WsgiOnThreads(app, self.concurrency, body_limit_bytes(settings))
         log.info("function %s started: %d requests at once", self.step, self.concurrency)

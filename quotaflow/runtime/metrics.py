@@ -1,9 +1,13 @@
-"""Prometheus metrics the functions expose (`/metrics` on HTTP entries, QF_METRICS_PORT for
-Kafka workers)."""
+"""Prometheus metrics the functions expose: on a port of their own where QF_METRICS_PORT is
+set (`serve`; every process on a cluster, and the local Kafka workers), else on the HTTP
+entries' `/metrics` (the local door). On a cluster the serving port never answers `/metrics`:
+Knative routes only that port, so metrics stay off every route."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, start_http_server
+
+from quotaflow.settings import Settings
 
 EVENTS_IN = Counter("qf_events_consumed_total", "Events a step consumed", ["step", "type"])
 EVENTS_OUT = Counter("qf_events_produced_total", "Events a step produced", ["step", "type"])
@@ -19,3 +23,12 @@ BATCH_SIZE = Histogram("qf_batch_size", "Records per handler call", ["step"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 ADMIT_RESPONSES = Counter("qf_admit_responses_total", "Admit answers by status", ["status"])
 LEDGER_DECISIONS = Counter("qf_ledger_decisions_total", "Ledger outcomes", ["kind"])
+
+
+def serve(settings: Settings) -> bool:
+    """Serve the metrics on QF_METRICS_PORT at QF_METRICS_ADDR in a background thread, when a
+    port is set; whether it did."""
+    if not settings.metrics_port:
+        return False
+    start_http_server(settings.metrics_port, addr=settings.metrics_addr)
+    return True

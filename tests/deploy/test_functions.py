@@ -15,6 +15,7 @@ import yaml
 
 from quotaflow.deploy.context import prepare
 from quotaflow.deploy.generate import stale, write
+from quotaflow.deploy.sizing import VARIANTS
 from quotaflow.runtime.knative import KnativeFunction
 from quotaflow.runtime.steps import ALL_STEPS, CONSUMER_STEPS, load_step
 from tests.conftest import REPO
@@ -26,7 +27,7 @@ def test_committed_function_files_are_the_generators_output() -> None:
 
 
 def test_generate_check_names_a_hand_edited_and_a_missing_file(tmp_path: Path) -> None:
-    assert len(write(tmp_path)) == 2 + 4 * len(ALL_STEPS)
+    assert len(write(tmp_path)) == 2 + 4 * (len(ALL_STEPS) + len(VARIANTS))
     assert stale(tmp_path) == []
     edited = tmp_path / "functions/infer/func.yaml"
     edited.write_text(edited.read_text() + "# edited by hand\n")
@@ -66,13 +67,28 @@ def test_every_function_has_a_service_and_every_consumer_its_sources() -> None:
 
 
 def test_build_contexts_fit_func_python_scaffolding() -> None:
-    for step in ALL_STEPS:
-        project = tomllib.loads((REPO / "functions" / step / "pyproject.toml").read_text())
-        assert project["project"]["name"] == "function", step
-        func = yaml.safe_load((REPO / "functions" / step / "func.yaml").read_text())
-        assert (func["runtime"], func["invoke"]) == ("python", "http"), step
-        entry = (REPO / "functions" / step / "function" / "__init__.py").read_text()
-        assert f'KnativeFunction("{step}")' in entry and "def new()" in entry, step
+    contexts = {**{step: step for step in ALL_STEPS}, **{v: VARIANTS[v].step for v in VARIANTS}}
+    for context, step in contexts.items():
+        project = tomllib.loads((REPO / "functions" / context / "pyproject.toml").read_text())
+        assert project["project"]["name"] == "function", context
+        func = yaml.safe_load((REPO / "functions" / context / "func.yaml").read_text())
+        assert (func["runtime"], func["invoke"]) == ("python", "http"), context
+        assert func["name"] == f"quotaflow-{step}", context  # the step's one Knative Service
+        entry = (REPO / "functions" / context / "function" / "__init__.py").read_text()
+        assert f'KnativeFunction("{step}")' in entry and "def new()" in entry, context
+
+
+def test_the_gpu_build_context_installs_onnxruntime_gpu_and_never_onnxruntime() -> None:
+    def runtimes(context: str) -> set[str]:
+        deps = tomllib.loads((REPO / "functions" / context / "pyproject.toml").read_text())[
+            "project"]["dependencies"]
+        return {d.split(">")[0].split("[")[0] for d in deps if d.startswith("onnxruntime")}
+
+    assert runtimes("infer") == {"onnxruntime"}
+    assert runtimes("infer-gpu") == {"onnxruntime-gpu"}
+    deps = tomllib.loads((REPO / "functions/infer-gpu/pyproject.toml").read_text())[
+        "project"]["dependencies"]
+    assert any(d.startswith("onnxruntime-gpu[cuda,cudnn]") for d in deps)  # CUDA from wheels
 
 
 def test_func_yaml_and_service_agree_on_scale_and_concurrency() -> None:

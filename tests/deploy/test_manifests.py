@@ -22,11 +22,12 @@ from quotaflow.cli.ops import strimzi_topics
 from quotaflow.devstack.process import free_port
 from quotaflow.settings import ENV_NAMES, is_kafka_client_variable
 from tests.conftest import REPO
-from tests.deploy.schemas import by_kind, crd_validator, func_yamls, manifests
+from tests.deploy.schemas import by_kind, crd_validator, func_yamls, k8s_validate, manifests
 
 # Read by boto3 itself, not by Settings: the only other names the manifests may set.
 LIBRARY_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-BUILT_IN = {("v1", "ConfigMap"), ("v1", "Secret"), ("batch/v1", "Job"), ("apps/v1", "Deployment")}
+BUILT_IN = {("v1", "ConfigMap"), ("v1", "Secret"), ("batch/v1", "Job"), ("apps/v1", "Deployment"),
+            ("networking.k8s.io/v1", "NetworkPolicy")}
 
 
 @pytest.mark.parametrize("path, doc", manifests(),
@@ -34,9 +35,18 @@ BUILT_IN = {("v1", "ConfigMap"), ("v1", "Secret"), ("batch/v1", "Job"), ("apps/v
 def test_manifest_is_valid_against_its_official_schema(path: Path, doc: dict[str, Any]) -> None:
     key = (doc["apiVersion"], doc["kind"])
     assert doc.get("metadata", {}).get("name"), f"{path}: no metadata.name"
-    if key in BUILT_IN or doc["kind"] == "PingSource":
-        return  # built-in kinds / no official CRD here: apiVersion, kind and name checked
-    crd_validator(*key).validate(doc)
+    if key in BUILT_IN:
+        k8s_validate(doc)  # Kubernetes' own schema
+    elif doc["kind"] != "PingSource":  # no official CRD here: apiVersion, kind, name checked
+        crd_validator(*key).validate(doc)
+
+
+def test_kubernetes_schema_check_rejects_an_unknown_field() -> None:
+    (deployment,) = by_kind("Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonroot"] \
+        = True
+    with pytest.raises(Exception, match="runAsNonroot"):
+        k8s_validate(deployment)
 
 
 def test_strict_check_rejects_an_unknown_field() -> None:
@@ -151,8 +161,10 @@ def test_sweep_pingsource_uses_only_pingsource_v1_fields_and_wakes_settle() -> N
 def test_kustomization_lists_every_knative_manifest_but_the_example_secret() -> None:
     kust = yaml.safe_load((REPO / "knative/kustomization.yaml").read_text())
     listed = set(kust["resources"])
-    present = {str(p.relative_to(REPO / "knative")) for p in REPO.glob("knative/**/*.yaml")}
+    present = {str(p.relative_to(REPO / "knative")) for p in REPO.glob("knative/**/*.yaml")
+               if p.relative_to(REPO / "knative").parts[0] != "overlays"}
     assert listed == present - {"kustomization.yaml", "secrets.example.yaml"}
+    assert "components" not in kust  # the GPU component is switched on by the deployer
 
 
 def test_infra_kustomization_lists_every_infra_manifest() -> None:
@@ -167,7 +179,8 @@ def test_infra_kustomization_lists_every_infra_manifest() -> None:
 def test_the_analytics_consumer_runs_always_as_one_deployment_of_its_cli_command() -> None:
     (deployment,) = by_kind("Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] >= 1  # a consumer group member all the time: never scaled to zero
+    # KEDA sets the replicas (at least one: test_cluster.py); an apply must not reset them.
+    assert "replicas" not in spec
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     (container,) = spec["template"]["spec"]["containers"]

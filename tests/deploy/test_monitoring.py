@@ -40,10 +40,29 @@ def test_prometheus_operator_resources_scrape_every_step_and_carry_the_alert_rul
     alerts = yaml.safe_load((REPO / "infra/monitoring/alerts.yml").read_text())
     assert docs["PrometheusRule"]["spec"] == alerts
     (expr,) = docs["PodMonitor"]["spec"]["selector"]["matchExpressions"]
-    assert (expr["key"], set(expr["values"])) == ("app.kubernetes.io/component", set(ALL_STEPS))
-    for svc in by_kind("Service"):
-        assert svc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] \
-            in expr["values"]
+    scraped = {*ALL_STEPS, "analytics"}
+    assert (expr["key"], set(expr["values"])) == ("app.kubernetes.io/component", scraped)
+    for workload in [*by_kind("Service"), *by_kind("Deployment")]:
+        template = workload["spec"]["template"]
+        assert template["metadata"]["labels"]["app.kubernetes.io/component"] in expr["values"]
+        # the container the scrape keeps is named as its component
+        (container,) = template["spec"]["containers"]
+        assert container["name"] in scraped
+
+
+def test_scrapes_go_to_the_metrics_port_by_the_pods_annotation_never_a_declared_port() -> None:
+    docs = {d["kind"]: d for d in yaml.safe_load_all(
+        (REPO / "infra/monitoring/prometheus-operator.yaml").read_text())}
+    (endpoint,) = docs["PodMonitor"]["spec"]["podMetricsEndpoints"]
+    assert "port" not in endpoint and "targetPort" not in endpoint
+    address = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "__address__"]
+    assert address and address[0]["sourceLabels"][-1] == \
+        "__meta_kubernetes_pod_annotation_prometheus_io_port"
+    scrape = yaml.safe_load((REPO / "infra/monitoring/prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert any(r.get("target_label") == "__address__" and r["source_labels"][-1] ==
+               "__meta_kubernetes_pod_annotation_prometheus_io_port"
+               for r in job["relabel_configs"])
 
 
 def test_dashboard_and_alerts_use_metrics_the_code_defines() -> None:

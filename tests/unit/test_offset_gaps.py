@@ -219,3 +219,5 @@ def test_the_usage_roll_ups_read_a_skipped_record_again_and_count_every_request(
         rollups.poll_once()
     assert consumer.seeks == [3]
     assert {rid for rid, _ in store.outcomes} == {f"r{i}" for i in range(6)}
+    # The stored offsets copied to Kafka after each applied batch, for KEDA's lag.
+    assert consumer.commits[-1] == 6 and consumer.commits == sorted(consumer.commits)

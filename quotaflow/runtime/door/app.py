@@ -43,7 +43,7 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
     app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
         app.wsgi_app, networks(settings.trusted_proxies))
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
-    add_health_routes(app, ports.resources.ready)
+    add_health_routes(app, ports.resources.ready, settings)
     app.register_blueprint(cloudevents_api.blueprint(ports, settings, auth))
     app.register_blueprint(request_events.events_blueprint(ports, settings, auth))
     app.register_blueprint(openai_api.blueprint(ports, settings, auth))
