@@ -93,7 +93,7 @@ def cluster_url() -> str:
     return f"redis://127.0.0.1:{ports[0]}/0"
 
 
-def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 and localhost signed by it: (CA cert,
     server cert, server key)."""
     now = datetime.datetime.now(datetime.UTC)
@@ -128,7 +128,7 @@ def _certificates(folder: Path) -> tuple[Path, Path, Path]:
 @cache
 def certificates() -> tuple[Path, Path, Path]:
     """The CA, server certificate and key of this session (made once), for any server."""
-    return _certificates(_folder())
+    return make_certificates(_folder())
 
 
 @cache
