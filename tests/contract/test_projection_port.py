@@ -107,3 +107,18 @@ def test_a_period_never_projected_has_a_zero_balance(projection: AppliedProjecti
     projection.catch_up(ledger)
     assert projection.balance("acme", "1999-01") == Balance()
     assert projection.balance("nobody", ledger.current_period("acme")) == Balance()
+
+
+@pytest.mark.parametrize("variant", REDIS_VARIANTS)
+def test_a_redis_rebuild_lists_every_balance_and_drops_the_untagged_layout(
+        variant: str, ledger: MemoryLedger) -> None:
+    from quotaflow.ledger.projection import RedisProjection
+
+    c = client(variant, REDIS_DB)
+    c.hset("qf:balance:acme:2026-11", mapping={"granted": 1})  # as stored before the tags
+    c.set("qf:projection:last_seq", 99)
+    projection = RedisProjection(c, rows_per_call=1)  # a chunk a balance: several calls
+    projection.rebuild(ledger)
+    assert projection.balances() == balances_of(ledger)
+    assert c.exists("qf:balance:acme:2026-11", "qf:projection:last_seq") == 0
+    assert projection.last_seq() == ledger.events_after(0)[-1].seq
