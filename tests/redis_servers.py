@@ -1,6 +1,6 @@
-"""Redis as production runs it, for the contract suites: a 3-master Redis Cluster, and one
-Redis that asks for a password and speaks only TLS (a certificate from a CA made for this
-test session). Each is started on first use on free ports from Debian's `redis-server`,
+"""Redis as production runs it, for the contract suites: a 3-master Redis Cluster and one
+Redis, both speaking only TLS (a certificate from a CA made for this test session) and
+asking for a password. Each is started on first use on free ports from Debian's `redis-server`,
 and stopped when the session ends; the keys and certificates live in a temporary folder.
 
 `client(variant, db)` is the one way a contract suite opens Redis: "redis" (the plain Redis
@@ -12,10 +12,12 @@ from __future__ import annotations
 import atexit
 import datetime
 import ipaddress
+import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -58,11 +60,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def _wait(what: str, ready: object, timeout_s: float = 30) -> None:
+def _wait(what: str, ready: Callable[[], object], timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if ready():  # type: ignore[operator]
+            if ready():
                 return
         except (redis.RedisError, OSError):
             pass
@@ -73,24 +75,39 @@ def _wait(what: str, ready: object, timeout_s: float = 30) -> None:
 @cache
 def cluster_url() -> str:
     """Three masters with cluster mode on, joined with `redis-cli --cluster create` (no
-    replicas); the URL of one node (the client finds the others)."""
-    folder = _folder()
+    replicas), as production runs them: TLS only (between the nodes too) and a password; the
+    URL of one node (the client finds the others)."""
+    ca, cert, key = certificates()
     ports = [free_port() for _ in range(3)]
     for port in ports:
-        node = folder / f"node-{port}"
+        node = ca.parent / f"node-{port}"
         node.mkdir()
-        _start(node, "redis", ["--port", str(port), "--cluster-enabled", "yes",
-                               "--cluster-config-file", str(node / "nodes.conf"),
-                               "--cluster-node-timeout", "5000"])
-    for port in ports:
-        _wait(f"Redis node {port}", redis.Redis(port=port).ping)
-    subprocess.run(["redis-cli", "--cluster", "create",
+        _start(node, "redis", [
+            *_tls(port, ca, cert, key), "--tls-cluster", "yes", "--masterauth", PASSWORD,
+            "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+            "--cluster-config-file", str(node / "nodes.conf"), "--cluster-node-timeout", "5000"])
+    clients = [connect_redis(_tls_url(port, ca)) for port in ports]
+    for port, c in zip(ports, clients, strict=True):
+        _wait(f"Redis node {port}", c.ping)
+    subprocess.run(["redis-cli", "--tls", "--cacert", str(ca), "--cluster", "create",
                     *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-                    "--cluster-yes"], check=True, capture_output=True, timeout=60)
-    for port in ports:
-        _wait("the cluster", lambda p=port: redis.Redis(port=p).cluster("info")  # type: ignore[misc]
+                    "--cluster-yes"], check=True, capture_output=True, timeout=60,
+                   env={**os.environ, "REDISCLI_AUTH": PASSWORD})
+    for c in clients:
+        _wait("the cluster", lambda c=c: c.cluster("info")  # type: ignore[misc]
               .get("cluster_state") == "ok")
-    return f"redis://127.0.0.1:{ports[0]}/0"
+    return _tls_url(ports[0], ca)
+
+
+def _tls(port: int, ca: Path, cert: Path, key: Path) -> list[str]:
+    # TLS only (no plain port), clients not asked for certificates, a password.
+    return ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+            "--tls-auth-clients", "no", "--requirepass", PASSWORD]
+
+
+def _tls_url(port: int, ca: Path) -> str:
+    return f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
@@ -137,11 +154,8 @@ def tls_url() -> str:
     signed its certificate, so the client verifies the certificate and the host name."""
     ca, cert, key = certificates()
     port = free_port()
-    _start(ca.parent, f"redis-tls-{port}", [
-        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-        "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
-        "--requirepass", PASSWORD])
-    url = f"rediss://:{PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    _start(ca.parent, f"redis-tls-{port}", _tls(port, ca, cert, key))
+    url = _tls_url(port, ca)
     _wait("Redis over TLS", connect_redis(url).ping)
     return url
 

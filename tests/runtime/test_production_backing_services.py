@@ -113,7 +113,7 @@ def test_a_postgres_certificate_from_another_ca_is_refused(tls_postgres: str,
 
 def test_a_process_reaches_redis_over_tls_with_its_password() -> None:
     client = compose.redis_client(Settings(redis_url=tls_url()))
-    assert client.ping()
+    assert isinstance(client, redis.Redis) and client.ping()
     assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == str(certificates()[0])
 
 
@@ -136,5 +136,6 @@ def test_redis_mode_cluster_makes_every_client_a_cluster_client() -> None:
     balances = projection.balances()
     assert {t: b.granted for (t, _), b in balances.items()} == {
         f"tenant-{i}": 100 + i for i in range(20)}
-    nodes = {client.get_node_from_key(f"qf:{{tenant-{i}}}:x").name for i in range(20)}
+    nodes = {client.get_node_from_key(f"qf:{{tenant-{i}}}:x").name  # type: ignore[no-untyped-call]
+             for i in range(20)}
     assert len(nodes) == 3
