@@ -123,6 +123,13 @@ def test_redis_refuses_a_client_without_the_password() -> None:
         redis.Redis.from_url(without).ping()
 
 
+def test_a_redis_certificate_from_another_ca_is_refused(tmp_path: Path) -> None:
+    other_ca = make_certificates(tmp_path)[0]
+    url = tls_url().replace(f"ssl_ca_certs={certificates()[0]}", f"ssl_ca_certs={other_ca}")
+    with pytest.raises(redis.ConnectionError):
+        compose.redis_client(Settings(redis_url=url, redis_timeout_ms=2000)).ping()
+
+
 def test_redis_mode_cluster_makes_every_client_a_cluster_client() -> None:
     settings = Settings(redis_url=cluster_url(), redis_mode="cluster")
     client = compose.redis_client(settings)
