@@ -80,7 +80,9 @@ _START = json.dumps(["", ""])
 
 
 def tenant_tag(tenant: str) -> str:
-    """The hash tag of every key of `tenant`'s: its keys share one slot on a Redis Cluster."""
+    """The prefix of every key of `tenant`'s, with the tenant as its hash tag: its keys share
+    one slot on a Redis Cluster. The whole name is the tag because a tenant's name holds no
+    brace (`tenant_store`: a-z, 0-9 and '-')."""
     return f"{PREFIX}{{{tenant}}}:"
 
 

@@ -14,6 +14,7 @@ from redis.crc import key_slot
 
 from events.resources import data_path
 from quotaflow.adapters.redis_gate import seen_key, window_key
+from quotaflow.adapters.tenant_store import _NAME
 from quotaflow.ledger.projection import (
     GENERATION_KEY,
     LAST_SEQ_KEY,
@@ -22,7 +23,7 @@ from quotaflow.ledger.projection import (
 )
 from quotaflow.settings import Settings, SettingsError
 
-tenants = st.text(min_size=1, max_size=40)
+tenants = st.from_regex(_NAME, fullmatch=True)  # the names a tenant may have
 
 
 @given(tenant=tenants, request_id=st.text(max_size=40), key_id=st.text(max_size=20),
