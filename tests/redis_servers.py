@@ -41,10 +41,22 @@ def _folder() -> Path:
     return folder
 
 
+@cache
+def _tls_supported(binary: str) -> bool:
+    # A build without TLS refuses `tls-port` as a bad directive; one with it reads that line
+    # and refuses the next, made up for the purpose. Either way nothing starts.
+    out = subprocess.run([binary, "--port", "0", "--tls-port", "0", "--qf-probe", "x"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=10).stdout
+    return "qf-probe" in out
+
+
 def _start(folder: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("no redis-server on PATH")
+    if "--tls-port" in args and not _tls_supported(binary):
+        pytest.skip("this redis-server is built without TLS (BUILD_TLS=yes)")
     log = (folder / f"{name}.log").open("wb")
     proc = subprocess.Popen([binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(folder), *args], stdout=log, stderr=subprocess.STDOUT)
