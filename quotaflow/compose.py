@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import redis
@@ -32,7 +32,7 @@ from quotaflow.adapters import postgres as db
 from quotaflow.adapters.kafka import KafkaPublisher
 from quotaflow.adapters.postgres import Reconnecting
 from quotaflow.adapters.postgres_clock import PostgresClock
-from quotaflow.adapters.redis_client import connect_redis
+from quotaflow.adapters.redis_client import RedisClient, RedisMode, connect_redis
 from quotaflow.adapters.redis_gate import GroupScreenGate, RedisAdmissionGate
 from quotaflow.adapters.redis_stream import RedisTokenStream
 from quotaflow.adapters.request_store import GroupCommitRequestStore, PostgresRequestStore
@@ -72,9 +72,16 @@ def _postgres(settings: Settings) -> Reconnecting:
     return Reconnecting.from_settings(settings)
 
 
+def redis_client(settings: Settings) -> RedisClient:
+    """A Redis client (a cluster client when `QF_REDIS_MODE=cluster`), with `settings`' Redis
+    timeout; TLS, password and CA come in `REDIS_URL` (`quotaflow.adapters.redis_client`)."""
+    return connect_redis(settings.redis_url, settings.redis_timeout_ms,
+                         cast(RedisMode, settings.redis_mode))
+
+
 def projection(settings: Settings) -> RedisProjection:
     """The Redis projection of balances, with `settings`' Redis timeout."""
-    return RedisProjection.connect(settings.redis_url, settings.redis_timeout_ms)
+    return RedisProjection(redis_client(settings))
 
 
 def wire_reserve(settings: Settings) -> Wired:
@@ -88,7 +95,7 @@ def wire_infer(settings: Settings) -> Wired:
     from quotaflow.model.loader import load_generator  # loads ONNX Runtime: only when needed
 
     # Token deltas and cancellations travel through Redis (see quotaflow.adapters.redis_stream).
-    stream = RedisTokenStream.connect(settings.redis_url, settings.redis_timeout_ms)
+    stream = RedisTokenStream(redis_client(settings))
     return Wired(InferPorts(load_generator(settings), stream), Held((), (stream.redis.close,)))
 
 
@@ -134,7 +141,7 @@ class DoorHeld:
     """What the door holds open: ready while PostgreSQL and Redis answer."""
 
     connections: ThreadConnections
-    redis: redis.Redis
+    redis: RedisClient
     publisher: KafkaPublisher
 
     def ready(self) -> bool:
@@ -156,7 +163,7 @@ def connect_door(settings: Settings) -> DoorPorts:
     streams) and Kafka (the `admitted` topic), whose clients are thread-safe and shared."""
     connections = ThreadConnections(settings.postgres_url, settings.db_connect_timeout_s,
                                     settings.db_statement_timeout_ms)
-    client = connect_redis(settings.redis_url, settings.redis_timeout_ms)
+    client = redis_client(settings)
     # A broker that does not confirm within a few seconds is a 503 the client can retry, well
     # before a client's own timeout.
     publisher = KafkaPublisher.from_settings(settings, timeout_s=3.0)

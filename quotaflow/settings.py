@@ -70,6 +70,7 @@ class Settings:
     db_connect_timeout_s: int = 3
     db_statement_timeout_ms: int = 5000
     redis_timeout_ms: int = 2000
+    redis_mode: str = "standalone"  # or "cluster": REDIS_URL names any node of a Redis Cluster
     # The longest pause between retries of an infrastructure error (a step keeps retrying).
     retry_backoff_max_s: int = 10
     # How long an admit process trusts a looked-up API key (a revocation takes this long).
@@ -128,6 +129,9 @@ class Settings:
                 f"POSTGRES_URL must be a postgresql:// URL, got {self.postgres_url!r}")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"REDIS_URL must be a redis:// URL, got {self.redis_url!r}")
+        if self.redis_mode not in ("standalone", "cluster"):
+            raise SettingsError("QF_REDIS_MODE must be 'standalone' or 'cluster', "
+                                f"got {self.redis_mode!r}")
         if self.auth_failures_per_s < 1:
             raise SettingsError("QF_AUTH_FAILURES_PER_S must be at least 1 (0 would refuse "
                                 "every key this process has not yet seen valid)")
@@ -186,6 +190,7 @@ ENV_NAMES: dict[str, str] = {
     "db_connect_timeout_s": "QF_DB_CONNECT_TIMEOUT_S",
     "db_statement_timeout_ms": "QF_DB_STATEMENT_TIMEOUT_MS",
     "redis_timeout_ms": "QF_REDIS_TIMEOUT_MS",
+    "redis_mode": "QF_REDIS_MODE",
     "retry_backoff_max_s": "QF_RETRY_BACKOFF_MAX_S",
     "auth_cache_ms": "QF_AUTH_CACHE_MS",
     "auth_failures_per_s": "QF_AUTH_FAILURES_PER_S",

@@ -1,6 +1,8 @@
 """admit's fast checks on Redis: the key's request count in its one-minute window and the
 tenant's projected balance, and (`screen`) with them the record of requests recently let
-through, all in one round trip (`infra/redis/admit_screen.lua`)."""
+through, all in one round trip (`infra/redis/admit_screen.lua`). The three keys of a screen
+carry the tenant's hash tag, so on a Redis Cluster they sit in one slot with the tenant's
+balances (`quotaflow.ledger.projection` says why the tag is the tenant)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,12 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-import redis
-from redis.exceptions import NoScriptError
-
 from events.resources import data_path
 from quotaflow.adapters.group_commit import GroupCommitter
+from quotaflow.adapters.redis_client import RedisClient, call_script
 from quotaflow.adapters.redis_client import connect_redis as connect_redis  # re-exported
 from quotaflow.ledger.domain import Balance
-from quotaflow.ledger.projection import PREFIX, balance_key
+from quotaflow.ledger.projection import balance_key, tenant_tag
 from quotaflow.ports import Screening, ScreenQuery
 
 WINDOW_TTL_S = 120  # a window outlives its minute, so a late request still counts in it
@@ -24,14 +24,15 @@ WINDOW_TTL_S = 120  # a window outlives its minute, so a late request still coun
 SEEN_TTL_S = 600
 
 
-def window_key(key_id: str, minute: int) -> str:
-    """The counter of `key_id`'s requests in minute `minute` (Unix seconds // 60)."""
-    return f"{PREFIX}rate:{key_id}:{minute}"
+def window_key(tenant: str, key_id: str, minute: int) -> str:
+    """The counter of `tenant`'s key `key_id`'s requests in minute `minute` (Unix seconds //
+    60)."""
+    return f"{tenant_tag(tenant)}rate:{key_id}:{minute}"
 
 
-def seen_key(request_id: str) -> str:
-    """The record of a request recently let through: its payload hash."""
-    return f"{PREFIX}seen:{request_id}"
+def seen_key(tenant: str, request_id: str) -> str:
+    """The record of a request of `tenant`'s recently let through: its payload hash."""
+    return f"{tenant_tag(tenant)}seen:{request_id}"
 
 
 _FIELDS = tuple((f.name, f.name.encode()) for f in fields(Balance))
@@ -45,7 +46,7 @@ def _balance(raw: dict[bytes, bytes]) -> Balance:
 class RedisAdmissionGate:
     """The `AdmissionGate` over the Redis projection (redis-py clients are thread-safe)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self.redis = client
         self._screen = client.register_script(
             (data_path("redis") / "admit_screen.lua").read_text())
@@ -56,27 +57,14 @@ class RedisAdmissionGate:
 
     def screen_many(self, queries: Sequence[ScreenQuery]) -> list[Screening]:
         """`screen` for many requests in one round trip (a pipeline of script calls, each
-        atomic, applied in order); one answer per query. The script is called by its hash
-        alone (redis-py's own pipeline would ask SCRIPT EXISTS first, a second round trip
-        every time); a Redis that forgot it (restarted, flushed) refuses every call, and only
-        then is the whole pipeline sent again, once the script is loaded (a partly applied
-        one is never repeated: that would count its requests twice)."""
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            for q in queries:
-                pipe.evalsha(self._screen.sha, 3, seen_key(q.request_id),
-                             window_key(q.key_id, q.minute), balance_key(q.tenant, q.period),
-                             q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min,
-                             q.needs_tokens)
-            replies = pipe.execute(raise_on_error=False)
-            errors = [r for r in replies if isinstance(r, Exception)]
-            if attempt == 1 and replies and all(isinstance(r, NoScriptError) for r in replies):
-                self._screen.sha = self.redis.script_load(self._screen.script)
-                continue
-            if errors:
-                raise errors[0]
-            return [_screening(reply) for reply in replies]
-        raise AssertionError("unreachable")
+        atomic, applied in order; `call_script` says what happens when Redis forgot the
+        script); one answer per query."""
+        replies = call_script(self.redis, self._screen, [
+            ((seen_key(q.tenant, q.request_id), window_key(q.tenant, q.key_id, q.minute),
+              balance_key(q.tenant, q.period)),
+             (q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min, q.needs_tokens))
+            for q in queries])
+        return [_screening(reply) for reply in replies]
 
 
 def _screening(reply: Any) -> Screening:

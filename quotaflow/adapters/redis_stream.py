@@ -14,7 +14,8 @@ the end. MAXLEN and a time to live refreshed on every write bound what a stream 
 make an abandoned one disappear; a cancellation key expires on its own.
 
 One `publish` is one pipelined round trip: every XADD and EXPIRE of the decode step, and an
-MGET of the watched requests' cancellation keys."""
+MGET of the watched requests' cancellation keys (on a Redis Cluster, where those keys lie in
+different slots, one GET each in the same pipeline)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ from typing import Any
 import redis
 
 from events.status import FinishReason
-from quotaflow.adapters.redis_gate import connect_redis
+from quotaflow.adapters.redis_client import (
+    RedisClient,
+    RedisMode,
+    connect_redis,
+    is_cluster,
+    socket_timeout_s,
+)
 from quotaflow.model.base import StreamEnd, TokenDelta
 from quotaflow.model.token_stream import END_ID, START, StreamEntry, delta_id
 
@@ -64,7 +71,7 @@ def _entry(request_id: str, entry_id: Any, raw: dict[Any, Any]) -> StreamEntry:
 class RedisTokenStream:
     """The `TokenStream` over one Redis client (redis-py clients are thread-safe)."""
 
-    def __init__(self, client: redis.Redis, stream_ttl_s: int = STREAM_TTL_S,
+    def __init__(self, client: RedisClient, stream_ttl_s: int = STREAM_TTL_S,
                  cancel_ttl_s: int = CANCEL_TTL_S, maxlen: int = MAXLEN) -> None:
         self.redis = client
         self.stream_ttl_s = stream_ttl_s
@@ -72,8 +79,9 @@ class RedisTokenStream:
         self.maxlen = maxlen
 
     @classmethod
-    def connect(cls, url: str, timeout_ms: int = 0) -> RedisTokenStream:
-        return cls(connect_redis(url, timeout_ms))
+    def connect(cls, url: str, timeout_ms: int = 0,
+                mode: RedisMode = "standalone") -> RedisTokenStream:
+        return cls(connect_redis(url, timeout_ms, mode))
 
     def publish(self, deltas: Sequence[TokenDelta] = (), ends: Sequence[StreamEnd] = (),
                 watch: Collection[str] = ()) -> set[str]:
@@ -95,7 +103,11 @@ class RedisTokenStream:
         for key in touched:
             pipe.expire(key, self.stream_ttl_s)
         ids = list(dict.fromkeys(watch))
-        if ids:
+        one_get = is_cluster(self.redis)
+        if ids and one_get:
+            for i in ids:
+                pipe.get(cancel_key(i))
+        elif ids:
             pipe.mget([cancel_key(i) for i in ids])
         if not (touched or ids):
             return set()
@@ -103,7 +115,7 @@ class RedisTokenStream:
         for reply in replies:
             if isinstance(reply, Exception) and not _already_there(reply):
                 raise reply
-        flags = replies[-1] if ids else []
+        flags = (replies[len(replies) - len(ids):] if one_get else replies[-1]) if ids else []
         return {i for i, flag in zip(ids, flags, strict=True) if flag is not None}
 
     def cancel(self, request_id: str) -> None:
@@ -116,7 +128,7 @@ class RedisTokenStream:
              count: int = 256) -> list[StreamEntry]:
         """XREAD after `after_id`; a wait is cut short of the client's socket timeout, so a
         caller loops on [] rather than failing."""
-        timeout = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = socket_timeout_s(self.redis)
         if block_ms > 0 and timeout:
             block_ms = max(1, min(block_ms, int(timeout * 1000) - _READ_MARGIN_MS))
         reply: Any = self.redis.xread({stream_key(request_id): after_id}, count=count,

@@ -212,16 +212,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_on(stack: DevStack, args: argparse.Namespace) -> int:
+    from quotaflow import compose
     from quotaflow.adapters import postgres as db
     from quotaflow.adapters import tenant_store as tenants
-    from quotaflow.ledger.projection import RedisProjection
     from quotaflow.ledger.store import PostgresLedger
 
     s = stack.settings
     with db.connect(s.postgres_url, autocommit=True) as conn:
         name = f"demo-{int(time.time())}"
         key = tenants.create_tenant(conn, name, 10_000)
-        RedisProjection.connect(s.redis_url).catch_up(PostgresLedger(conn))
+        compose.projection(s).catch_up(PostgresLedger(conn))
     _say(f"created tenant {name} with 10000 tokens a month")
     print(f"admit URL: {stack.admit_url}")
     print(f"API key:   {key}")

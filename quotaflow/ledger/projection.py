@@ -1,7 +1,9 @@
 """The Redis projection of ledger balances, for admit's fast pre-check and `GET /v1/quota`.
 
-Events are applied in ledger order by one Lua script (`infra/redis/apply_ledger.lua`) that
-also records the last sequence it applied, so applying the same events twice changes nothing.
+Events are applied in ledger order by a Lua script (`infra/redis/apply_ledger.lua`), one call
+per tenant, that records in each balance the last sequence applied to it, so applying the same
+events twice changes nothing; the projection's last sequence then moves past them
+(`advance_projection.lua`).
 
 Why it heals the way it does. Redis may lose the projection at any time (a flush, a restart
 without persistence, an eviction). Replaying the whole ledger to rebuild it would stall the
@@ -10,14 +12,15 @@ events), and a catch-up that read events before the loss and applied them after 
 leave balances that count only those events, under-counted for good. So:
 
 - A *generation* key is written when a projection is complete. `catch_up` reads it with the
-  last sequence, and the apply script refuses the call when the generation is no longer the
-  one read: an apply whose read predates a flush changes nothing.
+  last sequence, and the last sequence does not move when the generation is no longer the one
+  read: an apply whose read predates a flush does not advance the projection past a rebuild.
 - A missing generation means the projection is lost (or new). It is rebuilt not from the
   events but from the ledger's `balances` snapshot in PostgreSQL (kept in each append's
   transaction, so equal to the replay), in chunks of a bounded number of rows, one chunk per
-  `catch_up` call, each written atomically by `infra/redis/rebuild_chunk.lua` and only if the
-  rebuild is still at the cursor the chunk was read from (two processes may both try: the
-  second writes nothing; a flush in between restarts it).
+  `catch_up` call: its balances written tenant by tenant (`rebuild_balances.lua`, which never
+  takes a hash back to an older sequence), then the chunk recorded by `rebuild_chunk.lua` only
+  if the rebuild is still at the cursor the chunk was read from (two processes may both try:
+  the second records nothing; a flush in between restarts it).
 - Each chunk is read in one statement, so it is exact at one ledger sequence; its hashes
   record that sequence (field `seq`) and the apply script skips events at or below it. When
   the last chunk is written the generation starts again at the lowest such sequence, and the
@@ -25,7 +28,26 @@ leave balances that count only those events, under-counted for good. So:
 
 So a call on the hot path reads at most `rows_per_call` snapshot rows plus `events_per_call`
 events, whatever the length of the history; admit's pre-check lets a request through while a
-balance is missing (reserve decides), so a rebuild in progress refuses no one."""
+balance is missing (reserve decides), so a rebuild in progress refuses no one.
+
+Why the keys are tagged with the tenant (`qf:{tenant}:balance:<period>`). On a Redis Cluster a
+script may touch the keys of one hash slot only, and the hash tag (the part in braces) picks
+the slot. Every script call that reads or writes a balance is about one tenant — applying its
+events, writing its rebuilt balances, and admit's screen, which also touches that tenant's
+request records and its keys' rate windows (`quotaflow.adapters.redis_gate`) — so the tenant
+is the tag: one call stays in one slot, and tenants spread over the cluster. The projection's
+own state (last sequence, generation, rebuild) is tagged `{projection}`, one slot of its own.
+So an apply is one script call per tenant, each exact on its own because every hash records
+the sequence it is exact at (field `seq`); the last sequence moves after them, and only if
+the generation is still the one read. On one Redis each call also checks the generation, so
+an apply read before a loss writes nothing after it. On a cluster it cannot (the generation
+is in another slot): such an apply may write its tenants' hashes from the late events alone,
+until the rebuild writes each of them again from a snapshot later than anything read before
+the loss (admit's pre-check may be off for those tenants meanwhile; reserve decides).
+
+A Redis Cluster node that loses its data while the node holding the generation keeps it is
+not noticed here; `quotaflow audit` reports the difference and `quotaflow projection rebuild`
+repairs it."""
 
 from __future__ import annotations
 
@@ -34,25 +56,44 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from events.resources import data_path
-from quotaflow.adapters.redis_client import connect_redis
+from quotaflow.adapters.redis_client import (
+    RedisClient,
+    RedisMode,
+    call_script,
+    connect_redis,
+    is_cluster,
+)
 from quotaflow.ledger import domain
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import Ledger
 
 PREFIX = "qf:"
-LAST_SEQ_KEY = PREFIX + "projection:last_seq"
-GENERATION_KEY = PREFIX + "projection:generation"
-REBUILD_KEY = PREFIX + "projection:rebuild"
+LAST_SEQ_KEY = PREFIX + "{projection}:last_seq"
+GENERATION_KEY = PREFIX + "{projection}:generation"
+REBUILD_KEY = PREFIX + "{projection}:rebuild"
+# The layout before keys were tagged for Redis Cluster: `clear` (and so a rebuild) drops it.
+_UNTAGGED = (PREFIX + "balance:*", PREFIX + "projection:*")
+_BALANCES = PREFIX + "{*}:balance:*"
 _START = json.dumps(["", ""])
+
+
+def tenant_tag(tenant: str) -> str:
+    """The prefix of every key of `tenant`'s, with the tenant as its hash tag: its keys share
+    one slot on a Redis Cluster. The whole name is the tag because a tenant's name holds no
+    brace (`tenant_store`: a-z, 0-9 and '-')."""
+    return f"{PREFIX}{{{tenant}}}:"
 
 
 def balance_key(tenant: str, period: str) -> str:
     """The Redis hash of one (tenant, period) balance."""
-    return f"{PREFIX}balance:{tenant}:{period}"
+    return f"{tenant_tag(tenant)}balance:{period}"
+
+
+def _tenant_period(key: str) -> tuple[str, str]:
+    tenant, _, period = key.removeprefix(PREFIX + "{").rpartition("}:balance:")
+    return tenant, period
 
 
 def _text(raw: bytes | str) -> str:
@@ -63,37 +104,48 @@ class RedisProjection:
     """The `Projection` in Redis: one hash per (tenant, period), the last sequence applied
     and the generation they belong to."""
 
-    def __init__(self, client: redis.Redis, events_per_call: int = 2000,
+    def __init__(self, client: RedisClient, events_per_call: int = 2000,
                  rows_per_call: int = 500) -> None:
         self.redis = client
         self.events_per_call = events_per_call
         self.rows_per_call = rows_per_call
         scripts = data_path("redis")
-        self._apply_script = client.register_script(
-            (scripts / "apply_ledger.lua").read_text())
-        self._chunk_script = client.register_script(
-            (scripts / "rebuild_chunk.lua").read_text())
+        self._apply_script, self._advance_script, self._start_script, self._balances_script, \
+            self._chunk_script = (client.register_script((scripts / f"{name}.lua").read_text())
+                                  for name in ("apply_ledger", "advance_projection",
+                                               "rebuild_start", "rebuild_balances",
+                                               "rebuild_chunk"))
 
     @classmethod
-    def connect(cls, url: str, timeout_ms: int = 0) -> RedisProjection:
-        return cls(connect_redis(url, timeout_ms))
+    def connect(cls, url: str, timeout_ms: int = 0,
+                mode: RedisMode = "standalone") -> RedisProjection:
+        return cls(connect_redis(url, timeout_ms, mode))
 
     def apply(self, events: Sequence[StoredEvent]) -> int:
         """Apply events (ascending seq) whatever the generation; returns how many were new."""
         return max(0, self._apply(events, ""))
 
     def _apply(self, events: Sequence[StoredEvent], generation: str) -> int:
-        """-1 if the generation is no longer `generation` (the call changed nothing)."""
+        """-1 if the generation is no longer `generation` (the last sequence did not move)."""
         if not events:
             return 0
-        keys = [LAST_SEQ_KEY, GENERATION_KEY]
-        args: list[Any] = [generation]
+        # One Redis checks the generation in every call; a cluster cannot (another slot).
+        checked = not is_cluster(self.redis)
+        by_tenant: dict[str, tuple[list[str], list[Any]]] = {}
         for ev in events:
             d = domain.apply(Balance(), ev.as_event())
-            keys.append(balance_key(ev.tenant, ev.period))
+            key = balance_key(ev.tenant, ev.period)
+            keys, args = by_tenant.setdefault(ev.tenant, (
+                [GENERATION_KEY if checked else key], [generation if checked else ""]))
+            keys.append(key)
             args += [ev.seq, d.granted, d.reserved, d.spent]
-        applied, _last = self._apply_script(keys=keys, args=args)
-        return int(applied)
+        replies = [int(n) for n in call_script(self.redis, self._apply_script,
+                                               list(by_tenant.values()))]
+        if min(replies) < 0:
+            return -1
+        last = self._advance_script(keys=[LAST_SEQ_KEY, GENERATION_KEY],
+                                    args=[generation, events[-1].seq])
+        return -1 if int(last) < 0 else sum(replies)
 
     def catch_up(self, ledger: Ledger) -> int:
         """One bounded step towards the ledger: a chunk of a rebuild if the projection was
@@ -126,22 +178,21 @@ class RedisProjection:
 
     def _rebuild_chunk(self, ledger: Ledger) -> bool:
         """Write one chunk of the rebuild; True once the projection is complete again."""
-        pipe = self.redis.pipeline()  # MULTI: a new rebuild starts whole or not at all
-        pipe.hsetnx(REBUILD_KEY, "token", uuid.uuid4().hex)
-        pipe.hsetnx(REBUILD_KEY, "cursor", _START)
-        pipe.hmget(REBUILD_KEY, ["token", "cursor"])
-        raw_token, raw_cursor = pipe.execute()[-1]
+        raw_token, raw_cursor = self._start_script(keys=[REBUILD_KEY],
+                                                   args=[uuid.uuid4().hex, _START])
         token, cursor = _text(raw_token), _text(raw_cursor)
         tenant, period = json.loads(cursor)
         seq, rows = ledger.balance_snapshot((tenant, period), self.rows_per_call)
         last = len(rows) < self.rows_per_call
         after = json.dumps([rows[-1][0], rows[-1][1]]) if rows else cursor
-        args: list[Any] = [token, cursor, after, seq, "1" if last else "0"]
-        for _, _, b in rows:
+        by_tenant: dict[str, tuple[list[str], list[Any]]] = {}
+        for t, p, b in rows:
+            keys, args = by_tenant.setdefault(t, ([], [seq]))
+            keys.append(balance_key(t, p))
             args += [b.granted, b.reserved, b.spent]
-        written = self._chunk_script(
-            keys=[REBUILD_KEY, GENERATION_KEY, LAST_SEQ_KEY,
-                  *(balance_key(t, p) for t, p, _ in rows)], args=args)
+        call_script(self.redis, self._balances_script, list(by_tenant.values()))
+        written = self._chunk_script(keys=[REBUILD_KEY, GENERATION_KEY, LAST_SEQ_KEY],
+                                     args=[token, cursor, after, seq, "1" if last else "0"])
         return int(written) == 2 or (int(written) == 0 and
                                      self.redis.get(GENERATION_KEY) is not None)
 
@@ -156,20 +207,19 @@ class RedisProjection:
 
     def balances(self) -> dict[tuple[str, str], Balance]:
         """Every projected balance (the audit compares them with the replay)."""
-        out: dict[tuple[str, str], Balance] = {}
-        for key in self.redis.scan_iter(match=f"{PREFIX}balance:*", count=1000):
-            _, _, rest = key.decode().partition(f"{PREFIX}balance:")
-            tenant, _, period = rest.rpartition(":")
-            out[(tenant, period)] = self.balance(tenant, period)
-        return out
+        return {key: self.balance(*key) for key in
+                (_tenant_period(_text(k)) for k in self.redis.scan_iter(match=_BALANCES,
+                                                                        count=1000))}
 
     def clear(self) -> None:
-        """Drop every balance, the last sequence, the generation and any rebuild under way."""
-        keys = list(self.redis.scan_iter(match=f"{PREFIX}balance:*", count=1000))
-        pipe = self.redis.pipeline()
-        for k in keys:
-            pipe.delete(k)
-        pipe.delete(LAST_SEQ_KEY, GENERATION_KEY, REBUILD_KEY)
+        """Drop every balance, the last sequence, the generation and any rebuild under way
+        (and what an older version stored under untagged keys)."""
+        pipe = self.redis.pipeline(transaction=False)  # one key a command: any slot
+        for pattern in (_BALANCES, *_UNTAGGED):
+            for key in self.redis.scan_iter(match=pattern, count=1000):
+                pipe.delete(key)
+        for key in (LAST_SEQ_KEY, GENERATION_KEY, REBUILD_KEY):
+            pipe.delete(key)
         pipe.execute()
 
     def rebuild(self, ledger: Ledger) -> int:

@@ -1,6 +1,7 @@
 """The two adapters of each ledger-side port, for the contract suites: the in-memory one
-(needs nothing) and the real one, on PostgreSQL database `qf_test_contract_ledger` and Redis
-db index 12, started and cleaned only when a real variant runs (`-k memory` needs no service)."""
+(needs nothing) and the real one, on PostgreSQL database `qf_test_contract_ledger` (the
+projection's suite uses Redis db index 12), started and cleaned only when a real variant
+runs (`-k memory` needs no service)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from functools import cache
 from typing import Any
 
 import psycopg
-import redis
 
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.ledger import MemoryLedger
@@ -36,15 +36,6 @@ def postgres() -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(_database_url(), autocommit=True) as conn:
         conn.execute(f"TRUNCATE {TABLES} CASCADE")
         yield conn
-
-
-def redis_client() -> redis.Redis:
-    """The contract suites' Redis database, emptied."""
-    from tests.services import redis_base
-
-    client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
-    client.flushdb()
-    return client
 
 
 @dataclass

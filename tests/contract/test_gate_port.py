@@ -1,4 +1,5 @@
-"""The `AdmissionGate` contract, run against the in-memory gate and Redis (db index 13): each
+"""The `AdmissionGate` contract, run against the in-memory gate and Redis (plain, db index 13;
+over TLS with a password; a 3-master Redis Cluster: `tests.redis_servers`): each
 screen of a new request counts it in its key's minute window and reads the balance the
 projection holds for the tenant's period; a request let through is recognised by its hash.
 `-k memory` runs the fake alone, with no services."""
@@ -10,13 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
-import redis
 
 from quotaflow.adapters.memory.gate import MemoryAdmissionGate
 from quotaflow.adapters.redis_gate import GroupScreenGate, RedisAdmissionGate
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance, Kind
 from quotaflow.ports import AdmissionGate, Screening, ScreenQuery
+from tests.redis_servers import REDIS_VARIANTS, client
 
 REDIS_DB = 13
 MINUTE = 29_932_560  # 2026-11-29 12:00 UTC, in minutes since the epoch
@@ -35,19 +36,25 @@ def _memory() -> Gate:
     return Gate(gate, gate.projection.apply)
 
 
-def _redis(grouped: bool = False) -> Gate:
+def _redis(variant: str = "redis", grouped: bool = False) -> Gate:
     from quotaflow.ledger.projection import RedisProjection
-    from tests.services import redis_base
 
-    client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
-    client.flushdb()
-    gate = RedisAdmissionGate(client)
-    return Gate(GroupScreenGate(gate) if grouped else gate, RedisProjection(client).apply)
+    c = client(variant, REDIS_DB)
+    gate = RedisAdmissionGate(c)
+    return Gate(GroupScreenGate(gate) if grouped else gate, RedisProjection(c).apply)
 
 
-@pytest.fixture(params=["memory", "redis", "redis-grouped"])
+@pytest.fixture(params=["memory", *REDIS_VARIANTS, *(f"{v}-grouped" for v in REDIS_VARIANTS)])
 def gate(request: pytest.FixtureRequest) -> Gate:
-    return _memory() if request.param == "memory" else _redis(request.param == "redis-grouped")
+    if request.param == "memory":
+        return _memory()
+    return _redis(request.param.removesuffix("-grouped"), request.param.endswith("-grouped"))
+
+
+@pytest.fixture(params=REDIS_VARIANTS)
+def variant(request: pytest.FixtureRequest) -> str:
+    """Which Redis a Redis-only test runs on."""
+    return str(request.param)
 
 
 def event(seq: int, kind: Kind, amount: int, tenant: str = "acme", period: str = "2026-11",
@@ -90,13 +97,12 @@ def test_the_balance_is_the_projections_for_the_tenant_and_period(gate: Gate) ->
     assert gate.gate.screen(query("r2", period="2026-12")).balance == Balance(granted=7)
 
 
-def test_a_redis_window_expires_after_its_minute_is_over() -> None:
+def test_a_redis_window_expires_after_its_minute_is_over(variant: str) -> None:
     from quotaflow.adapters.redis_gate import WINDOW_TTL_S, window_key
-    from tests.services import redis_base
 
-    client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
-    RedisAdmissionGate(client).screen(query("r1"))
-    assert 60 < client.ttl(window_key("k1", MINUTE)) <= WINDOW_TTL_S
+    c = client(variant, REDIS_DB)
+    RedisAdmissionGate(c).screen(query("r1"))
+    assert 60 < c.ttl(window_key("acme", "k1", MINUTE)) <= WINDOW_TTL_S
 
 
 def test_a_new_request_is_counted_and_read_with_its_balance(gate: Gate) -> None:
@@ -131,16 +137,14 @@ def test_a_tenant_with_nothing_granted_is_not_pre_checked(gate: Gate) -> None:
     assert gate.gate.screen(query("r1", tenant="nobody")).known_hash == "h1"
 
 
-def test_a_redis_record_expires_and_a_flush_forgets_it() -> None:
+def test_a_redis_record_expires_and_a_flush_forgets_it(variant: str) -> None:
     from quotaflow.adapters.redis_gate import SEEN_TTL_S, seen_key
-    from tests.services import redis_base
 
-    client = redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
-    client.flushdb()
-    gate = RedisAdmissionGate(client)
+    c = client(variant, REDIS_DB)
+    gate = RedisAdmissionGate(c)
     gate.screen(query("r1"))
-    assert 0 < client.ttl(seen_key("r1")) <= SEEN_TTL_S
-    client.flushdb()
+    assert 0 < c.ttl(seen_key("acme", "r1")) <= SEEN_TTL_S
+    c.flushdb()
     assert gate.screen(query("r1")) == Screening(None, 1, Balance())
 
 
@@ -161,8 +165,9 @@ def test_concurrent_screens_each_get_their_own_answer_and_the_limit_holds(gate: 
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["single", "grouped"])
-def test_the_redis_gate_screens_after_redis_forgot_its_script(grouped: bool) -> None:
-    gate = _redis(grouped).gate
+def test_the_redis_gate_screens_after_redis_forgot_its_script(variant: str,
+                                                              grouped: bool) -> None:
+    gate = _redis(variant, grouped).gate
     assert isinstance(gate, RedisAdmissionGate | GroupScreenGate)
     redis_client = gate.gate.redis if isinstance(gate, GroupScreenGate) else gate.redis
     redis_client.script_flush()  # as a restarted Redis: the script's sha is unknown

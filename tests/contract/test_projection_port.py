@@ -1,6 +1,8 @@
-"""The `Projection` contract, run against `MemoryProjection` and `RedisProjection` (Redis db
-index 12), both fed by the same in-memory ledger: catching up gives the ledger's balances,
-applying an event twice changes nothing, and the last sequence applied follows the ledger.
+"""The `Projection` contract, run against `MemoryProjection` and `RedisProjection` (on plain
+Redis, db index 12; on Redis over TLS with a password; on a 3-master Redis Cluster:
+`tests.redis_servers`), all fed by the same in-memory ledger: catching up gives the ledger's
+balances, applying an event twice changes nothing, and the last sequence applied follows the
+ledger.
 `-k memory` runs the in-memory projection alone, with no services."""
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from quotaflow.ledger.commands import (
 )
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import Projection
-from tests.contract.ledger_backends import redis_client
+from tests.contract.ledger_backends import REDIS_DB
+from tests.redis_servers import REDIS_VARIANTS, client
 
 
 class AppliedProjection(Projection, Protocol):
@@ -30,13 +33,13 @@ class AppliedProjection(Projection, Protocol):
     def apply(self, events: Sequence[StoredEvent]) -> int: ...
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_VARIANTS])
 def projection(request: pytest.FixtureRequest) -> AppliedProjection:
     if request.param == "memory":
         return MemoryProjection()
     from quotaflow.ledger.projection import RedisProjection
 
-    return RedisProjection(redis_client())
+    return RedisProjection(client(request.param, REDIS_DB))
 
 
 @pytest.fixture
@@ -104,3 +107,18 @@ def test_a_period_never_projected_has_a_zero_balance(projection: AppliedProjecti
     projection.catch_up(ledger)
     assert projection.balance("acme", "1999-01") == Balance()
     assert projection.balance("nobody", ledger.current_period("acme")) == Balance()
+
+
+@pytest.mark.parametrize("variant", REDIS_VARIANTS)
+def test_a_redis_rebuild_lists_every_balance_and_drops_the_untagged_layout(
+        variant: str, ledger: MemoryLedger) -> None:
+    from quotaflow.ledger.projection import RedisProjection
+
+    c = client(variant, REDIS_DB)
+    c.hset("qf:balance:acme:2026-11", mapping={"granted": 1})  # as stored before the tags
+    c.set("qf:projection:last_seq", 99)
+    projection = RedisProjection(c, rows_per_call=1)  # a chunk a balance: several calls
+    projection.rebuild(ledger)
+    assert projection.balances() == balances_of(ledger)
+    assert c.exists("qf:balance:acme:2026-11", "qf:projection:last_seq") == 0
+    assert projection.last_seq() == ledger.events_after(0)[-1].seq

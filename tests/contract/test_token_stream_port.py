@@ -1,4 +1,5 @@
-"""The `TokenStream` contract, run against the in-memory stream and Redis (db index 14): deltas
+"""The `TokenStream` contract, run against the in-memory stream and Redis (plain, db index 14;
+over TLS with a password; a 3-master Redis Cluster: `tests.redis_servers`): deltas
 and the end come back in order, a reader resumes after any entry id with no gap and no
 duplicate, a redelivered batch adds nothing twice and nothing lands after the end, a blocking
 read wakes on a write, and cancellation flags are per request. `-k memory` runs the fake alone,
@@ -11,26 +12,26 @@ import time
 import uuid
 
 import pytest
-import redis
 
 from quotaflow.adapters.memory.stream import MemoryTokenStream
 from quotaflow.adapters.redis_stream import RedisTokenStream, cancel_key, stream_key
 from quotaflow.ports import StreamEnd, StreamEntry, TokenDelta, TokenStream
+from tests.redis_servers import REDIS_VARIANTS, client
 
 REDIS_DB = 14
 
 
-def _client() -> redis.Redis:
-    from tests.services import redis_base
-
-    return redis.Redis.from_url(f"{redis_base()}/{REDIS_DB}")
-
-
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_VARIANTS])
 def stream(request: pytest.FixtureRequest) -> TokenStream:
     if request.param == "memory":
         return MemoryTokenStream()
-    return RedisTokenStream(_client())
+    return RedisTokenStream(client(request.param, REDIS_DB, flush=False))
+
+
+@pytest.fixture(params=REDIS_VARIANTS)
+def variant(request: pytest.FixtureRequest) -> str:
+    """Which Redis a Redis-only test runs on."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -123,33 +124,32 @@ def test_a_cancellation_is_seen_by_the_writer_for_that_request_only(
     assert stream.publish(deltas(other, "y")) == set()  # nothing watched, nothing answered
 
 
-def test_redis_entries_have_the_documented_fields_and_everything_expires(rid: str) -> None:
-    client = _client()
-    s = RedisTokenStream(client, stream_ttl_s=300, cancel_ttl_s=200)
+def test_redis_entries_have_the_documented_fields_and_everything_expires(variant: str,
+                                                                         rid: str) -> None:
+    c = client(variant, REDIS_DB, flush=False)
+    s = RedisTokenStream(c, stream_ttl_s=300, cancel_ttl_s=200)
     s.publish(deltas(rid, "héllo"), [end(rid, "cancelled")])
     s.cancel(rid)
-    raw = client.xrange(stream_key(rid))
+    raw = c.xrange(stream_key(rid))
     assert [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in raw] == [
         ("0-1", {"seq": "1", "delta": "héllo"}),
         ("1-0", {"done": "1", "finish_reason": "cancelled", "prompt_tokens": "12",
                  "completion_tokens": "3"})]
-    assert 0 < client.ttl(stream_key(rid)) <= 300
-    assert 0 < client.ttl(cancel_key(rid)) <= 200
+    assert 0 < c.ttl(stream_key(rid)) <= 300
+    assert 0 < c.ttl(cancel_key(rid)) <= 200
 
 
-def test_a_redis_stream_is_capped_in_length(rid: str) -> None:
-    client = _client()
-    s = RedisTokenStream(client, maxlen=10)
+def test_a_redis_stream_is_capped_in_length(variant: str, rid: str) -> None:
+    c = client(variant, REDIS_DB, flush=False)
+    s = RedisTokenStream(c, maxlen=10)
     s.publish(deltas(rid, *(str(i) for i in range(500))))
-    assert client.xlen(stream_key(rid)) < 500  # trimmed (approximately: whole nodes)
+    assert c.xlen(stream_key(rid)) < 500  # trimmed (approximately: whole nodes)
     assert texts(s.read(rid, "0-499")) == [(500, "499")]
 
 
-def test_a_blocking_redis_read_stays_under_the_clients_socket_timeout(rid: str) -> None:
-    from quotaflow.adapters.redis_gate import connect_redis
-    from tests.services import redis_base
-
-    s = RedisTokenStream(connect_redis(f"{redis_base()}/{REDIS_DB}", timeout_ms=600))
+def test_a_blocking_redis_read_stays_under_the_clients_socket_timeout(variant: str,
+                                                                      rid: str) -> None:
+    s = RedisTokenStream(client(variant, REDIS_DB, timeout_ms=600, flush=False))
     started = time.monotonic()
     assert s.read(rid, block_ms=10_000) == []
     assert time.monotonic() - started < 1.0

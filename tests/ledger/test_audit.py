@@ -189,3 +189,24 @@ def test_cli_exits_nonzero_for_a_rejected_record_the_ledger_charged(
                          timeout=120)
     assert bad.returncode == 1
     assert "DIFFERENCE: aud: request a0 recorded rejected but the ledger charged 40" in bad.stdout
+
+
+def test_the_cli_rebuilds_and_audits_a_projection_on_a_redis_cluster(
+        ledger_url: str, conn: psycopg.Connection[Any], history: str) -> None:
+    from tests.redis_servers import client, cluster_url
+
+    on_cluster = RedisProjection(client("redis-cluster", 0))
+    env = {**os.environ, "POSTGRES_URL": ledger_url, "REDIS_URL": cluster_url(),
+           "QF_REDIS_MODE": "cluster"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "quotaflow", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    rebuilt = cli("projection", "rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert run_audit(conn, on_cluster).ok
+    assert cli("audit").returncode == 0
+    on_cluster.redis.hincrby(balance_key("bud", history), "granted", 1)
+    bad = cli("audit")
+    assert bad.returncode == 1 and "DIFFERENCE" in bad.stdout

@@ -21,7 +21,7 @@ from events.payloads import Reserved
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
-from quotaflow.ledger.projection import RedisProjection
+from quotaflow.ledger.projection import GENERATION_KEY, RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.runtime.faults import INFRA_RETRIES
 from quotaflow.runtime.steps import load_step
@@ -153,7 +153,7 @@ def test_the_step_goes_on_across_a_redis_flush_and_the_projection_heals(
         ledger = PostgresLedger(conn)
         projection = RedisProjection(client)
         deadline = time.monotonic() + 10
-        while client.get("qf:projection:generation") is None and time.monotonic() < deadline:
+        while client.get(GENERATION_KEY) is None and time.monotonic() < deadline:
             projection.catch_up(ledger)  # what the next reserve batch would do
         period = ledger.current_period(tenant)
         projection.sync(ledger)
