@@ -77,7 +77,9 @@ def make_consumer(settings: Settings, group: str, **overrides: Any) -> Consumer:
         "group.id": group,
         # Offsets are committed by hand, after outputs are flushed and the ledger committed.
         "enable.auto.commit": False,
-        # Tansu's high watermark is unreliable after batched produce; `latest` re-delivers.
+        # A group's first start reads what was produced before it joined (`latest` would skip
+        # it: lost usage). Tansu needs it too: its high watermark is wrong after batched
+        # produce, so `latest` re-delivers there.
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.kafka_session_timeout_ms // 4),
@@ -132,14 +134,24 @@ def flush(producer: AnyProducer, timeout_s: float = 5.0) -> None:
                              + (f", {len(failed)} failed ({failed[0]})" if failed else ""))
 
 
+def topic_replication(brokers: int) -> int:
+    """The replication factor of a topic on a cluster of `brokers`: 3, or all if fewer."""
+    return max(1, min(3, brokers))
+
+
 def create_topics(settings: Settings, timeout_s: float = 30.0,
                   partitions: int | None = None) -> list[str]:
     """Create every declared topic (and its dead-letter topic) that does not exist yet, with
-    its declared partitions, or with `partitions` each."""
+    its declared partitions, or with `partitions` each. Replicated on 3 brokers where the
+    cluster has 3 or more, a write needing 2 in-sync copies (one broker can go without losing
+    an acknowledged record or refusing a write); on a smaller cluster, on each broker."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    metadata = admin.list_topics(timeout=timeout_s)
+    existing = set(metadata.topics)
+    replicas = topic_replication(len(metadata.brokers))
     wanted = [NewTopic(settings.topic(t.name), num_partitions=partitions or t.partitions,
-                       replication_factor=1)
+                       replication_factor=replicas,
+                       config={"min.insync.replicas": str(min(2, replicas))})
               for t in topic_specs() if settings.topic(t.name) not in existing]
     if not wanted:
         return []
