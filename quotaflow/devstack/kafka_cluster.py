@@ -160,23 +160,27 @@ class KafkaNode:
 class KafkaCluster:
     """N Apache Kafka nodes on 127.0.0.1 under `root` (each node in `root/kafka-I`).
 
-    `spawn(name, argv, append)` starts a node's process (the dev stack passes its own, so
-    that its supervisor, status and restarts see the nodes); by default each logs to
-    `root/kafka-I.log`. Data stays in `root` across a node's restart (a restarted broker
-    keeps its log, as Kafka's brokers do), and is removed by `stop(remove=True)`.
+    `spawn(name, argv, append)` starts a node's process (the dev stack passes its own, so that its
+    supervisor, status and restarts see the nodes); by default each logs to `logs/kafka-I.log`
+    (`logs`: `root` unless given). Node 1 listens on `first_port` if given (the stack's
+    `--kafka-port`), the others on free ports. Data stays in `root` across a node's restart (a
+    restarted broker keeps its log, as Kafka's brokers do), and is removed by `stop(remove=True)`.
     """
 
     root: Path
     size: int = 3
     version: str = KAFKA_VERSION
     spawn: Spawn | None = None
+    first_port: int = 0
+    logs: Path | None = None
     nodes: list[KafkaNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError("a cluster needs at least one node")
         if not self.nodes:
-            self.nodes = [KafkaNode(i, free_port(), free_port(), self.root / f"kafka-{i}")
+            self.nodes = [KafkaNode(i, (i == 1 and self.first_port) or free_port(),
+                                    free_port(), self.root / f"kafka-{i}")
                           for i in range(1, self.size + 1)]
 
     @property
@@ -311,7 +315,7 @@ class KafkaCluster:
         if self.spawn is not None:
             node.proc = self.spawn(node.name, argv, append)
         else:
-            with (self.root / f"{node.name}.log").open("ab" if append else "wb") as out:
+            with self.log_path(node).open("ab" if append else "wb") as out:
                 node.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                              start_new_session=True)
         return node.proc
@@ -344,7 +348,7 @@ class KafkaCluster:
             time.sleep(0.2)
 
     def log_path(self, node: KafkaNode) -> Path:
-        return self.root / f"{node.name}.log"
+        return (self.logs or self.root) / f"{node.name}.log"
 
     def _tail(self, node: KafkaNode) -> str:
         path = self.log_path(node)
