@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,17 @@ def register(sub: Any) -> None:
     down.set_defaults(func=_down)
     st = dsub.add_parser("status", help="show the running stack's processes and URLs")
     st.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
+    st.add_argument("--json", action="store_true",
+                    help="as JSON: every process (brokers as kafka-1 ... kafka-N) with its "
+                    "pid, whether it runs and its restarts")
     st.set_defaults(func=_status)
+    rs = dsub.add_parser("restart", help="restart one process of the running stack (a step, "
+                         "or a broker: kafka-2); its supervisor starts it again")
+    rs.add_argument("name", help="the process, as `dev status` names it")
+    rs.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
+    rs.add_argument("--timeout", type=float, default=120,
+                    help="seconds to wait until it runs again (default 120)")
+    rs.set_defaults(func=_restart)
 
     demo = sub.add_parser("demo", help="start the stack, create a demo tenant, answer a sample "
                           "prompt, print output and usage, then keep serving until Ctrl-C")
@@ -59,7 +70,14 @@ def register(sub: Any) -> None:
 
 def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="admit's port (default 8080)")
-    p.add_argument("--kafka-port", type=int, default=9092, help="broker port (default 9092)")
+    p.add_argument("--kafka-port", type=int, default=9092,
+                   help="broker port (default 9092; with Apache Kafka, the first node's)")
+    p.add_argument("--broker", choices=("kafka", "tansu"), default=None,
+                   help="kafka: an Apache Kafka cluster (KRaft; the default where Java 17+ "
+                   "and its jars are present); tansu: the embedded broker (the default "
+                   "elsewhere; keeps nothing across a restart)")
+    p.add_argument("--brokers", type=int, default=3,
+                   help="Apache Kafka nodes (default 3: replication 3, min ISR 2; 1: one)")
     p.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"),
                    help="logs and state (default .quotaflow/dev)")
     p.add_argument("--model", default="built",
@@ -93,8 +111,11 @@ def _start(args: argparse.Namespace) -> DevStack:
             raise DevStackError(f"{exc} (or run with --model standin)") from None
     settings = replace(settings, model_source=source)
     settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
+    if args.brokers < 1:
+        raise DevStackError("--brokers must be 1 or more")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
-                     admit_access_log=args.access_log)
+                     admit_access_log=args.access_log, broker=args.broker or "",
+                     brokers=args.brokers)
     stack.up(explicit_pg="POSTGRES_URL" in os.environ,
              explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
@@ -145,7 +166,9 @@ def _up(args: argparse.Namespace) -> int:
 def _up_detached(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "quotaflow", "dev", "up", "--port", str(args.port),
             "--kafka-port", str(args.kafka_port), "--state-dir", str(args.state_dir),
-            "--model", args.model]
+            "--model", args.model, "--brokers", str(args.brokers)]
+    if args.broker:
+        argv += ["--broker", args.broker]
     return control.start_detached(argv, args.state_dir, _say)
 
 
@@ -166,6 +189,15 @@ def _status(args: argparse.Namespace) -> int:
     pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
     restarts: dict[str, int] = state.get("restarts", {})  # type: ignore[assignment]
     supervisor = state.get("supervisor")
+    if args.json:
+        print(json.dumps({
+            "broker": state.get("broker"), "brokers": state.get("brokers", []),
+            "admit_url": state["admit_url"], "ready": state.get("ready", False),
+            "supervisor": {"pid": supervisor, "running": pid_alive(supervisor)},
+            "processes": [{"name": name, "pid": pid, "running": pid_alive(pid),
+                           "restarts": restarts.get(name, 0)} for name, pid in pids.items()],
+            "metrics": state.get("metrics", {})}, indent=2))
+        return 0
     print(f"{'supervisor':10} pid {supervisor!s:>7} "
           f"{'running' if pid_alive(supervisor) else 'stopped'}")
     for name, pid in pids.items():
@@ -177,6 +209,38 @@ def _status(args: argparse.Namespace) -> int:
     for step, url in metrics.items():
         print(f"{step:10} metrics {url}")
     return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    """Stop process `name` (SIGTERM; a broker node shuts down in order) and wait until the
+    stack's supervisor has started it again: the supervisor restarts a process that exits."""
+    state = control.running_state(args.state_dir)
+    if state is None:
+        _say(f"no running stack recorded in {args.state_dir}")
+        return 1
+    pids: dict[str, int] = state["pids"]
+    if args.name not in pids:
+        _say(f"no process {args.name!r} in the stack: {', '.join(pids)}")
+        return 1
+    if not pid_alive(state.get("supervisor")):
+        _say("the stack's supervisor is not running: nothing would start it again")
+        return 1
+    old = pids[args.name]
+    if pid_alive(old):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(old, signal.SIGCONT)  # a paused process could not act on TERM
+            os.killpg(old, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        now: dict[str, Any] = read_state(args.state_dir) or {}
+        pid = now.get("pids", {}).get(args.name)
+        if pid != old and pid_alive(pid):
+            _say(f"restarted {args.name} (pid {pid}, restart "
+                 f"{now.get('restarts', {}).get(args.name, 0)})")
+            return 0
+        time.sleep(0.2)
+    _say(f"{args.name} did not run again within {args.timeout:.0f} s; see `dev status`")
+    return 1
 
 
 def _ask(args: argparse.Namespace) -> int:
