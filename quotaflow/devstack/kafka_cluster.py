@@ -394,8 +394,7 @@ class KafkaCluster:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         if remove:
-            for node in self.nodes:
-                shutil.rmtree(node.root, ignore_errors=True)
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _main(argv: list[str]) -> int:
