@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from quotaflow.devstack.process import DevStackError, free_port
 
@@ -304,9 +305,42 @@ class KafkaCluster:
             for node in self.nodes:
                 self.start_node(node.node_id)
             self.wait_ready(timeout_s)
+            self.warm_up(timeout_s)
         except BaseException:
             self.stop()
             raise
+
+    def warm_up(self, timeout_s: float = 90) -> None:
+        """One idempotent record through a replicated topic and one consumer group's commit.
+        A fresh cluster creates its internal topics (producer ids, group offsets) on first use,
+        which took over 5 s on a busy 2-core machine: the first test's flush timed out. Done
+        here, start-up includes it; the topic goes afterwards (the group's offset stays)."""
+        topic = "quotaflow-cluster-warm-up"
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap,
+                                                       "log_level": 0}
+        admin = AdminClient(config)
+        with contextlib.suppress(KafkaException):  # already there: a restarted cluster
+            admin.create_topics([NewTopic(topic, 1, self.replication)])[topic].result(timeout_s)
+        producer = Producer({**config, "enable.idempotence": True, "acks": "all"})
+        producer.produce(topic, b"ready")
+        if producer.flush(timeout_s):
+            raise DevStackError(f"Apache Kafka took no record within {timeout_s:.0f} s "
+                                f"(logs in {self.logs or self.root})")
+        consumer = Consumer({**config, "group.id": topic, "auto.offset.reset": "earliest",
+                             "enable.auto.commit": False})
+        try:
+            consumer.subscribe([topic])
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is not None and not msg.error():
+                    consumer.commit(message=msg, asynchronous=False)
+                    break
+            else:
+                raise DevStackError(f"Apache Kafka served no record within {timeout_s:.0f} s")
+        finally:
+            consumer.close()
+        admin.delete_topics([topic])[topic].result(timeout_s)
 
     def start_node(self, which: int | str, append: bool = False) -> subprocess.Popen[bytes]:
         """Start one node's broker (again: with `append`, its log goes on)."""
