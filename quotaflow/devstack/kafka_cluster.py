@@ -23,14 +23,23 @@ import tempfile
 import time
 import uuid
 from base64 import urlsafe_b64encode
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
+from quotaflow.devstack.kafka_security import ADMIN, LocalSecurity
 from quotaflow.devstack.process import DevStackError, free_port
 
 KAFKA_VERSION = "4.4.0"
@@ -173,6 +182,8 @@ class KafkaCluster:
     version: str = KAFKA_VERSION
     spawn: Spawn | None = None
     first_port: int = 0
+    # SASL_SSL with SCRAM users and ACLs (kafka_security.py); None: PLAINTEXT, no ACLs.
+    security: LocalSecurity | None = None
     logs: Path | None = None
     nodes: list[KafkaNode] = field(default_factory=list)
 
@@ -209,12 +220,13 @@ class KafkaCluster:
             # A static quorum: every node knows every voter from its config, so formatting
             # needs nothing but the cluster id, and a restarted node rejoins by itself.
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+            "listeners": f"{self.listener}://127.0.0.1:{node.port},"
                          f"CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "advertised.listeners": f"{self.listener}://127.0.0.1:{node.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": self.listener,
+            "listener.security.protocol.map":
+                f"{self.listener}:{self.listener},CONTROLLER:PLAINTEXT",
             "log.dirs": str(node.data),
             # Durability: with 3 nodes an acknowledged (acks=all) record is on 2 of them at
             # least, and a replica that missed records never becomes leader.
@@ -251,7 +263,42 @@ class KafkaCluster:
             "num.recovery.threads.per.data.dir": 1,
             "log.cleaner.threads": 1,
             "log.segment.bytes": 64 * 1024 * 1024,
+            **(self.security.broker_properties() if self.security else {}),
         }
+
+    @property
+    def listener(self) -> str:
+        """The clients' (and the brokers' own) listener: SASL_SSL when secured."""
+        return "SASL_SSL" if self.security else "PLAINTEXT"
+
+    def client_config(self, user: str = ADMIN) -> dict[str, str | int | float | bool]:
+        """librdkafka settings that reach this cluster: its bootstrap servers, and when it is
+        secured, `user`'s credentials (the brokers' own ADMIN by default)."""
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap}
+        if self.security:
+            config.update(self.security.client_config(user))
+        return config
+
+    def grant(self, user: str, reads: Iterable[str] = (), writes: Iterable[str] = (),
+              groups: Iterable[str] = (), timeout_s: float = 30) -> None:
+        """Allow `user` (secured cluster) to read and describe `reads`, write and describe
+        `writes`, and join `groups`; nothing else is allowed it (no ACL, no access)."""
+        principal = f"User:{user}"
+
+        def acl(kind: ResourceType, name: str, op: AclOperation) -> AclBinding:
+            return AclBinding(kind, name, ResourcePatternType.LITERAL, principal, "*", op,
+                              AclPermissionType.ALLOW)
+
+        acls = ([acl(ResourceType.TOPIC, t, op) for t in reads
+                 for op in (AclOperation.READ, AclOperation.DESCRIBE)]
+                + [acl(ResourceType.TOPIC, t, op) for t in writes
+                   for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]
+                + [acl(ResourceType.GROUP, g, AclOperation.READ) for g in groups])
+        if not acls:
+            return
+        admin = AdminClient({**self.client_config(), "log_level": 0})
+        for future in admin.create_acls(acls, request_timeout=timeout_s).values():
+            future.result()
 
     def _write_config(self, node: KafkaNode) -> None:
         node.root.mkdir(parents=True, exist_ok=True)
@@ -283,7 +330,9 @@ class KafkaCluster:
             self._write_config(node)
             running.append((node, subprocess.Popen(
                 self._java("kafka.tools.StorageTool", "format", "--cluster-id", cid,
-                           "--config", str(node.config), "--ignore-formatted", short=True),
+                           "--config", str(node.config), "--ignore-formatted",
+                           *(self.security.scram_format_args() if self.security else []),
+                           short=True),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
         for node, proc in running:
             out, _ = proc.communicate(timeout=120)
@@ -316,8 +365,7 @@ class KafkaCluster:
         which took over 5 s on a busy 2-core machine: the first test's flush timed out. Done
         here, start-up includes it; the topic goes afterwards (the group's offset stays)."""
         topic = "quotaflow-cluster-warm-up"
-        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap,
-                                                       "log_level": 0}
+        config = {**self.client_config(), "log_level": 0}
         admin = AdminClient(config)
         with contextlib.suppress(KafkaException):  # already there: a restarted cluster
             admin.create_topics([NewTopic(topic, 1, self.replication)])[topic].result(timeout_s)
@@ -356,7 +404,7 @@ class KafkaCluster:
 
     def brokers_up(self) -> set[int]:
         """The ids of the brokers the cluster's metadata lists (registered, not fenced)."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
+        admin = AdminClient({**self.client_config(), "log_level": 0,
                              "socket.connection.setup.timeout.ms": 1000})
         try:
             return set(admin.list_topics(timeout=2).brokers)
