@@ -64,7 +64,7 @@ class Injector:
         """The broker process a `broker` fault kills: on an Apache Kafka cluster the node that
         leads the `admitted` topic (every request's first hop; its clients must fail over),
         else a running node; on Tansu its one process."""
-        names = self.stack.broker_names
+        names = self.stack.kafka.names if self.stack.kafka else ["kafka"]
         if len(names) == 1:
             return names[0]
         with contextlib.suppress(Exception):  # no metadata now: any running node will do

@@ -20,6 +20,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
+
 from quotaflow.devstack.process import DevStackError
 
 MECHANISM = "SCRAM-SHA-512"
@@ -135,6 +144,28 @@ class LocalSecurity:
         return {"security.protocol": "SASL_SSL", "sasl.mechanisms": MECHANISM,
                 "sasl.username": user, "sasl.password": self.users[user],
                 "ssl.ca.location": str(self.ca_pem)}
+
+
+def grant(config: dict[str, str | int | float | bool], user: str, reads: Iterable[str] = (),
+          writes: Iterable[str] = (), groups: Iterable[str] = (), timeout_s: float = 30) -> None:
+    """Allow `user` to read and describe `reads`, write and describe `writes`, and join
+    `groups`, on the cluster an admin reaches with `config`; nothing else is allowed it (no
+    ACL, no access)."""
+    principal = f"User:{user}"
+
+    def acl(kind: ResourceType, name: str, op: AclOperation) -> AclBinding:
+        return AclBinding(kind, name, ResourcePatternType.LITERAL, principal, "*", op,
+                          AclPermissionType.ALLOW)
+
+    acls = ([acl(ResourceType.TOPIC, t, op) for t in reads
+             for op in (AclOperation.READ, AclOperation.DESCRIBE)]
+            + [acl(ResourceType.TOPIC, t, op) for t in writes
+               for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]
+            + [acl(ResourceType.GROUP, g, AclOperation.READ) for g in groups])
+    if acls:
+        admin = AdminClient({**config, "log_level": 0})
+        for future in admin.create_acls(acls, request_timeout=timeout_s).values():
+            future.result()
 
 
 def owner_only(path: Path) -> bool:

@@ -1,7 +1,6 @@
-"""The local stack behind `quotaflow dev up`: Kafka (an Apache Kafka cluster where Java runs, else
-Tansu, an embedded Kafka-protocol broker), PostgreSQL and Redis (the running ones when reachable,
-else embedded), moto's S3, topics, migrations, and the six functions and the analytics consumer as
-processes, restarted when they die once up."""
+"""The local stack behind `quotaflow dev up`: Kafka (`brokers`), PostgreSQL and Redis (the running
+ones when reachable, else embedded), moto's S3, topics, migrations, and the six functions and the
+analytics consumer as processes, restarted when they die once up."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
-from quotaflow.devstack import kafka_cluster
+from quotaflow.devstack import brokers as local_kafka
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
@@ -49,11 +48,10 @@ class DevStack:
     admit_workers: int = 2
     admit_access_log: bool = False
     partitions: int = 1  # a topic: one consumer a step can use no more (README, Kafka)
-    # "kafka": Apache Kafka, `brokers` nodes (kafka-1 ... kafka-N); "tansu": the embedded
-    # broker (one process, `kafka`); "": Apache Kafka where it can run here, else Tansu.
+    # kafka (Apache Kafka, `brokers` nodes), tansu, or "": Apache Kafka where it runs (brokers.py)
     broker: str = ""
     brokers: int = 3
-    cluster: kafka_cluster.KafkaCluster | None = None
+    kafka: local_kafka.LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     child_env: dict[str, str] = field(default_factory=dict)
@@ -82,48 +80,12 @@ class DevStack:
         self.procs[name] = proc
         return proc
 
-    def chosen_broker(self) -> str:
-        """The broker this stack runs: `broker`, or Apache Kafka where it can run here."""
-        if self.broker not in ("", "kafka", "tansu"):
-            raise DevStackError(f"unknown broker {self.broker!r}: kafka or tansu")
-        return self.broker or ("kafka" if kafka_cluster.available() else "tansu")
-
-    def start_kafka(self) -> None:
-        if port_open("127.0.0.1", self.kafka_port):
-            raise DevStackError(f"port {self.kafka_port} is taken; pick another with --kafka-port")
-        self.broker = self.chosen_broker()
-        if self.broker == "kafka":
-            self.start_cluster()
-            return
-        # Tansu answers a fetch only after fetch.wait.max.ms whether data came or not (no
-        # long-poll): each hop would wait the default 500 ms (README, Kafka broker quirks).
-        # Set otherwise (QF_KAFKA_FETCH_WAIT_MAX_MS), the setting stands.
-        if self.settings.kafka_fetch_wait_max_ms == Settings.kafka_fetch_wait_max_ms:
-            self.settings = replace(self.settings, kafka_fetch_wait_max_ms=50)
-        url = f"tcp://127.0.0.1:{self.kafka_port}"
-        proc = self._spawn("kafka", [str(svc.tansu_binary()), "broker", "--listener-url", url,
-                                     "--advertised-listener-url", url,
-                                     "--storage-engine", "memory://tansu/"])
-        self._await_kafka(proc)
-        self.settings = replace(self.settings, kafka_bootstrap=f"127.0.0.1:{self.kafka_port}")
-
-    def start_cluster(self) -> None:
-        """Apache Kafka: `brokers` nodes in `state_dir/kafka`, the first on `kafka_port`."""
-        if not kafka_cluster.available():
-            raise DevStackError("Apache Kafka cannot run here: it needs Java 17+ and its jars "
-                                "(bash infra/local/setup.sh fetches them); or --broker tansu")
-        root = self.state_dir / "kafka"
-        shutil.rmtree(root, ignore_errors=True)  # a new stack, a new cluster (as the database)
-        self.cluster = kafka_cluster.KafkaCluster(
-            root, self.brokers, first_port=self.kafka_port,
-            spawn=lambda name, argv, append: self._spawn(name, argv, append=append),
-            logs=self.logs)
-        self.cluster.start()
-        self.settings = replace(self.settings, kafka_bootstrap=self.cluster.bootstrap)
-
-    def _await_kafka(self, proc: subprocess.Popen[bytes]) -> None:
-        wait_for("Kafka broker (Tansu)", lambda: port_open("127.0.0.1", self.kafka_port), 30,
-                 proc, self.logs / "kafka.log")
+    def start_kafka(self, progress: Callable[[str], None]) -> None:
+        self.kafka = local_kafka.LocalBroker(
+            self.broker, self.kafka_port, self.brokers, self.state_dir / "kafka",
+            self.logs, lambda name, argv, append: self._spawn(name, argv, append=append))
+        progress(f"starting {self.kafka.describe()} ...")
+        self.settings = self.kafka.start(self.settings)
 
     def start_s3(self) -> None:
         self.s3_port = self.s3_port or free_port()
@@ -188,40 +150,18 @@ class DevStack:
         os.killpg(proc.pid, sig)
         proc.wait(10)
 
-    def pause(self, name: str) -> None:
-        """SIGSTOP one process (a broker frozen for a while: chaos); `resume` wakes it. The
-        supervisor leaves a paused process alone (it has not exited)."""
-        os.killpg(self.procs[name].pid, signal.SIGSTOP)
-
-    def resume(self, name: str) -> None:
-        os.killpg(self.procs[name].pid, signal.SIGCONT)
-
-    @property
-    def broker_names(self) -> list[str]:
-        """The broker's processes: `kafka-1` ... `kafka-N`, or Tansu's `kafka`."""
-        if self.cluster is not None:
-            return [n.name for n in self.cluster.nodes]
-        return ["kafka"]
-
     def respawn(self, name: str) -> bool:
-        """Start process `name` again if it is not running. An Apache Kafka node comes back
-        with its log and rejoins the cluster; Tansu comes back empty (it keeps nothing), so
-        its topics are created again. True if it was started."""
+        """Start `name` again unless it runs (a broker: `LocalBroker`); True if it was started."""
         with self._lock:
             if self.procs[name].poll() is None:
                 return False
-            if self.cluster is not None and name.startswith("kafka-"):
-                self.cluster.start_node(name, append=True)
-                self.restarts[name] = self.restarts.get(name, 0) + 1
-                self.write_state()
-                self.cluster.wait_ready(90, nodes={self.cluster.node(name).node_id})
-                return True
-            argv, env, user = self._argv[name]
-            proc = self._spawn(name, argv, env, user, append=True)
+            if self.kafka and name in self.kafka.names:
+                proc = self.kafka.restart(name)
+                self.kafka.await_restarted(name, proc, self.settings, self.partitions)
+            else:
+                argv, env, user = self._argv[name]
+                self._spawn(name, argv, env, user, append=True)
             self.restarts[name] = self.restarts.get(name, 0) + 1
-            if name == "kafka":
-                self._await_kafka(proc)
-                kafka.create_topics(self.settings, partitions=self.partitions)
             self.write_state()
             return True
 
@@ -252,11 +192,7 @@ class DevStack:
     def _start(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]
                ) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        broker = self.chosen_broker()
-        progress(f"starting Apache Kafka ({self.brokers} node"
-                 f"{'s' if self.brokers > 1 else ''}, KRaft) ..." if broker == "kafka"
-                 else "starting Kafka broker (Tansu, embedded) ...")
-        self.start_kafka()
+        self.start_kafka(progress)
         progress("checking PostgreSQL and Redis ...")
         self.ensure_postgres(explicit_pg)
         self.ensure_redis(explicit_redis)
@@ -275,7 +211,7 @@ class DevStack:
 
     def write_state(self) -> None:
         state = {"pids": {n: p.pid for n, p in self.procs.items()},
-                 "broker": self.broker, "brokers": self.broker_names,
+                 **(self.kafka.state() if self.kafka else {}),
                  "supervisor": os.getpid(), "ready": self.ready,
                  "restarts": {n: self.restarts.get(n, 0) for n in self.procs},
                  "env": self.settings.as_env(), "admit_url": self.admit_url,
@@ -294,10 +230,10 @@ class DevStack:
     def down(self) -> None:
         if self._supervisor is not None:
             self._supervisor.stop()
-        nodes = set(self.broker_names) if self.cluster is not None else set()
+        nodes = self.kafka.names if self.kafka and self.kafka.cluster else []
         stop_pids({n: p.pid for n, p in self.procs.items() if n not in nodes})
-        if self.cluster is not None:  # its data goes too: no controlled shutdown to wait for
-            self.cluster.stop(remove=True)
+        if self.kafka:  # a cluster's data goes too: no controlled shutdown to wait for
+            self.kafka.stop()
         for p in self.procs.values():
             try:
                 p.wait(5)
@@ -305,8 +241,7 @@ class DevStack:
                 p.kill()
         if self._wrote_state:  # never another stack's, left in the same folder
             (self.state_dir / "state.json").unlink(missing_ok=True)
-        # Tansu keeps topics in memory only; an Apache Kafka cluster's data went with it
-        # above, and an embedded database goes too.
+        # Tansu keeps topics in memory only; an embedded database goes too.
         marker = self.state_dir / "pgdata-path"
         if marker.exists():
             shutil.rmtree(marker.read_text().strip(), ignore_errors=True)

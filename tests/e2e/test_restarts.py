@@ -91,7 +91,7 @@ def test_a_killed_broker_comes_back_with_its_topics_and_requests_complete(
     # One consumer a step: the stack's topics have one partition each, not the cluster's six.
     assert set(partition_counts(stack).values()) == {stack.partitions} == {1}
     # A node of the Apache Kafka cluster (the last: not the one on --kafka-port), or Tansu.
-    broker = stack.broker_names[-1]
+    broker = stack.kafka.names[-1]
     old = stack.procs[broker].pid
     stack.kill(broker)
     wait_restarted(stack, broker, old, timeout_s=60)

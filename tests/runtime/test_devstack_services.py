@@ -46,5 +46,5 @@ def test_a_stack_that_fails_to_come_up_stops_what_it_had_started(tmp_path: Path)
                      brokers=1)
     with pytest.raises(DevStackError, match=r"REDIS_URL .* is not reachable"):
         stack.up(explicit_pg=False, explicit_redis=True, progress=lambda _m: None)
-    assert stack.broker_names[0] in stack.procs  # Apache Kafka's kafka-1, or Tansu's kafka
+    assert stack.kafka.names[0] in stack.procs  # Apache Kafka's kafka-1, or Tansu's kafka
     assert [n for n, p in stack.procs.items() if p.poll() is None] == []

@@ -8,7 +8,8 @@ import base64
 from pathlib import Path
 
 from quotaflow.adapters.kafka import topic_replication
-from quotaflow.devstack.kafka_cluster import KafkaCluster, KafkaNode, cluster_id
+from quotaflow.devstack.kafka_cluster import KafkaCluster, KafkaNode
+from quotaflow.devstack.kafka_node import cluster_id
 
 
 def cluster(tmp_path: Path, size: int) -> KafkaCluster:
