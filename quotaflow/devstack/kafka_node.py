@@ -21,8 +21,12 @@ from quotaflow.devstack.process import DevStackError
 
 def cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what
-    `kafka-storage random-uuid` prints)."""
-    return urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    `kafka-storage random-uuid` prints), never starting with "-": the storage tool would take
+    it for an option (one in 64 did; Kafka's own `Uuid.randomUuid` draws again too)."""
+    while True:
+        cid = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 @dataclass

@@ -55,6 +55,7 @@ def test_topics_replicate_on_three_brokers_or_on_all_of_fewer() -> None:
     assert [topic_replication(n) for n in (0, 1, 2, 3, 5)] == [1, 1, 2, 3, 3]
 
 
-def test_a_cluster_id_is_sixteen_bytes_in_url_safe_base64() -> None:
-    cid = cluster_id()
-    assert len(base64.urlsafe_b64decode(cid + "==")) == 16 and "=" not in cid
+def test_a_cluster_id_is_sixteen_bytes_in_url_safe_base64_never_read_as_an_option() -> None:
+    ids = [cluster_id() for _ in range(2000)]
+    assert all(len(base64.urlsafe_b64decode(cid + "==")) == 16 for cid in ids)
+    assert not [cid for cid in ids if cid.startswith("-") or "=" in cid]
