@@ -155,13 +155,12 @@ class DevStack:
         with self._lock:
             if self.procs[name].poll() is None:
                 return False
-            if self.kafka and name in self.kafka.names:
-                proc = self.kafka.restart(name)
-                self.kafka.await_restarted(name, proc, self.settings, self.partitions)
-            else:
-                argv, env, user = self._argv[name]
-                self._spawn(name, argv, env, user, append=True)
-            self.restarts[name] = self.restarts.get(name, 0) + 1
+            broker = self.kafka if self.kafka and name in self.kafka.names else None
+            proc = (broker.restart(name) if broker else
+                    self._spawn(name, *self._argv[name], append=True))
+            self.restarts[name] = self.restarts.get(name, 0) + 1  # counted once it runs
+            if broker:
+                broker.await_restarted(name, proc, self.settings, self.partitions)
             self.write_state()
             return True
 
