@@ -34,7 +34,7 @@ class KafkaNode:
     """One combined broker+controller: its ports, folder and process."""
 
     node_id: int
-    port: int  # clients and the other brokers (PLAINTEXT)
+    port: int  # clients and the other brokers (PLAINTEXT, or SASL_SSL when secured)
     controller_port: int  # the KRaft quorum (CONTROLLER)
     root: Path  # config and data
     proc: subprocess.Popen[bytes] | None = None
