@@ -119,8 +119,10 @@ def java_argv(main: str, *args: str, version: str = KAFKA_VERSION,
 
 def fetch_main() -> int:
     """`fetch` for infra/local/setup.sh: progress lines, idempotent, a line where no Java."""
-    if java_major() is None:
-        print("[setup] no Java: Apache Kafka is not fetched; the local stack and the tests use "
+    major = java_major()
+    if major is None or major < 17:
+        found = "no Java" if major is None else f"Java {major} (Kafka 4 needs 17+)"
+        print(f"[setup] {found}: Apache Kafka is not fetched; the local stack and the tests use "
               "the embedded Tansu broker")
         return 0
     if fetched():
