@@ -48,12 +48,14 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     topic_prefix: str = "quotaflow."
     consumer_group_prefix: str = "quotaflow-"
-    # The local broker (Tansu) joins a group only after session.timeout.ms / 2: keep it small
-    # (README, Kafka broker quirks).
+    # How long a dead consumer's partitions wait before the group hands them on (a killed
+    # step resumes within this); Tansu also joins a group only after half of it (README, Kafka
+    # broker quirks). Apache Kafka's floor is its group.min.session.timeout.ms (6 s default).
     kafka_session_timeout_ms: int = 6000
-    # Per-hop latency on Tansu's memory engine is bounded by fetch.wait.max.ms (README, Kafka
-    # broker quirks).
-    kafka_fetch_wait_max_ms: int = 50
+    # Apache Kafka answers a fetch as soon as a record arrives (long-poll), so this bounds only
+    # an idle consumer's round trips; Tansu answers only after it, so its stack sets 50 (per-hop
+    # latency; README, Kafka broker quirks).
+    kafka_fetch_wait_max_ms: int = 500
     # How long a producer holds a message to send it with others (admit's requests share
     # produce requests this way; a step flushes its batch at once).
     kafka_linger_ms: int = 2

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Kafka-protocol broker (Tansu), S3 (moto) and the models. PostgreSQL
-and Redis come from tests/services.py, each test module on its own database / Redis index."""
+"""Shared fixtures: Kafka (a 3-node Apache Kafka cluster, or Tansu), S3 (moto) and the models.
+PostgreSQL and Redis come from tests/services.py, each test module on its own database / Redis
+index."""
 
 from __future__ import annotations
 
@@ -12,18 +13,41 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
+from quotaflow.devstack import kafka_cluster
 from quotaflow.devstack.process import free_port, port_open, wait_for
 from quotaflow.devstack.services import tansu_binary
 from quotaflow.model.build import build
+from tests.services import session_broker
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Tansu broker for the whole session (memory engine)."""
+def kafka_bootstrap(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Kafka: a 3-node Apache Kafka cluster (KRaft, replication factor 3, min
+    ISR 2), or Tansu where Apache Kafka cannot run (`tests.services.session_broker`)."""
+    if session_broker() == "tansu":
+        yield request.getfixturevalue("tansu_bootstrap")
+        return
+    if not kafka_cluster.available():
+        pytest.fail("QF_TEST_BROKER=kafka, but Apache Kafka cannot run here (Java 17+ and "
+                    "`python -m quotaflow.devstack.kafka_cluster fetch`)")
+    cluster = kafka_cluster.KafkaCluster(tmp_path_factory.mktemp("kafka"), size=3)
+    cluster.start()
+    try:
+        yield cluster.bootstrap
+    finally:
+        gc.collect()  # as for Tansu below: dropped producers go while the brokers answer
+        cluster.stop(remove=True)
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Tansu broker for the whole session (memory engine): the embedded stand-in, which the
+    contract suites run against too (the demo's broker on a machine without Java)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("kafka") / "tansu.log"
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     url = f"tcp://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(tansu_binary()), "broker", "--listener-url", url,

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 
 from quotaflow.adapters import postgres as db
+from quotaflow.devstack import kafka_cluster
 from quotaflow.devstack.services import postgres_reachable, redis_reachable
 from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
@@ -50,3 +51,12 @@ def fresh_database(name: str) -> str:
     url = f"{pg_base()}/{name}"
     db.recreate(url)
     return url
+
+
+def session_broker() -> str:
+    """The broker the Kafka tests run on: `QF_TEST_BROKER` (kafka or tansu), else Apache Kafka
+    where it can run here (Java 17+ and its fetched jars), else Tansu."""
+    chosen = os.environ.get("QF_TEST_BROKER", "")
+    if chosen not in ("", "kafka", "tansu"):
+        raise ValueError(f"QF_TEST_BROKER={chosen!r}: kafka or tansu")
+    return chosen or ("kafka" if kafka_cluster.available() else "tansu")

@@ -46,3 +46,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "[setup] could not install ${missing[*]}: the stack needs a Redis, the browser" \
          "test and quotaflow bench need the others" >&2
 fi
+
+# Apache Kafka (KRaft) for the local stack and the tests: its jars from Maven Central, once,
+# into the user's cache (quotaflow/devstack/kafka_cluster.py). Without Java 17+ and Maven the
+# stack and the tests run on the embedded Tansu broker instead (README, "Which Kafka runs when").
+if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then
+  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python -m quotaflow.devstack.kafka_cluster fetch ||
+    echo "[setup] could not fetch Apache Kafka: the stack and the tests use Tansu" >&2
+else
+  echo "[setup] no Java 17 and Maven: Apache Kafka is not fetched; the stack and the tests use" \
+       "the embedded Tansu broker"
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (infra/local/setup.sh) and runs the whole test suite, slow tests included.
-# Tests start what they need: a Kafka-protocol broker (Tansu), S3 (moto), and PostgreSQL/Redis
-# when none is reachable on 127.0.0.1. Extra arguments go to the second pytest run.
+# Tests start what they need: Kafka (a 3-node Apache Kafka cluster, Tansu where Java is absent),
+# S3 (moto), and PostgreSQL/Redis when none is reachable on 127.0.0.1. Extra arguments go to the
+# second pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash infra/local/setup.sh

@@ -121,15 +121,23 @@ def flush(producer: AnyProducer, timeout_s: float = 5.0) -> None:
                              + (f", {len(failed)} failed ({failed[0]})" if failed else ""))
 
 
+def topic_replication(brokers: int) -> int:
+    """3 copies of each record (one broker can go), or one on each broker of fewer."""
+    return max(1, min(3, brokers))
+
+
 def create_topics(settings: Settings, timeout_s: float = 30.0,
                   partitions: int | None = None) -> list[str]:
     """Create every declared topic (and its dead-letter topic) that does not exist yet, with
-    its declared partitions, or with `partitions` each."""
+    its declared partitions, or with `partitions` each; `topic_replication` copies, a write
+    needing 2 in sync where there are 3 (an acknowledged record survives a broker's loss)."""
     admin = admin_client(settings)
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    metadata = admin.list_topics(timeout=timeout_s)
+    replicas = topic_replication(len(metadata.brokers))
     wanted = [NewTopic(settings.topic(t.name), num_partitions=partitions or t.partitions,
-                       replication_factor=1)
-              for t in topic_specs() if settings.topic(t.name) not in existing]
+                       replication_factor=replicas,
+                       config={"min.insync.replicas": str(min(2, replicas))})
+              for t in topic_specs() if settings.topic(t.name) not in metadata.topics]
     if not wanted:
         return []
     for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():

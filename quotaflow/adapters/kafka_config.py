@@ -46,7 +46,9 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
     own: dict[str, Any] = {
         # Offsets are committed by hand, after outputs are flushed and the ledger committed.
         "enable.auto.commit": False,
-        # Tansu's high watermark is unreliable after batched produce; `latest` re-delivers.
+        # A group's first start reads what was produced before it joined (`latest` would skip
+        # it: lost usage). Tansu needs it too: its high watermark is wrong after batched
+        # produce, so `latest` re-delivers there.
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "heartbeat.interval.ms": max(500, settings.kafka_session_timeout_ms // 4),

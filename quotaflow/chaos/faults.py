@@ -3,6 +3,7 @@ complete a fresh request after each."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 import redis
+from confluent_kafka.admin import AdminClient
 
 from events.status import RequestStatus
 from quotaflow.chaos.facts import Outcome
@@ -45,7 +47,7 @@ class Injector:
     def inject(self, fault: Fault) -> str:
         """Inject `fault` now; returns what was done."""
         if fault.kind in ("kill", "broker"):
-            return self._kill(fault.target if fault.kind == "kill" else "kafka")
+            return self._kill(fault.target if fault.kind == "kill" else self.broker_target())
         if fault.kind == "pg":
             with psycopg.connect(self.stack.settings.postgres_url, autocommit=True,
                                  application_name=OBSERVER, connect_timeout=5) as conn:
@@ -58,6 +60,22 @@ class Injector:
             redis.Redis.from_url(self.stack.settings.redis_url, socket_timeout=5).flushdb()
             return "FLUSHDB"
         raise ValueError(f"unknown fault kind {fault.kind!r}")
+
+    def broker_target(self) -> str:
+        """The broker process a `broker` fault kills: on an Apache Kafka cluster the node that
+        leads the `admitted` topic (every request's first hop; its clients must fail over),
+        else a running node; on Tansu its one process."""
+        names = self.stack.kafka.names if self.stack.kafka else ["kafka"]
+        if len(names) == 1:
+            return names[0]
+        with contextlib.suppress(Exception):  # no metadata now: any running node will do
+            topic = self.stack.settings.topic("admitted")
+            admin = AdminClient({"bootstrap.servers": self.stack.settings.kafka_bootstrap,
+                                 "log_level": 0})
+            leader = admin.list_topics(topic, timeout=5).topics[topic].partitions[0].leader
+            if f"kafka-{leader}" in names:
+                return f"kafka-{leader}"
+        return next((n for n in names if self.stack.procs[n].poll() is None), names[0])
 
     def _kill(self, name: str) -> str:
         proc = self.stack.procs.get(name)

@@ -14,9 +14,9 @@ from typing import Any
 
 from events.status import RequestStatus
 from quotaflow import client
-from quotaflow.cli import dev_env
+from quotaflow.cli import dev_env, dev_status
 from quotaflow.devstack import control
-from quotaflow.devstack.process import DevStackError, pid_alive, read_state
+from quotaflow.devstack.process import DevStackError
 from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
 
@@ -38,9 +38,7 @@ def register(sub: Any) -> None:
     down = dsub.add_parser("down", help="stop a stack started with --detach")
     down.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
     down.set_defaults(func=_down)
-    st = dsub.add_parser("status", help="show the running stack's processes and URLs")
-    st.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
-    st.set_defaults(func=_status)
+    dev_status.register(dsub)
     dev_env.register(dsub)
 
     demo = sub.add_parser("demo", help="start the stack, create a demo tenant, answer a sample "
@@ -62,7 +60,14 @@ def register(sub: Any) -> None:
 
 def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="admit's port (default 8080)")
-    p.add_argument("--kafka-port", type=int, default=9092, help="broker port (default 9092)")
+    p.add_argument("--kafka-port", type=int, default=9092,
+                   help="broker port (default 9092; with Apache Kafka, the first node's)")
+    p.add_argument("--broker", choices=("kafka", "tansu"), default=None,
+                   help="kafka: an Apache Kafka cluster (KRaft; the default where Java 17+ "
+                   "and its jars are present); tansu: the embedded broker (the default "
+                   "elsewhere; keeps nothing across a restart)")
+    p.add_argument("--brokers", type=int, default=3,
+                   help="Apache Kafka nodes (default 3: replication 3, min ISR 2; 1: one)")
     p.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"),
                    help="logs and state (default .quotaflow/dev)")
     p.add_argument("--model", default="built",
@@ -96,8 +101,11 @@ def _start(args: argparse.Namespace) -> DevStack:
             raise DevStackError(f"{exc} (or run with --model standin)") from None
     settings = replace(settings, model_source=source)
     settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
+    if args.brokers < 1:
+        raise DevStackError("--brokers must be 1 or more")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
-                     admit_access_log=args.access_log)
+                     admit_access_log=args.access_log, broker=args.broker or "",
+                     brokers=args.brokers)
     stack.up(explicit_pg="POSTGRES_URL" in os.environ,
              explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
@@ -148,7 +156,9 @@ def _up(args: argparse.Namespace) -> int:
 def _up_detached(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "quotaflow", "dev", "up", "--port", str(args.port),
             "--kafka-port", str(args.kafka_port), "--state-dir", str(args.state_dir),
-            "--model", args.model]
+            "--model", args.model, "--brokers", str(args.brokers)]
+    if args.broker:
+        argv += ["--broker", args.broker]
     return control.start_detached(argv, args.state_dir, _say)
 
 
@@ -158,27 +168,6 @@ def _down(args: argparse.Namespace) -> int:
         _say(f"no running stack recorded in {args.state_dir}")
     else:
         _say(f"stopped {stopped} processes")
-    return 0
-
-
-def _status(args: argparse.Namespace) -> int:
-    state = read_state(args.state_dir)
-    if state is None or control.running_state(args.state_dir) is None:
-        print("not running")
-        return 1
-    pids: dict[str, int] = state["pids"]  # type: ignore[assignment]
-    restarts: dict[str, int] = state.get("restarts", {})  # type: ignore[assignment]
-    supervisor = state.get("supervisor")
-    print(f"{'supervisor':10} pid {supervisor!s:>7} "
-          f"{'running' if pid_alive(supervisor) else 'stopped'}")
-    for name, pid in pids.items():
-        alive = pid_alive(pid)
-        print(f"{name:10} pid {pid:7} {'running' if alive else 'stopped':8} "
-              f"restarts {restarts.get(name, 0)}")
-    print(f"admit URL: {state['admit_url']} (metrics at /metrics)")
-    metrics: dict[str, str] = state.get("metrics", {})  # type: ignore[assignment]
-    for step, url in metrics.items():
-        print(f"{step:10} metrics {url}")
     return 0
 
 

@@ -89,7 +89,8 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float,
 
 def stop_pids(pids: dict[str, int]) -> None:
     # Functions first, then the services they use.
-    order = sorted(pids, key=lambda n: n in ("kafka", "postgres", "redis", "s3"))
+    order = sorted(pids, key=lambda n: n in ("kafka", "postgres", "redis", "s3")
+                   or n.startswith("kafka-"))
     for name in order:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pids[name], signal.SIGTERM)

@@ -1,6 +1,6 @@
-"""The local stack behind `quotaflow dev up`: Tansu (a Kafka-protocol broker), PostgreSQL and
-Redis (the running ones when reachable, else embedded), moto's S3, topics, migrations, and the
-six functions and the analytics consumer as processes, restarted when they die once up."""
+"""The local stack behind `quotaflow dev up`: Kafka (`brokers`), PostgreSQL and Redis (the running
+ones when reachable, else embedded), moto's S3, topics, migrations, and the six functions and the
+analytics consumer as processes, restarted when they die once up."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
+from quotaflow.devstack import brokers as local_kafka
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
@@ -47,6 +48,10 @@ class DevStack:
     admit_workers: int = 2
     admit_access_log: bool = False
     partitions: int = 1  # a topic: one consumer a step can use no more (README, Kafka)
+    # kafka (Apache Kafka, `brokers` nodes), tansu, or "": Apache Kafka where it runs (brokers.py)
+    broker: str = ""
+    brokers: int = 3
+    kafka: local_kafka.LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     child_env: dict[str, str] = field(default_factory=dict)
@@ -75,19 +80,12 @@ class DevStack:
         self.procs[name] = proc
         return proc
 
-    def start_kafka(self) -> None:
-        if port_open("127.0.0.1", self.kafka_port):
-            raise DevStackError(f"port {self.kafka_port} is taken; pick another with --kafka-port")
-        url = f"tcp://127.0.0.1:{self.kafka_port}"
-        proc = self._spawn("kafka", [str(svc.tansu_binary()), "broker", "--listener-url", url,
-                                     "--advertised-listener-url", url,
-                                     "--storage-engine", "memory://tansu/"])
-        self._await_kafka(proc)
-        self.settings = replace(self.settings, kafka_bootstrap=f"127.0.0.1:{self.kafka_port}")
-
-    def _await_kafka(self, proc: subprocess.Popen[bytes]) -> None:
-        wait_for("Kafka broker (Tansu)", lambda: port_open("127.0.0.1", self.kafka_port), 30,
-                 proc, self.logs / "kafka.log")
+    def start_kafka(self, progress: Callable[[str], None]) -> None:
+        self.kafka = local_kafka.LocalBroker(
+            self.broker, self.kafka_port, self.brokers, self.state_dir / "kafka",
+            self.logs, lambda name, argv, append: self._spawn(name, argv, append=append))
+        progress(f"starting {self.kafka.describe()} ...")
+        self.settings = self.kafka.start(self.settings)
 
     def start_s3(self) -> None:
         self.s3_port = self.s3_port or free_port()
@@ -153,17 +151,16 @@ class DevStack:
         proc.wait(10)
 
     def respawn(self, name: str) -> bool:
-        """Start process `name` again if it is not running; the broker comes back empty (it
-        keeps nothing), so its topics are created again. True if it was started."""
+        """Start `name` again unless it runs (a broker: `LocalBroker`); True if it was started."""
         with self._lock:
             if self.procs[name].poll() is None:
                 return False
-            argv, env, user = self._argv[name]
-            proc = self._spawn(name, argv, env, user, append=True)
-            self.restarts[name] = self.restarts.get(name, 0) + 1
-            if name == "kafka":
-                self._await_kafka(proc)
-                kafka.create_topics(self.settings, partitions=self.partitions)
+            broker = self.kafka if self.kafka and name in self.kafka.names else None
+            proc = (broker.restart(name) if broker else
+                    self._spawn(name, *self._argv[name], append=True))
+            self.restarts[name] = self.restarts.get(name, 0) + 1  # counted once it runs
+            if broker:
+                broker.await_restarted(name, proc, self.settings, self.partitions)
             self.write_state()
             return True
 
@@ -194,8 +191,7 @@ class DevStack:
     def _start(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]
                ) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        progress("starting Kafka broker (Tansu) ...")
-        self.start_kafka()
+        self.start_kafka(progress)
         progress("checking PostgreSQL and Redis ...")
         self.ensure_postgres(explicit_pg)
         self.ensure_redis(explicit_redis)
@@ -214,6 +210,7 @@ class DevStack:
 
     def write_state(self) -> None:
         state = {"pids": {n: p.pid for n, p in self.procs.items()},
+                 **(self.kafka.state() if self.kafka else {}),
                  "supervisor": os.getpid(), "ready": self.ready,
                  "restarts": {n: self.restarts.get(n, 0) for n in self.procs},
                  "env": self.settings.as_env(), "admit_url": self.admit_url,
@@ -232,7 +229,10 @@ class DevStack:
     def down(self) -> None:
         if self._supervisor is not None:
             self._supervisor.stop()
-        stop_pids({n: p.pid for n, p in self.procs.items()})
+        nodes = self.kafka.names if self.kafka and self.kafka.cluster else []
+        stop_pids({n: p.pid for n, p in self.procs.items() if n not in nodes})
+        if self.kafka:  # a cluster's data goes too: no controlled shutdown to wait for
+            self.kafka.stop()
         for p in self.procs.values():
             try:
                 p.wait(5)
@@ -240,7 +240,7 @@ class DevStack:
                 p.kill()
         if self._wrote_state:  # never another stack's, left in the same folder
             (self.state_dir / "state.json").unlink(missing_ok=True)
-        # The broker keeps topics in memory only; an embedded database goes with it.
+        # Tansu keeps topics in memory only; an embedded database goes too.
         marker = self.state_dir / "pgdata-path"
         if marker.exists():
             shutil.rmtree(marker.read_text().strip(), ignore_errors=True)

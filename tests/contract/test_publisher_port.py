@@ -1,7 +1,7 @@
-"""The `Publisher` contract, run against the in-memory publisher and Kafka (the session's
-broker): what `publish` returned from is held by the bus, decodable, in order, under its event
-type's topic and keyed by tenant; a bus that does not confirm in time raises `PublishTimeout`.
-`-k memory` runs the fake alone, with no services."""
+"""The `Publisher` contract, run against the in-memory publisher, Kafka (the session's broker:
+Apache Kafka where it runs) and Tansu (the embedded broker): what `publish` returned from is held by
+the bus, decodable, in order, under its event type's topic and keyed by tenant; a bus that does not
+confirm in time raises `PublishTimeout`. `-k memory` runs the fake alone, with no services."""
 
 from __future__ import annotations
 
@@ -76,12 +76,14 @@ def _kafka(bootstrap: str) -> Iterator[Bus]:
     publisher.close(5)
 
 
-@pytest.fixture(params=["memory", "kafka"])
+@pytest.fixture(params=["memory", "kafka", "tansu"])
 def bus(request: pytest.FixtureRequest) -> Iterator[Bus]:
     if request.param == "memory":
         yield _memory()
-    else:
+    elif request.param == "kafka":
         yield from _kafka(request.getfixturevalue("kafka_bootstrap"))
+    else:  # the embedded broker the demo runs on where Java is absent
+        yield from _kafka(request.getfixturevalue("tansu_bootstrap"))
 
 
 def admitted(tenant: str, n: int) -> Envelope:

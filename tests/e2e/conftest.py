@@ -10,7 +10,7 @@ import redis
 from quotaflow.devstack.process import free_port
 from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
-from tests.services import fresh_database, redis_base
+from tests.services import fresh_database, redis_base, session_broker
 
 E2E_REDIS_DB = 9
 
@@ -24,7 +24,8 @@ def start_stack(tmp: Path, database: str = "qf_test_e2e", redis_db: int = E2E_RE
                        kafka_session_timeout_ms=2000, **settings_over)  # type: ignore[arg-type]
     port = free_port()
     settings = replace(settings, public_url=f"http://127.0.0.1:{port}")
-    stack = DevStack(tmp, settings, admit_port=port, kafka_port=free_port(), admit_workers=1)
+    stack = DevStack(tmp, settings, admit_port=port, kafka_port=free_port(), admit_workers=1,
+                     broker=session_broker())
     try:
         stack.up(explicit_pg=True, explicit_redis=True, progress=lambda _msg: None)
     except BaseException:
@@ -35,8 +36,9 @@ def start_stack(tmp: Path, database: str = "qf_test_e2e", redis_db: int = E2E_RE
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    """The whole pipeline as local processes: Tansu, moto S3, admit under gunicorn and the five
-    consumer steps, on real PostgreSQL and Redis, with the stand-in model."""
+    """The whole pipeline as local processes: Kafka (3 Apache Kafka nodes, or Tansu), moto S3,
+    admit under gunicorn and the five consumer steps, on real PostgreSQL and Redis, with the
+    stand-in model."""
     s = start_stack(tmp_path_factory.mktemp("stack"))
     yield s
     s.down()
