@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import psycopg
 import redis
-from confluent_kafka.admin import AdminClient
 
 from events.status import RequestStatus
+from quotaflow.adapters import kafka
 from quotaflow.chaos.facts import Outcome
 from quotaflow.chaos.load import Loader, event_request, send_until_answered
 from quotaflow.chaos.plan import PROBE_TENANT, Fault
@@ -70,8 +70,7 @@ class Injector:
             return names[0]
         with contextlib.suppress(Exception):  # no metadata now: any running node will do
             topic = self.stack.settings.topic("admitted")
-            admin = AdminClient({"bootstrap.servers": self.stack.settings.kafka_bootstrap,
-                                 "log_level": 0})
+            admin = kafka.admin_client(self.stack.settings, log_level=0)
             leader = admin.list_topics(topic, timeout=5).topics[topic].partitions[0].leader
             if f"kafka-{leader}" in names:
                 return f"kafka-{leader}"
