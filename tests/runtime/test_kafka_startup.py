@@ -117,7 +117,10 @@ def test_sasl_the_broker_does_not_take_ends_start_up_at_once(kafka_bootstrap: st
 def test_tls_against_a_plain_listener_ends_start_up_by_the_deadline(
         kafka_bootstrap: str) -> None:
     line, took = fails(settings_for(kafka_bootstrap, **{"security.protocol": "SSL"}))
-    assert "did not answer within 4 s" in line and "speaks SSL" in line
+    # Apache Kafka closes a TLS handshake on a plain listener at once, and the line says so;
+    # Tansu never answers it, and the line comes at the deadline. Either way it names the fix.
+    assert ("KAFKA_SECURITY_PROTOCOL" in line and "SSL handshake failed" in line) or (
+        "did not answer within 4 s" in line and "speaks SSL" in line), line
     assert took < 4 + 2
 
 
