@@ -35,7 +35,7 @@ class ChaosConfig:
     requests: int = 300
     tenants: int = 4
     concurrency: int = 8
-    faults: tuple[str, ...] = plan.FAULT_KINDS
+    faults: tuple[str, ...] = plan.DEFAULT_KINDS
     faults_per_kind: int = 2
     every_s: float = 3.0
     seed: int = 1
@@ -115,6 +115,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
     stack = _start(cfg, base, say)
     seconds = {"stack start": round(time.monotonic() - began, 1)}
     stop = threading.Event()
+    injector: Injector | None = None
     try:
         settings = stack.settings
         specs = plan.tenants(cfg.tenants)
@@ -129,7 +130,8 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
         loader = Loader(stack.admit_url, keys, settings.model_name)
         watcher = observe.Watcher(settings.postgres_url, stop)
         watcher.start()
-        runner = FaultRunner(faults, Injector(stack), Prober(loader, settings.model_name), stop,
+        injector = Injector(stack)
+        runner = FaultRunner(faults, injector, Prober(loader, settings.model_name), stop,
                              say, final_wait_s=cfg.timeout_s)
         say(f"sending {len(sends)} requests from {cfg.concurrency} threads over "
             f"{duration:.0f} s, {len(faults)} faults ...")
@@ -175,5 +177,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
                       last_recovery, seconds, planned_faults=len(faults))
     finally:
         stop.set()
+        if injector is not None:
+            injector.resume_all()
         say("stopping the stack ...")
         stack.down()

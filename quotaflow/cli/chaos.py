@@ -25,7 +25,10 @@ seeded random times, K faults of each kind asked:
 
   kill    SIGKILL of a random function process (admit, estimate, reserve, infer, settle,
           record)
-  broker  SIGKILL of the Kafka broker
+  broker  SIGKILL of a Kafka broker (on a cluster the node leading the busiest partition)
+  broker-pause
+          SIGSTOP of that broker for a few seconds, then SIGCONT (a cluster's fault: on one
+          broker every send waits it out)
   pg      pg_terminate_backend of every connection of the stack to its database
   redis   FLUSHDB of the stack's Redis index
 
@@ -53,8 +56,8 @@ def register(sub: Any) -> None:
     p.add_argument("--concurrency", type=_positive, default=d.concurrency, metavar="C",
                    help=f"client threads (default {d.concurrency})")
     p.add_argument("--faults", type=_kinds, default=",".join(d.faults), metavar="KINDS",
-                   help="comma-separated fault kinds among kill,broker,pg,redis, or none "
-                   "(default: all four)")
+                   help="comma-separated fault kinds among kill,broker,broker-pause,pg,"
+                   "redis, or none (default: kill,broker,pg,redis)")
     p.add_argument("--faults-per-kind", type=int, default=d.faults_per_kind, metavar="K",
                    help=f"faults of each kind (default {d.faults_per_kind}); the load is "
                    "spread over the time they take")
