@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 import time
+import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -134,6 +136,20 @@ def kafka_hop(settings: Settings, n: int) -> list[float]:
     return out
 
 
+def handler_ms(stack: DevStack) -> dict[str, float]:
+    """Each consumer step's mean time in its handler per batch (its `qf_handler_seconds`):
+    its database and Redis work and its output's produce and flush, not its wait for input."""
+    out: dict[str, float] = {}
+    for step, port in stack.metrics_ports.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        got = {m[0]: float(m[1]) for m in re.findall(
+            r'^qf_handler_seconds_(sum|count)\{step="[a-z]+"\} ([0-9.e+-]+)$', text, re.M)}
+        if got.get("count"):
+            out[step] = round(got["sum"] / got["count"] * 1000, 2)
+    return out
+
+
 def measure(broker: str, base: Settings, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     settings = replace(base, model_source="standin", standin_token_delay_ms=0,
@@ -171,12 +187,13 @@ def measure(broker: str, base: Settings, args: argparse.Namespace) -> dict[str, 
             times["stored to ended"] = [float(str(s)) for (s,) in conn.execute(
                 "SELECT extract(epoch FROM updated_at - created_at) FROM requests "
                 "WHERE status = 'completed' ORDER BY created_at OFFSET 6").fetchall()]
+        handlers = handler_ms(stack)
         hop = kafka_hop(stack.settings, args.hops)
     finally:
         stack.down()
     return {"broker": broker, "describe": "Apache Kafka 3 nodes" if broker == "kafka"
             else "Tansu", "fetch_wait_max_ms": stack.settings.kafka_fetch_wait_max_ms,
-            "linger_ms": stack.settings.kafka_linger_ms,
+            "linger_ms": stack.settings.kafka_linger_ms, "handler_ms": handlers,
             "ms": {name: {"p50": round(pct(v, 50), 2), "p99": round(pct(v, 99), 2)}
                    for name, v in {**times, "kafka hop": hop}.items()}}
 
@@ -202,6 +219,8 @@ def table(results: list[dict[str, Any]], requests: int) -> str:
         lines.append(f"| {r['describe']} | one Kafka hop (produce → poll; fetch.wait.max.ms "
                      f"{r['fetch_wait_max_ms']}, linger.ms {r['linger_ms']}) | | "
                      f"{hop['p50']:.1f} | {hop['p99']:.1f} | {hop['p99'] / hop['p50']:.1f} | | |")
+        lines.append(f"| {r['describe']} | each step's handler a batch, mean ms: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in r["handler_ms"].items()) + " | | | | | | |")
     return "\n".join(lines)
 
 
