@@ -11,7 +11,7 @@ Kafka hop alone (a record produced with the stack's producer settings to a consu
 consumer settings, on the same brokers), p50 and p99.
 
     .venv/bin/python benchmarks/bench_latency.py [--broker kafka|tansu|both] [--requests 60]
-        [--max-tokens 16] [--json FILE]
+        [--max-tokens 16] [--json FILE] [--plot docs/bench/latency-brokers.png]
 
 Each broker gets a stack of its own (database `qf_bench_latency`, Redis db index 14), started
 and stopped in turn. Prints one Markdown table."""
@@ -195,7 +195,34 @@ def measure(broker: str, base: Settings, args: argparse.Namespace) -> dict[str, 
             else "Tansu", "fetch_wait_max_ms": stack.settings.kafka_fetch_wait_max_ms,
             "linger_ms": stack.settings.kafka_linger_ms, "handler_ms": handlers,
             "ms": {name: {"p50": round(pct(v, 50), 2), "p99": round(pct(v, 99), 2)}
-                   for name, v in {**times, "kafka hop": hop}.items()}}
+                   for name, v in {**times, "kafka hop": hop}.items()},
+            "samples_ms": {name: [round(x * 1000, 3) for x in v]
+                           for name, v in {**times, "kafka hop": hop}.items()}}
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """The latency CDFs of the first token and the whole answer, each broker, one figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        for key, style, what in (("first", "-", "first streamed token"),
+                                 ("whole", "--", "whole answer")):
+            xs = sorted(r["samples_ms"][key])
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.plot(xs, ys, style, label=f"{r['describe']}: {what}")
+    for goal in GOALS_MS.values():
+        ax.axvline(goal, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms after the send (log scale; dotted: the 10 and 25 ms goals)")
+    ax.set_ylabel("share of requests")
+    ax.set_title("One request at a time, stand-in model")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def table(results: list[dict[str, Any]], requests: int) -> str:
@@ -232,12 +259,15 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--hops", type=int, default=100)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="draw the CDFs (a PNG) here")
     args = ap.parse_args()
     wanted = ["kafka", "tansu"] if args.broker == "both" else [args.broker]
     base = Settings.from_env()
     results = [measure(brokers.choose(b), base, args) for b in wanted]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot(results, args.plot)
     print(table(results, args.requests))
 
 
