@@ -61,7 +61,12 @@ class Injector:
             return note + (f" (after {waited:.1f} s for every broker to serve)" if waited > 0.5
                            else "")
         if fault.kind == "kill":
-            return self._kill(fault.target)
+            # A step run as several members of its group (`--replicas`): its first running.
+            members = [n for n in self.stack.procs if n.rsplit("-", 1)[0] == fault.target
+                       and n not in (self.stack.kafka.names if self.stack.kafka else [])]
+            running = [n for n in members if self.stack.procs[n].poll() is None]
+            return self._kill(fault.target if fault.target in self.stack.procs
+                              else (running or members or [fault.target])[0])
         if fault.kind == "pg":
             with psycopg.connect(self.stack.settings.postgres_url, autocommit=True,
                                  application_name=OBSERVER, connect_timeout=5) as conn:

@@ -44,6 +44,7 @@ class ChaosConfig:
     database: str = "qf_chaos"
     redis_db: int = 15
     state_dir: Path | None = None
+    replicas: int = 1  # members of each consumer step's group (Apache Kafka only)
 
     def summary(self) -> str:
         """One line naming the run."""
@@ -87,7 +88,8 @@ def _start(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> DevS
     if explicit_redis:
         redis.Redis.from_url(settings.redis_url).flushdb()
     state = cfg.state_dir or Path(tempfile.mkdtemp(prefix="quotaflow-chaos-"))
-    stack = DevStack(state, settings, admit_port=port, kafka_port=free_port())
+    stack = DevStack(state, settings, admit_port=port, kafka_port=free_port(),
+                     replicas=cfg.replicas)
     say(f"starting a local stack in {state} (database {cfg.database}, Redis index "
         f"{cfg.redis_db}) ...")
     try:
@@ -170,6 +172,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
                   "concurrency": cfg.concurrency, "faults": list(cfg.faults),
                   "faults_per_kind": cfg.faults_per_kind, "every_s": cfg.every_s,
                   "seed": cfg.seed, "timeout_s": cfg.timeout_s, "model": cfg.model,
+                  "replicas": cfg.replicas,
                   "dead_at_end": sorted(n for n, p in stack.procs.items()
                                         if p.poll() is not None),
                   "restarts": dict(sorted(getattr(stack, "restarts", {}).items()))}
