@@ -51,7 +51,8 @@ class ChaosConfig:
         faults = ",".join(self.faults) or "none"
         return (f"{self.requests} requests, {self.tenants} tenants, concurrency "
                 f"{self.concurrency}, faults {faults} x{self.faults_per_kind} every ~"
-                f"{self.every_s:g} s, seed {self.seed}, model {self.model}")
+                f"{self.every_s:g} s, seed {self.seed}, model {self.model}"
+                + (f", {self.replicas} members a step" if self.replicas > 1 else ""))
 
 
 def with_path(url: str, path: str) -> str:

@@ -75,6 +75,9 @@ def register(sub: Any) -> None:
                    help=f"PostgreSQL database to (re)create for the run (default {d.database})")
     p.add_argument("--redis-db", type=int, default=d.redis_db,
                    help=f"Redis index the run flushes and uses (default {d.redis_db})")
+    p.add_argument("--replicas", type=_positive, default=d.replicas, metavar="N",
+                   help="members of each consumer step's group (default 1; more needs Apache "
+                   "Kafka); a kill fault kills one member of the step it picks")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="the stack's logs and state (default: a new temporary folder)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",
@@ -118,7 +121,8 @@ def _chaos(args: argparse.Namespace) -> int:
         return 2
     cfg = ChaosConfig(args.requests, args.tenants, args.concurrency, args.faults,
                       args.faults_per_kind, args.every_s, args.seed, args.timeout_s,
-                      args.model, args.database, args.redis_db, args.state_dir)
+                      args.model, args.database, args.redis_db, args.state_dir,
+                      args.replicas)
     _say(cfg.summary())
     try:
         result = run(cfg, Settings.from_env(), _say)
