@@ -19,6 +19,7 @@ from pathlib import Path
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.devstack import brokers as local_kafka
+from quotaflow.devstack import replicas
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
@@ -51,10 +52,7 @@ class DevStack:
     # kafka (Apache Kafka, `brokers` nodes), tansu, or "": Apache Kafka where it runs (brokers.py)
     broker: str = ""
     brokers: int = 3
-    # Members of each consumer step's group (`dev up --replicas`): processes `reserve-1` ...
-    # `reserve-N`; with more than one, the topics get their declared partitions (Apache Kafka
-    # only: the Tansu stack's topics have one partition, so a second member would idle).
-    replicas: int = 1
+    replicas: int = 1  # members of each consumer step's group (`replicas`)
     kafka: local_kafka.LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -135,17 +133,11 @@ class DevStack:
                  self.logs / "redis.log")
         self.settings = replace(self.settings, redis_url=url)
 
-    def step_names(self, step: str) -> list[str]:
-        """The processes of consumer step `step`: `step`, or `step-1` ... `step-N`."""
-        return ([step] if self.replicas <= 1
-                else [f"{step}-{i}" for i in range(1, self.replicas + 1)])
-
     def start_functions(self) -> None:
         # infer's model threads spin between operators unless QF_ORT_SPIN=0 (BENCHMARKS.md).
         env = {**self.settings.as_env(), **self.child_env,
                "PYTHONUNBUFFERED": "1"}
-        loops = {name: ["run", step] for step in CONSUMER_STEPS
-                 for name in self.step_names(step)}
+        loops = {n: ["run", s] for s, n in replicas.members(CONSUMER_STEPS, self.replicas)}
         loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
         for name, command in loops.items():
             self.metrics_ports[name] = free_port()
@@ -184,13 +176,7 @@ class DevStack:
         url = f"http://127.0.0.1:{self.admit_port}/health/readiness"
         wait_for("admit", lambda: http_ok(url), 60, self.procs["admit"],
                  self.logs / "admit.log")
-        for step in CONSUMER_STEPS:
-            for name in self.step_names(step):
-                path = self.logs / f"{name}.log"
-                # Ready once its consumer group handed it partitions, not merely subscribed.
-                wait_for(f"step {name}", lambda p=path, s=step:  # type: ignore[misc]
-                         p.exists() and f"step {s} assigned" in p.read_text(errors="replace"),
-                         timeout_s, self.procs[name], path)
+        replicas.wait_assigned(self.logs, self.procs, self.replicas, timeout_s)
 
     def up(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]) -> None:
         try:
@@ -203,11 +189,7 @@ class DevStack:
                ) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.start_kafka(progress)
-        if self.replicas > 1:
-            if self.kafka is None or self.kafka.kind != "kafka":
-                raise DevStackError("--replicas needs Apache Kafka (--broker kafka): the Tansu "
-                                    "stack's topics have one partition each")
-            self.partitions = 0  # the declared counts (kafka/topics.yaml)
+        self.partitions = replicas.partitions(self.kafka, self.replicas, self.partitions)
         progress("checking PostgreSQL and Redis ...")
         self.ensure_postgres(explicit_pg)
         self.ensure_redis(explicit_redis)
