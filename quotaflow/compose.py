@@ -164,9 +164,10 @@ def connect_door(settings: Settings) -> DoorPorts:
     connections = ThreadConnections(settings.postgres_url, settings.db_connect_timeout_s,
                                     settings.db_statement_timeout_ms)
     client = redis_client(settings)
-    # A broker that does not confirm within a few seconds is a 503 the client can retry, well
-    # before a client's own timeout.
-    publisher = KafkaPublisher.from_settings(settings, timeout_s=3.0)
+    # A broker that does not confirm within a leader's failover is a 503 the client can retry,
+    # before a client's own timeout (Settings.kafka_publish_timeout_ms says why 8 s).
+    publisher = KafkaPublisher.from_settings(settings,
+                                             timeout_s=settings.kafka_publish_timeout_ms / 1000)
     return DoorPorts(
         tenants=ThreadTenants(connections), gate=GroupScreenGate(RedisAdmissionGate(client)),
         balances=RedisProjection(client),

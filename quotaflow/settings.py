@@ -59,6 +59,11 @@ class Settings:
     # How long a producer holds a message to send it with others (admit's requests share
     # produce requests this way; a step flushes its batch at once).
     kafka_linger_ms: int = 2
+    # How long admit waits for the brokers to confirm a request's event before answering 503:
+    # longer than a partition leader's failover (a node killed is fenced after the brokers'
+    # session timeout, 3 s on the local cluster, then a new leader is elected; a follower
+    # paused holds acks=all until then), so one broker down is a slower 202, not a 503.
+    kafka_publish_timeout_ms: int = 8000
     max_body_bytes: int = 64 * 1024
     max_prompt_chars: int = 32_000
     max_tokens_limit: int = 512
@@ -182,6 +187,7 @@ ENV_NAMES: dict[str, str] = {
     "kafka_fetch_wait_max_ms": "QF_KAFKA_FETCH_WAIT_MAX_MS",
     "kafka_linger_ms": "QF_KAFKA_LINGER_MS",
     "kafka_startup_timeout_s": "QF_KAFKA_STARTUP_TIMEOUT_S",
+    "kafka_publish_timeout_ms": "QF_KAFKA_PUBLISH_TIMEOUT_MS",
     "max_body_bytes": "QF_MAX_BODY_BYTES",
     "max_prompt_chars": "QF_MAX_PROMPT_CHARS",
     "max_tokens_limit": "QF_MAX_TOKENS_LIMIT",

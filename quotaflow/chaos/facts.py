@@ -21,6 +21,7 @@ class Outcome:
     detail: str = ""
     original: int | None = None
     bad: str = ""
+    retried: int = 0  # answers before the last that were none or 5xx (the client sent again)
 
 
 @dataclass(frozen=True)

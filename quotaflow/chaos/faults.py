@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -24,6 +26,12 @@ from quotaflow.devstack.stack import DevStack
 
 # The harness's own PostgreSQL connections: a `pg` fault spares them.
 OBSERVER = "quotaflow-chaos"
+# How long a `broker-pause` holds its node stopped: longer than a produce's round trip, shorter
+# than the brokers' session timeout (3 s on the local cluster fences a node; 2.5 s is a GC pause
+# or a frozen VM that comes back, not a node lost).
+PAUSE_S = 2.5
+# How long a broker fault waits for every node to serve again first: one down at a time.
+ALL_UP_WITHIN_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -43,11 +51,23 @@ class Injector:
 
     def __init__(self, stack: DevStack) -> None:
         self.stack = stack
+        self._paused: dict[str, threading.Timer] = {}
 
     def inject(self, fault: Fault) -> str:
         """Inject `fault` now; returns what was done."""
-        if fault.kind in ("kill", "broker"):
-            return self._kill(fault.target if fault.kind == "kill" else self.broker_target())
+        if fault.kind in ("broker", "broker-pause"):
+            waited = self.await_brokers()
+            target = self.broker_target()
+            note = (self._kill(target) if fault.kind == "broker" else self._pause(target))
+            return note + (f" (after {waited:.1f} s for every broker to serve)" if waited > 0.5
+                           else "")
+        if fault.kind == "kill":
+            # A step run as several members of its group (`--replicas`): its first running.
+            members = [n for n in self.stack.procs if n.rsplit("-", 1)[0] == fault.target
+                       and n not in (self.stack.kafka.names if self.stack.kafka else [])]
+            running = [n for n in members if self.stack.procs[n].poll() is None]
+            return self._kill(fault.target if fault.target in self.stack.procs
+                              else (running or members or [fault.target])[0])
         if fault.kind == "pg":
             with psycopg.connect(self.stack.settings.postgres_url, autocommit=True,
                                  application_name=OBSERVER, connect_timeout=5) as conn:
@@ -75,6 +95,42 @@ class Injector:
             if f"kafka-{leader}" in names:
                 return f"kafka-{leader}"
         return next((n for n in names if self.stack.procs[n].poll() is None), names[0])
+
+    def await_brokers(self) -> float:
+        """Wait (at most ALL_UP_WITHIN_S) until every node of a cluster runs and serves, so a
+        broker fault never finds one still down from the last; returns the seconds waited."""
+        cluster = self.stack.kafka.cluster if self.stack.kafka else None
+        began = time.monotonic()
+        while cluster is not None and time.monotonic() - began < ALL_UP_WITHIN_S:
+            if all(n.proc is not None and n.proc.poll() is None and n.name not in self._paused
+                   and cluster.serving(n) for n in cluster.nodes):
+                break
+            time.sleep(0.2)
+        return time.monotonic() - began
+
+    def _pause(self, name: str) -> str:
+        proc = self.stack.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return f"{name} was already down"
+        os.killpg(proc.pid, signal.SIGSTOP)
+        timer = threading.Timer(PAUSE_S, self._resume, args=(name,))
+        timer.daemon = True
+        self._paused[name] = timer
+        timer.start()
+        return f"SIGSTOP {name} (pid {proc.pid}) for {PAUSE_S:g} s, then SIGCONT"
+
+    def _resume(self, name: str) -> None:
+        proc = self.stack.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)
+        self._paused.pop(name, None)
+
+    def resume_all(self) -> None:
+        """SIGCONT every node still paused (the run ends or is interrupted)."""
+        for name, timer in list(self._paused.items()):
+            timer.cancel()
+            self._resume(name)
 
     def _kill(self, name: str) -> str:
         proc = self.stack.procs.get(name)
@@ -120,7 +176,7 @@ class Prober:
             req = event_request(key, "/chaos/probe", f"probe-{self.sent}",
                                 {"model": self.model, "prompt": "probe", "max_tokens": 4})
             budget_s = max(0.5, deadline - time.monotonic())
-            status, body = send_until_answered(self.loader.base_url, req, budget_s)
+            status, body, _ = send_until_answered(self.loader.base_url, req, budget_s)
             if (status is None and budget_s < ANSWER_WITHIN_S) or status == 503:
                 # Not recovered yet: a 503 is the door's right answer while a service is down,
                 # and a probe cut short by the next fault before the door's own time to answer

@@ -35,7 +35,7 @@ class ChaosConfig:
     requests: int = 300
     tenants: int = 4
     concurrency: int = 8
-    faults: tuple[str, ...] = plan.FAULT_KINDS
+    faults: tuple[str, ...] = plan.DEFAULT_KINDS
     faults_per_kind: int = 2
     every_s: float = 3.0
     seed: int = 1
@@ -44,13 +44,15 @@ class ChaosConfig:
     database: str = "qf_chaos"
     redis_db: int = 15
     state_dir: Path | None = None
+    replicas: int = 1  # members of each consumer step's group (Apache Kafka only)
 
     def summary(self) -> str:
         """One line naming the run."""
         faults = ",".join(self.faults) or "none"
         return (f"{self.requests} requests, {self.tenants} tenants, concurrency "
                 f"{self.concurrency}, faults {faults} x{self.faults_per_kind} every ~"
-                f"{self.every_s:g} s, seed {self.seed}, model {self.model}")
+                f"{self.every_s:g} s, seed {self.seed}, model {self.model}"
+                + (f", {self.replicas} members a step" if self.replicas > 1 else ""))
 
 
 def with_path(url: str, path: str) -> str:
@@ -87,7 +89,8 @@ def _start(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> DevS
     if explicit_redis:
         redis.Redis.from_url(settings.redis_url).flushdb()
     state = cfg.state_dir or Path(tempfile.mkdtemp(prefix="quotaflow-chaos-"))
-    stack = DevStack(state, settings, admit_port=port, kafka_port=free_port())
+    stack = DevStack(state, settings, admit_port=port, kafka_port=free_port(),
+                     replicas=cfg.replicas)
     say(f"starting a local stack in {state} (database {cfg.database}, Redis index "
         f"{cfg.redis_db}) ...")
     try:
@@ -115,6 +118,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
     stack = _start(cfg, base, say)
     seconds = {"stack start": round(time.monotonic() - began, 1)}
     stop = threading.Event()
+    injector: Injector | None = None
     try:
         settings = stack.settings
         specs = plan.tenants(cfg.tenants)
@@ -129,7 +133,8 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
         loader = Loader(stack.admit_url, keys, settings.model_name)
         watcher = observe.Watcher(settings.postgres_url, stop)
         watcher.start()
-        runner = FaultRunner(faults, Injector(stack), Prober(loader, settings.model_name), stop,
+        injector = Injector(stack)
+        runner = FaultRunner(faults, injector, Prober(loader, settings.model_name), stop,
                              say, final_wait_s=cfg.timeout_s)
         say(f"sending {len(sends)} requests from {cfg.concurrency} threads over "
             f"{duration:.0f} s, {len(faults)} faults ...")
@@ -168,6 +173,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
                   "concurrency": cfg.concurrency, "faults": list(cfg.faults),
                   "faults_per_kind": cfg.faults_per_kind, "every_s": cfg.every_s,
                   "seed": cfg.seed, "timeout_s": cfg.timeout_s, "model": cfg.model,
+                  "replicas": cfg.replicas,
                   "dead_at_end": sorted(n for n, p in stack.procs.items()
                                         if p.poll() is not None),
                   "restarts": dict(sorted(getattr(stack, "restarts", {}).items()))}
@@ -175,5 +181,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
                       last_recovery, seconds, planned_faults=len(faults))
     finally:
         stop.set()
+        if injector is not None:
+            injector.resume_all()
         say("stopping the stack ...")
         stack.down()

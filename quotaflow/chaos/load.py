@@ -102,16 +102,19 @@ def post(base_url: str, req: Request, timeout_s: float = 10
 
 
 def send_until_answered(base_url: str, req: Request, budget_s: float
-                        ) -> tuple[int | None, dict[str, Any]]:
-    """POST the same request again after no answer or a 5xx, until answered or `budget_s`."""
+                        ) -> tuple[int | None, dict[str, Any], int]:
+    """POST the same request again after no answer or a 5xx, until answered or `budget_s`;
+    returns the last answer and how many before it were none or 5xx."""
     deadline = time.monotonic() + budget_s
     pause = 0.1
+    retried = 0
     while True:
         status, body, retry = post(base_url, req, timeout_s=max(1.0, min(10.0, budget_s)))
         if status is not None and status < 500:
-            return status, body
+            return status, body, retried
         if time.monotonic() + pause > deadline:
-            return status, body
+            return status, body, retried
+        retried += 1
         time.sleep(min(retry or pause, 1.0))
         pause = min(pause * 2, 1.0)
 
@@ -160,9 +163,9 @@ class Loader:
                           s.original, s.bad)
             self.record(out)
             return out
-        status, body = send_until_answered(self.base_url, req, budget)
+        status, body, retried = send_until_answered(self.base_url, req, budget)
         out = Outcome(s.index, s.kind, status, body.get("request_id"),
-                      str(body.get("detail", ""))[:160], s.original, s.bad)
+                      str(body.get("detail", ""))[:160], s.original, s.bad, retried)
         self.record(out)
         return out
 

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FUNCTIONS = ("admit", "estimate", "reserve", "infer", "settle", "record")
-FAULT_KINDS = ("kill", "broker", "pg", "redis")
+FAULT_KINDS = ("kill", "broker", "broker-pause", "pg", "redis")
+# A run's kinds unless told: a broker pause is for a cluster (one node of three paused; on one
+# broker every send would wait it out).
+DEFAULT_KINDS = ("kill", "broker", "pg", "redis")
 # Inputs the door must answer 4xx (`load.bad_request` builds each).
 BAD_INPUTS = ("invalid-json", "deep-json", "nul-in-id", "nul-in-source", "lone-surrogate",
               "nul-in-prompt", "unknown-key", "missing-id", "max-tokens-zero",
@@ -111,7 +114,8 @@ def faults(kinds: list[str], per_kind: int, every_s: float, seed: int) -> list[F
 
 
 def parse_kinds(text: str) -> list[str]:
-    """`kill,broker,pg,redis` (any subset, or `none`) as a list; ValueError names a bad one."""
+    """`kill,broker,broker-pause,pg,redis` (any subset, or `none`) as a list; ValueError
+    names a bad one."""
     if text.strip() in ("", "none"):
         return []
     kinds = [k.strip() for k in text.split(",") if k.strip()]

@@ -50,6 +50,9 @@ def load_counts(outcomes: list[Outcome]) -> dict[str, int]:
             "refused at the door (4xx)": sum(o.status is not None and 400 <= o.status < 500
                                              for o in sent),
             "unanswered": sum(o.status is None or o.status >= 500 for o in sent),
+            "left at 503": sum(o.status == 503 for o in sent),
+            "answered after a retry": sum(o.retried > 0 and o.status is not None
+                                          and o.status < 500 for o in sent),
             "probes": len(outcomes) - len(sent)}
 
 
@@ -95,7 +98,11 @@ def table(result: Result) -> str:
         ("accepted (202)", f"{load['accepted (202)']} answers, "
                            f"{load['requests accepted']} requests"),
         ("refused at the door (4xx)", load["refused at the door (4xx)"]),
-        ("unanswered (no answer or 5xx after retries)", load["unanswered"]),
+        ("unanswered (no answer or 5xx after retries; each a door finding)",
+         load["unanswered"]),
+        ("  of which still 503 after the client's retries", load["left at 503"]),
+        ("answered 202 or 4xx only after a 5xx or no answer (the client sent again)",
+         load["answered after a retry"]),
         ("final statuses", ", ".join(f"{s} {n}" for s, n in
                                      final_statuses(result.snapshot).items())),
         ("**lost** (accepted, not ended)", v["lost"]),

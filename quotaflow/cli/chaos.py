@@ -25,7 +25,10 @@ seeded random times, K faults of each kind asked:
 
   kill    SIGKILL of a random function process (admit, estimate, reserve, infer, settle,
           record)
-  broker  SIGKILL of the Kafka broker
+  broker  SIGKILL of a Kafka broker (on a cluster the node leading the busiest partition)
+  broker-pause
+          SIGSTOP of that broker for a few seconds, then SIGCONT (a cluster's fault: on one
+          broker every send waits it out)
   pg      pg_terminate_backend of every connection of the stack to its database
   redis   FLUSHDB of the stack's Redis index
 
@@ -53,8 +56,8 @@ def register(sub: Any) -> None:
     p.add_argument("--concurrency", type=_positive, default=d.concurrency, metavar="C",
                    help=f"client threads (default {d.concurrency})")
     p.add_argument("--faults", type=_kinds, default=",".join(d.faults), metavar="KINDS",
-                   help="comma-separated fault kinds among kill,broker,pg,redis, or none "
-                   "(default: all four)")
+                   help="comma-separated fault kinds among kill,broker,broker-pause,pg,"
+                   "redis, or none (default: kill,broker,pg,redis)")
     p.add_argument("--faults-per-kind", type=int, default=d.faults_per_kind, metavar="K",
                    help=f"faults of each kind (default {d.faults_per_kind}); the load is "
                    "spread over the time they take")
@@ -72,6 +75,9 @@ def register(sub: Any) -> None:
                    help=f"PostgreSQL database to (re)create for the run (default {d.database})")
     p.add_argument("--redis-db", type=int, default=d.redis_db,
                    help=f"Redis index the run flushes and uses (default {d.redis_db})")
+    p.add_argument("--replicas", type=_positive, default=d.replicas, metavar="N",
+                   help="members of each consumer step's group (default 1; more needs Apache "
+                   "Kafka); a kill fault kills one member of the step it picks")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="the stack's logs and state (default: a new temporary folder)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",
@@ -115,7 +121,8 @@ def _chaos(args: argparse.Namespace) -> int:
         return 2
     cfg = ChaosConfig(args.requests, args.tenants, args.concurrency, args.faults,
                       args.faults_per_kind, args.every_s, args.seed, args.timeout_s,
-                      args.model, args.database, args.redis_db, args.state_dir)
+                      args.model, args.database, args.redis_db, args.state_dir,
+                      args.replicas)
     _say(cfg.summary())
     try:
         result = run(cfg, Settings.from_env(), _say)

@@ -68,6 +68,10 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
                    "elsewhere; keeps nothing across a restart)")
     p.add_argument("--brokers", type=int, default=3,
                    help="Apache Kafka nodes (default 3: replication 3, min ISR 2; 1: one)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="members of each consumer step's group (default 1; more: processes "
+                   "reserve-1 ... reserve-N, topics with their declared partitions; needs "
+                   "--broker kafka)")
     p.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"),
                    help="logs and state (default .quotaflow/dev)")
     p.add_argument("--model", default="built",
@@ -103,9 +107,11 @@ def _start(args: argparse.Namespace) -> DevStack:
     settings = replace(settings, public_url=f"http://127.0.0.1:{args.port}")
     if args.brokers < 1:
         raise DevStackError("--brokers must be 1 or more")
+    if args.replicas < 1:
+        raise DevStackError("--replicas must be 1 or more")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
                      admit_access_log=args.access_log, broker=args.broker or "",
-                     brokers=args.brokers)
+                     brokers=args.brokers, replicas=args.replicas)
     stack.up(explicit_pg="POSTGRES_URL" in os.environ,
              explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
@@ -156,7 +162,8 @@ def _up(args: argparse.Namespace) -> int:
 def _up_detached(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "quotaflow", "dev", "up", "--port", str(args.port),
             "--kafka-port", str(args.kafka_port), "--state-dir", str(args.state_dir),
-            "--model", args.model, "--brokers", str(args.brokers)]
+            "--model", args.model, "--brokers", str(args.brokers),
+            "--replicas", str(args.replicas)]
     if args.broker:
         argv += ["--broker", args.broker]
     return control.start_detached(argv, args.state_dir, _say)

@@ -19,6 +19,7 @@ from pathlib import Path
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.devstack import brokers as local_kafka
+from quotaflow.devstack import replicas
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
@@ -51,6 +52,7 @@ class DevStack:
     # kafka (Apache Kafka, `brokers` nodes), tansu, or "": Apache Kafka where it runs (brokers.py)
     broker: str = ""
     brokers: int = 3
+    replicas: int = 1  # members of each consumer step's group (`replicas`)
     kafka: local_kafka.LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -135,7 +137,7 @@ class DevStack:
         # infer's model threads spin between operators unless QF_ORT_SPIN=0 (BENCHMARKS.md).
         env = {**self.settings.as_env(), **self.child_env,
                "PYTHONUNBUFFERED": "1"}
-        loops = {step: ["run", step] for step in CONSUMER_STEPS}
+        loops = {n: ["run", s] for s, n in replicas.members(CONSUMER_STEPS, self.replicas)}
         loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
         for name, command in loops.items():
             self.metrics_ports[name] = free_port()
@@ -174,12 +176,7 @@ class DevStack:
         url = f"http://127.0.0.1:{self.admit_port}/health/readiness"
         wait_for("admit", lambda: http_ok(url), 60, self.procs["admit"],
                  self.logs / "admit.log")
-        for step in CONSUMER_STEPS:
-            path = self.logs / f"{step}.log"
-            # Ready once its consumer group handed it partitions, not merely subscribed.
-            wait_for(f"step {step}", lambda p=path, s=step:  # type: ignore[misc]
-                     p.exists() and f"step {s} assigned" in p.read_text(errors="replace"),
-                     timeout_s, self.procs[step], path)
+        replicas.wait_assigned(self.logs, self.procs, self.replicas, timeout_s)
 
     def up(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]) -> None:
         try:
@@ -192,6 +189,7 @@ class DevStack:
                ) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.start_kafka(progress)
+        self.partitions = replicas.partitions(self.kafka, self.replicas, self.partitions)
         progress("checking PostgreSQL and Redis ...")
         self.ensure_postgres(explicit_pg)
         self.ensure_redis(explicit_redis)

@@ -66,6 +66,8 @@ def test_small_grant_tenants_exist_and_fault_kinds_are_checked() -> None:
                                                    plan.SMALL_GRANT]
     assert plan.parse_kinds("pg,redis,pg") == ["pg", "redis"]
     assert plan.parse_kinds("none") == []
+    assert plan.parse_kinds("broker,broker-pause") == ["broker", "broker-pause"]
+    assert "broker-pause" not in plan.DEFAULT_KINDS  # a cluster's fault, asked for by name
     with pytest.raises(ValueError, match="disk"):
         plan.parse_kinds("pg,disk")
 
