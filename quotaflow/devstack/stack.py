@@ -48,7 +48,12 @@ class DevStack:
     s3_port: int = 0
     admit_workers: int = 2
     admit_access_log: bool = False
-    partitions: int = 1  # a topic: one consumer a step can use no more (README, Kafka)
+    # One consumer runs each step here (unless `replicas`), so a topic's partitions beyond the
+    # first only cost: the local broker reads every partition of a consumer's topics on each
+    # fetch, idle or not (BENCHMARKS.md, "One partition a topic on the local stack"). With
+    # several members a step, the declared counts (`replicas.partitions`); a cluster gets
+    # kafka/topics.yaml's counts (`quotaflow topics create`, the Strimzi resources).
+    partitions: int = 1
     # kafka (Apache Kafka, `brokers` nodes), tansu, or "": Apache Kafka where it runs (brokers.py)
     broker: str = ""
     brokers: int = 3
@@ -134,7 +139,8 @@ class DevStack:
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
-        # infer's model threads spin between operators unless QF_ORT_SPIN=0 (BENCHMARKS.md).
+        # infer's model threads spin between operators unless QF_ORT_SPIN=0: 8-10 % more
+        # tokens/s through the local pipeline, in six alternating pairs (BENCHMARKS.md).
         env = {**self.settings.as_env(), **self.child_env,
                "PYTHONUNBUFFERED": "1"}
         loops = {n: ["run", s] for s, n in replicas.members(CONSUMER_STEPS, self.replicas)}

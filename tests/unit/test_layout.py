@@ -110,5 +110,8 @@ def test_no_module_imports_itself_back_through_others() -> None:
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_module_stays_readable_in_size(module: str) -> None:
-    lines = len(MODULES[module].read_text().splitlines())
+    # Comment lines do not count: a why-comment is worth more than the line it costs, and none
+    # should be deleted to keep a module under the limit.
+    lines = sum(1 for line in MODULES[module].read_text().splitlines()
+                if not line.lstrip().startswith("#"))
     assert lines <= MAX_MODULE_LINES, f"{MODULES[module].relative_to(REPO)}: {lines} lines"
