@@ -6,9 +6,16 @@ both accept through here."""
 from __future__ import annotations
 
 from events.envelope import Envelope
-from functions.admit.handler import Admission, AdmitPorts, ClientRequest, admit
+from functions.admit.handler import (
+    Admission,
+    AdmitPorts,
+    ClientRequest,
+    IdempotencyConflict,
+    admit,
+)
 from quotaflow.ports import Principal, PublishTimeout
 from quotaflow.runtime import metrics
+from quotaflow.runtime.door.fair_share import FairShare
 from quotaflow.runtime.door.limits import AdmissionLimits
 from quotaflow.runtime.door.ports import DoorPorts
 
@@ -24,8 +31,9 @@ class Unpublished(PublishTimeout):
 class Acceptor:
     """Accepts requests over the door's ports."""
 
-    def __init__(self, ports: DoorPorts) -> None:
+    def __init__(self, ports: DoorPorts, share: FairShare | None = None) -> None:
         self.ports = ports
+        self.share = share  # counts resends and 409s, which the rate limit does not
         self.limits = AdmissionLimits(ports.gate, ports.clock)
         self.admit_ports = AdmitPorts(ports.requests, ports.clock)
 
@@ -34,11 +42,21 @@ class Acceptor:
         """Durably accept `request` (a new one within its limits, or a resend) and publish
         it; raises the refusal, `IdempotencyConflict`, or `Unpublished` (the request is
         stored, so the reconciler re-drives it and a resend is answered as the same)."""
-        admission = admit(principal, request, self.admit_ports,
-                          self.limits.screener(principal, needs_tokens))
+        try:
+            admission = admit(principal, request, self.admit_ports,
+                              self.limits.screener(principal, needs_tokens))
+        except IdempotencyConflict:
+            self._count(principal, "reused id")
+            raise
+        if not admission.created:
+            self._count(principal, "resend")
         try:
             self.ports.publisher.publish([Envelope.of(p, "admit") for p in admission.admitted])
         except PublishTimeout as exc:
             raise Unpublished(admission.request_id) from exc
         metrics.ADMIT_RESPONSES.labels("202").inc()
         return admission
+
+    def _count(self, principal: Principal, what: str) -> None:
+        if self.share is not None:
+            self.share.count(principal.key_id, what)

@@ -21,6 +21,7 @@ from quotaflow.ports import Principal, PublishTimeout, RequestView
 from quotaflow.runtime.asgi_bridge import DISCONNECTED
 from quotaflow.runtime.door.accept import Unpublished
 from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.fair_share import FairShare
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import (
     SERVER,
@@ -64,10 +65,12 @@ def prompt_param(call: Call) -> str:
 
 
 def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
-              timing: Timing | None = None) -> Blueprint:
+              timing: Timing | None = None, share: FairShare | None = None) -> Blueprint:
     """The routes over the door's ports, settings and authenticator; a backing service down
-    (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500."""
-    door = OpenAIDoor(ports, timing or Timing(total_s=door_wait_s(settings)))
+    (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500. Each call
+    waiting for its answer, streamed or not, holds one of its key's waits (`share`)."""
+    share = share or FairShare(settings.waits_per_key, settings.reads_per_s_per_key)
+    door = OpenAIDoor(ports, timing or Timing(total_s=door_wait_s(settings)), share)
     limits = Limits(settings.model_name, settings.max_tokens_limit, settings.max_prompt_chars)
     max_body = settings.max_body_bytes
     bp = Blueprint("openai", __name__)
@@ -124,6 +127,19 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
         # is a new request, so a stored request answered 5xx is voided: never billed. With
         # one, the retry is this same request and gets its answer, billed once.
         keyed = bool(request.headers.get("Idempotency-Key"))
+        slot = share.hold(who.key_id)  # before anything is stored: a 429 costs nothing
+        try:
+            resp = answered(who, call, keyed)
+        except BaseException:
+            slot.release()
+            raise
+        if call.stream:  # a stream holds its thread, and its wait, until its body closes
+            resp.call_on_close(slot.release)
+        else:
+            slot.release()
+        return resp
+
+    def answered(who: Principal, call: Call, keyed: bool) -> Response:
         try:
             request_id = door.submit(who, call, request.headers.get("Idempotency-Key"))
         except Unpublished as exc:

@@ -18,6 +18,7 @@ from datetime import UTC
 from events.status import LedgerReason, RequestStatus
 from quotaflow.ports import CONTEXT_LENGTH_EXCEEDED, Principal, RequestView
 from quotaflow.runtime.door.accept import Acceptor
+from quotaflow.runtime.door.fair_share import FairShare
 from quotaflow.runtime.door.limits import seconds_to_next_period
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import (
@@ -60,9 +61,10 @@ def idempotency_id(header: str | None) -> str:
 class OpenAIDoor:
     """Submits calls and answers them over the door's ports."""
 
-    def __init__(self, ports: DoorPorts, timing: Timing | None = None) -> None:
+    def __init__(self, ports: DoorPorts, timing: Timing | None = None,
+                 share: FairShare | None = None) -> None:
         self.ports = ports
-        self.acceptor = Acceptor(ports)
+        self.acceptor = Acceptor(ports, share)
         self.timing = timing or Timing()
         self.voider = Voider(ports.ledger, ports.requests, ports.stream)
 
