@@ -27,10 +27,7 @@ TOKEN_DELAY_MS = 5
 @pytest.fixture(scope="session")
 def openai_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     s = start_stack(tmp_path_factory.mktemp("openai"), database="qf_test_openai_door",
-                    redis_db=15, standin_token_delay_ms=TOKEN_DELAY_MS,
-                    # 50 concurrent streams from one key: more than fair share lets one key
-                    # hold by default (tests/hostile/test_fair_share.py proves the cap).
-                    waits_per_key=64)
+                    redis_db=15, standin_token_delay_ms=TOKEN_DELAY_MS)
     yield s
     s.down()
 
