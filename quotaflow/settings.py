@@ -86,7 +86,7 @@ class Settings:
     # then fail; past it, a key not seen valid is answered 429 (door/auth.py).
     auth_failures_per_s: int = 10
     auth_failures_per_s_total: int = 200  # the same for all clients of one admit process
-    waits_per_key: int = 4  # waits and streams one key may hold at once, per admit process
+    waits_per_key: int = 8  # waits and streams one key may hold at once, per admit process
     reads_per_s_per_key: int = 100  # GETs, resends and 409s a second, per key and admit process
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For names the client (client_address.py)
     # The most requests infer decodes at once (continuous batching: each joins the running
