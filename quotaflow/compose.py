@@ -174,7 +174,7 @@ def connect_door(settings: Settings) -> DoorPorts:
         requests=GroupCommitRequestStore(PostgresRequestStore(connections.get)),
         publisher=publisher, clock=PostgresClock(connections.get),
         resources=DoorHeld(connections, client, publisher), stream=RedisTokenStream(client),
-        usage=PostgresUsageStore(connections.get))
+        usage=PostgresUsageStore(connections.get), ledger=PostgresLedger(connections.get))
 
 
 # -- the command line and the chaos harness -----------------------------------------------

@@ -86,6 +86,8 @@ class Settings:
     # then fail; past it, a key not seen valid is answered 429 (door/auth.py).
     auth_failures_per_s: int = 10
     auth_failures_per_s_total: int = 200  # the same for all clients of one admit process
+    waits_per_key: int = 8  # waits and streams one key may hold at once, per admit process
+    reads_per_s_per_key: int = 100  # GETs, resends and 409s a second, per key and admit process
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For names the client (client_address.py)
     # The most requests infer decodes at once (continuous batching: each joins the running
     # batch when it arrives and leaves it when it ends).
@@ -142,6 +144,8 @@ class Settings:
         if self.auth_failures_per_s < 1:
             raise SettingsError("QF_AUTH_FAILURES_PER_S must be at least 1 (0 would refuse "
                                 "every key this process has not yet seen valid)")
+        if self.waits_per_key < 1 or self.reads_per_s_per_key < 1:
+            raise SettingsError("QF_WAITS_PER_KEY and QF_READS_PER_S_PER_KEY must be at least 1")
         try:
             networks(self.trusted_proxies)
         except ValueError as exc:
@@ -203,6 +207,8 @@ ENV_NAMES: dict[str, str] = {
     "auth_cache_ms": "QF_AUTH_CACHE_MS",
     "auth_failures_per_s": "QF_AUTH_FAILURES_PER_S",
     "auth_failures_per_s_total": "QF_AUTH_FAILURES_PER_S_TOTAL",
+    "waits_per_key": "QF_WAITS_PER_KEY",
+    "reads_per_s_per_key": "QF_READS_PER_S_PER_KEY",
     "trusted_proxies": "QF_TRUSTED_PROXIES",
     "batch_max": "QF_BATCH_MAX",
     "batch_wait_ms": "QF_BATCH_WAIT_MS",

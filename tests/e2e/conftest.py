@@ -17,6 +17,10 @@ E2E_REDIS_DB = 9
 
 def start_stack(tmp: Path, database: str = "qf_test_e2e", redis_db: int = E2E_REDIS_DB,
                 **settings_over: object) -> DevStack:
+    # The suites on a stack drive one key hard on purpose (50 concurrent streams, status polls
+    # in a tight loop): fair share's per-key caps are proven in tests/hostile, not here.
+    settings_over.setdefault("waits_per_key", 64)
+    settings_over.setdefault("reads_per_s_per_key", 10_000)
     url = fresh_database(database)
     redis_url = f"{redis_base()}/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()

@@ -75,7 +75,7 @@ class World:
         """The door's ports, as `quotaflow.compose.connect_door` opens them."""
         return DoorPorts(self.tenants, self.gate, self.projection, self.requests,
                          publisher or self.publisher, self.clock, stream=self.stream,
-                         usage=usage)
+                         usage=usage, ledger=self.ledger)
 
     def queue(self, *payloads: Admitted) -> None:
         """Store each request as admit does: `queued`, with its data and admission time."""

@@ -19,7 +19,7 @@ from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
 from quotaflow.runtime.client_address import TrustedProxies, networks
 from quotaflow.runtime.door import cloudevents_api, request_events, usage_page
-from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.fair_share import FairShare, ReadCounting
 from quotaflow.runtime.door.openai_api import routes as openai_api
 from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.faults import is_infrastructure
@@ -36,17 +36,19 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
         from quotaflow.compose import connect_door
 
         ports = connect_door(settings)
-    auth = Authenticator(ports.tenants, settings.auth_cache_ms / 1000,
-                         settings.auth_failures_per_s,
-                         failures_per_s_total=settings.auth_failures_per_s_total)
+    share = FairShare(settings.waits_per_key, settings.reads_per_s_per_key)
+    auth = ReadCounting(share, ports.tenants, settings.auth_cache_ms / 1000,
+                        settings.auth_failures_per_s,
+                        failures_per_s_total=settings.auth_failures_per_s_total)
     app = Flask("quotaflow.admit")
     app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
         app.wsgi_app, networks(settings.trusted_proxies))
-    app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources}
+    app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources,
+                                   "share": share}
     add_health_routes(app, ports.resources.ready, settings)
-    app.register_blueprint(cloudevents_api.blueprint(ports, settings, auth))
-    app.register_blueprint(request_events.events_blueprint(ports, settings, auth))
-    app.register_blueprint(openai_api.blueprint(ports, settings, auth))
+    app.register_blueprint(cloudevents_api.blueprint(ports, settings, auth, share))
+    app.register_blueprint(request_events.events_blueprint(ports, settings, auth, share))
+    app.register_blueprint(openai_api.blueprint(ports, settings, auth, share=share))
     app.register_blueprint(usage_page.blueprint(ports, settings, auth))
 
     @app.errorhandler(Problem)

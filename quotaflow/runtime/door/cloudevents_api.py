@@ -16,6 +16,7 @@ from flask import Blueprint, Response, jsonify, request
 from quotaflow.runtime.door import views
 from quotaflow.runtime.door.accept import Acceptor
 from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.fair_share import FairShare
 from quotaflow.runtime.door.parse import Limits, parse
 from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.problem import Problem
@@ -36,9 +37,11 @@ def bad_request_id(text: str) -> Problem:
                    parameter="request_id")
 
 
-def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator) -> Blueprint:
-    """The routes over the door's ports, settings and authenticator."""
-    acceptor = Acceptor(ports)
+def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
+              share: FairShare | None = None) -> Blueprint:
+    """The routes over the door's ports, settings and authenticator (`share` counts resends
+    and 409s per key)."""
+    acceptor = Acceptor(ports, share)
     limits = acceptor.limits
     parse_limits = Limits(settings.model_name, settings.max_tokens_limit,
                           settings.max_prompt_chars)

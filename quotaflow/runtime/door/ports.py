@@ -9,6 +9,7 @@ from quotaflow.analytics.store import UsageReader
 from quotaflow.ports import (
     AdmissionGate,
     Clock,
+    Ledger,
     Publisher,
     RequestStore,
     TenantDirectory,
@@ -34,3 +35,6 @@ class DoorPorts:
     stream: TokenStream | None = None
     # The usage roll-ups `GET /v1/usage` reads; None: the door does not serve that route.
     usage: UsageReader | None = None
+    # The ledger, for voiding a stored request the door answered 5xx (`door.void`); None: such
+    # a request is only cancelled.
+    ledger: Ledger | None = None

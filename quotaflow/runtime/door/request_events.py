@@ -18,6 +18,7 @@ from flask import Blueprint, Response, request
 
 from quotaflow.model.token_stream import END_ID, START, id_key
 from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.fair_share import FairShare
 from quotaflow.runtime.door.openai_api.relay import Relay, Timing
 from quotaflow.runtime.door.openai_api.streaming import HangupBody, request_events
 from quotaflow.runtime.door.ports import DoorPorts
@@ -52,9 +53,11 @@ def _last_event_id(raw: str | None) -> str:
 
 
 def events_blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
-                     timing: Timing | None = None) -> Blueprint:
-    """The route over the door's ports and authenticator."""
+                     share: FairShare | None = None, timing: Timing | None = None) -> Blueprint:
+    """The route over the door's ports and authenticator; a stream holds one of its key's
+    waits (`share`) until it closes."""
     timing = timing or Timing(total_s=door_wait_s(settings))
+    share = share or FairShare(settings.waits_per_key, settings.reads_per_s_per_key)
     bp = Blueprint("request_events", __name__)
 
     @bp.get("/v1/requests/<request_id>/events")
@@ -71,7 +74,10 @@ def events_blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
                           "request ids are the UUIDs POST answers")
         relay = Relay(ports.stream, ports.requests, principal.tenant, known,
                       _last_event_id(request.headers.get("Last-Event-ID")), timing=timing)
-        return Response(HangupBody(request_events(relay.events()), None),
+        slot = share.hold(principal.key_id)
+        resp = Response(HangupBody(request_events(relay.events()), None),
                         mimetype="text/event-stream", headers=HEADERS)
+        resp.call_on_close(slot.release)
+        return resp
 
     return bp

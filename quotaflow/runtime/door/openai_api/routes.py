@@ -17,9 +17,11 @@ from flask import Blueprint, Response, jsonify, request
 
 from events.status import RequestStatus
 from functions.admit.handler import IdempotencyConflict
-from quotaflow.ports import Principal, PublishTimeout
+from quotaflow.ports import Principal, PublishTimeout, RequestView
 from quotaflow.runtime.asgi_bridge import DISCONNECTED
+from quotaflow.runtime.door.accept import Unpublished
 from quotaflow.runtime.door.auth import Authenticator
+from quotaflow.runtime.door.fair_share import FairShare
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import (
     SERVER,
@@ -35,7 +37,7 @@ from quotaflow.runtime.door.openai_api.relay import (
     finish_reason,
     first_event,
 )
-from quotaflow.runtime.door.openai_api.service import OpenAIDoor
+from quotaflow.runtime.door.openai_api.service import OpenAIDoor, answered_status
 from quotaflow.runtime.door.openai_api.streaming import (
     HangupBody,
     openai_chunks,
@@ -63,10 +65,12 @@ def prompt_param(call: Call) -> str:
 
 
 def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
-              timing: Timing | None = None) -> Blueprint:
+              timing: Timing | None = None, share: FairShare | None = None) -> Blueprint:
     """The routes over the door's ports, settings and authenticator; a backing service down
-    (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500."""
-    door = OpenAIDoor(ports, timing or Timing(total_s=door_wait_s(settings)))
+    (`faults.is_infrastructure`) is a 503 with Retry-After, any other error a 500. Each call
+    waiting for its answer, streamed or not, holds one of its key's waits (`share`)."""
+    share = share or FairShare(settings.waits_per_key, settings.reads_per_s_per_key)
+    door = OpenAIDoor(ports, timing or Timing(total_s=door_wait_s(settings)), share)
     limits = Limits(settings.model_name, settings.max_tokens_limit, settings.max_prompt_chars)
     max_body = settings.max_body_bytes
     bp = Blueprint("openai", __name__)
@@ -119,19 +123,61 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
     def complete(kind: str) -> Response:
         who = principal()
         call = parse_call(kind, decode_json(body(), "body"), limits)
-        request_id = door.submit(who, call, request.headers.get("Idempotency-Key"))
+        # Without an Idempotency-Key (the official SDKs send none) a client's retry of a 5xx
+        # is a new request, so a stored request answered 5xx is voided: never billed. With
+        # one, the retry is this same request and gets its answer, billed once.
+        keyed = bool(request.headers.get("Idempotency-Key"))
+        slot = share.hold(who.key_id)  # before anything is stored: a 429 costs nothing
+        try:
+            resp = answered(who, call, keyed)
+        except BaseException:
+            slot.release()
+            raise
+        if call.stream:  # a stream holds its thread, and its wait, until its body closes
+            resp.call_on_close(slot.release)
+        else:
+            slot.release()
+        return resp
+
+    def answered(who: Principal, call: Call, keyed: bool) -> Response:
+        try:
+            request_id = door.submit(who, call, request.headers.get("Idempotency-Key"))
+        except Unpublished as exc:
+            if not keyed:
+                void(who, exc.request_id, 503)
+            raise
         try:
             resp = (streamed if call.stream else whole)(who, request_id, call)
-        except OpenAIError as exc:  # the request exists: say which, as for a success
-            exc.headers.setdefault("x-request-id", request_id)
-            raise
+        except Exception as exc:
+            status = answered_status(exc)
+            # Charged before the void (it ended as the door gave up): answer it, once.
+            if (status >= 500 and not keyed and void(who, request_id, status)
+                    and not call.stream):
+                resp = render(who, request_id, call, door.wait(who, request_id))
+            else:
+                if isinstance(exc, OpenAIError):  # the request exists: say which
+                    exc.headers.setdefault("x-request-id", request_id)
+                raise
         resp.headers["x-request-id"] = request_id
         return resp
+
+    def void(who: Principal, request_id: str, status: int) -> bool:
+        """Void a request answered `status`; True if the ledger had charged it already (then
+        it is answered, not voided). A void that fails leaves the 5xx as it was."""
+        try:
+            return door.void(who, request_id, f"the door answered {status}").billed
+        except Exception:
+            log.exception("openai: could not void request %s answered %d", request_id, status)
+            return False
 
     def whole(who: Principal, request_id: str, call: Call) -> Response:
         # Under the Knative entry, set once the client has gone (asgi_bridge).
         gone = request.environ.get(DISCONNECTED)
         view = door.wait(who, request_id, gone.is_set if gone is not None else lambda: False)
+        return render(who, request_id, call, view)
+
+    def render(who: Principal, request_id: str, call: Call, view: RequestView) -> Response:
+        """A non-streamed call's answer from its ended record."""
         reason = finish_reason(view, call.max_tokens)
         if view.status != RequestStatus.COMPLETED:
             raise door.ended_error(who, Ended(view.status, reason, 0, 0, view),

@@ -18,6 +18,7 @@ from datetime import UTC
 from events.status import LedgerReason, RequestStatus
 from quotaflow.ports import CONTEXT_LENGTH_EXCEEDED, Principal, RequestView
 from quotaflow.runtime.door.accept import Acceptor
+from quotaflow.runtime.door.fair_share import FairShare
 from quotaflow.runtime.door.limits import seconds_to_next_period
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import (
@@ -30,7 +31,9 @@ from quotaflow.runtime.door.openai_api.mapping import Call
 from quotaflow.runtime.door.openai_api.relay import Ended, Relay, Timing, charged_view
 from quotaflow.runtime.door.parse import MAX_ATTRIBUTE_CHARS
 from quotaflow.runtime.door.ports import DoorPorts
+from quotaflow.runtime.door.void import Voided, Voider
 from quotaflow.runtime.handling import client_reason
+from quotaflow.runtime.problem import Problem
 
 SOURCE = "openai"
 USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
@@ -58,10 +61,12 @@ def idempotency_id(header: str | None) -> str:
 class OpenAIDoor:
     """Submits calls and answers them over the door's ports."""
 
-    def __init__(self, ports: DoorPorts, timing: Timing | None = None) -> None:
+    def __init__(self, ports: DoorPorts, timing: Timing | None = None,
+                 share: FairShare | None = None) -> None:
         self.ports = ports
-        self.acceptor = Acceptor(ports)
+        self.acceptor = Acceptor(ports, share)
         self.timing = timing or Timing()
+        self.voider = Voider(ports.ledger, ports.requests, ports.stream)
 
     def submit(self, principal: Principal, call: Call, idempotency_key: str | None) -> str:
         """Rate limit, pre-check, store and publish the call; its request id."""
@@ -129,3 +134,16 @@ class OpenAIDoor:
         """The client hung up: infer stops the request within a few tokens."""
         if self.ports.stream is not None:
             self.ports.stream.cancel(request_id)
+
+    def void(self, principal: Principal, request_id: str, why: str) -> Voided:
+        """The door answers 5xx for a stored request: end it unbilled (see `door.void`)."""
+        return self.voider.void(principal.tenant, request_id, why)
+
+
+def answered_status(exc: Exception) -> int:
+    """The HTTP status the routes answer `exc` with (anything unexpected is a 5xx)."""
+    if isinstance(exc, OpenAIError):
+        return exc.status
+    if isinstance(exc, Problem):
+        return exc.status
+    return 500

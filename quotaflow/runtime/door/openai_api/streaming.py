@@ -51,8 +51,9 @@ class HangupBody:
 
 
 def timed_out() -> OpenAIError:
-    return OpenAIError(504, "the request did not end in time; it was cancelled and only the "
-                       "tokens generated were charged", SERVER, "timeout")
+    return OpenAIError(504, "the request did not end in time; it was cancelled, charged at most "
+                       "the tokens generated (nothing without an Idempotency-Key)", SERVER,
+                       "timeout")
 
 
 def openai_chunks(a: shapes.Answer, events: Iterable[Event], *,
