@@ -27,7 +27,7 @@ from events.payloads import Recorded, Settled
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.deploy.context import prepare
-from quotaflow.devstack.process import free_port
+from quotaflow.devstack.process import free_port, http_ok, wait_for
 from quotaflow.settings import Settings
 from tests.conftest import REPO
 from tests.services import fresh_database, redis_base
@@ -76,17 +76,8 @@ def test_record_function_installs_alone_and_serves_kafkasource_deliveries(
         cwd=tmp_path / "venv", env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health/readiness", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "function.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "function never became ready"
-            time.sleep(0.2)
+        wait_for("the function", lambda: http_ok(base + "/health/readiness"), 60, server,
+                 tmp_path / "function.log")
 
         settled = Envelope.of(Settled(
             request_id="req-9", tenant="acme", status="completed", reserved_tokens=40,

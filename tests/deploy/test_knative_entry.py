@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from quotaflow.adapters import kafka
-from quotaflow.devstack.process import free_port
+from quotaflow.devstack.process import free_port, http_ok, wait_for
 from quotaflow.runtime.knative import KnativeFunction
 from quotaflow.settings import Settings
 from tests.conftest import REPO
@@ -131,17 +131,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
             cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health/readiness", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the probe never became ready"
-            time.sleep(0.1)
+        wait_for("the probe", lambda: http_ok(base + "/health/readiness"), 30, server, log)
         yield base, folder
     finally:
         server.terminate()
