@@ -125,11 +125,10 @@ def test_a_flushed_projection_heals_a_bounded_chunk_per_call_and_equals_the_repl
     assert projection.balances() == replay(ledger)
 
 
-def test_a_catch_up_whose_read_predates_a_flush_applies_nothing(
-        conn: psycopg.Connection[Any], client: RedisClient, variant: str) -> None:
-    if variant == "redis-cluster":
-        pytest.skip("a cluster cannot check the generation in a tenant's slot: "
-                    "test_a_late_catch_up_on_a_cluster_moves_nothing_and_is_rebuilt")
+def _catch_up_across_a_flush(conn: psycopg.Connection[Any], client: RedisClient
+                             ) -> tuple[CountingLedger, RedisProjection]:
+    """A synced projection, ten more requests, then a catch-up during which Redis is flushed
+    (after its read of the ledger's events, before it applies them): it applies nothing."""
     ledger = CountingLedger(conn)
     projection = RedisProjection(client, rows_per_call=100)
     traffic(conn, ledger, 10, seed=2)
@@ -143,6 +142,15 @@ def test_a_catch_up_whose_read_predates_a_flush_applies_nothing(
 
     ledger.on_read = flush_once
     assert projection.catch_up(ledger) == 0
+    return ledger, projection
+
+
+def test_a_catch_up_whose_read_predates_a_flush_applies_nothing(
+        conn: psycopg.Connection[Any], client: RedisClient, variant: str) -> None:
+    if variant == "redis-cluster":
+        pytest.skip("a cluster cannot check the generation in a tenant's slot: "
+                    "test_a_late_catch_up_on_a_cluster_moves_nothing_and_is_rebuilt")
+    ledger, projection = _catch_up_across_a_flush(conn, client)
     # Not under-counted with the late events alone: lost, so the next calls rebuild it.
     assert projection.balances() == {}
     projection.sync(ledger)
@@ -191,19 +199,7 @@ def test_a_late_catch_up_on_a_cluster_moves_nothing_and_is_rebuilt(
     # What a cluster promises instead: the late apply may write its tenants' hashes, but the
     # projection stays lost (no generation, no last sequence) and the rebuild overwrites them.
     client = redis_client("redis-cluster", REDIS_DB)
-    ledger = CountingLedger(conn)
-    projection = RedisProjection(client, rows_per_call=100)
-    traffic(conn, ledger, 10, seed=2)
-    projection.sync(ledger)
-    traffic(conn, ledger, 10, seed=3)
-
-    def flush_once(what: str) -> None:
-        if what == "events":
-            client.flushdb()
-            ledger.on_read = None
-
-    ledger.on_read = flush_once
-    assert projection.catch_up(ledger) == 0
+    ledger, projection = _catch_up_across_a_flush(conn, client)
     assert client.get(GENERATION_KEY) is None and projection.last_seq() == 0
     projection.sync(ledger)
     assert projection.balances() == replay(ledger)
