@@ -18,6 +18,10 @@ class SchemaNotFound(LookupError):
     pass
 
 
+class NotOneRecord(ValueError):
+    """The payload is not exactly one record: bytes follow it, or it is no record."""
+
+
 @cache
 def schema(name: str, version: int) -> Any:
     path = data_path("schemas") / name / f"v{version}.avsc"
@@ -55,7 +59,7 @@ def decode(name: str, writer_version: int, payload: bytes,
     buf = io.BytesIO(payload)
     record = fastavro.schemaless_reader(buf, schema(name, writer_version), schema(name, reader))
     if buf.tell() != len(payload):
-        raise ValueError(f"{len(payload) - buf.tell()} trailing bytes after a {name} record")
+        raise NotOneRecord(f"{len(payload) - buf.tell()} trailing bytes after a {name} record")
     if not isinstance(record, dict):
-        raise ValueError(f"{name} payload is not a record")
+        raise NotOneRecord(f"{name} payload is not a record")
     return record

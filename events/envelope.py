@@ -18,7 +18,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
-from events import avro
+from events import avro, received
 from events.catalog import BY_CE_TYPE, EVENTS, EventType, dataschema_uri, parse_dataschema
 from events.payloads import PAYLOADS, Payload, from_record, to_record
 
@@ -26,7 +26,13 @@ AVRO_CONTENT_TYPE = "application/avro"
 
 
 class UndecodableEvent(ValueError):
-    """A record that can never be decoded (unknown type, schema, or bad payload)."""
+    """A record that can never be decoded (unknown type, schema, or bad payload). Its text is
+    ours, naming what is wrong, and may reach a client; `internal` is what a library said (the
+    CloudEvents SDK's or fastavro's own text), for the log only."""
+
+    def __init__(self, detail: str, internal: str | None = None) -> None:
+        super().__init__(detail)
+        self.internal = internal
 
 
 class _RawBytes:
@@ -165,13 +171,19 @@ def _decode(a: _Attributes, raw: object) -> Envelope:
     try:
         data = avro.decode(name, version, raw)
     except avro.SchemaNotFound as exc:
-        raise UndecodableEvent(str(exc)) from None
-    except Exception as exc:  # fastavro raises many types on corrupt input
-        raise UndecodableEvent(f"Avro decode failed for {name} v{version}: {exc!r}") from None
+        raise UndecodableEvent(f"no schema {name} v{version} is known", str(exc)) from None
+    except avro.NotOneRecord as exc:  # our own words: what follows the record, or no record
+        raise UndecodableEvent(f"Avro decode failed for {name} v{version}: {exc}") from None
+    except Exception as exc:  # fastavro raises many types on corrupt input: its text is logged
+        raise UndecodableEvent(f"Avro decode failed for {name} v{version}: the data is not "
+                               "such a record", repr(exc)) from None
     try:
         payload = from_record(PAYLOADS[name], data)
-    except (TypeError, ValueError) as exc:  # ValueError: a status or kind no enum has
+    except ValueError as exc:  # a status or kind no enum has: the message names the value
         raise UndecodableEvent(f"{name} v{version} does not fit its payload: {exc}") from None
+    except TypeError as exc:  # its text names our classes' signatures: for the log only
+        raise UndecodableEvent(f"{name} v{version} does not fit its payload",
+                               str(exc)) from None
     return Envelope(type=etype, id=a.id, source=a.source, tenant=a.partitionkey or payload.tenant,
                     payload=payload, time=a.time or datetime.now(UTC), writer_version=version)
 
@@ -229,6 +241,8 @@ def from_http(headers: Mapping[str, str], body: bytes) -> Envelope:
     """A binary-mode HTTP CloudEvent with an Avro body, as KafkaSource delivers our records."""
     try:
         ce = ce_http.from_binary(ce_http.HTTPMessage(headers=dict(headers), body=body), _RAW)
-    except Exception as exc:
-        raise UndecodableEvent(f"not a CloudEvents binary-mode request: {exc}") from None
+    except Exception as exc:  # the SDK's text names its own classes: for the log only
+        raise UndecodableEvent(received.binary_error(headers), f"{type(exc).__name__}: {exc}"
+                               ) from None
     return _from_cloudevent(ce)
+

@@ -98,3 +98,13 @@ def check(found: Mapping[str, Any], prefix: str) -> None:
         wrong = "must not be empty when present" if value == "" else form(value)
         if wrong is not None:
             raise _wrong(prefix + name, wrong)
+
+
+def binary_error(headers: Mapping[str, str]) -> str:
+    """What is wrong with a binary-mode event that a library refused, in this receiver's words
+    (the library's own text names its classes: it is for the log)."""
+    try:
+        check(from_headers({k.lower(): v for k, v in headers.items()}), "ce-")
+    except Refused as refused:
+        return refused.detail
+    return "not a valid CloudEvents 1.0 binary-mode event (headers ce-*)"

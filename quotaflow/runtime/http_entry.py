@@ -106,6 +106,10 @@ def create_app(step: AnyStep, settings: Settings, ports: Any | None = None,
             try:
                 ev = from_http(dict(request.headers), request.get_data())
             except UndecodableEvent as exc:
+                # The answer is our own words; what the SDK or Avro said goes to the log.
+                log.warning("step %s: undecodable event %s: %s (%s)", step.name,
+                            request.headers.get("ce-id", "(no ce-id)")[:200], exc,
+                            exc.internal or "no more detail")
                 raise Problem(400, "Undecodable event", str(exc)) from None
             if ev.type.name not in step.consumes:
                 raise Problem(400, "Unexpected event type",

@@ -131,7 +131,8 @@ class KafkaWorker:
             try:
                 ev = from_kafka(msg.headers(), msg.key(), msg.value())
             except UndecodableEvent as exc:
-                dead_letter(self.step, self.producer, msg, f"undecodable: {exc}")
+                dead_letter(self.step, self.producer, msg,
+                            f"undecodable: {exc}" + (f" ({exc.internal})" if exc.internal else ""))
                 continue
             if ev.type.name not in self.step.consumes:
                 dead_letter(self.step, self.producer, msg, f"unexpected_type: {ev.type.ce_type}")
