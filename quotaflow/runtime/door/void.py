@@ -32,6 +32,12 @@ from quotaflow.runtime.idempotency import end_digest
 # The digest of the zero reservation that closes a voided request: no real reservation command
 # has it, so the reserve step's later command for that request id is a conflict.
 VOID_DIGEST = "void"
+VOIDED = "voided: "  # how a voided request's recorded reason starts
+
+
+def is_voided(reason: str | None) -> bool:
+    """Whether a request's recorded reason says the door voided it."""
+    return reason is not None and reason.startswith(VOIDED)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class Voider:
             self.stream.cancel(request_id)
         if self.ledger is None:
             return Voided(request_id, False)
-        reason = f"voided: {why}; not charged"
+        reason = f"{VOIDED}{why}; not charged"
         closed = self.ledger.reserve([ReserveTokens(tenant, request_id, 0, VOID_DIGEST)])[0]
         if closed.kind == LedgerKind.REQUEST_REJECTED:
             self.requests.finish([FinalRecord(request_id, RequestStatus.REJECTED, reason, 0)])

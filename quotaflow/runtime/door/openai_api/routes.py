@@ -123,13 +123,12 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
     def complete(kind: str) -> Response:
         who = principal()
         call = parse_call(kind, decode_json(body(), "body"), limits)
-        # Without an Idempotency-Key (the official SDKs send none) a client's retry of a 5xx
-        # is a new request, so a stored request answered 5xx is voided: never billed. With
-        # one, the retry is this same request and gets its answer, billed once.
-        keyed = bool(request.headers.get("Idempotency-Key"))
+        # A client's retry of a 5xx is a new request (the official SDKs send no
+        # Idempotency-Key; with one, `door.live_attempt` makes the retry a fresh attempt), so
+        # a stored request answered 5xx is voided: never billed, even if delivered late.
         slot = share.hold(who.key_id)  # before anything is stored: a 429 costs nothing
         try:
-            resp = answered(who, call, keyed)
+            resp = answered(who, call)
         except BaseException:
             slot.release()
             raise
@@ -139,20 +138,18 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
             slot.release()
         return resp
 
-    def answered(who: Principal, call: Call, keyed: bool) -> Response:
+    def answered(who: Principal, call: Call) -> Response:
         try:
             request_id = door.submit(who, call, request.headers.get("Idempotency-Key"))
         except Unpublished as exc:
-            if not keyed:
-                void(who, exc.request_id, 503)
+            void(who, exc.request_id, 503)
             raise
         try:
             resp = (streamed if call.stream else whole)(who, request_id, call)
         except Exception as exc:
             status = answered_status(exc)
             # Charged before the void (it ended as the door gave up): answer it, once.
-            if (status >= 500 and not keyed and void(who, request_id, status)
-                    and not call.stream):
+            if status >= 500 and void(who, request_id, status) and not call.stream:
                 resp = render(who, request_id, call, door.wait(who, request_id))
             else:
                 if isinstance(exc, OpenAIError):  # the request exists: say which

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC
 
 from events.status import LedgerReason, RequestStatus
+from functions.admit.handler import request_id_for
 from quotaflow.ports import CONTEXT_LENGTH_EXCEEDED, Principal, RequestView
 from quotaflow.runtime.door.accept import Acceptor
 from quotaflow.runtime.door.fair_share import FairShare
@@ -31,11 +32,12 @@ from quotaflow.runtime.door.openai_api.mapping import Call
 from quotaflow.runtime.door.openai_api.relay import Ended, Relay, Timing, charged_view
 from quotaflow.runtime.door.parse import MAX_ATTRIBUTE_CHARS
 from quotaflow.runtime.door.ports import DoorPorts
-from quotaflow.runtime.door.void import Voided, Voider
+from quotaflow.runtime.door.void import Voided, Voider, is_voided
 from quotaflow.runtime.handling import client_reason
 from quotaflow.runtime.problem import Problem
 
 SOURCE = "openai"
+MAX_VOIDED_ATTEMPTS = 10  # 5xx answers one Idempotency-Key may have before it is refused
 USAGE_WAIT_S = 10.0  # how long the usage chunk waits for the ledger's charge to be recorded
 
 
@@ -71,8 +73,24 @@ class OpenAIDoor:
     def submit(self, principal: Principal, call: Call, idempotency_key: str | None) -> str:
         """Rate limit, pre-check, store and publish the call; its request id."""
         ce_id = idempotency_id(idempotency_key)
+        if idempotency_key:
+            ce_id = self.live_attempt(principal.tenant, ce_id)
         return self.acceptor.accept(principal, Submitted(SOURCE, ce_id, call.data),
                                     call.max_tokens + 1).request_id
+
+    def live_attempt(self, tenant: str, key: str) -> str:
+        """The CloudEvents id of a call with Idempotency-Key `key`: the key itself, unless the
+        door answered that request 5xx and voided it; then the key's next attempt (`key#retry-2`
+        and on). A retry after a 5xx is a fresh, billable request, as it is without a key,
+        never a replay of the voided one; a retry of anything else is the same request."""
+        for attempt in range(1, MAX_VOIDED_ATTEMPTS + 1):
+            ce_id = key if attempt == 1 else f"{key}#retry-{attempt}"
+            found = self.ports.requests.fetch(tenant, request_id_for(tenant, SOURCE, ce_id))
+            if found is None or not is_voided(found.reason):
+                return ce_id
+        raise OpenAIError(409, f"the Idempotency-Key was answered 5xx {MAX_VOIDED_ATTEMPTS} "
+                          "times; use another Idempotency-Key", param="Idempotency-Key",
+                          code="idempotency_conflict")
 
     def relay(self, principal: Principal, request_id: str, call: Call) -> Relay:
         return Relay(self.ports.stream, self.ports.requests, principal.tenant, request_id,
