@@ -33,7 +33,12 @@ class ThreadConnections:
         self.statement_timeout_ms = statement_timeout_ms
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._opened: list[psycopg.Connection[Any]] = []
+        # Each connection with the thread it is for: a thread that ended takes its connection
+        # with it (closed at the next open), so a server with a thread per connection
+        # (werkzeug's) holds as many as it has live threads, not one per request ever served.
+        # Kept, they ran PostgreSQL out of connections under a login flood ("too many
+        # clients"), each refused lookup a 503.
+        self._opened: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
         self._generation = 0  # moves when a connection is found broken
 
     def get(self) -> psycopg.Connection[Any]:
@@ -47,22 +52,28 @@ class ThreadConnections:
                                     self.statement_timeout_ms)
             self._local.conn, self._local.generation = conn, self._generation
             with self._lock:
-                self._opened = [c for c in self._opened if not c.closed] + [conn]
+                kept = []
+                for thread, c in self._opened:
+                    if thread.is_alive() and not c.closed:
+                        kept.append((thread, c))
+                    else:
+                        c.close()
+                self._opened = [*kept, (threading.current_thread(), conn)]
         return conn
 
     def _lost(self, conn: psycopg.Connection[Any]) -> bool:
         """Whether `conn` predates a connection found broken (here or in another thread)."""
-        if any(c.broken for c in self._opened):  # a list read: atomic under the GIL
+        if any(c.broken for _, c in self._opened):  # a list read: atomic under the GIL
             with self._lock:
-                if any(c.broken for c in self._opened):
+                if any(c.broken for _, c in self._opened):
                     self._generation += 1
-                    self._opened = [c for c in self._opened if not c.broken]
+                    self._opened = [(t, c) for t, c in self._opened if not c.broken]
         return bool(self._local.generation != self._generation)
 
     def close(self) -> None:
         with self._lock:
             opened, self._opened = self._opened, []
-        for conn in opened:
+        for _, conn in opened:
             conn.close()
 
 

@@ -67,3 +67,25 @@ def test_after_the_server_drops_every_connection_at_most_one_statement_fails(
         assert on_each_thread(select("SELECT 1"), first=True) == first + [1] * 3
         assert on_each_thread(select("SELECT 1")) == [1] * THREADS
     connections.close()
+
+
+def test_a_thread_per_request_server_holds_a_connection_per_live_thread_not_per_request(
+) -> None:
+    connections = ThreadConnections(f"{pg_base()}/postgres")
+    opened: list[psycopg.Connection[object]] = []
+
+    def one_request() -> None:  # werkzeug's threaded server: one thread per connection
+        conn = connections.get()
+        conn.execute("SELECT 1")
+        opened.append(conn)
+
+    try:
+        for _ in range(20):
+            t = threading.Thread(target=one_request)
+            t.start()
+            t.join()
+        connections.get()  # the next open closes what ended threads held
+        assert sum(not c.closed for c in opened) == 0
+        assert len(connections._opened) == 1
+    finally:
+        connections.close()

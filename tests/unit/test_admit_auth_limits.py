@@ -149,17 +149,28 @@ def test_retry_after_counts_the_seconds_to_the_next_period(plan: str, now: datet
     assert seconds_to_next_period(plan, now) == seconds
 
 
-def test_a_directory_that_is_down_does_not_spend_the_failure_budget() -> None:
+def test_a_directory_that_is_down_is_asked_only_the_budgets_lookups_the_rest_are_429() -> None:
     class Down(MemoryTenants):
+        asked = 0
+
         def authenticate(self, api_key: str) -> None:
+            self.asked += 1
             raise ConnectionError("connection refused")
 
-    auth = Authenticator(Down(), failures_per_s=2, monotonic=Ticks())
-    for n in range(5):
-        with pytest.raises(ConnectionError):
+    down, ticks = Down(), Ticks()
+    auth = Authenticator(down, failures_per_s=2, monotonic=ticks)
+    answers = []
+    for n in range(50):
+        try:
             auth.principal(f"Bearer {unknown_key(n)}")
-    budget = auth.by_client[""]
-    assert budget.take() and budget.take() and not budget.take()
+        except ConnectionError:
+            answers.append(503)
+        except Problem as refused:
+            answers.append(refused.status)
+    assert answers == [503] * 2 + [429] * 48 and down.asked == 2
+    ticks.now += 1  # a second later the budget has refilled: the directory is asked again
+    with pytest.raises(ConnectionError):
+        auth.principal(f"Bearer {unknown_key(99)}")
 
 
 class Slow(MemoryTenants):

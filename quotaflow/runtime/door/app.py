@@ -22,7 +22,7 @@ from quotaflow.runtime.door import cloudevents_api, request_events, usage_page
 from quotaflow.runtime.door.fair_share import FairShare, ReadCounting
 from quotaflow.runtime.door.openai_api import routes as openai_api
 from quotaflow.runtime.door.ports import DoorPorts
-from quotaflow.runtime.faults import is_infrastructure
+from quotaflow.runtime.faults import describe, is_infrastructure
 from quotaflow.runtime.http_entry import add_health_routes
 from quotaflow.runtime.problem import Problem
 from quotaflow.settings import Settings
@@ -65,7 +65,8 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
         return problem(Problem(409, "Conflict", str(exc), slug="idempotency-conflict"))
 
     @app.errorhandler(PublishTimeout)
-    def unpublished(_exc: PublishTimeout) -> Response:
+    def unpublished(exc: PublishTimeout) -> Response:
+        log.warning("admit: 503 for %s %s: %s", request.method, request.path, exc)
         return problem(Problem(503, "Service unavailable", "the event bus did not accept the "
                                "request in time; send the same event again",
                                slug="unavailable", headers={"Retry-After": "2"}))
@@ -73,8 +74,8 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         if is_infrastructure(exc):
-            log.warning("admit: a backing service is unavailable: %s: %s",
-                        type(exc).__name__, exc)
+            log.warning("admit: 503 for %s %s: %s (%s)", request.method, request.path,
+                        describe(exc), type(exc).__name__)
             return problem(Problem(503, "Service unavailable", "a backing service failed; "
                                    "send the same event again later", slug="unavailable",
                                    headers={"Retry-After": "5"}))

@@ -47,7 +47,7 @@ from quotaflow.runtime.door.openai_api.streaming import (
 from quotaflow.runtime.door.parse import Limits
 from quotaflow.runtime.door.ports import DoorPorts
 from quotaflow.runtime.door.strict_json import decode_json
-from quotaflow.runtime.faults import is_infrastructure
+from quotaflow.runtime.faults import describe, is_infrastructure
 from quotaflow.runtime.problem import Problem
 from quotaflow.runtime.timeouts import door_wait_s
 from quotaflow.settings import Settings
@@ -89,7 +89,8 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
                            code="idempotency_conflict").response()
 
     @bp.errorhandler(PublishTimeout)
-    def unpublished(_exc: PublishTimeout) -> Response:
+    def unpublished(exc: PublishTimeout) -> Response:
+        log.warning("openai: 503 for %s: %s", request.path, exc)
         return OpenAIError(503, "the event bus did not accept the request in time; send it "
                            "again", SERVER, "service_unavailable",
                            headers={"Retry-After": "2"}).response()
@@ -97,8 +98,8 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
     @bp.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         if is_infrastructure(exc):
-            log.warning("openai: a backing service is unavailable: %s: %s",
-                        type(exc).__name__, exc)
+            log.warning("openai: 503 for %s: %s (%s)", request.path, describe(exc),
+                        type(exc).__name__)
             return OpenAIError(503, "a backing service failed; send the request again later",
                                SERVER, "service_unavailable",
                                headers={"Retry-After": "5"}).response()
