@@ -15,13 +15,14 @@ class Outcome:
     """What the door finally answered one send (`status` None: no answer within the budget)."""
 
     index: int
-    kind: str  # new, resend, bad, probe
+    kind: str  # new, resend, bad, hostile (`chaos.hostile`), probe
     status: int | None
     request_id: str | None = None
     detail: str = ""
     original: int | None = None
     bad: str = ""
     retried: int = 0  # answers before the last that were none or 5xx (the client sent again)
+    attempts: tuple[str, ...] = ()  # a hostile client's request ids, for the billing checks
 
 
 @dataclass(frozen=True)

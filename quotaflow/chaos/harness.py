@@ -76,7 +76,10 @@ def chaos_settings(base: Settings, cfg: ChaosConfig, admit_port: int) -> Setting
         redis_url=with_path(base.redis_url, str(cfg.redis_db)), model_source=cfg.model,
         public_url=f"http://127.0.0.1:{admit_port}", redrive_after_s=3, request_deadline_s=30,
         reservation_ttl_s=15, sweep_interval_s=1, retry_backoff_max_s=2,
-        kafka_session_timeout_ms=2000, db_connect_timeout_s=2)
+        kafka_session_timeout_ms=2000, db_connect_timeout_s=2,
+        # The stand-in pauses 5 ms a token, so a hostile client's hang-up a second into a
+        # 400-token answer lands mid-generation (`chaos.hostile`); a real model is slower.
+        standin_token_delay_ms=5)
 
 
 def _start(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> DevStack:
@@ -122,7 +125,8 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
     try:
         settings = stack.settings
         specs = plan.tenants(cfg.tenants)
-        keys = _tenants(stack, [*specs, plan.TenantSpec(plan.PROBE_TENANT, plan.LARGE_GRANT)])
+        keys = _tenants(stack, [*specs, plan.TenantSpec(plan.PROBE_TENANT, plan.LARGE_GRANT),
+                                plan.TenantSpec(plan.HOSTILE_TENANT, plan.LARGE_GRANT)])
         small = [t.name for t in specs if t.tokens == plan.SMALL_GRANT]
         say(f"tenants: {', '.join(t.name for t in specs)} (small grants: "
             f"{', '.join(small) or 'none'}) and {plan.PROBE_TENANT}")
@@ -130,7 +134,8 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
         faults = plan.faults(list(cfg.faults), cfg.faults_per_kind, cfg.every_s, cfg.seed)
         # The load outlasts the last fault a little, so every fault lands on traffic.
         duration = faults[-1].at_s + cfg.every_s / 2 if faults else 0.0
-        loader = Loader(stack.admit_url, keys, settings.model_name)
+        loader = Loader(stack.admit_url, keys, settings.model_name,
+                        caps=(settings.waits_per_key, settings.reads_per_s_per_key))
         watcher = observe.Watcher(settings.postgres_url, stop)
         watcher.start()
         injector = Injector(stack)

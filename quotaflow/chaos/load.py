@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from events.catalog import REQUESTED_TYPE
+from quotaflow.chaos import hostile
 from quotaflow.chaos.facts import Outcome
 from quotaflow.chaos.plan import Send
 
@@ -79,6 +80,20 @@ def bad_request(name: str, key: str, send: Send, model: str) -> Request:
     raise ValueError(f"unknown bad input {name!r}")
 
 
+def hostile_client(s: Send, base_url: str, key: str, model: str, caps: tuple[int, int],
+                   budget_s: float) -> Outcome:
+    """Run the hostile client `s.bad` names (plan.HOSTILE_INPUTS)."""
+    if s.bad == "wait-flood":
+        return hostile.wait_flood(s, base_url, key, model, caps[0])
+    if s.bad == "get-flood":
+        return hostile.get_flood(s, base_url, key, caps[1])
+    if s.bad in ("hangup-mid-wait", "hangup-mid-stream"):
+        return hostile.hang_up(s, base_url, key, model, stream=s.bad == "hangup-mid-stream")
+    if s.bad == "retry-after-5xx":
+        return hostile.retry_after_5xx(s, base_url, key, model, budget_s)
+    raise ValueError(f"unknown hostile client {s.bad!r}")
+
+
 def post(base_url: str, req: Request, timeout_s: float = 10
          ) -> tuple[int | None, dict[str, Any], float | None]:
     """One POST: (status or None when unanswered, JSON body, Retry-After seconds)."""
@@ -124,8 +139,9 @@ class Loader:
     every outcome (`outcomes`, thread-safe) for the checks."""
 
     def __init__(self, base_url: str, keys: dict[str, str], model: str,
-                 budget_s: float = 30) -> None:
+                 budget_s: float = 30, caps: tuple[int, int] = (8, 100)) -> None:
         self.base_url = base_url
+        self.caps = caps  # the door's waits_per_key and reads_per_s_per_key
         self.keys = keys
         self.model = model
         self.budget_s = budget_s
@@ -154,6 +170,11 @@ class Loader:
         return self._send_one(s)
 
     def _send_one(self, s: Send) -> Outcome:
+        if s.kind == "hostile":
+            out = hostile_client(s, self.base_url, self.keys[s.tenant], self.model, self.caps,
+                                 self.budget_s)
+            self.record(out)
+            return out
         key = self.keys[s.tenant]
         req = (bad_request(s.bad, key, s, self.model) if s.kind == "bad"
                else event_request(key, s.source, s.ce_id, s.data))

@@ -18,11 +18,15 @@ BAD_INPUTS = ("invalid-json", "deep-json", "nul-in-id", "nul-in-source", "lone-s
               "text-plain", "too-large", "ce-datacontenttype-header", "time-not-rfc3339",
               "relative-dataschema", "fraction-extension", "source-not-uri",
               "temperature-nan", "temperature-huge", "top-p-over-one", "seed-negative")
+# What one tenant does with many requests or a hang-up (`chaos.hostile`), once each a run.
+HOSTILE_INPUTS = ("wait-flood", "get-flood", "hangup-mid-wait", "hangup-mid-stream",
+                  "retry-after-5xx")
 RESEND_SHARE = 0.10
 TWIN_SHARE = 0.3  # of resends, sent twice at the same moment
 SMALL_GRANT = 150  # tokens: about ten stand-in requests, then rejections
 LARGE_GRANT = 10_000_000
 PROBE_TENANT = "chaos-probe"
+HOSTILE_TENANT = "chaos-hostile"
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,9 @@ class TenantSpec:
 
 @dataclass(frozen=True)
 class Send:
-    """One planned POST. `kind` is new, resend (the exact event of send `original`) or bad
-    (the bad input named `bad`); a `twin` is sent twice at the same moment."""
+    """One planned POST. `kind` is new, resend (the exact event of send `original`), bad
+    (the bad input named `bad`) or hostile (the client `bad` names, `chaos.hostile`); a
+    `twin` is sent twice at the same moment."""
 
     index: int
     kind: str
@@ -67,11 +72,13 @@ def tenants(count: int) -> list[TenantSpec]:
 
 def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
     """`n` sends: about 10% exact resends of a recent earlier event (some as twins), each bad
-    input at least once (one more per 500 sends), the rest new events spread over tenants."""
+    input at least once (one more per 500 sends), each hostile client once (from 100 sends),
+    the rest new events spread over tenants."""
     rng = random.Random(seed)
     n_bad = min(len(BAD_INPUTS) * max(1, n // 500), n // 5)
     n_resend = int(n * RESEND_SHARE)
-    kinds = ["bad"] * n_bad + ["resend"] * n_resend
+    n_hostile = len(HOSTILE_INPUTS) if n >= 100 else 0
+    kinds = ["bad"] * n_bad + ["resend"] * n_resend + ["hostile"] * n_hostile
     kinds += ["new"] * (n - len(kinds))
     rng.shuffle(kinds)
     out: list[Send] = []
@@ -89,6 +96,11 @@ def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
         if kind == "bad":
             out.append(Send(i, "bad", tenant, f"/chaos/{tenant}", f"bad-{i}",
                             bad=BAD_INPUTS[sum(s.kind == "bad" for s in out) % len(BAD_INPUTS)]))
+            continue
+        if kind == "hostile":
+            # A tenant of their own: its 429s and waits touch no other send's answer.
+            out.append(Send(i, "hostile", HOSTILE_TENANT, "openai", f"hostile-{i}",
+                            bad=HOSTILE_INPUTS[sum(s.kind == "hostile" for s in out)]))
             continue
         data = {"model": model, "prompt": f"chaos request {i}: " + " ".join(
             rng.choice(("alpha", "beta", "gamma", "delta", "quota", "token"))
