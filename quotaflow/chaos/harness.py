@@ -135,7 +135,8 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
         # The load outlasts the last fault a little, so every fault lands on traffic.
         duration = faults[-1].at_s + cfg.every_s / 2 if faults else 0.0
         loader = Loader(stack.admit_url, keys, settings.model_name,
-                        caps=(settings.waits_per_key, settings.reads_per_s_per_key))
+                        caps=(settings.waits_per_key * stack.admit_workers,
+                              settings.reads_per_s_per_key * stack.admit_workers))
         watcher = observe.Watcher(settings.postgres_url, stop)
         watcher.start()
         injector = Injector(stack)

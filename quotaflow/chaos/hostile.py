@@ -1,8 +1,9 @@
 """The chaos run's hostile clients (issue 26, rules 7 and 8): what one tenant can do with many
 requests at once, or by hanging up, rather than with one bad body (`load.bad_request`).
 
-- `wait-flood`: more open streams than the key's cap (`waits_per_key`): some must be 429;
-- `get-flood`: more GETs a second than the key's rate (`reads_per_s_per_key`): some 429;
+- `wait-flood`: more open streams than the key's cap (`waits_per_key` a door process): some
+  must be 429;
+- `get-flood`: more GETs a second than the key's rate (`reads_per_s_per_key` a process): 429s;
 - `hangup-mid-wait` / `hangup-mid-stream`: a client that leaves a second into a long answer,
   non-streamed or streamed: billed only the tokens generated before it left;
 - `retry-after-5xx`: one call sent with an Idempotency-Key until answered below 500, as a
@@ -65,8 +66,9 @@ def _worst(s: Send, statuses: list[int | None], want: int, ids: tuple[str, ...] 
 
 
 def wait_flood(s: Send, base_url: str, key: str, model: str, cap: int) -> Outcome:
-    """`cap` + 4 streams opened at once and held: the ones over the cap are 429."""
-    socks = [_raw_post(base_url, key, _call(model, 8, LONG, stream=True))
+    """`cap` + 4 long streams opened at once and held (`cap`: the key's waits on all the
+    door's processes together): the ones over a process's cap are 429."""
+    socks = [_raw_post(base_url, key, _call(model, LONG, LONG, stream=True))
              for _ in range(cap + 4)]
     try:
         statuses = [_status(sock)[0] for sock in socks]
@@ -77,7 +79,8 @@ def wait_flood(s: Send, base_url: str, key: str, model: str, cap: int) -> Outcom
 
 
 def get_flood(s: Send, base_url: str, key: str, rate: int) -> Outcome:
-    """`rate` + 20 GETs of /v1/quota on two connections, as fast as they go."""
+    """3 x `rate` + 60 GETs of /v1/quota on four connections, as fast as they go (`rate`:
+    the key's reads a second on all the door's processes together)."""
     url = urlsplit(base_url)
 
     def reads(n: int) -> list[int | None]:
@@ -95,8 +98,8 @@ def get_flood(s: Send, base_url: str, key: str, rate: int) -> Outcome:
         conn.close()
         return out
 
-    with ThreadPoolExecutor(2) as pool:
-        statuses = [x for part in pool.map(reads, [rate // 2 + 10] * 2) for x in part]
+    with ThreadPoolExecutor(4) as pool:
+        statuses = [x for part in pool.map(reads, [(3 * rate) // 4 + 15] * 4) for x in part]
     return _worst(s, statuses, 429)
 
 

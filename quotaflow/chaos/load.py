@@ -141,7 +141,7 @@ class Loader:
     def __init__(self, base_url: str, keys: dict[str, str], model: str,
                  budget_s: float = 30, caps: tuple[int, int] = (8, 100)) -> None:
         self.base_url = base_url
-        self.caps = caps  # the door's waits_per_key and reads_per_s_per_key
+        self.caps = caps  # the door's waits and reads a second per key, all processes
         self.keys = keys
         self.model = model
         self.budget_s = budget_s

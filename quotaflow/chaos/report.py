@@ -40,8 +40,9 @@ class Result:
 
 
 def load_counts(outcomes: list[Outcome]) -> dict[str, int]:
-    """Sends by kind and how the door answered them (probes apart)."""
-    sent = [o for o in outcomes if o.kind != "probe"]
+    """Sends by kind and how the door answered them (probes and hostile clients apart: a
+    hostile client's outcome stands for many calls, judged by `checks.hostile_findings`)."""
+    sent = [o for o in outcomes if o.kind not in ("probe", "hostile")]
     return {"sent": len(sent),
             "resends": sum(o.kind == "resend" for o in sent),
             "bad inputs": sum(o.kind == "bad" for o in sent),
@@ -53,7 +54,8 @@ def load_counts(outcomes: list[Outcome]) -> dict[str, int]:
             "left at 503": sum(o.status == 503 for o in sent),
             "answered after a retry": sum(o.retried > 0 and o.status is not None
                                           and o.status < 500 for o in sent),
-            "probes": len(outcomes) - len(sent)}
+            "hostile clients": sum(o.kind == "hostile" for o in outcomes),
+            "probes": sum(o.kind == "probe" for o in outcomes)}
 
 
 def final_statuses(snap: Snapshot) -> dict[str, int]:
@@ -95,6 +97,8 @@ def table(result: Result) -> str:
         ("requests sent (POSTs, both copies of a twin)", load["sent"]),
         ("  of which exact resends / bad inputs",
          f"{load['resends']} / {load['bad inputs']}"),
+        ("hostile clients (floods, hang-ups, retries after 5xx; door findings if mis-answered)",
+         str(load["hostile clients"])),
         ("accepted (202)", f"{load['accepted (202)']} answers, "
                            f"{load['requests accepted']} requests"),
         ("refused at the door (4xx)", load["refused at the door (4xx)"]),
