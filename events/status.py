@@ -82,6 +82,16 @@ class LedgerReason(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict: same request id, different payload"
 
 
+class LevelScope(StrEnum):
+    """A budget level: the tenant (the org), one of its teams, or one API key. A request is
+    held at its key, its key's team (if any) and its tenant; `GET /v1/quota` lists them in
+    this order."""
+
+    KEY = "key"
+    TEAM = "team"
+    TENANT = "tenant"
+
+
 class FinishReason(StrEnum):
     """Why generation ended: `Completed.finish_reason`, the token stream's end entry and the
     OpenAI door's `finish_reason`."""
