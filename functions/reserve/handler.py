@@ -26,7 +26,7 @@ def handle(payloads: Sequence[Estimated], ports: ReservePorts) -> list[Reserved 
     """Reserve each request's worst case, or reject it; one output per input, in order."""
     outcomes = ports.ledger.reserve([
         ReserveTokens(p.tenant, p.request_id, p.estimate_tokens,
-                      reserve_digest(p, p.estimate_tokens))
+                      reserve_digest(p, p.estimate_tokens), p.key_id, p.model, p.prompt_tokens)
         for p in payloads])
     ports.projection.catch_up(ports.ledger)
     out: list[Reserved | Rejected] = []

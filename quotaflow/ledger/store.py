@@ -50,7 +50,8 @@ _RETRYABLE = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected,
 
 OUTCOME_COLUMNS = "request_id, tenant, kind, period, amount, released, seq, reason, reserved"
 EVENT_COLUMNS = ("seq, tenant_id, stream_version, kind, request_id, period, amount, released, "
-                 "reason, recorded_at")
+                 "reason, recorded_at, key_id, team_id, usd, usd_released, model, price_version, "
+                 "input_tokens")
 # A stored kind as its enum member (an outcome's None stays None). A lookup, not `Kind(...)`:
 # on this project's 2-core machine the lookup took 80 ns and the enum call 880 ns, and a batch
 # decides a request in tens of microseconds.
@@ -60,8 +61,7 @@ _KINDS = _KIND.get
 
 def row_to_event(row: Sequence[Any]) -> StoredEvent:
     """A `ledger_events` row, read in `EVENT_COLUMNS` order."""
-    return StoredEvent(row[0], row[1], row[2], _KIND[row[3]], row[4], row[5], row[6], row[7],
-                       row[8], row[9])
+    return StoredEvent(row[0], row[1], row[2], _KIND[row[3]], *row[4:])
 
 
 class PostgresLedger(OnConnection):
@@ -71,10 +71,14 @@ class PostgresLedger(OnConnection):
     # -- commands ---------------------------------------------------------------------
 
     def reserve(self, commands: Sequence[ReserveTokens]) -> list[Outcome]:
-        """Reserve each command's tokens or reject it (the reserve step)."""
-        return self._call("ledger_reserve(%b::text[], %b::text[], %b::bigint[], %b::text[])",
+        """Reserve each command's tokens and money at every level, or reject it (the reserve
+        step)."""
+        return self._call("ledger_reserve(%b::text[], %b::text[], %b::bigint[], %b::text[], "
+                          "%b::text[], %b::text[], %b::bigint[])",
                           [c.tenant for c in commands], [c.request_id for c in commands],
-                          [c.amount for c in commands], [c.payload_hash for c in commands])
+                          [c.amount for c in commands], [c.payload_hash for c in commands],
+                          [c.key_id for c in commands], [c.model for c in commands],
+                          [c.input_tokens for c in commands])
 
     def end(self, commands: Sequence[EndCommand]) -> list[Outcome]:
         """Settle or release reservations (the settle step)."""
