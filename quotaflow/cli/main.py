@@ -21,6 +21,7 @@ _GROUPS = (
     "quotaflow.cli.dev",
     "quotaflow.cli.tenant",
     "quotaflow.cli.key",
+    "quotaflow.cli.budget",
     "quotaflow.cli.ledger",
     "quotaflow.cli.usage",
     "quotaflow.cli.analytics",
