@@ -322,8 +322,8 @@ BEGIN
                 evs := evs || ROW(t_id[k], 'QuotaGranted', NULL, t_period[k], t_plan[k], 0,
                                   NULL, NULL, NULL, 0, 0, NULL, NULL, NULL)::ledger_new_event;
             END IF;
-            v_usd := ledger_cost(c.p_in, c.p_out, coalesce(c_input[i], 0),
-                                 c_amount[i] - coalesce(c_input[i], 0));
+            v_usd := ledger_cost(c.p_in, c.p_out, greatest(0, coalesce(c_input[i], 0)),
+                                 greatest(0, c_amount[i] - coalesce(c_input[i], 0)));
             l_id := ARRAY[c_key[i], c_tenant[i] || '/' || c.k_team, c_tenant[i]];
             l_name := ARRAY[c_key[i], c.k_team, c_tenant[i]];
             l_tok := ARRAY[c.k_tokens, c.tm_tokens, NULL];  -- the tenant's: its grant

@@ -22,14 +22,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from quotaflow.adapters.postgres import OnConnection
-from quotaflow.ledger import domain
+from quotaflow.ledger.budgets import period_in_zone
 from quotaflow.ledger.commands import (
     EndCommand,
     Outcome,
@@ -77,7 +76,7 @@ class PostgresLedger(OnConnection):
                           "%b::text[], %b::text[], %b::bigint[])",
                           [c.tenant for c in commands], [c.request_id for c in commands],
                           [c.amount for c in commands], [c.payload_hash for c in commands],
-                          [c.key_id for c in commands], [c.model for c in commands],
+                          [c.key_id for c in commands], [c.model or None for c in commands],
                           [c.input_tokens for c in commands])
 
     def end(self, commands: Sequence[EndCommand]) -> list[Outcome]:
@@ -113,10 +112,11 @@ class PostgresLedger(OnConnection):
     def current_period(self, tenant: str) -> str:
         """The tenant's period by PostgreSQL's clock, the one the decisions use."""
         row = self.conn.execute(
-            "SELECT plan_period, now() FROM tenants WHERE tenant_id = %s", (tenant,)).fetchone()
+            "SELECT plan_period, now(), time_zone FROM tenants WHERE tenant_id = %s",
+            (tenant,)).fetchone()
         if row is None:
             raise LookupError(f"unknown tenant {tenant!r}")
-        return domain.period_of(row[0], row[1].astimezone(UTC))
+        return period_in_zone(row[0], row[1], row[2])
 
     def events_after(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
         """Committed events above `seq`, in sequence order."""
