@@ -29,6 +29,7 @@ from functions.reserve.handler import ReservePorts
 from functions.settle.handler import SettlePorts
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
+from quotaflow.adapters.budget_store import PostgresLevels
 from quotaflow.adapters.kafka import KafkaPublisher
 from quotaflow.adapters.postgres import Reconnecting
 from quotaflow.adapters.postgres_clock import PostgresClock
@@ -174,7 +175,8 @@ def connect_door(settings: Settings) -> DoorPorts:
         requests=GroupCommitRequestStore(PostgresRequestStore(connections.get)),
         publisher=publisher, clock=PostgresClock(connections.get),
         resources=DoorHeld(connections, client, publisher), stream=RedisTokenStream(client),
-        usage=PostgresUsageStore(connections.get), ledger=PostgresLedger(connections.get))
+        usage=PostgresUsageStore(connections.get), ledger=PostgresLedger(connections.get),
+        levels=PostgresLevels(connections.get))
 
 
 # -- the command line and the chaos harness -----------------------------------------------

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from events.envelope import Envelope
+from quotaflow.ledger.budgets import LevelView
 from quotaflow.ledger.commands import (
     EndCommand,
     Outcome,
@@ -59,6 +60,8 @@ __all__ = [
     "Inserted",
     "Ledger",
     "LedgerOutbox",
+    "LevelReader",
+    "LevelView",
     "NewRequest",
     "OpenRequest",
     "OpenRequests",
@@ -153,6 +156,15 @@ class Principal:
     key_id: str
     rate_limit_per_min: int
     plan_period: str  # day or month
+
+
+class LevelReader(Protocol):
+    """A key's budget levels (key, team, tenant) in its tenant's current period, as
+    `GET /v1/quota` shows them."""
+
+    def levels(self, key_id: str) -> list[LevelView]:
+        """The levels in the order key, team, tenant; empty for an unknown key."""
+        ...
 
 
 class TenantDirectory(Protocol):

@@ -5,15 +5,15 @@ configuration they read and reads the balances back for `GET /v1/quota` and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import errors
 
 from events.status import LevelScope
+from quotaflow.adapters.postgres import OnConnection
 from quotaflow.adapters.tenant_store import _NAME, UnknownTenant
-from quotaflow.ledger.budgets import Level, LevelBalance, Price
+from quotaflow.ledger.budgets import Level, LevelBalance, LevelView, Price
 
 
 class TeamExists(ValueError):
@@ -70,27 +70,23 @@ def list_prices(conn: psycopg.Connection[Any], model: str | None = None) -> list
     return [Price(*r) for r in rows]
 
 
-@dataclass(frozen=True)
-class LevelView:
-    """One level of a key as `GET /v1/quota` shows it: its limits and its balance."""
-
-    level: Level
-    balance: LevelBalance
-
-
-def key_levels(conn: psycopg.Connection[Any], key_id: str, period: str) -> list[LevelView]:
-    """The levels of key `key_id` in `period`, in the order key, team, tenant. The tenant's
-    token limit is its grant for the period (the ledger's `balances`)."""
+def key_levels(conn: psycopg.Connection[Any], key_id: str,
+               period: str | None = None) -> list[LevelView]:
+    """The levels of key `key_id` in `period` (default: its tenant's current one, in the
+    tenant's zone, by the ledger's clock), in the order key, team, tenant. The tenant's token
+    limit is its grant for the period (the ledger's `balances`)."""
     row = conn.execute(
         "SELECT k.tenant_id, k.team_id, k.limit_tokens, k.limit_usd, tm.limit_tokens, "
-        "tm.limit_usd, t.limit_usd, coalesce(b.granted, t.grant_tokens) "
+        "tm.limit_usd, t.limit_usd, coalesce(b.granted, t.grant_tokens), p.period "
         "FROM api_keys k JOIN tenants t USING (tenant_id) "
+        "CROSS JOIN LATERAL (SELECT coalesce(%s, ledger_period(t.plan_period, t.time_zone, "
+        "now())) AS period) p "
         "LEFT JOIN teams tm ON tm.tenant_id = k.tenant_id AND tm.team_id = k.team_id "
-        "LEFT JOIN balances b ON b.tenant_id = k.tenant_id AND b.period = %s "
+        "LEFT JOIN balances b ON b.tenant_id = k.tenant_id AND b.period = p.period "
         "WHERE k.key_id = %s", (period, key_id)).fetchone()
     if row is None:
         return []
-    tenant, team = row[0], row[1]
+    tenant, team, period = row[0], row[1], row[8]
     levels = [Level(LevelScope.KEY, key_id, tenant, row[2], row[3])]
     if team is not None:
         levels.append(Level(LevelScope.TEAM, team, tenant, row[4], row[5]))
@@ -101,5 +97,12 @@ def key_levels(conn: psycopg.Connection[Any], key_id: str, period: str) -> list[
         "FROM level_balances WHERE period = %s AND (scope, level_id) IN "
         "(SELECT * FROM unnest(%s::text[], %s::text[]))",
         (period, [lv.scope.value for lv in levels], ids)).fetchall()}
-    return [LevelView(lv, found.get((lv.scope.value, i), LevelBalance()))
+    return [LevelView(lv, found.get((lv.scope.value, i), LevelBalance()), period)
             for lv, i in zip(levels, ids, strict=True)]
+
+
+class PostgresLevels(OnConnection):
+    """The `LevelReader` `GET /v1/quota` reads: a key's levels from the ledger's snapshot."""
+
+    def levels(self, key_id: str) -> list[LevelView]:
+        return key_levels(self.conn, key_id)

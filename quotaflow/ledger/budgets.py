@@ -13,7 +13,7 @@ its tokens cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -179,6 +179,30 @@ def decide_levels(levels: Sequence[tuple[Level, LevelBalance]], tokens: int,
             return Refusal(level, "usd", max(0, level.limit_usd - b.used_usd()),
                            level.limit_usd)
     return None
+
+
+@dataclass(frozen=True)
+class LevelView:
+    """One level of a key as `GET /v1/quota` shows it: its limits, its balance, its period."""
+
+    level: Level
+    balance: LevelBalance
+    period: str
+
+    def as_json(self) -> dict[str, object]:
+        """`{"scope", "id", "tokens": {...}, "usd": {...}}`: limit and remaining None when
+        unlimited, money as decimal strings."""
+        b, lv = self.balance, self.level
+
+        def unit(limit: int | None, reserved: int, spent: int,
+                 show: Callable[[int], object]) -> dict[str, object]:
+            return {"limit": None if limit is None else show(limit), "reserved": show(reserved),
+                    "spent": show(spent),
+                    "remaining": None if limit is None else show(max(0, limit - reserved - spent))}
+
+        return {"scope": lv.scope.value, "id": lv.id,
+                "tokens": unit(lv.limit_tokens, b.reserved_tokens, b.spent_tokens, int),
+                "usd": unit(lv.limit_usd, b.reserved_usd, b.spent_usd, format_usd)}
 
 
 Book = Mapping[tuple[LevelScope, str], LevelBalance]

@@ -58,7 +58,9 @@ class World:
         """A tenant granted `tokens` a month, projected; answers a new API key of it."""
         self.ledger.add_tenant(name, tokens)
         self.projection.catch_up(self.ledger)
-        return self.tenants.create_key(name, rate_limit_per_min)
+        key = self.tenants.create_key(name, rate_limit_per_min)
+        self.ledger.add_key(name, key.split("_")[1])
+        return key
 
     def ports(self, step: str, model: Any = None) -> Any:
         """The ports bundle of consumer step `step`, as `quotaflow.compose.wire` opens it."""
@@ -75,7 +77,7 @@ class World:
         """The door's ports, as `quotaflow.compose.connect_door` opens them."""
         return DoorPorts(self.tenants, self.gate, self.projection, self.requests,
                          publisher or self.publisher, self.clock, stream=self.stream,
-                         usage=usage, ledger=self.ledger)
+                         usage=usage, ledger=self.ledger, levels=self.ledger)
 
     def queue(self, *payloads: Admitted) -> None:
         """Store each request as admit does: `queued`, with its data and admission time."""

@@ -6,11 +6,20 @@ tokens (its grant; refused as plain `quota_exceeded`, as before levels), then it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from events.status import LedgerKind, LevelScope
 from quotaflow.ledger import budgets
-from quotaflow.ledger.budgets import FREE, Hold, Level, LevelBalance, Price, Refusal
+from quotaflow.ledger.budgets import (
+    FREE,
+    Hold,
+    Level,
+    LevelBalance,
+    LevelView,
+    Price,
+    Refusal,
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,20 @@ class MemoryBudgets:
 
     def balance(self, lv: Level, period: str) -> LevelBalance:
         return self.book.get((*lv.key, period), LevelBalance())
+
+    def views(self, key_id: str, period: Callable[[str], str],
+              granted: Callable[[str, str], int]) -> list[LevelView]:
+        """Key `key_id`'s levels in its tenant's `period`, the tenant's tokens limited by its
+        `granted` tokens (`LevelReader`)."""
+        found = self.keys.get(key_id)
+        if found is None:
+            return []
+        key, team = found
+        p = period(key.tenant)
+        levels = [key] + ([self.teams[(key.tenant, team)]] if team is not None else [])
+        levels.append(Level(LevelScope.TENANT, key.tenant, key.tenant, granted(key.tenant, p),
+                            self.tenant_usd.get(key.tenant)))
+        return [LevelView(lv, self.balance(lv, p), p) for lv in levels]
 
     def apply(self, tenant: str, period: str, kind: LedgerKind, hold: Hold,
               p: Priced) -> None:

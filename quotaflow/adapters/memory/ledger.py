@@ -16,7 +16,7 @@ from typing import TypeVar
 from events.status import LedgerReason
 from quotaflow.adapters.memory.budgets import MemoryBudgets, Priced
 from quotaflow.ledger import budgets, domain
-from quotaflow.ledger.budgets import Hold, Price
+from quotaflow.ledger.budgets import Hold, LevelView, Price
 from quotaflow.ledger.commands import (
     EndCommand,
     Outcome,
@@ -124,6 +124,11 @@ class MemoryLedger:
         if plan is None:
             raise LookupError(f"unknown tenant {tenant!r}")
         return budgets.period_in_zone(plan.plan_period, self.clock.now(), plan.time_zone)
+
+    def levels(self, key_id: str) -> list[LevelView]:
+        """Key `key_id`'s budget levels now (`LevelReader`)."""
+        return self.budgets.views(key_id, self.current_period,
+                                  lambda t, p: self.balance(t, p).granted)
 
     def events_after(self, seq: int, limit: int = 10_000) -> list[StoredEvent]:
         """Events above `seq`, in sequence order (sequence numbers are 1, 2, ...)."""
