@@ -156,6 +156,7 @@ class Principal:
     key_id: str
     rate_limit_per_min: int
     plan_period: str  # day or month
+    time_zone: str = "UTC"  # the tenant's: its days and months are counted there
 
 
 class LevelReader(Protocol):

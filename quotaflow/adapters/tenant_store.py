@@ -113,13 +113,14 @@ class PostgresTenants:
             return None
         key_id, secret = parts
         row = self.conn.execute(
-            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period "
+            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period, "
+            "t.time_zone "
             "FROM api_keys k JOIN tenants t USING (tenant_id) "
             "WHERE k.key_id = %s AND k.revoked_at IS NULL", (key_id,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], secret_hash(secret)):
             return None
         return Principal(tenant=row[1], key_id=key_id, rate_limit_per_min=row[2],
-                         plan_period=row[3])
+                         plan_period=row[3], time_zone=row[4])
 
     def list_keys(self, tenant: str) -> list[ApiKeyInfo]:
         """The tenant's keys, oldest first, revoked ones included; `UnknownTenant` if none."""

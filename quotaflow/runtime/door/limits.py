@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from functions.admit.handler import Screened
-from quotaflow.ledger.domain import Balance, period_of
+from quotaflow.ledger.budgets import period_in_zone
+from quotaflow.ledger.domain import Balance
 from quotaflow.ports import AdmissionGate, Clock, Principal, ScreenQuery
 from quotaflow.runtime.problem import Problem
 
@@ -41,7 +42,7 @@ class AdmissionLimits:
 
     def period(self, principal: Principal) -> str:
         """The principal's billing period now."""
-        return period_of(principal.plan_period, self.clock.now().astimezone(UTC))
+        return period_in_zone(principal.plan_period, self.clock.now(), principal.time_zone)
 
     def screener(self, principal: Principal,
                  needs_tokens: int) -> Callable[[str, str], Screened]:
@@ -49,7 +50,7 @@ class AdmissionLimits:
         limit and the quota pre-check (the 429 Problem as its refusal), in one gate call."""
         def screen(request_id: str, digest: str) -> Screened:
             now = self.clock.now().astimezone(UTC)
-            period = period_of(principal.plan_period, now)
+            period = period_in_zone(principal.plan_period, now, principal.time_zone)
             found = self.gate.screen(ScreenQuery(
                 request_id, digest, principal.key_id, int(now.timestamp() // 60),
                 principal.tenant, period, principal.rate_limit_per_min, needs_tokens))
