@@ -98,7 +98,8 @@ def levels(url: str, n: int, batch: int, tenants: int, rounds: int
     for t in names:
         create_tenant(conn, t, 10**12, usd=10**15)
         budget_store.create_team(conn, t, "ml", tokens=10**12, usd=10**15)
-        keys[t] = [create_key(conn, t, "ml", 10**12, 10**15).split("_")[1] for _ in range(4)]
+        keys[t] = [create_key(conn, t, team="ml", tokens=10**12, usd=10**15).split("_")[1]
+                   for _ in range(4)]
     budget_store.set_price(conn, "m", 150_000, 600_000)
     ledger = PostgresLedger(conn)
 

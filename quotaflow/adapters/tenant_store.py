@@ -68,7 +68,7 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
     return create_key(conn, name)
 
 
-def create_key(conn: psycopg.Connection[Any], tenant: str, team: str | None = None,
+def create_key(conn: psycopg.Connection[Any], tenant: str, *, team: str | None = None,
                tokens: int | None = None, usd: int | None = None) -> str:
     """Issue another API key for `tenant`, in its `team` if given, limited to `tokens` and
     `usd` micro-dollars a period (None: unlimited at the key); the returned key is the only

@@ -40,8 +40,9 @@ def create(args: argparse.Namespace) -> int:
     """Issue a key for `args.tenant`; the key is printed alone on the last line."""
     with compose.postgres(Settings.from_env()) as conn:
         try:
-            key = tenants.create_key(conn, args.tenant, getattr(args, "team", None),
-                                     getattr(args, "tokens", None), getattr(args, "usd", None))
+            key = tenants.create_key(conn, args.tenant, team=getattr(args, "team", None),
+                                     tokens=getattr(args, "tokens", None),
+                                     usd=getattr(args, "usd", None))
         except (tenants.UnknownTenant, tenants.UnknownTeam, ValueError) as exc:
             print(f"error: {exc}")
             return 2

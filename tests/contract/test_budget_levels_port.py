@@ -62,7 +62,8 @@ def _postgres(conn: Any) -> Budgets:
 
     def add_key(tenant: str, team: str | None = None, tokens: int | None = None,
                 usd: int | None = None) -> str:
-        return tenants.create_key(conn, tenant, team, tokens, usd).split("_")[1]
+        return tenants.create_key(conn, tenant, team=team, tokens=tokens,
+                                  usd=usd).split("_")[1]
 
     def age(seconds: int) -> None:
         conn.execute("UPDATE reservations SET reserved_at = reserved_at - "
