@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -87,8 +86,10 @@ class FunctionProcess:
         began = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
+            # In the delivery process's own process group: stopping the stack (or killing the
+            # group) takes its functions too, never leaving one holding its port.
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                self.argv, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env, "LISTEN_ADDRESS": f"127.0.0.1:{self.port}"})
         try:
             wait_for(f"function {self.step}", lambda: http_ok(self.url + "/health/readiness"),
@@ -119,12 +120,12 @@ class FunctionProcess:
         if proc is None:
             return
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # func-python's stop(): connections closed
+            proc.terminate()  # func-python's stop(): connections closed
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+                proc.kill()
+        proc.wait(5)  # reaped, whether stopped here or dead already
 
     def stop(self) -> None:
         with self._lock:

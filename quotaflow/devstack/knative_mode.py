@@ -196,7 +196,7 @@ def spawn(stack: Stack, env: dict[str, str]) -> None:
     stack._spawn("admit", serve_argv("admit"), {
         **env, "LISTEN_ADDRESS": f"127.0.0.1:{stack.admit_port}",
         "QF_METRICS_PORT": str(metrics)})
-    stack._spawn("kafka-source", [sys.executable, "-m", "quotaflow.devstack.knative_mode",
+    stack._spawn("kafkasource", [sys.executable, "-m", "quotaflow.devstack.knative_mode",
                                   "--state-dir", str(stack.state_dir)], env)
     stack.metrics_ports["analytics"] = free_port()
     stack._spawn("analytics", [sys.executable, "-m", "quotaflow", "analytics", "run"],
@@ -205,11 +205,11 @@ def spawn(stack: Stack, env: dict[str, str]) -> None:
 
 def wait_assigned(stack: Stack, timeout_s: float) -> None:
     """Wait until every source's consumer was handed its partitions."""
-    path = stack.logs / "kafka-source.log"
+    path = stack.logs / "kafkasource.log"
     for spec in load_sources():
         wait_for(f"source {spec.name}", lambda n=spec.name:  # type: ignore[misc]
                  path.exists() and f"source {n} assigned" in path.read_text(errors="replace"),
-                 timeout_s, stack.procs["kafka-source"], path)
+                 timeout_s, stack.procs["kafkasource"], path)
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
