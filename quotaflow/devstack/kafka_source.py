@@ -22,8 +22,10 @@ Does not follow: one delivery thread serves all of a source's partitions, so a s
 event in flight in all (the same as per partition with the local stack's one partition a topic;
 a cluster delivers partitions in parallel); the dead-letter sink is written in process (no HTTP
 hop to a KafkaSink); no SASL/TLS of its own (the stack's client settings apply); `initialOffset`
-is always `earliest` (a new group must not skip records: lost usage), which the manifests set too;
-the dispatcher's timeout is the Service's `timeoutSeconds` (`runtime.timeouts`)."""
+is not read: the project's consumers start a new group at `earliest`, as the manifests ask; a
+record that is not a CloudEvent is POSTed with its headers as they are (KafkaSource would wrap
+it in an event of its own); a POST waits up to the Service's `timeoutSeconds`
+(`runtime.timeouts`), as the queue-proxy would cut it."""
 
 from __future__ import annotations
 
