@@ -173,6 +173,7 @@ def _up_detached(args: argparse.Namespace) -> int:
             "--replicas", str(args.replicas)]
     if args.broker:
         argv += ["--broker", args.broker]
+    argv += ["--knative"] * args.knative + ["--access-log"] * args.access_log
     return control.start_detached(argv, args.state_dir, _say)
 
 
