@@ -75,6 +75,19 @@ def test_request_through_the_knative_functions_completes_and_is_charged_exactly(
     assert set(functions(kstack)) == {"estimate", "reserve", "infer", "settle", "record"}
 
 
+@pytest.fixture(scope="module")
+def stack(kstack: DevStack) -> DevStack:
+    """The pipeline suite's tests below, imported, run on this mode's stack."""
+    return kstack
+
+
+# Run here right after the first request warmed every function: the pipeline suite waits 60 s.
+from tests.e2e.test_pipeline import (  # noqa: E402
+    test_committed_ledger_events_reach_the_ledger_topic,  # noqa: F401
+    test_tenant_whose_grant_is_too_small_is_rejected_and_charged_nothing,  # noqa: F401
+)
+
+
 def test_a_burst_ends_every_request_once_and_the_audit_is_clean(kstack: DevStack) -> None:
     tenant, key = new_tenant(kstack, 100_000)
     with ThreadPoolExecutor(8) as pool:
