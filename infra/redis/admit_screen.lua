@@ -4,10 +4,13 @@
 -- rolling minute (a sorted set of request ids scored by admission time in ms), KEYS[5] the
 -- tenant's in-flight slots (a hash: request id -> 'deadline_ms key_id'), KEYS[6] the
 -- tenant's in-flight counts (a hash: key id -> count), KEYS[7] the tokens each request of the
--- key's rolling minute holds (a hash: request id -> tokens; `trim_window.lua` lowers them).
+-- key's rolling minute holds (a hash: request id -> tokens, and '=total' their sum;
+-- `trim_window.lua` lowers them).
 -- ARGV: payload hash, record TTL s, window TTL s, rate limit per minute, tokens needed (the
 -- quota pre-check's), tokens per minute (0: none), max in flight (0: none), now ms, slot TTL
 -- ms, request id, key id, the tokens the request may reserve at most (the rolling minute's).
+-- A key with neither limit sends KEYS[1..3] and the first five ARGV only: every argument costs
+-- the client its encoding, most of a screen's CPU (BENCHMARKS.md, "admit's gate").
 -- A request with a record is a resend: nothing is counted, its recorded hash is answered.
 -- Otherwise the request is counted and the balance read; when the rate limit and the quota
 -- pre-check both let it through, the key's limits are checked, and when within them too the
@@ -35,29 +38,37 @@ local over_quota = granted > 0 and remaining < tonumber(ARGV[5])
 if over_rate or over_quota then
   return {'', count, raw, '', 0}
 end
+if #KEYS == 3 then  -- a key with no limits of its own: the first five ARGV alone are sent
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+  return {'', count, raw, '', 0}
+end
 local needs, tpm, max_inflight = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local now, rid, key_id = tonumber(ARGV[8]), ARGV[10], ARGV[11]
 local tpm_tokens = tonumber(ARGV[12])
 -- A request holding its tokens or slot already (its record was lost) is not held twice.
 local tpm_held = tpm > 0 and redis.call('ZSCORE', KEYS[4], rid)
 if tpm > 0 and not tpm_held then
-  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - 60000)
+  -- The minute's total is kept in the tokens hash (field '=total', never a request id), so a
+  -- screen costs the entries that leave the minute, not all of them. At most 4000 leave per
+  -- screen (unpack's limit): any left over still count, which only ever refuses more.
+  local used = tonumber(redis.call('HGET', KEYS[7], '=total') or '0')
+  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - 60000, 'LIMIT', 0, 4000)
   if #old > 0 then
+    local gone = redis.call('HMGET', KEYS[7], unpack(old))
+    for i = 1, #gone do
+      used = used - tonumber(gone[i] or '0')
+    end
     redis.call('ZREM', KEYS[4], unpack(old))
     redis.call('HDEL', KEYS[7], unpack(old))
-  end
-  local held = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
-  local tokens, used = {}, 0
-  for i = 1, #held, 2 do
-    tokens[i] = tonumber(redis.call('HGET', KEYS[7], held[i]) or '0')
-    used = used + tokens[i]
+    redis.call('HSET', KEYS[7], '=total', used)
   end
   if used + tpm_tokens > tpm then
     local retry = -1
     if tpm_tokens <= tpm then
       -- the oldest entries leave the window first: wait until enough of them have
+      local held = redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')
       for i = 1, #held, 2 do
-        used = used - tokens[i]
+        used = used - tonumber(redis.call('HGET', KEYS[7], held[i]) or '0')
         if used + tpm_tokens <= tpm then
           retry = tonumber(held[i + 1]) + 60000 - now
           break
@@ -91,6 +102,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 if tpm > 0 and not tpm_held then
   redis.call('ZADD', KEYS[4], now, rid)
   redis.call('HSET', KEYS[7], rid, tpm_tokens)
+  redis.call('HINCRBY', KEYS[7], '=total', tpm_tokens)
   redis.call('PEXPIRE', KEYS[4], 61000)
   redis.call('PEXPIRE', KEYS[7], 61000)
 end

@@ -90,22 +90,27 @@ class RedisAdmissionGate:
         """`screen` for many requests in one round trip (a pipeline of script calls, each
         atomic, applied in order; `call_script` says what happens when Redis forgot the
         script); one answer per query."""
-        replies = call_script(self.redis, self._screen, [
-            ((seen_key(q.tenant, q.request_id), window_key(q.tenant, q.key_id, q.minute),
-              balance_key(q.tenant, q.period), tpm_key(q.tenant, q.key_id),
-              slots_key(q.tenant), slot_counts_key(q.tenant), tpm_tokens_key(q.tenant, q.key_id)),
-             (q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min, q.needs_tokens,
-              q.tpm, q.max_inflight, q.now_ms, self.slot_ttl_ms, q.request_id, q.key_id,
-              q.tpm_tokens))
-            for q in queries])
+        replies = call_script(self.redis, self._screen, [self._call(q) for q in queries])
         return [_screening(reply) for reply in replies]
+
+    def _call(self, q: ScreenQuery) -> tuple[tuple[str, ...], tuple[str | int, ...]]:
+        # A key without limits of its own sends only what the rate limit, the pre-check and the
+        # record need: redis-py's encoding of each argument is most of a screen's client CPU.
+        keys = (seen_key(q.tenant, q.request_id), window_key(q.tenant, q.key_id, q.minute),
+                balance_key(q.tenant, q.period))
+        args = (q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min, q.needs_tokens)
+        if not (q.tpm or q.max_inflight):
+            return keys, args
+        return ((*keys, tpm_key(q.tenant, q.key_id), slots_key(q.tenant),
+                 slot_counts_key(q.tenant), tpm_tokens_key(q.tenant, q.key_id)),
+                (*args, q.tpm, q.max_inflight, q.now_ms, self.slot_ttl_ms, q.request_id,
+                 q.key_id, q.tpm_tokens))
 
     def release(self, tenant: str, request_ids: Sequence[str]) -> None:
         """Free the ended requests' in-flight slots, in one script call."""
         if request_ids:
             call_script(self.redis, self._release,
                         [((slots_key(tenant), slot_counts_key(tenant)), tuple(request_ids))])
-
 
     def trim(self, reserved: Sequence[ReservedTokens]) -> None:
         """Each request's tokens in its key's rolling minute lowered, in one round trip."""
