@@ -173,6 +173,12 @@ class Settings:
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
+    @property
+    def inflight_slot_ttl_s(self) -> int:
+        """How long a key's in-flight slot outlives a release that never came: past the
+        request's deadline and the two sweeps that may pass before it is ended then."""
+        return self.request_deadline_s + 2 * self.sweep_interval_s + 60
+
 
 # The one list of environment variables quotaflow reads, with the KAFKA_<PROPERTY> family
 # (`is_kafka_client_variable`); manifests are checked against both.

@@ -149,6 +149,7 @@ class DevStack:
             return
         loops = {n: ["run", s] for s, n in replicas.members(CONSUMER_STEPS, self.replicas)}
         loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
+        loops["alerts"] = ["alerts", "run"]  # threshold alerts, from the ledger topic
         for name, command in loops.items():
             self.metrics_ports[name] = free_port()
             self._spawn(name, [sys.executable, "-m", "quotaflow", *command],
