@@ -68,20 +68,24 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
     return create_key(conn, name)
 
 
-def create_key(conn: psycopg.Connection[Any], tenant: str, *, team: str | None = None,
-               tokens: int | None = None, usd: int | None = None) -> str:
-    """Issue another API key for `tenant`, in its `team` if given, limited to `tokens` and
-    `usd` micro-dollars a period (None: unlimited at the key); the returned key is the only
-    copy of its secret."""
+def create_key(conn: psycopg.Connection[Any], tenant: str, tpm: int = 0,
+               max_inflight: int = 0, *, team: str | None = None, tokens: int | None = None,
+               usd: int | None = None) -> str:
+    """Issue another API key for `tenant`, with its tokens per minute and requests in flight
+    (0: unlimited), in its `team` if given, limited to `tokens` and `usd` micro-dollars a
+    period (None: unlimited at the key); the returned key is the only copy of its secret."""
+    if tpm < 0 or max_inflight < 0:
+        raise ValueError("tokens per minute and max in flight must not be negative")
     if (tokens is not None and tokens < 0) or (usd is not None and usd < 0):
         raise ValueError("a key's limits must not be negative")
     key_id, secret = new_key_parts()
     try:
         row = conn.execute(
-            "INSERT INTO api_keys (key_id, tenant_id, secret_hash, team_id, limit_tokens, "
-            "limit_usd) SELECT %s, tenant_id, %s, %s, %s, %s FROM tenants WHERE tenant_id = %s "
-            "RETURNING key_id",
-            (key_id, secret_hash(secret), team, tokens, usd, tenant)).fetchone()
+            "INSERT INTO api_keys (key_id, tenant_id, secret_hash, tpm, max_inflight, team_id, "
+            "limit_tokens, limit_usd) SELECT %s, tenant_id, %s, %s, %s, %s, %s, %s FROM tenants "
+            "WHERE tenant_id = %s RETURNING key_id",
+            (key_id, secret_hash(secret), tpm, max_inflight, team, tokens, usd,
+             tenant)).fetchone()
     except errors.ForeignKeyViolation:
         raise UnknownTeam(f"tenant {tenant!r} has no team {team!r}") from None
     if row is None:
@@ -113,14 +117,15 @@ class PostgresTenants:
             return None
         key_id, secret = parts
         row = self.conn.execute(
-            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period, "
-            "t.time_zone "
+            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period, k.tpm, "
+            "k.max_inflight, t.time_zone "
             "FROM api_keys k JOIN tenants t USING (tenant_id) "
             "WHERE k.key_id = %s AND k.revoked_at IS NULL", (key_id,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], secret_hash(secret)):
             return None
         return Principal(tenant=row[1], key_id=key_id, rate_limit_per_min=row[2],
-                         plan_period=row[3], time_zone=row[4])
+                         plan_period=row[3], tpm=row[4], max_inflight=row[5],
+                         time_zone=row[6])
 
     def list_keys(self, tenant: str) -> list[ApiKeyInfo]:
         """The tenant's keys, oldest first, revoked ones included; `UnknownTenant` if none."""

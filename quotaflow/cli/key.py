@@ -25,6 +25,10 @@ def register(sub: Any) -> None:
     c.add_argument("--tokens", type=int, help="the key's own tokens per period (default: "
                    "unlimited at the key)")
     c.add_argument("--usd", type=usd_arg, help="the key's own dollars per period")
+    c.add_argument("--tpm", type=int, default=0, metavar="T",
+                   help="tokens the key may reserve in a rolling minute (default: unlimited)")
+    c.add_argument("--max-inflight", type=int, default=0, metavar="K",
+                   help="the key's requests in flight at once (default: unlimited)")
     c.set_defaults(func=create)
     ls = ksub.add_parser("list", help="a tenant's keys: id, created, revoked (never a secret)")
     ls.add_argument("tenant")
@@ -40,7 +44,9 @@ def create(args: argparse.Namespace) -> int:
     """Issue a key for `args.tenant`; the key is printed alone on the last line."""
     with compose.postgres(Settings.from_env()) as conn:
         try:
-            key = tenants.create_key(conn, args.tenant, team=getattr(args, "team", None),
+            key = tenants.create_key(conn, args.tenant, getattr(args, "tpm", 0),
+                                     getattr(args, "max_inflight", 0),
+                                     team=getattr(args, "team", None),
                                      tokens=getattr(args, "tokens", None),
                                      usd=getattr(args, "usd", None))
         except (tenants.UnknownTenant, tenants.UnknownTeam, ValueError) as exc:
