@@ -16,9 +16,11 @@ PostgreSQL and Redis: POSTGRES_URL / REDIS_URL, else embedded ones for the run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -137,7 +139,10 @@ def run(opts: LatencyOptions, say: Callable[[str], None]) -> dict[str, Any]:
     args = argparse.Namespace(requests=opts.requests, max_tokens=opts.max_tokens,
                               hops=opts.hops)
     result: dict[str, Any] = {"load_average_start": load_average(), "brokers": []}
-    with services(Settings.from_env(), workdir) as (base, service_pids):
+    # The stacks' and the model rounds' progress goes to stderr with the rest: stdout is
+    # the tables' (`report`).
+    with contextlib.redirect_stdout(sys.stderr), \
+            services(Settings.from_env(), workdir) as (base, service_pids):
         for broker in opts.brokers:
             say(f"{broker}: a stack of its own, {opts.requests} requests one at a time ...")
 
