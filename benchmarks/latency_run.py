@@ -152,6 +152,7 @@ def run(opts: LatencyOptions, say: Callable[[str], None]) -> dict[str, Any]:
             result["brokers"].append(bench_latency.measure(broker, base, args, then,
                                                            admit_workers=2))
             result["brokers"][-1]["load_average_after"] = load_average()
+            _save(result, opts.out)  # a run cut short keeps what it measured
         if opts.model_dir is None:
             say("the real model is not built (quotaflow model build): its pipeline/bare "
                 "ratio is skipped")
@@ -160,14 +161,18 @@ def run(opts: LatencyOptions, say: Callable[[str], None]) -> dict[str, Any]:
                 f"{opts.model_rounds} round(s) ...")
             result["model"] = model_vs_bare(base, opts, say)
     result["load_average_end"] = load_average()
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=2))
+    _save(result, opts.out)
     say(f"wrote {opts.out}")
     if opts.plots_dir is not None:
         opts.plots_dir.mkdir(parents=True, exist_ok=True)
         bench_latency.plot(result["brokers"], opts.plots_dir / "latency-brokers.png")
         say(f"drew {plots.hop_spans(result['brokers'], opts.plots_dir / 'latency-hops.png')}")
     return result
+
+
+def _save(result: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
 
 
 def report(result: dict[str, Any], requests: int) -> str:
