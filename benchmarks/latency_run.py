@@ -29,6 +29,7 @@ from typing import Any
 
 from benchmarks import bench_latency, bench_pipeline, cpu, hops, pipeline, plots
 from benchmarks.services import services
+from quotaflow.devstack.process import DevStackError
 from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
 
@@ -121,8 +122,12 @@ def model_vs_bare(base: Settings, opts: LatencyOptions, say: Callable[[str], Non
     bares, pipes, ratios = [bare()], [], []
     for r in range(opts.model_rounds):
         say(f"  round {r + 1}: the pipeline at concurrency 8 (a fresh stack) ...")
-        _, pipe8, _ = bench_pipeline.pipeline_round(settings, args, first=False,
-                                                    broker=opts.brokers[0])
+        try:
+            _, pipe8, _ = bench_pipeline.pipeline_round(settings, args, first=False,
+                                                        broker=opts.brokers[0])
+        except DevStackError as exc:  # e.g. a port taken meanwhile by another process here
+            say(f"  round {r + 1} did not start ({exc}); left out")
+            continue
         bares.append(bare())
         pipes.append(round(pipe8, 1))
         ratios.append(round(pipe8 / max(bares[-2], bares[-1]), 3))
@@ -130,7 +135,8 @@ def model_vs_bare(base: Settings, opts: LatencyOptions, say: Callable[[str], Non
             "requests": opts.model_requests, "max_tokens": opts.model_max_tokens,
             "pipeline_tokens_per_s": pipes,
             "bare_tokens_per_s": [round(b, 1) for b in bares], "ratios": ratios,
-            "median_ratio": round(statistics.median(ratios), 3), "goal": GOAL_MODEL_RATIO}
+            "median_ratio": round(statistics.median(ratios), 3) if ratios else None,
+            "goal": GOAL_MODEL_RATIO}
 
 
 def run(opts: LatencyOptions, say: Callable[[str], None]) -> dict[str, Any]:
@@ -203,7 +209,7 @@ def report(result: dict[str, Any], requests: int) -> str:
                      f"{o['sent']} | {o['ended']} | {o['non2xx']} | {e['p50_ms']:.0f} | "
                      f"{e['p99_ms']:.0f} | {cpu_text} (all {sum(used.values()):.1f}) |")
     m = result.get("model")
-    if m:
+    if m and m["ratios"]:
         lines += ["", f"real model ({m['model_dir']}), pipeline at concurrency 8 / bare loop "
                   f"(batches of 8): median {m['median_ratio']:.2f} of rounds "
                   f"{', '.join(f'{x:.2f}' for x in m['ratios'])} (goal ≥ {m['goal']}); "
