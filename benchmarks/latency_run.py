@@ -24,10 +24,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import bench_latency, bench_pipeline, cpu, hops, pipeline, plots
+from benchmarks.run import commit
 from benchmarks.services import services
 from quotaflow.devstack.process import DevStackError
 from quotaflow.devstack.stack import DevStack
@@ -144,7 +146,9 @@ def run(opts: LatencyOptions, say: Callable[[str], None]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="qf-bench-latency-"))
     args = argparse.Namespace(requests=opts.requests, max_tokens=opts.max_tokens,
                               hops=opts.hops)
-    result: dict[str, Any] = {"load_average_start": load_average(), "brokers": []}
+    result: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(),
+                              "commit": commit(), "load_average_start": load_average(),
+                              "brokers": []}
     # The stacks' and the model rounds' progress goes to stderr with the rest: stdout is
     # the tables' (`report`).
     with contextlib.redirect_stdout(sys.stderr), \
@@ -197,16 +201,17 @@ def report(result: dict[str, Any], requests: int) -> str:
                      f" ms, a durable commit (WAL flushed) {r['postgres']['commit_ms']:.2f} ms, "
                      f"without the flush {r['postgres']['commit_no_flush_ms']:.2f} ms (medians)"
                      for r in result["brokers"]]
-    lines += ["", "| broker | open loop | sent | ended | non-2xx | admit → recorded p50 ms | "
-              "p99 ms (goal ≤ 100) | CPU ms a request, by process |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| broker | open loop | due | stored | ended | non-2xx | "
+              "admit → recorded p50 ms | p99 ms (goal ≤ 100) | CPU ms a request, by process |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["brokers"]:
         o = r["open_loop"]
         e = o["end_to_end"]
         used = o["cpu_ms_per_request"]
         cpu_text = ", ".join(f"{k} {v:.2f}" for k, v in used.items())
         lines.append(f"| {r['describe']} | {o['rate']:g} req/s x {o['seconds']:g} s | "
-                     f"{o['sent']} | {o['ended']} | {o['non2xx']} | {e['p50_ms']:.0f} | "
+                     f"{o['sent']} | {o['stored']['n']:.0f} | {o['ended']} | {o['non2xx']} | "
+                     f"{e['p50_ms']:.0f} | "
                      f"{e['p99_ms']:.0f} | {cpu_text} (all {sum(used.values()):.1f}) |")
     m = result.get("model")
     if m and m["ratios"]:
