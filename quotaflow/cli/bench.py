@@ -33,6 +33,16 @@ With --servers, instead of 1 and 2: admit and the bare endpoint under each candi
 setup (granian and gunicorn, workers x threads) with the pipeline's first step paused, so the
 door alone is measured: req/s, latency and CPU a request (how admit's server was chosen).
 
+With --latency, instead: the latency real Kafka allows, on each --broker in turn (a stack of
+its own each): one request at a time (first streamed token, whole answer, p50/p99, against the
+bare loop), where that time goes span by span, PostgreSQL's cost of a durable commit here, an
+open loop at --rate with the CPU each process spends a request (the brokers' JVMs included),
+and the real model through the pipeline against the bare loop at concurrency 8 (median of
+--rounds, default 3; skipped with a line when the model is not built). PostgreSQL and Redis:
+POSTGRES_URL / REDIS_URL, else embedded ones. Writes .quotaflow/bench/latency.json and
+docs/bench/latency-brokers.png and latency-hops.png, prints its tables (BENCHMARKS.md, "The
+latency real Kafka allows").
+
 Writes the JSON result, refreshes the tables between the markers in BENCHMARKS.md and draws
 docs/bench/latency-cdf.png and docs/bench/throughput.png. Progress goes to stderr, the
 summary to stdout; exits 1 if the audit is not clean. Needs wrk (infra/local/setup.sh
