@@ -61,7 +61,7 @@ class LatencyOptions:
     def quick_run(cls, **kw: Any) -> LatencyOptions:
         """A couple of minutes a broker: fewer requests, a short open loop, one model round."""
         return cls(**{"requests": 20, "hops": 30, "seconds": 3, "model_rounds": 1,
-                      "model_requests": 24, **kw})
+                      "model_requests": 16, "model_max_tokens": 16, **kw})
 
 
 def built_model(root: Path) -> Path | None:
