@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,12 @@ def handler_ms(stack: DevStack) -> dict[str, float]:
     return out
 
 
-def measure(broker: str, base: Settings, args: argparse.Namespace) -> dict[str, Any]:
+# More of a stack's run, while it is up (`measure`'s `then`): the stack, its tenant and key.
+Then = Callable[[DevStack, str, str], dict[str, Any]]
+
+
+def measure(broker: str, base: Settings, args: argparse.Namespace, then: Then | None = None,
+            admit_workers: int = 1) -> dict[str, Any]:
     port = free_port()
     settings = replace(base, model_source="standin", standin_token_delay_ms=0,
                        postgres_url=base.postgres_url.rsplit("/", 1)[0] + "/qf_bench_latency",
@@ -159,15 +165,15 @@ def measure(broker: str, base: Settings, args: argparse.Namespace) -> dict[str, 
     db.recreate(settings.postgres_url)
     redis.Redis.from_url(settings.redis_url).flushdb()
     tmp = Path(tempfile.mkdtemp(prefix=f"qf-bench-latency-{broker}-"))
-    stack = DevStack(tmp, settings, admit_port=port, kafka_port=free_port(), admit_workers=1,
-                     broker=broker, brokers=3)
+    stack = DevStack(tmp, settings, admit_port=port, kafka_port=free_port(),
+                     admit_workers=admit_workers, broker=broker, brokers=3)
     stack.up(explicit_pg=True, explicit_redis=True, progress=lambda m: print(m, flush=True))
     times: dict[str, list[float]] = {k: [] for k in ("first", "whole", "bare first",
                                                       "bare whole")}
     try:
         with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
-            key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10**12,
-                                        rate_limit_per_min=10**9)
+            tenant = f"bench-{uuid.uuid4().hex[:6]}"
+            key = tenants.create_tenant(conn, tenant, 10**12, rate_limit_per_min=10**9)
             RedisProjection.connect(stack.settings.redis_url).catch_up(PostgresLedger(conn))
         client = OpenAI(base_url=f"{stack.admit_url}/v1", api_key=key, max_retries=0)
         generator = load_generator(stack.settings)
@@ -189,6 +195,7 @@ def measure(broker: str, base: Settings, args: argparse.Namespace) -> dict[str, 
                 "WHERE status = 'completed' ORDER BY created_at OFFSET 6").fetchall()]
         handlers = handler_ms(stack)
         hop = kafka_hop(stack.settings, args.hops)
+        more = then(stack, tenant, key) if then is not None else {}
     finally:
         stack.down()
     return {"broker": broker, "describe": "Apache Kafka 3 nodes" if broker == "kafka"
@@ -197,7 +204,7 @@ def measure(broker: str, base: Settings, args: argparse.Namespace) -> dict[str, 
             "ms": {name: {"p50": round(pct(v, 50), 2), "p99": round(pct(v, 99), 2)}
                    for name, v in {**times, "kafka hop": hop}.items()},
             "samples_ms": {name: [round(x * 1000, 3) for x in v]
-                           for name, v in {**times, "kafka hop": hop}.items()}}
+                           for name, v in {**times, "kafka hop": hop}.items()}, **more}
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:

@@ -6,7 +6,11 @@
     settle steps run), versus plain batched INSERTs of the same number of rows into a table of
     the same columns (no indexes) in the same PostgreSQL, alternating in rounds.
 (b) Audit replay of a ledger of --events events (generated in SQL: grants, reservations,
-    settlements), versus a bare server-side-cursor scan of the same rows."""
+    settlements), versus a bare server-side-cursor scan of the same rows.
+(c) With --levels: decisions/s through reserve + settle of requests held at three levels with
+    money (a key with its limits, in a team with its limits, a tenant with a money limit, a
+    priced model) versus the same calls held at the tenant alone (no key, no price), in the
+    same ledger, alternating in rounds."""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ import time
 
 import psycopg
 
+from quotaflow.adapters import budget_store
 from quotaflow.adapters import postgres as db
-from quotaflow.adapters.tenant_store import create_tenant
+from quotaflow.adapters.tenant_store import create_key, create_tenant
 from quotaflow.ledger import audit
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation
 from quotaflow.ledger.store import PostgresLedger
@@ -83,6 +88,51 @@ def decisions(url: str, n: int, batch: int, tenants: int, rounds: int
     return results
 
 
+def levels(url: str, n: int, batch: int, tenants: int, rounds: int
+           ) -> list[tuple[float, float]]:
+    """(three levels with money decisions/s, tenant-only decisions/s) per round."""
+    db.recreate(url)
+    conn = psycopg.connect(url, autocommit=True)
+    names = [f"t{i}" for i in range(tenants)]
+    keys = {}
+    for t in names:
+        create_tenant(conn, t, 10**12, usd=10**15)
+        budget_store.create_team(conn, t, "ml", tokens=10**12, usd=10**15)
+        keys[t] = [create_key(conn, t, team="ml", tokens=10**12, usd=10**15).split("_")[1]
+                   for _ in range(4)]
+    budget_store.set_price(conn, "m", 150_000, 600_000)
+    ledger = PostgresLedger(conn)
+
+    def run(start: int, stop: int, held: bool) -> float:
+        began = time.perf_counter()
+        for first in range(start, stop, batch):
+            ids = range(first, min(stop, first + batch))
+            ledger.reserve([ReserveTokens(
+                names[i % tenants], f"r{i}", 100, "h",
+                keys[names[i % tenants]][i % 4] if held else None, "m" if held else "", 40)
+                for i in ids])
+            ledger.end([SettleReservation(names[i % tenants], f"r{i}", 60, "s") for i in ids])
+        return 2 * (stop - start) / (time.perf_counter() - began)
+
+    warm = 2 * batch
+    run(2 * n, 2 * n + warm, True)
+    run(2 * n + warm, 2 * n + 2 * warm, False)
+    per_round = n // rounds
+    results = []
+    for r in range(rounds):
+        a, b = 2 * r * per_round, (2 * r + 1) * per_round
+        if r % 2 == 0:
+            held_rate, single_rate = run(a, b, True), run(b, b + per_round, False)
+        else:
+            single_rate, held_rate = run(a, b, False), run(b, b + per_round, True)
+        results.append((held_rate, single_rate))
+        print(f"    round {r + 1}/{rounds}: three levels with money {held_rate:8.0f} "
+              f"decisions/s, tenant only {single_rate:8.0f}, ratio "
+              f"{held_rate / single_rate:.2f}", flush=True)
+    conn.close()
+    return results
+
+
 def replay(url: str, events: int, tenants: int = 100) -> tuple[float, float, int]:
     db.recreate(url)
     pairs = (events - tenants) // 2
@@ -130,9 +180,21 @@ def main() -> None:
                     help="(a) alternates ledger and raw this many times")
     ap.add_argument("--events", type=int, default=1_000_000, help="ledger size for (b)")
     ap.add_argument("--skip-replay", action="store_true", help="only (a)")
+    ap.add_argument("--levels", action="store_true", help="only (c)")
     args = ap.parse_args()
     base = Settings.from_env().postgres_url.rsplit("/", 1)[0]
     url = f"{base}/qf_bench_ledger"
+    if args.levels:
+        print(f"(c) {args.requests} reserve + settle at three levels with money and as many "
+              f"at the tenant alone, batches of {args.batch}, {args.tenants} tenants, "
+              f"{args.rounds} rounds")
+        pairs = levels(url, args.requests, args.batch, args.tenants, args.rounds)
+        ratios = sorted(h / s for h, s in pairs)
+        print(f"    median: three levels {statistics.median(sorted(p[0] for p in pairs)):.0f} "
+              f"decisions/s, tenant only {statistics.median(sorted(p[1] for p in pairs)):.0f}; "
+              f"ratio median {statistics.median(ratios):.2f} (min {ratios[0]:.2f}, max "
+              f"{ratios[-1]:.2f})")
+        return
     print(f"(a) {args.requests} reserve + {args.requests} settle, batches of {args.batch}, "
           f"{args.tenants} tenants, {args.rounds} rounds")
     results = decisions(url, args.requests, args.batch, args.tenants, args.rounds)

@@ -158,15 +158,16 @@ def decode_rows(stack: DevStack) -> tuple[float, float]:
     return values["sum"], values["count"]
 
 
-def start_stack(settings: Settings) -> DevStack:
-    """A local stack on the bench's own database and Redis index, emptied first."""
+def start_stack(settings: Settings, broker: str = "") -> DevStack:
+    """A local stack on the bench's own database and Redis index, emptied first; on `broker`
+    (kafka, tansu; "": Apache Kafka where it runs here)."""
     base = settings.postgres_url.rsplit("/", 1)[0]
     port = free_port()
     stack = DevStack(Path(tempfile.mkdtemp(prefix="qf-bench-")),
                      replace(settings, postgres_url=f"{base}/qf_test_bench_pipeline",
                              redis_url=settings.redis_url.rsplit("/", 1)[0] + "/14",
                              public_url=f"http://127.0.0.1:{port}"),
-                     admit_port=port, kafka_port=free_port(), admit_workers=1)
+                     admit_port=port, kafka_port=free_port(), admit_workers=1, broker=broker)
     db.recreate(stack.settings.postgres_url)
     redis.Redis.from_url(stack.settings.redis_url).flushdb()
     print("starting the pipeline ...", flush=True)
@@ -174,12 +175,12 @@ def start_stack(settings: Settings) -> DevStack:
     return stack
 
 
-def pipeline_round(settings: Settings, args: argparse.Namespace, first: bool
-                   ) -> tuple[float | None, float, float]:
+def pipeline_round(settings: Settings, args: argparse.Namespace, first: bool,
+                   broker: str = "") -> tuple[float | None, float, float]:
     """One stack's run: (concurrency 1 on the first round only, concurrency 8, the requests
     the running batch held a pass at 8). The stack is down again when it returns, so the bare
     loop after it has the cores to itself."""
-    stack = start_stack(settings)
+    stack = start_stack(settings, broker)
     try:
         with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
             key = tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:6]}", 10_000_000)

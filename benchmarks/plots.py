@@ -62,3 +62,31 @@ def throughput(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def hop_spans(brokers: list[dict[str, Any]], path: Path) -> Path:
+    """One request's time span by span (medians, one request at a time), a bar a broker, each
+    span split into its step's handler time and the rest (the hop, the waits, the produce)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 1.1 * len(brokers)))
+    colours = plt.get_cmap("tab10")
+    for y, r in enumerate(brokers):
+        left = 0.0
+        for i, s in enumerate(r["spans"]):
+            handler = s["handler_ms"] or 0.0
+            rest = max(0.0, s["p50_ms"] - handler)
+            step = s["span"].split(":")[0]
+            ax.barh(y, handler, left=left, color=colours(i), edgecolor="black", lw=0.5,
+                    label=f"{step}: handler" if y == 0 else None)
+            ax.barh(y, rest, left=left + handler, color=colours(i), alpha=0.35,
+                    edgecolor="black", lw=0.5, hatch="//",
+                    label=f"{step}: hop, waits, produce" if y == 0 else None)
+            left += handler + rest
+    ax.set_yticks(range(len(brokers)), [r["describe"] for r in brokers])
+    ax.set_xlabel("ms from admit's insert to record's update (medians, one request at a time)")
+    ax.set_title("Where one request's time goes, stand-in model")
+    ax.legend(fontsize=6, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -54,7 +54,7 @@ _EVENTS = [
     EventType("failed", "dev.quotaflow.request.failed", "failed", 1),
     EventType("settled", "dev.quotaflow.request.settled", "settled", 1),
     EventType("recorded", "dev.quotaflow.request.recorded", "recorded", 1),
-    EventType("ledger", "dev.quotaflow.ledger.entry", "ledger", 1),
+    EventType("ledger", "dev.quotaflow.ledger.entry", "ledger", 2),
 ]
 
 EVENTS: dict[str, EventType] = {e.name: e for e in _EVENTS}

@@ -151,6 +151,15 @@ class LedgerEntry:
     amount: int
     released: int
     recorded_at_ms: datetime
+    # v2: what the event did at the budget levels (quotaflow.ledger.budgets), money in
+    # micro-dollars, and the price version a reservation was priced at.
+    key_id: str | None = None
+    team_id: str | None = None
+    usd: int = 0
+    usd_released: int = 0
+    model: str | None = None
+    price_version: int | None = None
+    input_tokens: int | None = None
 
 
 Payload = (Admitted | Estimated | Reserved | Rejected | Completed | Failed | Settled | Recorded

@@ -82,6 +82,16 @@ class LedgerReason(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict: same request id, different payload"
 
 
+class LevelScope(StrEnum):
+    """A budget level: the tenant (the org), one of its teams, or one API key. A request is
+    held at its key, its key's team (if any) and its tenant; `GET /v1/quota` lists them in
+    this order."""
+
+    KEY = "key"
+    TEAM = "team"
+    TENANT = "tenant"
+
+
 class FinishReason(StrEnum):
     """Why generation ended: `Completed.finish_reason`, the token stream's end entry and the
     OpenAI door's `finish_reason`."""
@@ -98,3 +108,10 @@ class OutcomeKind(StrEnum):
 
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+class KeyLimit(StrEnum):
+    """A per-key limit the door's gate holds in Redis and refuses a request over (429)."""
+
+    TOKENS_PER_MINUTE = "tokens_per_minute"  # tokens reserved in a rolling minute
+    IN_FLIGHT = "in_flight"  # requests admitted and not yet ended

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg import errors
@@ -27,25 +28,39 @@ class UnknownTenant(LookupError):
     """No tenant of that name."""
 
 
+class UnknownTeam(LookupError):
+    """The tenant has no team of that name."""
+
+
 def secret_hash(secret: str) -> str:
     """The digest stored for a key's secret (the secret itself is never stored)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period: str = "month",
-                  rate_limit_per_min: int = 600) -> str:
-    """Create a tenant with a recurring grant of `tokens` per period; returns its first API key."""
+                  rate_limit_per_min: int = 600, usd: int | None = None,
+                  time_zone: str = "UTC") -> str:
+    """Create a tenant with a recurring grant of `tokens` per period, at most `usd`
+    micro-dollars a period (None: no money limit), its periods in `time_zone`; returns its
+    first API key."""
     if not _NAME.match(name):
         raise ValueError("tenant name must be 1-63 of a-z, 0-9 and '-', starting alphanumeric")
     if tokens < 0:
         raise ValueError("tokens must not be negative")
     if period not in ("day", "month"):
         raise ValueError("period must be 'day' or 'month'")
+    if usd is not None and usd < 0:
+        raise ValueError("usd must not be negative")
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {time_zone!r} (an IANA name: Europe/Paris)") from None
     try:
         with conn.transaction():
             conn.execute("INSERT INTO tenants (tenant_id, plan_period, grant_tokens,"
-                         " rate_limit_per_min) VALUES (%s, %s, %s, %s)",
-                         (name, period, tokens, rate_limit_per_min))
+                         " rate_limit_per_min, limit_usd, time_zone)"
+                         " VALUES (%s, %s, %s, %s, %s, %s)",
+                         (name, period, tokens, rate_limit_per_min, usd, time_zone))
             conn.execute("INSERT INTO ledger_streams (tenant_id) VALUES (%s)", (name,))
     except errors.UniqueViolation:
         raise TenantExists(f"tenant {name!r} already exists") from None
@@ -53,12 +68,26 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
     return create_key(conn, name)
 
 
-def create_key(conn: psycopg.Connection[Any], tenant: str) -> str:
-    """Issue another API key for `tenant`; the returned key is the only copy of its secret."""
+def create_key(conn: psycopg.Connection[Any], tenant: str, tpm: int = 0,
+               max_inflight: int = 0, *, team: str | None = None, tokens: int | None = None,
+               usd: int | None = None) -> str:
+    """Issue another API key for `tenant`, with its tokens per minute and requests in flight
+    (0: unlimited), in its `team` if given, limited to `tokens` and `usd` micro-dollars a
+    period (None: unlimited at the key); the returned key is the only copy of its secret."""
+    if tpm < 0 or max_inflight < 0:
+        raise ValueError("tokens per minute and max in flight must not be negative")
+    if (tokens is not None and tokens < 0) or (usd is not None and usd < 0):
+        raise ValueError("a key's limits must not be negative")
     key_id, secret = new_key_parts()
-    row = conn.execute("INSERT INTO api_keys (key_id, tenant_id, secret_hash) SELECT %s, "
-                       "tenant_id, %s FROM tenants WHERE tenant_id = %s RETURNING key_id",
-                       (key_id, secret_hash(secret), tenant)).fetchone()
+    try:
+        row = conn.execute(
+            "INSERT INTO api_keys (key_id, tenant_id, secret_hash, tpm, max_inflight, team_id, "
+            "limit_tokens, limit_usd) SELECT %s, tenant_id, %s, %s, %s, %s, %s, %s FROM tenants "
+            "WHERE tenant_id = %s RETURNING key_id",
+            (key_id, secret_hash(secret), tpm, max_inflight, team, tokens, usd,
+             tenant)).fetchone()
+    except errors.ForeignKeyViolation:
+        raise UnknownTeam(f"tenant {tenant!r} has no team {team!r}") from None
     if row is None:
         raise UnknownTenant(f"no tenant {tenant!r}")
     return f"qf_{key_id}_{secret}"
@@ -88,13 +117,15 @@ class PostgresTenants:
             return None
         key_id, secret = parts
         row = self.conn.execute(
-            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period "
+            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period, k.tpm, "
+            "k.max_inflight, t.time_zone "
             "FROM api_keys k JOIN tenants t USING (tenant_id) "
             "WHERE k.key_id = %s AND k.revoked_at IS NULL", (key_id,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], secret_hash(secret)):
             return None
         return Principal(tenant=row[1], key_id=key_id, rate_limit_per_min=row[2],
-                         plan_period=row[3])
+                         plan_period=row[3], tpm=row[4], max_inflight=row[5],
+                         time_zone=row[6])
 
     def list_keys(self, tenant: str) -> list[ApiKeyInfo]:
         """The tenant's keys, oldest first, revoked ones included; `UnknownTenant` if none."""

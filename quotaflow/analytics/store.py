@@ -29,7 +29,8 @@ from quotaflow.analytics.rollup import (
 
 Conn = psycopg.Connection[Any]
 LEDGER_ENTRY_COLUMNS = ("e.seq, e.tenant_id, e.stream_version, e.kind, e.request_id, e.period, "
-                        "e.amount, e.released, e.recorded_at")
+                        "e.amount, e.released, e.recorded_at, e.key_id, e.team_id, e.usd, "
+                        "e.usd_released, e.model, e.price_version, e.input_tokens")
 
 
 # Which model and key each request was for, read by key; never prepared, so that a plan cached

@@ -33,6 +33,16 @@ With --servers, instead of 1 and 2: admit and the bare endpoint under each candi
 setup (granian and gunicorn, workers x threads) with the pipeline's first step paused, so the
 door alone is measured: req/s, latency and CPU a request (how admit's server was chosen).
 
+With --latency, instead: the latency real Kafka allows, on each --broker in turn (a stack of
+its own each): one request at a time (first streamed token, whole answer, p50/p99, against the
+bare loop), where that time goes span by span, PostgreSQL's cost of a durable commit here, an
+open loop at --rate with the CPU each process spends a request (the brokers' JVMs included),
+and the real model through the pipeline against the bare loop at concurrency 8 (median of
+--rounds, default 3; skipped with a line when the model is not built). PostgreSQL and Redis:
+POSTGRES_URL / REDIS_URL, else embedded ones. Writes .quotaflow/bench/latency.json and
+docs/bench/latency-brokers.png and latency-hops.png, prints its tables (BENCHMARKS.md, "The
+latency real Kafka allows").
+
 Writes the JSON result, refreshes the tables between the markers in BENCHMARKS.md and draws
 docs/bench/latency-cdf.png and docs/bench/throughput.png. Progress goes to stderr, the
 summary to stdout; exits 1 if the audit is not clean. Needs wrk (infra/local/setup.sh
@@ -46,6 +56,9 @@ dev extra: run from the checkout's root after pip install -e '.[dev,local]'."""
 NOT_HERE = ("quotaflow bench: the benchmarks are not installed with the package; run it from a "
             "checkout of quotaflow with the dev extra (git clone, then pip install -e "
             "'.[dev,local]' in it)")
+
+
+DEFAULT_OUT = Path(".quotaflow/bench/result.json")
 
 
 def register(sub: Any) -> None:
@@ -65,7 +78,7 @@ def register(sub: Any) -> None:
     b.add_argument("--requests", type=int, default=None,
                    help="requests per sustained run (default 6000; quick 1500)")
     b.add_argument("--rate", type=float, default=500, help="open-loop rate, req/s (default 500)")
-    b.add_argument("--out", type=Path, default=Path(".quotaflow/bench/result.json"),
+    b.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="where to write the JSON result")
     b.add_argument("--no-docs", action="store_true",
                    help="write only the JSON: leave BENCHMARKS.md and docs/bench/ alone")
@@ -73,10 +86,19 @@ def register(sub: Any) -> None:
     b.add_argument("--servers", action="store_true",
                    help="instead: admit and bare under each candidate server setup (granian, "
                         "gunicorn; workers x threads), the door alone")
+    b.add_argument("--latency", action="store_true",
+                   help="instead: the latency real Kafka allows (one request at a time, span "
+                        "by span, an open loop at --rate with the CPU of every process, the "
+                        "real model against the bare loop), on each --broker")
+    b.add_argument("--broker", choices=("kafka", "tansu", "both"), default=None,
+                   help="with --latency: Apache Kafka (3 nodes), Tansu, or both in one run "
+                        "(default both where Java runs Kafka here, else tansu)")
     b.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.latency:
+        return _latency(args)
     try:
         from benchmarks.run import Options, bench
         from benchmarks.wrk import WrkError
@@ -115,3 +137,33 @@ def _bench(args: argparse.Namespace) -> int:
             summary[loop] = {k: v for k, v in result[loop].items() if k != "end_to_end_s"}
     print(json.dumps(summary, indent=2))
     return 0 if result["audit"]["clean"] else 1
+
+
+def _latency(args: argparse.Namespace) -> int:
+    """`quotaflow bench --latency`: benchmarks.latency_run, its tables on stdout."""
+    try:
+        from benchmarks import latency_run as lr
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("benchmarks", "matplotlib", "psutil"):
+            raise
+        print(NOT_HERE, file=sys.stderr)
+        return 2
+    from quotaflow.devstack import kafka_cluster
+
+    broker = args.broker or ("both" if kafka_cluster.available() else "tansu")
+    given: dict[str, Any] = {
+        "brokers": ("kafka", "tansu") if broker == "both" else (broker,), "rate": args.rate,
+        "model_dir": lr.built_model(Path(".quotaflow/models")),
+        "out": args.out if args.out != DEFAULT_OUT else Path(".quotaflow/bench/latency.json")}
+    if args.seconds is not None:
+        given["seconds"] = args.seconds
+    if args.rounds is not None:
+        given["model_rounds"] = max(1, args.rounds)
+    if args.requests is not None:
+        given["requests"] = args.requests
+    if args.no_docs:
+        given["plots_dir"] = None
+    opts = lr.LatencyOptions.quick_run(**given) if args.quick else lr.LatencyOptions(**given)
+    result = lr.run(opts, lambda m: print(m, file=sys.stderr, flush=True))
+    print(lr.report(result, opts.requests))
+    return 0

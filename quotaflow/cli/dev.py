@@ -77,6 +77,11 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="built",
                    help="built (default: SmolLM2-135M-Instruct, built once and cached), "
                    "standin (no weights), dir:PATH or registry")
+    p.add_argument("--knative", action="store_true",
+                   help="run every step as its Knative function under func-python's "
+                   "middleware, fed by a local KafkaSource (binary CloudEvents, ordered, "
+                   "retries, dead-letter sink); functions idle QF_KNATIVE_IDLE_S are stopped "
+                   "and started again by their next delivery")
     p.add_argument("--access-log", action="store_true",
                    help="log a line for every request admit serves (off by default: at "
                    "hundreds of requests a second it costs the door about a tenth of its "
@@ -109,9 +114,11 @@ def _start(args: argparse.Namespace) -> DevStack:
         raise DevStackError("--brokers must be 1 or more")
     if args.replicas < 1:
         raise DevStackError("--replicas must be 1 or more")
+    if args.knative and args.replicas > 1:
+        raise DevStackError("--knative runs one instance a function: leave out --replicas")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
                      admit_access_log=args.access_log, broker=args.broker or "",
-                     brokers=args.brokers, replicas=args.replicas)
+                     brokers=args.brokers, replicas=args.replicas, knative=args.knative)
     stack.up(explicit_pg="POSTGRES_URL" in os.environ,
              explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
@@ -166,6 +173,7 @@ def _up_detached(args: argparse.Namespace) -> int:
             "--replicas", str(args.replicas)]
     if args.broker:
         argv += ["--broker", args.broker]
+    argv += ["--knative"] * args.knative + ["--access-log"] * args.access_log
     return control.start_detached(argv, args.state_dir, _say)
 
 

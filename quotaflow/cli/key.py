@@ -9,6 +9,7 @@ from typing import Any
 
 from quotaflow import compose
 from quotaflow.adapters import tenant_store as tenants
+from quotaflow.cli.budget import usd_arg
 from quotaflow.settings import Settings
 
 
@@ -20,6 +21,14 @@ def register(sub: Any) -> None:
                         "alone on the last line",
                         description="KEY=$(quotaflow key create acme | tail -1)")
     c.add_argument("tenant")
+    c.add_argument("--team", help="the tenant's team the key belongs to (its budget is shared)")
+    c.add_argument("--tokens", type=int, help="the key's own tokens per period (default: "
+                   "unlimited at the key)")
+    c.add_argument("--usd", type=usd_arg, help="the key's own dollars per period")
+    c.add_argument("--tpm", type=int, default=0, metavar="T",
+                   help="tokens the key may reserve in a rolling minute (default: unlimited)")
+    c.add_argument("--max-inflight", type=int, default=0, metavar="K",
+                   help="the key's requests in flight at once (default: unlimited)")
     c.set_defaults(func=create)
     ls = ksub.add_parser("list", help="a tenant's keys: id, created, revoked (never a secret)")
     ls.add_argument("tenant")
@@ -35,8 +44,12 @@ def create(args: argparse.Namespace) -> int:
     """Issue a key for `args.tenant`; the key is printed alone on the last line."""
     with compose.postgres(Settings.from_env()) as conn:
         try:
-            key = tenants.create_key(conn, args.tenant)
-        except tenants.UnknownTenant as exc:
+            key = tenants.create_key(conn, args.tenant, getattr(args, "tpm", 0),
+                                     getattr(args, "max_inflight", 0),
+                                     team=getattr(args, "team", None),
+                                     tokens=getattr(args, "tokens", None),
+                                     usd=getattr(args, "usd", None))
+        except (tenants.UnknownTenant, tenants.UnknownTeam, ValueError) as exc:
             print(f"error: {exc}")
             return 2
     print(f"created key {key.split('_')[1]} for tenant {args.tenant}; it is shown only once:")

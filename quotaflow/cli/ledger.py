@@ -42,12 +42,14 @@ def _migrate(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from quotaflow.analytics.check import compare_rollups
     from quotaflow.ledger import audit as a
+    from quotaflow.ledger.audit_levels import compare_levels
     from quotaflow.ledger.audit_records import compare_requests
 
     settings = Settings.from_env()
     with compose.postgres(settings, autocommit=False) as conn:
         result = a.replay(conn, args.tenant, args.period, progress=a.progress_printer())
         a.compare_snapshot(result, conn, args.tenant, args.period)
+        compare_levels(result, conn, args.tenant)
         if not args.no_projection:
             a.compare_projection(result, compose.projection(settings),
                                  args.tenant, args.period)

@@ -8,6 +8,7 @@ from typing import Any
 from quotaflow import compose
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.cli import key as key_cli
+from quotaflow.cli.budget import limits_text, usd_arg
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.settings import Settings
 
@@ -21,8 +22,12 @@ def register(sub: Any) -> None:
                         description="KEY=$(quotaflow tenant create acme --tokens 1000 | tail -1)")
     c.add_argument("name", help="tenant id: a-z, 0-9 and '-'")
     c.add_argument("--tokens", type=int, required=True, help="tokens granted each period")
+    c.add_argument("--usd", type=usd_arg, help="dollars per period, e.g. 100 (default: "
+                   "no money limit)")
     c.add_argument("--period", choices=("day", "month"), default="month",
                    help="grant period (default: month)")
+    c.add_argument("--tz", default="UTC", help="the time zone its days and months are "
+                   "counted in, e.g. Europe/Paris (default: UTC)")
     c.add_argument("--rate-limit", type=int, default=600,
                    help="requests per minute per API key (default: 600)")
     c.set_defaults(func=_create)
@@ -38,12 +43,12 @@ def _create(args: argparse.Namespace) -> int:
     with compose.postgres(settings) as conn:
         try:
             key = tenants.create_tenant(conn, args.name, args.tokens, args.period,
-                                        args.rate_limit)
+                                        args.rate_limit, args.usd, args.tz)
         except ValueError as exc:  # a bad argument, or TenantExists
             print(f"error: {exc}")
             return 2
         compose.projection(settings).catch_up(PostgresLedger(conn))
-    print(f"created tenant {args.name}: {args.tokens} tokens per {args.period}, "
-          f"{args.rate_limit} requests/min per key")
+    print(f"created tenant {args.name}: {limits_text(args.tokens, args.usd, args.period)} "
+          f"({args.tz}), {args.rate_limit} requests/min per key")
     print(key)
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.devstack import brokers as local_kafka
-from quotaflow.devstack import replicas
+from quotaflow.devstack import knative_mode, replicas
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
@@ -58,6 +58,7 @@ class DevStack:
     broker: str = ""
     brokers: int = 3
     replicas: int = 1  # members of each consumer step's group (`replicas`)
+    knative: bool = False  # `dev up --knative`: functions fed as KafkaSource feeds them
     kafka: local_kafka.LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -143,8 +144,12 @@ class DevStack:
         # tokens/s through the local pipeline, in six alternating pairs (BENCHMARKS.md).
         env = {**self.settings.as_env(), **self.child_env,
                "PYTHONUNBUFFERED": "1"}
+        if self.knative:
+            knative_mode.spawn(self, env)
+            return
         loops = {n: ["run", s] for s, n in replicas.members(CONSUMER_STEPS, self.replicas)}
         loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
+        loops["alerts"] = ["alerts", "run"]  # threshold alerts, from the ledger topic
         for name, command in loops.items():
             self.metrics_ports[name] = free_port()
             self._spawn(name, [sys.executable, "-m", "quotaflow", *command],
@@ -182,6 +187,8 @@ class DevStack:
         url = f"http://127.0.0.1:{self.admit_port}/health/readiness"
         wait_for("admit", lambda: http_ok(url), 60, self.procs["admit"],
                  self.logs / "admit.log")
+        if self.knative:
+            return knative_mode.wait_assigned(self, timeout_s)
         replicas.wait_assigned(self.logs, self.procs, self.replicas, timeout_s)
 
     def up(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]) -> None:

@@ -21,12 +21,17 @@ def payload_hash(payload: Any) -> str:
 
 @dataclass(frozen=True)
 class ReserveTokens:
-    """Hold a request's worst case (prompt tokens + max_tokens)."""
+    """Hold a request's worst case (prompt tokens + max_tokens) at its key, the key's team and
+    its tenant, in tokens and in money at the price of `model` in force (`input_tokens` of
+    `amount` priced as input, the rest as output). Without a key: at the tenant only."""
 
     tenant: str
     request_id: str
     amount: int
     payload_hash: str
+    key_id: str | None = None
+    model: str = ""
+    input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,15 @@ class StoredEvent:
     released: int
     reason: str | None
     recorded_at: datetime
+    # What the event did at the budget levels (quotaflow.ledger.budgets): micro-dollars held,
+    # charged, returned; and what a reservation's money was priced from.
+    key_id: str | None = None
+    team_id: str | None = None
+    usd: int = 0
+    usd_released: int = 0
+    model: str | None = None
+    price_version: int | None = None
+    input_tokens: int | None = None
 
     def as_event(self) -> LedgerEvent:
         return LedgerEvent(self.kind, self.tenant, self.period, self.amount, self.request_id,

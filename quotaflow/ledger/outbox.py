@@ -25,7 +25,10 @@ def ledger_envelope(ev: StoredEvent) -> Envelope:
     """The record of one committed ledger event: id `ledger/<seq>`, timed when it was recorded."""
     entry = LedgerEntry(seq=ev.seq, tenant=ev.tenant, stream_version=ev.stream_version,
                         kind=ev.kind, request_id=ev.request_id, period=ev.period,
-                        amount=ev.amount, released=ev.released, recorded_at_ms=ev.recorded_at)
+                        amount=ev.amount, released=ev.released, recorded_at_ms=ev.recorded_at,
+                        key_id=ev.key_id, team_id=ev.team_id, usd=ev.usd,
+                        usd_released=ev.usd_released, model=ev.model,
+                        price_version=ev.price_version, input_tokens=ev.input_tokens)
     return Envelope(type=EVENTS[LedgerEntry.event_name], id=f"ledger/{ev.seq}",
                     source="/quotaflow/ledger", tenant=ev.tenant, payload=entry,
                     time=ev.recorded_at.astimezone(UTC))

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -37,6 +37,21 @@ Batch = list[tuple[Message | None, Envelope]]
 # The longest wait for new records while batches are being handled: the loop publishes a
 # finished batch only between two polls (librdkafka's local queue wait; no broker request).
 IN_FLIGHT_POLL_S = 0.005
+
+
+def take_more(consume: Callable[[int, float], list[Message]], room: int,
+              window_s: float) -> list[Message]:
+    """Up to `room` more records for a batch whose first has arrived: what is already queued,
+    then, only if something was (records are arriving), what else comes within `window_s`."""
+    # An idle step does not wait the window: one request at a time, every step paid it
+    # (5 steps x 5 ms of a 115 ms pipeline; BENCHMARKS.md, the latency real Kafka allows).
+    # Under load records queue while a batch is handled, so the window still fills batches.
+    if room <= 0:
+        return []
+    got = consume(room, 0)
+    if got and len(got) < room and window_s > 0:
+        got += consume(room - len(got), window_s)
+    return got
 
 
 class KafkaWorker:
@@ -106,7 +121,7 @@ class KafkaWorker:
             self.in_flight.wait(timeout_s)
             return self._collect()
         # consume(n, timeout) waits for all n records or the whole timeout: wait for the first
-        # record only, then take what else arrives within the short batching window.
+        # record only, then take what else is queued or arriving (`take_more`).
         if len(self.in_flight):  # a batch that finishes is published within this wait
             timeout_s = min(timeout_s, IN_FLIGHT_POLL_S)
         first = self.consumer.poll(timeout_s)
@@ -116,9 +131,7 @@ class KafkaWorker:
         room = self.step.batch_max(self.settings) - 1
         if self.in_flight.limit > 1:  # a record a handler call: no more than the free slots
             room = min(room, self.in_flight.free() - 1)
-        if room > 0:
-            msgs += self.consumer.consume(num_messages=room,
-                                          timeout=self.settings.batch_wait_ms / 1000)
+        msgs += take_more(self.consumer.consume, room, self.settings.batch_wait_ms / 1000)
         msgs, rereads = self.gaps.screen(msgs)  # records the broker skipped: read them again
         seek(self.consumer, rereads, self.step.name)
         if not msgs:

@@ -43,7 +43,7 @@ def conn(analytics_url: str) -> Iterator[psycopg.Connection[Any]]:
     with db.connect(analytics_url, autocommit=True) as c:
         c.execute("TRUNCATE tenants, api_keys, ledger_streams, ledger_events, reservations, "
                   "balances, ledger_commands, requests, usage_rollups, usage_offsets, "
-                  "usage_streams, usage_outcomes CASCADE")
+                  "usage_streams, usage_outcomes, level_balances, prices CASCADE")
         c.execute("UPDATE outbox_cursors SET seq = 0")
         yield c
 

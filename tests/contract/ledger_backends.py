@@ -20,7 +20,7 @@ from quotaflow.ports import Ledger
 DATABASE = "qf_test_contract_ledger"
 REDIS_DB = 12
 TABLES = ("tenants, api_keys, ledger_streams, ledger_events, reservations, balances, "
-          "ledger_commands, requests")
+          "ledger_commands, requests, level_balances, prices")
 
 
 @cache

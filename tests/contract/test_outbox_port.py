@@ -22,7 +22,7 @@ from quotaflow.ports import Ledger, LedgerOutbox
 
 DATABASE = "qf_test_contract_outbox"
 TABLES = ("tenants, api_keys, ledger_streams, ledger_events, reservations, balances, "
-          "ledger_commands, requests")
+          "ledger_commands, requests, level_balances, prices")
 # What identifies a published event, whatever carries it (the bus keeps time to the millisecond).
 Record = tuple[str, int, str, int, str, str | None, str, int, int]
 

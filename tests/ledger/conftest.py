@@ -25,7 +25,7 @@ def ledger_url() -> str:
 def conn(ledger_url: str) -> Iterator[psycopg.Connection[Any]]:
     with db.connect(ledger_url, autocommit=True) as c:
         c.execute("TRUNCATE tenants, api_keys, ledger_streams, ledger_events, reservations, "
-                  "balances, ledger_commands, requests CASCADE")
+                  "balances, ledger_commands, requests, level_balances, prices CASCADE")
         c.execute("UPDATE outbox_cursors SET seq = 0")
         yield c
 

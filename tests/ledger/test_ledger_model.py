@@ -32,7 +32,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def setup(self, grant: int) -> None:
         self.conn: Any = db.connect(self.url, autocommit=True)
         self.conn.execute("TRUNCATE tenants, api_keys, ledger_streams, ledger_events, "
-                          "reservations, balances, ledger_commands, requests CASCADE")
+                          "reservations, balances, ledger_commands, requests, level_balances, "
+                          "prices CASCADE")
         make_tenant(self.conn, TENANT, grant)
         self.ledger = PostgresLedger(self.conn)
         self.period = self.ledger.current_period(TENANT)

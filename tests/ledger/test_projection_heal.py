@@ -37,7 +37,7 @@ def url() -> str:
 def conn(url: str) -> Iterator[psycopg.Connection[Any]]:
     with db.connect(url, autocommit=True) as c:
         c.execute("TRUNCATE tenants, api_keys, ledger_streams, ledger_events, reservations, "
-                  "balances, ledger_commands, requests CASCADE")
+                  "balances, ledger_commands, requests, level_balances, prices CASCADE")
         yield c
 
 

@@ -90,7 +90,7 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, list[Any]]]:
 def test_sql_ledger_decides_every_batch_as_the_domain_rules_do(
         conn: psycopg.Connection[Any], steps: list[tuple[str, list[Any]]]) -> None:
     conn.execute("TRUNCATE tenants, api_keys, ledger_streams, ledger_events, reservations, "
-                 "balances, ledger_commands CASCADE")
+                 "balances, ledger_commands, level_balances, prices CASCADE")
     make_tenant(conn, "a", PLANS["a"])
     conn.execute("INSERT INTO tenants (tenant_id, plan_period, grant_tokens, rate_limit_per_min)"
                  " VALUES ('b', 'month', %s, 600)", (PLANS["b"],))

@@ -58,16 +58,20 @@ class World:
         """A tenant granted `tokens` a month, projected; answers a new API key of it."""
         self.ledger.add_tenant(name, tokens)
         self.projection.catch_up(self.ledger)
-        return self.tenants.create_key(name, rate_limit_per_min)
+        key = self.tenants.create_key(name, rate_limit_per_min)
+        self.ledger.add_key(name, key.split("_")[1])
+        return key
 
     def ports(self, step: str, model: Any = None) -> Any:
         """The ports bundle of consumer step `step`, as `quotaflow.compose.wire` opens it."""
         bundles: dict[str, Any] = {
             "estimate": lambda: EstimatePorts(model),
-            "reserve": lambda: ReservePorts(self.ledger, self.projection, self.requests),
+            "reserve": lambda: ReservePorts(self.ledger, self.projection, self.requests,
+                                            self.gate),
             "infer": lambda: InferPorts(model, self.stream),
-            "settle": lambda: SettlePorts(self.ledger, self.projection, self.outbox, 300),
-            "record": lambda: RecordPorts(self.requests)}
+            "settle": lambda: SettlePorts(self.ledger, self.projection, self.outbox, 300,
+                                          slots=self.gate),
+            "record": lambda: RecordPorts(self.requests, self.gate)}
         return bundles[step]()
 
     def door_ports(self, publisher: Publisher | None = None,
@@ -75,7 +79,7 @@ class World:
         """The door's ports, as `quotaflow.compose.connect_door` opens them."""
         return DoorPorts(self.tenants, self.gate, self.projection, self.requests,
                          publisher or self.publisher, self.clock, stream=self.stream,
-                         usage=usage, ledger=self.ledger)
+                         usage=usage, ledger=self.ledger, levels=self.ledger)
 
     def queue(self, *payloads: Admitted) -> None:
         """Store each request as admit does: `queued`, with its data and admission time."""

@@ -208,8 +208,11 @@ def test_the_billing_period_is_the_ledgers_clock(door: Door) -> None:
 def test_quota_reads_the_projected_balance(door: Door) -> None:
     resp = door.get("/v1/quota", "tiny")
     assert resp.status_code == 200
-    assert resp.get_json() == {"tenant": "tiny", "period": "2026-11", "granted": 10,
-                               "reserved": 0, "spent": 0, "remaining": 10}
+    body = resp.get_json()
+    assert {k: v for k, v in body.items() if k != "levels"} == {
+        "tenant": "tiny", "period": "2026-11", "granted": 10, "reserved": 0, "spent": 0,
+        "remaining": 10}
+    assert [lv["scope"] for lv in body["levels"]] == ["key", "tenant"]
 
 
 def test_a_request_of_another_tenant_is_not_found(door: Door) -> None:
@@ -256,3 +259,21 @@ def test_unknown_path_and_method_are_problems(door: Door) -> None:
     assert_problem(door.client.get("/nope"), 404)
     assert_problem(door.client.delete("/v1/quota"), 405)
 
+
+
+def test_quota_lists_the_keys_levels_key_team_tenant_with_money_as_decimals(
+        door: Door) -> None:
+    key_id = door.keys["acme"].split("_")[1]
+    door.ledger.add_team("acme", "ml", tokens=500, usd=5_000_000)
+    door.ledger.add_key("acme", key_id, "ml", usd=1_500_000)
+    door.ledger.set_price("m", 1_000_000, 2_000_000)
+    door.ledger.reserve([ReserveTokens("acme", "r", 100, "h", key_id, "m", 40)])  # 40 + 120
+    key, team, tenant = door.get("/v1/quota").get_json()["levels"]
+    assert key == {"scope": "key", "id": key_id,
+                   "tokens": {"limit": None, "reserved": 100, "spent": 0, "remaining": None},
+                   "usd": {"limit": "1.500000", "reserved": "0.000160", "spent": "0.000000",
+                           "remaining": "1.499840"}}
+    assert (team["scope"], team["id"], team["tokens"]["remaining"]) == ("team", "ml", 400)
+    assert (tenant["scope"], tenant["id"], tenant["tokens"]["limit"]) == ("tenant", "acme", 1000)
+    assert tenant["usd"] == {"limit": None, "reserved": "0.000160", "spent": "0.000000",
+                             "remaining": None}

@@ -295,3 +295,15 @@ def test_a_backing_service_that_is_down_is_503_with_retry_after(
     e = error(resp, 503)
     assert e["code"] == "service_unavailable" and resp.headers["Retry-After"] == "5"
     assert [r for r in caplog.records if r.exc_info] == []
+
+
+def test_a_team_out_of_money_is_429_insufficient_quota_naming_the_team(
+        door: MemoryDoor) -> None:
+    key_id = door.keys["acme"].split("_")[1]
+    door.ledger.add_team("acme", "ml", usd=1)  # one micro-dollar a period
+    door.ledger.add_key("acme", key_id, "ml")
+    door.ledger.set_price(MODEL, 1_000_000, 1_000_000)  # a micro-dollar a token
+    e = error(chat(door, max_tokens=5), 429)
+    assert (e["type"], e["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert e["message"].startswith("team 'ml' of tenant 'acme' has $0.000001 of $0.000001 "
+                                   "left this period")

@@ -95,3 +95,18 @@ def test_a_resend_admitted_later_with_another_key_gets_the_first_outcome() -> No
     assert isinstance(r1, Rejected) and isinstance(a1, Rejected)
     assert (a1.reason, a1.ledger_seq) == ("quota_exceeded", r1.ledger_seq)
     assert w.ledger.balance("acme", "2026-11") == Balance(granted=100, reserved=60)
+
+
+def test_reserve_holds_the_request_at_its_key_and_team_in_money_and_names_the_refusing_level(
+        ) -> None:
+    w = World()
+    w.ledger.add_tenant("acme", 10_000)
+    w.ledger.add_team("acme", "ml", usd=2 * 44)
+    w.ledger.add_key("acme", "key-1", "ml")  # the key `admitted` requests carry
+    w.ledger.set_price("standin", 1_000_000, 10_000_000)  # 1 and 10 micro-dollars a token
+    w.queue(*(admitted(f"r{i}") for i in range(3)))
+    out = handle([estimated(f"r{i}", 8) for i in range(3)], ports(w))  # 4 prompt + 4: 44 each
+    assert [type(o) for o in out] == [Reserved, Reserved, Rejected]
+    assert out[2].reason == ("quota_exceeded: team 'ml' of tenant 'acme' has $0.000000 of "
+                             "$0.000088 left this period")
+    assert [e.usd for e in w.ledger.events_after(0) if e.request_id == "r0"] == [44]

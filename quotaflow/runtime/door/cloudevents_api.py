@@ -3,7 +3,8 @@ quota, with the API key as the bearer key and only for the key's own tenant.
 
     POST /  (or /v1/requests)   -> 202 {request_id, status_url}
     GET  /v1/requests/{id}      -> status, output, usage, model
-    GET  /v1/quota              -> {tenant, period, granted, reserved, spent, remaining}
+    GET  /v1/quota              -> {tenant, period, granted, reserved, spent, remaining,
+                                    levels: [key, team, tenant]}
 A request's token deltas stream from `GET /v1/requests/{id}/events` (`request_events`).
 Errors are the app's problem+json (`quotaflow.runtime.door.app`)."""
 
@@ -87,6 +88,7 @@ def blueprint(ports: DoorPorts, settings: Settings, auth: Authenticator,
                                    request.remote_addr or "")
         period = limits.period(principal)
         balance = ports.balances.balance(principal.tenant, period)
-        return jsonify(views.quota_json(principal.tenant, period, balance))
+        levels = ports.levels.levels(principal.key_id) if ports.levels is not None else []
+        return jsonify(views.quota_json(principal.tenant, period, balance, levels))
 
     return bp

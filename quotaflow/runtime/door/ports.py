@@ -10,6 +10,7 @@ from quotaflow.ports import (
     AdmissionGate,
     Clock,
     Ledger,
+    LevelReader,
     Publisher,
     RequestStore,
     TenantDirectory,
@@ -38,3 +39,5 @@ class DoorPorts:
     # The ledger, for voiding a stored request the door answered 5xx (`door.void`); None: such
     # a request is only cancelled.
     ledger: Ledger | None = None
+    # Each key's budget levels, `GET /v1/quota`'s `levels`; None: that list is empty.
+    levels: LevelReader | None = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from quotaflow.ledger.budgets import LevelView
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import RequestView
 from quotaflow.runtime.handling import client_reason
@@ -26,8 +28,10 @@ def request_json(view: RequestView) -> dict[str, Any]:
     }
 
 
-def quota_json(tenant: str, period: str, balance: Balance) -> dict[str, Any]:
-    """`GET /v1/quota`: the tenant's projected balance in its current period."""
+def quota_json(tenant: str, period: str, balance: Balance,
+               levels: Sequence[LevelView] = ()) -> dict[str, Any]:
+    """`GET /v1/quota`: the tenant's projected balance in its current period, and the calling
+    key's budget levels in the order key, team, tenant."""
     return {"tenant": tenant, "period": period, "granted": balance.granted,
             "reserved": balance.reserved, "spent": balance.spent,
-            "remaining": balance.remaining}
+            "remaining": balance.remaining, "levels": [v.as_json() for v in levels]}

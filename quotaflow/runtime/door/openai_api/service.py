@@ -68,7 +68,7 @@ class OpenAIDoor:
         self.ports = ports
         self.acceptor = Acceptor(ports, share)
         self.timing = timing or Timing()
-        self.voider = Voider(ports.ledger, ports.requests, ports.stream)
+        self.voider = Voider(ports.ledger, ports.requests, ports.stream, ports.gate)
 
     def submit(self, principal: Principal, call: Call, idempotency_key: str | None) -> str:
         """Rate limit, pre-check, store and publish the call; its request id."""
@@ -136,11 +136,15 @@ class OpenAIDoor:
         code, _, message = reason.partition(": ")
         if code == CONTEXT_LENGTH_EXCEEDED:  # rejected by estimate, or failed by infer
             return bad_request(message, prompt_param, CONTEXT_LENGTH_EXCEEDED)
-        if ended.status == RequestStatus.REJECTED and reason == LedgerReason.QUOTA_EXCEEDED:
+        if ended.status == RequestStatus.REJECTED and code == LedgerReason.QUOTA_EXCEEDED:
+            # The ledger's reason names the level that refused and what it had left
+            # (`quota_exceeded: team 'ml' of tenant 'acme' has $0.004200 of $5.000000 left
+            # this period`); a tenant's own grant refuses with the bare code.
             now = self.ports.clock.now().astimezone(UTC)
             return insufficient_quota(
-                f"tenant {principal.tenant} has not enough quota left for this request "
-                "(its prompt plus max_tokens)",
+                (message + " (the request's worst case: its prompt plus max_tokens)") if message
+                else (f"tenant {principal.tenant} has not enough quota left for this request "
+                      "(its prompt plus max_tokens)"),
                 seconds_to_next_period(principal.plan_period, now))
         if ended.status == RequestStatus.EXPIRED:
             return OpenAIError(503, f"the request's reservation expired ({reason}); send it "
