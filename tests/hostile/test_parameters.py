@@ -100,3 +100,12 @@ def test_rule5_a_request_id_that_is_not_a_uuid_is_400_naming_it(door: MemoryDoor
 def test_rule5_a_well_formed_unknown_request_id_is_404(door: MemoryDoor, suffix: str) -> None:
     rid = "00000000-0000-4000-8000-000000000000"
     assert_problem(door.client.get(f"/v1/requests/{rid}{suffix}", headers=door.headers()), 404)
+
+
+@pytest.mark.parametrize("path", ["/v1/requests//events", "/v1/requests/", "//v1/quota",
+                                  "/v1//usage"])
+def test_rule5_an_empty_path_segment_is_a_problem_not_a_redirect(door: MemoryDoor,
+                                                                 path: str) -> None:
+    resp = door.client.get(path, headers=door.headers())
+    assert resp.status_code == 404, resp.get_data(as_text=True)
+    assert_problem(resp, 404)

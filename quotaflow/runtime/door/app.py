@@ -41,6 +41,9 @@ def create_app(settings: Settings, ports: DoorPorts | None = None) -> Flask:
                         settings.auth_failures_per_s,
                         failures_per_s_total=settings.auth_failures_per_s_total)
     app = Flask("quotaflow.admit")
+    # werkzeug answers a path with an empty segment (`/v1/requests//events`) with a 308 HTML
+    # redirect to the merged path; an empty id is the client's error: 404 problem+json.
+    app.url_map.merge_slashes = False
     app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
         app.wsgi_app, networks(settings.trusted_proxies))
     app.extensions["quotaflow"] = {"ports": ports, "resources": ports.resources,
