@@ -68,6 +68,9 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
                    "elsewhere; keeps nothing across a restart)")
     p.add_argument("--brokers", type=int, default=3,
                    help="Apache Kafka nodes (default 3: replication 3, min ISR 2; 1: one)")
+    p.add_argument("--plaintext", action="store_true",
+                   help="Apache Kafka without TLS, SASL and ACLs (by default it listens with "
+                   "SASL_SSL and each function connects as its own SCRAM user)")
     p.add_argument("--replicas", type=int, default=1,
                    help="members of each consumer step's group (default 1; more: processes "
                    "reserve-1 ... reserve-N, topics with their declared partitions; needs "
@@ -111,7 +114,7 @@ def _start(args: argparse.Namespace) -> DevStack:
         raise DevStackError("--replicas must be 1 or more")
     stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
                      admit_access_log=args.access_log, broker=args.broker or "",
-                     brokers=args.brokers, replicas=args.replicas)
+                     brokers=args.brokers, replicas=args.replicas, secure=not args.plaintext)
     stack.up(explicit_pg="POSTGRES_URL" in os.environ,
              explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
@@ -166,6 +169,8 @@ def _up_detached(args: argparse.Namespace) -> int:
             "--replicas", str(args.replicas)]
     if args.broker:
         argv += ["--broker", args.broker]
+    if args.plaintext:
+        argv.append("--plaintext")
     return control.start_detached(argv, args.state_dir, _say)
 
 

@@ -57,6 +57,7 @@ class DevStack:
     # kafka (Apache Kafka, `brokers` nodes), tansu, or "": Apache Kafka where it runs (brokers.py)
     broker: str = ""
     brokers: int = 3
+    secure: bool = True  # Apache Kafka with SASL_SSL, a user per function and ACLs (brokers.py)
     replicas: int = 1  # members of each consumer step's group (`replicas`)
     kafka: local_kafka.LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -90,7 +91,7 @@ class DevStack:
     def start_kafka(self, progress: Callable[[str], None]) -> None:
         self.kafka = local_kafka.LocalBroker(
             self.broker, self.kafka_port, self.brokers, self.state_dir / "kafka",
-            self.logs, lambda name, argv, append: self._spawn(name, argv, append=append))
+            self.logs, lambda n, argv, app: self._spawn(n, argv, append=app), self.secure)
         progress(f"starting {self.kafka.describe()} ...")
         self.settings = self.kafka.start(self.settings)
 
@@ -139,18 +140,25 @@ class DevStack:
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
+        for step, name in replicas.members(CONSUMER_STEPS, self.replicas):
+            self.start_process(name, step)
+        self.start_process("analytics", "analytics")  # the usage roll-ups, beside the steps
+        self.start_process("admit", "admit")
+
+    def start_process(self, name: str, function: str) -> None:
+        """Start process `name` of `function` (admit, a step, analytics) as its Kafka user."""
         # infer's model threads spin between operators unless QF_ORT_SPIN=0: 8-10 % more
         # tokens/s through the local pipeline, in six alternating pairs (BENCHMARKS.md).
-        env = {**self.settings.as_env(), **self.child_env,
-               "PYTHONUNBUFFERED": "1"}
-        loops = {n: ["run", s] for s, n in replicas.members(CONSUMER_STEPS, self.replicas)}
-        loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
-        for name, command in loops.items():
-            self.metrics_ports[name] = free_port()
-            self._spawn(name, [sys.executable, "-m", "quotaflow", *command],
-                        {**env, "QF_METRICS_PORT": str(self.metrics_ports[name])})
-        self._spawn("admit", admit_server_argv(self.admit_port, self.admit_workers,
-                                               access_log=self.admit_access_log), env)
+        env = {**self.settings.as_env(), **self.child_env, "PYTHONUNBUFFERED": "1",
+               **(self.kafka.client_env(function) if self.kafka else {})}
+        if function == "admit":
+            self._spawn(name, admit_server_argv(self.admit_port, self.admit_workers,
+                                                access_log=self.admit_access_log), env)
+            return
+        self.metrics_ports[name] = free_port()
+        env["QF_METRICS_PORT"] = str(self.metrics_ports[name])
+        command = ["analytics", "run"] if function == "analytics" else ["run", function]
+        self._spawn(name, [sys.executable, "-m", "quotaflow", *command], env)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one process abruptly (chaos tests); the supervisor restarts it once up."""
