@@ -17,6 +17,7 @@ from quotaflow.chaos.facts import (
     RequestRow,
     Snapshot,
 )
+from quotaflow.chaos.order import find_order_breaks
 
 _RANK: dict[str, int] = {RequestStatus.QUEUED: 0, RequestStatus.RESERVED: 1,
                          **{s: 2 for s in TERMINAL}}
@@ -34,6 +35,7 @@ class Verdict:
     projection: list[str] = field(default_factory=list)
     audit: list[str] = field(default_factory=list)
     door: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """How many findings of each kind."""
@@ -208,4 +210,5 @@ def judge(snap: Snapshot, outcomes: list[Outcome]) -> Verdict:
         projection=(["the projection could not be read"] if snap.projection is None
                     else compare_projection(snap.ledger, snap.projection)),
         audit=[] if snap.audit_ok else (snap.audit_findings or ["quotaflow audit failed"]),
-        door=door_findings(outcomes))
+        door=door_findings(outcomes),
+        order=[] if snap.records is None else find_order_breaks(snap.records, snap.ledger))

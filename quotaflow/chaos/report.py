@@ -113,6 +113,7 @@ def table(result: Result) -> str:
         ("projection != replay", v["projection"]),
         ("audit differences", v["audit"]),
         ("door findings", v["door"]),
+        ("per-tenant order broken (topics, ledger)", v["order"]),
         ("restarts by the stack's supervisor", ", ".join(
             f"{n} {c}" for n, c in result.config.get("restarts", {}).items() if c) or "none"),
         ("processes dead at the end", ", ".join(result.config.get("dead_at_end", [])) or "none"),
