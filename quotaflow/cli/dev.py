@@ -15,7 +15,7 @@ from typing import Any
 from events.status import RequestStatus
 from quotaflow import client
 from quotaflow.cli import dev_env, dev_status
-from quotaflow.devstack import control
+from quotaflow.devstack import control, members
 from quotaflow.devstack.process import DevStackError
 from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
@@ -126,6 +126,8 @@ def _serve(stack: DevStack) -> int:
         _say("serving (a process that dies is restarted); Ctrl-C to stop")
         while True:
             time.sleep(0.5)
+            for line in members.apply_requests(stack):  # `quotaflow dev scale`
+                _say(line)
     except KeyboardInterrupt:
         pass
     return _stop(stack)

@@ -1,6 +1,7 @@
 """Members joining and leaving a consumer step's group in a running local stack, as a scaler
 adds and removes pods (`dev up --replicas N` starts N of each, `replicas`); the chaos harness
-does it mid-run (its `join` and `leave` faults)."""
+does it mid-run (its `join` and `leave` faults), and `quotaflow dev scale STEP N` asks a running
+`dev up` for it through a request file in the stack's state folder (`request_scale`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import os
 import signal
 import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,3 +51,31 @@ def leave(stack: DevStack, step: str, timeout_s: float = 30) -> str | None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     return name
+
+
+def request_scale(state_dir: Path, step: str, count: int) -> None:
+    """Ask the stack running from `state_dir` to run `count` members of `step`
+    (`quotaflow dev scale`); the stack's own process applies it (`apply_requests`)."""
+    folder = state_dir / "scale"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{step}.tmp"
+    tmp.write_text(str(count))
+    tmp.replace(folder / step)  # the stack never reads half a request
+
+
+def apply_requests(stack: DevStack) -> list[str]:
+    """Apply every `request_scale` waiting in the stack's state folder: members join or leave
+    until the step runs the count asked (one at least), then the request goes. Returns what
+    was done, as lines."""
+    folder = stack.state_dir / "scale"
+    done: list[str] = []
+    for path in sorted(folder.iterdir()) if folder.exists() else []:
+        if path.name.startswith("."):
+            continue
+        step, count = path.name, max(1, int(path.read_text()))
+        while len(running_members(stack, step)) < count:
+            done.append(f"{join(stack, step)} joined {step}'s group")
+        while len(running_members(stack, step)) > count and (left := leave(stack, step)):
+            done.append(f"{left} left {step}'s group")
+        path.unlink()
+    return done
