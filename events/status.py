@@ -98,3 +98,10 @@ class OutcomeKind(StrEnum):
 
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+class KeyLimit(StrEnum):
+    """A per-key limit the door's gate holds in Redis and refuses a request over (429)."""
+
+    TOKENS_PER_MINUTE = "tokens_per_minute"  # tokens reserved in a rolling minute
+    IN_FLIGHT = "in_flight"  # requests admitted and not yet ended

@@ -87,8 +87,10 @@ def projection(settings: Settings) -> RedisProjection:
 def wire_reserve(settings: Settings) -> Wired:
     ledger_db, requests_db = _postgres(settings), _postgres(settings)
     ledger, requests = PostgresLedger(ledger_db), PostgresRequestStore(requests_db)
-    ports = ReservePorts(ledger, projection(settings), requests)
-    return Wired(ports, Held((ledger_db, requests_db), (ledger.close, requests.close)))
+    window = key_limits(settings)
+    ports = ReservePorts(ledger, projection(settings), requests, window)
+    return Wired(ports, Held((ledger_db, requests_db),
+                             (ledger.close, requests.close, window.redis.close)))
 
 
 def wire_infer(settings: Settings) -> Wired:
@@ -109,16 +111,25 @@ def wire_settle(settings: Settings) -> Wired:
     requests = PostgresRequestStore(requests_db)
     reconciler = Reconciler(requests, PostgresClock(requests_db),
                             settings.redrive_after_s, settings.request_deadline_s)
+    slots = key_limits(settings)
     ports = SettlePorts(ledger, projection(settings), relay,
-                        settings.reservation_ttl_s, reconciler)
+                        settings.reservation_ttl_s, reconciler, slots)
     return Wired(ports, Held((ledger_db, requests_db),
-                             (relay.close, ledger.close, requests.close)))
+                             (relay.close, ledger.close, requests.close, slots.redis.close)))
+
+
+def key_limits(settings: Settings) -> RedisAdmissionGate:
+    """The gate, for the steps that trim the keys' rolling minutes (reserve) and free ended
+    requests' in-flight slots (settle, record)."""
+    return RedisAdmissionGate(redis_client(settings), settings.inflight_slot_ttl_s)
 
 
 def wire_record(settings: Settings) -> Wired:
     requests_db = _postgres(settings)
     requests = PostgresRequestStore(requests_db)
-    return Wired(RecordPorts(requests), Held((requests_db,), (requests.close,)))
+    slots = key_limits(settings)
+    return Wired(RecordPorts(requests, slots),
+                 Held((requests_db,), (requests.close, slots.redis.close)))
 
 
 WIRING: dict[str, Callable[[Settings], Wired]] = {
@@ -169,7 +180,8 @@ def connect_door(settings: Settings) -> DoorPorts:
     publisher = KafkaPublisher.from_settings(settings,
                                              timeout_s=settings.kafka_publish_timeout_ms / 1000)
     return DoorPorts(
-        tenants=ThreadTenants(connections), gate=GroupScreenGate(RedisAdmissionGate(client)),
+        tenants=ThreadTenants(connections), gate=GroupScreenGate(
+            RedisAdmissionGate(client, settings.inflight_slot_ttl_s)),
         balances=RedisProjection(client),
         requests=GroupCommitRequestStore(PostgresRequestStore(connections.get)),
         publisher=publisher, clock=PostgresClock(connections.get),

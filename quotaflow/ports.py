@@ -12,6 +12,14 @@ from datetime import datetime
 from typing import Protocol
 
 from events.envelope import Envelope
+from quotaflow.gate_ports import (
+    AdmissionGate,
+    InflightSlots,
+    ReservedTokens,
+    Screening,
+    ScreenQuery,
+    TokenWindow,
+)
 from quotaflow.ledger.commands import (
     EndCommand,
     Outcome,
@@ -56,6 +64,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "Generator",
+    "InflightSlots",
     "Inserted",
     "Ledger",
     "LedgerOutbox",
@@ -72,6 +81,7 @@ __all__ = [
     "RequestView",
     "ReserveTokens",
     "ReservedMark",
+    "ReservedTokens",
     "ScreenQuery",
     "Screening",
     "SettleReservation",
@@ -81,6 +91,7 @@ __all__ = [
     "TenantDirectory",
     "TokenDelta",
     "TokenStream",
+    "TokenWindow",
     "Tokenizer",
     "context_length_exceeded",
     "payload_hash",
@@ -153,50 +164,14 @@ class Principal:
     key_id: str
     rate_limit_per_min: int
     plan_period: str  # day or month
+    tpm: int = 0  # tokens the key may reserve in a rolling minute; 0: unlimited
+    max_inflight: int = 0  # the key's requests admitted and not yet ended; 0: unlimited
 
 
 class TenantDirectory(Protocol):
     def authenticate(self, api_key: str) -> Principal | None:
         """The key's principal, or None for an unknown, malformed or revoked key."""
         ...
-
-@dataclass(frozen=True)
-class ScreenQuery:
-    """One request as the gate screens it: its id and payload hash, the key's window, the
-    tenant's period, and the limits that let it through."""
-
-    request_id: str
-    payload_hash: str
-    key_id: str
-    minute: int  # Unix seconds // 60, by the ledger's clock
-    tenant: str
-    period: str
-    rate_limit_per_min: int
-    needs_tokens: int
-
-
-@dataclass(frozen=True)
-class Screening:
-    """What the gate found: the payload hash a recent acceptance of the id recorded (a
-    resend: nothing counted), or the key's count in its window including this request and
-    the tenant's projected balance."""
-
-    known_hash: str | None
-    count: int
-    balance: Balance
-
-
-class AdmissionGate(Protocol):
-    """admit's fast checks in one round trip: count this request in its key's one-minute
-    window and read the tenant's projected balance for the period."""
-
-    def screen(self, query: ScreenQuery) -> Screening:
-        """The idempotency check, the rate limit and the quota pre-check together: a request
-        id recently let through answers its recorded hash and counts nothing; any other is
-        counted, and recorded with its hash only when within both limits (a record may be
-        lost: PostgreSQL stays the authority)."""
-        ...
-
 
 class Publisher(Protocol):
     def publish(self, envelopes: Sequence[Envelope]) -> None:

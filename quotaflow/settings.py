@@ -96,6 +96,9 @@ class Settings:
     handler_retries: int = 3
     log_level: str = "INFO"
     metrics_port: int = 0
+    # `dev up --knative`: a function with no delivery for this long is stopped (scale to zero)
+    # and started again by its next delivery.
+    knative_idle_s: int = 30
     # Where that port listens: loopback locally; 0.0.0.0 on a cluster, for the scraper.
     metrics_addr: str = "127.0.0.1"
     # Every librdkafka property set by environment (KAFKA_<PROPERTY>: security.protocol,
@@ -170,6 +173,12 @@ class Settings:
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
+    @property
+    def inflight_slot_ttl_s(self) -> int:
+        """How long a key's in-flight slot outlives a release that never came: past the
+        request's deadline and the two sweeps that may pass before it is ended then."""
+        return self.request_deadline_s + 2 * self.sweep_interval_s + 60
+
 
 # The one list of environment variables quotaflow reads, with the KAFKA_<PROPERTY> family
 # (`is_kafka_client_variable`); manifests are checked against both.
@@ -215,5 +224,6 @@ ENV_NAMES: dict[str, str] = {
     "handler_retries": "QF_HANDLER_RETRIES",
     "log_level": "QF_LOG_LEVEL",
     "metrics_port": "QF_METRICS_PORT",
+    "knative_idle_s": "QF_KNATIVE_IDLE_S",
     "metrics_addr": "QF_METRICS_ADDR",
 }

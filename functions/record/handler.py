@@ -4,7 +4,11 @@ A status only moves forward and a terminal one is never overwritten (the store g
 redelivered or late record changes nothing. What could stop a request from ending here is a
 value PostgreSQL cannot store: text with U+0000 or a lone surrogate is stored with U+FFFD in
 their place, and a record that still cannot be written is written without its output and usage
-(`on_poison`). If even that fails, the reconciler ends the request at its deadline."""
+(`on_poison`). If even that fails, the reconciler ends the request at its deadline.
+
+Once a request's terminal state is written, its key's in-flight slot (`quotaflow.runtime.door.
+limits`) is freed: after, so the door never lets in a request beyond the cap while one is still
+open. A release lost to a crash between the two is made up by the slot's own deadline."""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from dataclasses import dataclass
 
 from events.payloads import Recorded, Rejected, Settled
 from events.status import RequestStatus
-from quotaflow.ports import FinalRecord, RequestStore
+from quotaflow.ports import FinalRecord, InflightSlots, RequestStore
+from quotaflow.runtime.slots import release_slots
 from quotaflow.runtime.step import Step
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -23,6 +28,7 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 @dataclass(frozen=True)
 class RecordPorts:
     requests: RequestStore
+    slots: InflightSlots | None = None  # None: no key's requests in flight are capped here
 
 
 def storable(text: str | None) -> str | None:
@@ -45,6 +51,7 @@ def handle(payloads: Sequence[Settled | Rejected], ports: RecordPorts) -> list[R
     """Write the whole batch at once (all or none); one `recorded` per input, in order."""
     records = [final_record(p) for p in payloads]
     ports.requests.finish(records)
+    release_slots(ports.slots, [(p.tenant, p.request_id) for p in payloads])
     return [Recorded(r.request_id, p.tenant, r.status)
             for p, r in zip(payloads, records, strict=True)]
 
@@ -56,6 +63,7 @@ def on_poison(p: Settled | Rejected, reason: str, ports: RecordPorts) -> list[Re
     why = storable(f"unrecordable: {reason}")
     ports.requests.finish([FinalRecord(full.request_id, full.status, (why or "")[:500],
                                        full.charged_tokens)])
+    release_slots(ports.slots, [(p.tenant, p.request_id)])
     return [Recorded(p.request_id, p.tenant, full.status)]
 
 

@@ -1,7 +1,11 @@
 """reserve: the authoritative quota check. The whole batch is decided in one ledger call;
 each request gets TokensReserved (-> `reserved`) or RequestRejected (-> `rejected`).
 A redelivered or resent request gets its first outcome again: the command's digest covers only
-the client's request and its estimate (`quotaflow.runtime.idempotency`)."""
+the client's request and its estimate (`quotaflow.runtime.idempotency`).
+
+The door held an upper bound of each request's tokens in its key's rolling minute (it cannot
+count prompt tokens); once the ledger has decided, that is lowered to what was reserved, or to
+nothing for a rejection, so a key's tokens per minute counts what its requests reserved."""
 
 from __future__ import annotations
 
@@ -9,7 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from events.payloads import Estimated, Rejected, Reserved
-from quotaflow.ports import Ledger, Projection, RequestStore, ReservedMark, ReserveTokens
+from quotaflow.ports import (
+    Ledger,
+    Projection,
+    RequestStore,
+    ReservedMark,
+    ReservedTokens,
+    ReserveTokens,
+    TokenWindow,
+)
 from quotaflow.runtime import metrics
 from quotaflow.runtime.idempotency import reserve_digest
 from quotaflow.runtime.step import Step
@@ -20,6 +32,7 @@ class ReservePorts:
     ledger: Ledger
     projection: Projection
     requests: RequestStore
+    window: TokenWindow | None = None  # None: no key's tokens per minute is trimmed here
 
 
 def handle(payloads: Sequence[Estimated], ports: ReservePorts) -> list[Reserved | Rejected]:
@@ -41,11 +54,17 @@ def handle(payloads: Sequence[Estimated], ports: ReservePorts) -> list[Reserved 
             out.append(Rejected(o.request_id, o.tenant, p.estimate_tokens,
                                 o.reason or "rejected", o.period, o.seq))
     ports.requests.mark_reserved(marks)
+    if ports.window is not None:
+        ports.window.trim([ReservedTokens(p.tenant, p.key_id, p.request_id,
+                                          o.amount if o.accepted else 0)
+                           for p, o in zip(payloads, outcomes, strict=True)])
     return out
 
 
 def on_poison(p: Estimated, reason: str, ports: ReservePorts) -> list[Rejected]:
     """Nothing was reserved: reject the request so its record ends instead of staying queued."""
+    if ports.window is not None:
+        ports.window.trim([ReservedTokens(p.tenant, p.key_id, p.request_id, 0)])
     return [Rejected(p.request_id, p.tenant, p.estimate_tokens,
                      f"unprocessable: {reason}"[:500])]
 

@@ -13,6 +13,7 @@ from events.status import LedgerKind, LedgerReason, RequestStatus, SettlementSta
 from quotaflow.ports import (
     EndCommand,
     FinalRecord,
+    InflightSlots,
     Ledger,
     LedgerOutbox,
     OpenRequest,
@@ -25,6 +26,7 @@ from quotaflow.ports import (
 from quotaflow.runtime import metrics
 from quotaflow.runtime.idempotency import end_digest
 from quotaflow.runtime.reconcile import Reconciler, reconcile
+from quotaflow.runtime.slots import release_slots
 from quotaflow.runtime.step import Step
 
 # The digest of the reservation refused when a request's deadline closes it: no real
@@ -42,6 +44,7 @@ class SettlePorts:
     outbox: LedgerOutbox
     reservation_ttl_s: int
     reconciler: Reconciler | None = None  # None: the tick only expires and publishes
+    slots: InflightSlots | None = None  # frees the slots of the requests ended here
 
 
 def command(p: Completed | Failed) -> EndCommand:
@@ -125,6 +128,7 @@ def end_overdue(overdue: Sequence[OpenRequest], r: Reconciler, ports: SettlePort
         [FinalRecord(rid, RequestStatus.REJECTED, why, 0) for rid in sorted(closed)]
         + [FinalRecord(s.request_id, s.status.request_status, why if s.reason in (None, why) else
                        f"{why} ({s.reason})", s.charged_tokens) for s in ended])
+    release_slots(ports.slots, [(q.tenant, q.request_id) for q in overdue])
 
 
 STEP = Step(name="settle", consumes=("completed", "failed"),

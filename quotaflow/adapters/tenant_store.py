@@ -53,12 +53,17 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
     return create_key(conn, name)
 
 
-def create_key(conn: psycopg.Connection[Any], tenant: str) -> str:
-    """Issue another API key for `tenant`; the returned key is the only copy of its secret."""
+def create_key(conn: psycopg.Connection[Any], tenant: str, tpm: int = 0,
+               max_inflight: int = 0) -> str:
+    """Issue another API key for `tenant`, with its tokens per minute and requests in flight
+    (0: unlimited); the returned key is the only copy of its secret."""
+    if tpm < 0 or max_inflight < 0:
+        raise ValueError("tokens per minute and max in flight must not be negative")
     key_id, secret = new_key_parts()
-    row = conn.execute("INSERT INTO api_keys (key_id, tenant_id, secret_hash) SELECT %s, "
-                       "tenant_id, %s FROM tenants WHERE tenant_id = %s RETURNING key_id",
-                       (key_id, secret_hash(secret), tenant)).fetchone()
+    row = conn.execute("INSERT INTO api_keys (key_id, tenant_id, secret_hash, tpm, max_inflight)"
+                       " SELECT %s, tenant_id, %s, %s, %s FROM tenants WHERE tenant_id = %s "
+                       "RETURNING key_id",
+                       (key_id, secret_hash(secret), tpm, max_inflight, tenant)).fetchone()
     if row is None:
         raise UnknownTenant(f"no tenant {tenant!r}")
     return f"qf_{key_id}_{secret}"
@@ -88,13 +93,14 @@ class PostgresTenants:
             return None
         key_id, secret = parts
         row = self.conn.execute(
-            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period "
+            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period, k.tpm, "
+            "k.max_inflight "
             "FROM api_keys k JOIN tenants t USING (tenant_id) "
             "WHERE k.key_id = %s AND k.revoked_at IS NULL", (key_id,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], secret_hash(secret)):
             return None
         return Principal(tenant=row[1], key_id=key_id, rate_limit_per_min=row[2],
-                         plan_period=row[3])
+                         plan_period=row[3], tpm=row[4], max_inflight=row[5])
 
     def list_keys(self, tenant: str) -> list[ApiKeyInfo]:
         """The tenant's keys, oldest first, revoked ones included; `UnknownTenant` if none."""

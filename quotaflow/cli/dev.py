@@ -68,9 +68,8 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
                    "elsewhere; keeps nothing across a restart)")
     p.add_argument("--brokers", type=int, default=3,
                    help="Apache Kafka nodes (default 3: replication 3, min ISR 2; 1: one)")
-    p.add_argument("--plaintext", action="store_true",
-                   help="Apache Kafka without TLS, SASL and ACLs (by default it listens with "
-                   "SASL_SSL and each function connects as its own SCRAM user)")
+    p.add_argument("--plaintext", action="store_true", help="Apache Kafka without TLS, SASL "
+                   "and ACLs (by default SASL_SSL, each function as its own SCRAM user)")
     p.add_argument("--replicas", type=int, default=1,
                    help="members of each consumer step's group (default 1; more: processes "
                    "reserve-1 ... reserve-N, topics with their declared partitions; needs "
@@ -80,6 +79,11 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="built",
                    help="built (default: SmolLM2-135M-Instruct, built once and cached), "
                    "standin (no weights), dir:PATH or registry")
+    p.add_argument("--knative", action="store_true",
+                   help="run every step as its Knative function under func-python's "
+                   "middleware, fed by a local KafkaSource (binary CloudEvents, ordered, "
+                   "retries, dead-letter sink); functions idle QF_KNATIVE_IDLE_S are stopped "
+                   "and started again by their next delivery")
     p.add_argument("--access-log", action="store_true",
                    help="log a line for every request admit serves (off by default: at "
                    "hundreds of requests a second it costs the door about a tenth of its "
@@ -112,9 +116,11 @@ def _start(args: argparse.Namespace) -> DevStack:
         raise DevStackError("--brokers must be 1 or more")
     if args.replicas < 1:
         raise DevStackError("--replicas must be 1 or more")
-    stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
-                     admit_access_log=args.access_log, broker=args.broker or "",
-                     brokers=args.brokers, replicas=args.replicas, secure=not args.plaintext)
+    if args.knative and args.replicas > 1:
+        raise DevStackError("--knative runs one instance a function: leave out --replicas")
+    stack = DevStack(args.state_dir, settings, args.port, args.kafka_port, broker=args.broker or "",
+                     admit_access_log=args.access_log, brokers=args.brokers,
+                     replicas=args.replicas, knative=args.knative, secure=not args.plaintext)
     stack.up(explicit_pg="POSTGRES_URL" in os.environ,
              explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
@@ -126,8 +132,7 @@ def _serve(stack: DevStack) -> int:
         _say("serving (a process that dies is restarted); Ctrl-C to stop")
         while True:
             time.sleep(0.5)
-            for line in members.apply_requests(stack):  # `quotaflow dev scale`
-                _say(line)
+            members.apply_requests(stack, _say)  # `quotaflow dev scale`
     except KeyboardInterrupt:
         pass
     return _stop(stack)
@@ -171,8 +176,8 @@ def _up_detached(args: argparse.Namespace) -> int:
             "--replicas", str(args.replicas)]
     if args.broker:
         argv += ["--broker", args.broker]
-    if args.plaintext:
-        argv.append("--plaintext")
+    argv += (["--knative"] * args.knative + ["--access-log"] * args.access_log
+             + ["--plaintext"] * args.plaintext)
     return control.start_detached(argv, args.state_dir, _say)
 
 

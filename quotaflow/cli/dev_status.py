@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from quotaflow.adapters import kafka
-from quotaflow.devstack import control, members
+from quotaflow.devstack import control, knative_mode, members
 from quotaflow.devstack.process import pid_alive, read_state
 from quotaflow.runtime.steps import CONSUMER_STEPS, load_step
 from quotaflow.settings import Settings
@@ -31,7 +31,8 @@ def register(dsub: Any) -> None:
     st.add_argument("--state-dir", type=Path, default=Path(".quotaflow/dev"))
     st.add_argument("--json", action="store_true",
                     help="as JSON: every process (brokers as kafka-1 ... kafka-N) with its "
-                    "pid, whether it runs and its restarts")
+                    "pid, whether it runs and its restarts; with --knative, the functions and "
+                    "their state (ready, starting, scaled-to-zero)")
     st.set_defaults(func=_status)
     rs = dsub.add_parser("restart", help="restart one process of the running stack (a step, "
                          "or a broker: kafka-2); its supervisor starts it again")
@@ -65,7 +66,9 @@ def _status(args: argparse.Namespace) -> int:
             "supervisor": {"pid": supervisor, "running": pid_alive(supervisor)},
             "processes": [{"name": name, "pid": pid, "running": pid_alive(pid),
                            "restarts": restarts.get(name, 0)} for name, pid in pids.items()],
-            "metrics": state.get("metrics", {})}, indent=2))
+            "metrics": state.get("metrics", {}),
+            "functions": (knative_mode.read_state(args.state_dir) or {}).get("functions", [])},
+            indent=2))
         return 0
     print(f"{'supervisor':10} pid {supervisor!s:>7} "
           f"{'running' if pid_alive(supervisor) else 'stopped'}")
@@ -73,6 +76,9 @@ def _status(args: argparse.Namespace) -> int:
         alive = pid_alive(pid)
         print(f"{name:10} pid {pid:7} {'running' if alive else 'stopped':8} "
               f"restarts {restarts.get(name, 0)}")
+    for fn in (knative_mode.read_state(args.state_dir) or {}).get("functions", []):
+        print(f"fn-{fn['name']:7} pid {fn['pid']!s:>7} {fn['state']:14} "
+              f"cold starts {fn['cold_starts']} {fn['url']}")
     print(f"admit URL: {state['admit_url']} (metrics at /metrics)")
     metrics: dict[str, str] = state.get("metrics", {})  # type: ignore[assignment]
     for step, url in metrics.items():

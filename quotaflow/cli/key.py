@@ -20,6 +20,10 @@ def register(sub: Any) -> None:
                         "alone on the last line",
                         description="KEY=$(quotaflow key create acme | tail -1)")
     c.add_argument("tenant")
+    c.add_argument("--tpm", type=int, default=0, metavar="T",
+                   help="tokens the key may reserve in a rolling minute (default: unlimited)")
+    c.add_argument("--max-inflight", type=int, default=0, metavar="K",
+                   help="the key's requests in flight at once (default: unlimited)")
     c.set_defaults(func=create)
     ls = ksub.add_parser("list", help="a tenant's keys: id, created, revoked (never a secret)")
     ls.add_argument("tenant")
@@ -35,8 +39,9 @@ def create(args: argparse.Namespace) -> int:
     """Issue a key for `args.tenant`; the key is printed alone on the last line."""
     with compose.postgres(Settings.from_env()) as conn:
         try:
-            key = tenants.create_key(conn, args.tenant)
-        except tenants.UnknownTenant as exc:
+            key = tenants.create_key(conn, args.tenant, getattr(args, "tpm", 0),
+                                     getattr(args, "max_inflight", 0))
+        except (tenants.UnknownTenant, ValueError) as exc:
             print(f"error: {exc}")
             return 2
     print(f"created key {key.split('_')[1]} for tenant {args.tenant}; it is shown only once:")

@@ -24,6 +24,7 @@ _GROUPS = (
     "quotaflow.cli.ledger",
     "quotaflow.cli.usage",
     "quotaflow.cli.analytics",
+    "quotaflow.cli.alert",
     "quotaflow.cli.model",
     "quotaflow.cli.ops",
     "quotaflow.cli.func",

@@ -28,6 +28,9 @@ ADMIT_WRITES = ("admitted",)
 EXTRA_WRITES = {"settle": ("ledger",)}
 # The analytics consumer (quotaflow/analytics/consumer.py) reads these as its own group.
 ANALYTICS = "analytics"
+# The threshold alerts' consumer (quotaflow/alerts/consumer.py) reads the ledger topic as its
+# own group.
+ALERTS = "alerts"
 ALL_IN_ONE = "all"
 
 
@@ -58,7 +61,7 @@ def source_group(step: str, topic: str) -> str:
 
 def accesses() -> list[Access]:
     """Every function's access: admit, the steps, the all-in-one function (all of theirs),
-    then analytics."""
+    then analytics and alerts."""
     from quotaflow.analytics.consumer import TOPICS as ANALYTICS_TOPICS
 
     dlq = dead_letter_suffix()
@@ -73,6 +76,7 @@ def accesses() -> list[Access]:
     out.append(Access(ALL_IN_ONE, _union(a.reads for a in out), _union(a.writes for a in out),
                       _union(a.groups for a in out)))
     out.append(Access(ANALYTICS, ANALYTICS_TOPICS, (), (GROUP_PREFIX + ANALYTICS,)))
+    out.append(Access(ALERTS, ("ledger",), (), (GROUP_PREFIX + ALERTS,)))
     return out
 
 

@@ -9,6 +9,7 @@ import itertools
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,10 +64,10 @@ def request_scale(state_dir: Path, step: str, count: int) -> None:
     tmp.replace(folder / step)  # the stack never reads half a request
 
 
-def apply_requests(stack: DevStack) -> list[str]:
+def apply_requests(stack: DevStack, say: Callable[[str], None] = print) -> list[str]:
     """Apply every `request_scale` waiting in the stack's state folder: members join or leave
-    until the step runs the count asked (one at least), then the request goes. Returns what
-    was done, as lines."""
+    until the step runs the count asked (one at least), then the request goes. Says and
+    returns what was done, as lines."""
     folder = stack.state_dir / "scale"
     done: list[str] = []
     for path in sorted(folder.iterdir()) if folder.exists() else []:
@@ -78,4 +79,6 @@ def apply_requests(stack: DevStack) -> list[str]:
         while len(running_members(stack, step)) > count and (left := leave(stack, step)):
             done.append(f"{left} left {step}'s group")
         path.unlink()
+    for line in done:
+        say(line)
     return done

@@ -19,7 +19,7 @@ from pathlib import Path
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.devstack import brokers as local_kafka
-from quotaflow.devstack import replicas
+from quotaflow.devstack import functions, knative_mode, replicas
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
@@ -29,9 +29,7 @@ from quotaflow.devstack.process import (
     stop_pids,
     wait_for,
 )
-from quotaflow.devstack.serving import admit_server_argv
 from quotaflow.devstack.supervisor import Supervisor
-from quotaflow.runtime.steps import CONSUMER_STEPS
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.dev")
@@ -59,6 +57,7 @@ class DevStack:
     brokers: int = 3
     secure: bool = True  # Apache Kafka with SASL_SSL, a user per function and ACLs (brokers.py)
     replicas: int = 1  # members of each consumer step's group (`replicas`)
+    knative: bool = False  # `dev up --knative`: functions fed as KafkaSource feeds them
     kafka: local_kafka.LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -140,25 +139,11 @@ class DevStack:
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
-        for step, name in replicas.members(CONSUMER_STEPS, self.replicas):
-            self.start_process(name, step)
-        self.start_process("analytics", "analytics")  # the usage roll-ups, beside the steps
-        self.start_process("admit", "admit")
+        functions.start_all(self)
 
     def start_process(self, name: str, function: str) -> None:
-        """Start process `name` of `function` (admit, a step, analytics) as its Kafka user."""
-        # infer's model threads spin between operators unless QF_ORT_SPIN=0: 8-10 % more
-        # tokens/s through the local pipeline, in six alternating pairs (BENCHMARKS.md).
-        env = {**self.settings.as_env(), **self.child_env, "PYTHONUNBUFFERED": "1",
-               **(self.kafka.client_env(function) if self.kafka else {})}
-        if function == "admit":
-            self._spawn(name, admit_server_argv(self.admit_port, self.admit_workers,
-                                                access_log=self.admit_access_log), env)
-            return
-        self.metrics_ports[name] = free_port()
-        env["QF_METRICS_PORT"] = str(self.metrics_ports[name])
-        command = ["analytics", "run"] if function == "analytics" else ["run", function]
-        self._spawn(name, [sys.executable, "-m", "quotaflow", *command], env)
+        """Start process `name` of `function` (`functions.start_process`)."""
+        functions.start_process(self, name, function)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one process abruptly (chaos tests); the supervisor restarts it once up."""
@@ -190,6 +175,8 @@ class DevStack:
         url = f"http://127.0.0.1:{self.admit_port}/health/readiness"
         wait_for("admit", lambda: http_ok(url), 60, self.procs["admit"],
                  self.logs / "admit.log")
+        if self.knative:
+            return knative_mode.wait_assigned(self, timeout_s)
         replicas.wait_assigned(self.logs, self.procs, self.replicas, timeout_s)
 
     def up(self, explicit_pg: bool, explicit_redis: bool, progress: Callable[[str], None]) -> None:

@@ -31,6 +31,8 @@ class Directory:
     revoke: Callable[[str], bool]
     list_keys: Callable[[str], list[ApiKeyInfo]]
     lookups: Callable[[], int]
+    # a key issued to a new tenant with its tokens per minute and max in flight
+    issue_limited: Callable[[str, int, int], str]
 
 
 class CountingConnection:
@@ -56,7 +58,8 @@ def pg() -> Iterator[psycopg.Connection[Any]]:
 def _memory() -> Directory:
     tenants = MemoryTenants()
     return Directory(tenants, lambda t, rate, period: tenants.create_key(t, rate, period),
-                     tenants.revoke, tenants.list_keys, lambda: tenants.lookups)
+                     tenants.revoke, tenants.list_keys, lambda: tenants.lookups,
+                     lambda t, tpm, k: tenants.create_key(t, tpm=tpm, max_inflight=k))
 
 
 def _postgres(conn: psycopg.Connection[Any]) -> Directory:
@@ -68,10 +71,14 @@ def _postgres(conn: psycopg.Connection[Any]) -> Directory:
         made[tenant] = tenant_store.create_tenant(conn, tenant, 100, period, rate)
         return made[tenant]
 
+    def issue_limited(tenant: str, tpm: int, max_inflight: int) -> str:
+        tenant_store.create_tenant(conn, tenant, 100)
+        return tenant_store.create_key(conn, tenant, tpm, max_inflight)
+
     counting = CountingConnection(conn)
     tenants = tenant_store.PostgresTenants(counting)  # type: ignore[arg-type]
     return Directory(tenants, issue, tenants.revoke, tenants.list_keys,
-                     lambda: counting.statements)
+                     lambda: counting.statements, issue_limited)
 
 
 _counter = iter(range(1_000_000))
@@ -94,6 +101,16 @@ def test_an_issued_key_authenticates_to_its_principal(directory: Directory) -> N
     found = directory.tenants.authenticate(key)
     assert found is not None
     assert found == Principal(tenant, key.split("_", 2)[1], 42, "day")
+
+
+def test_a_keys_tokens_per_minute_and_max_in_flight_travel_with_its_principal(
+        directory: Directory) -> None:
+    tenant = unique("acme")
+    key = directory.issue_limited(tenant, 500, 3)
+    found = directory.tenants.authenticate(key)
+    assert found is not None and (found.tpm, found.max_inflight) == (500, 3)
+    plain = directory.tenants.authenticate(directory.issue(unique("acme"), 42, "day"))
+    assert plain is not None and (plain.tpm, plain.max_inflight) == (0, 0)
 
 
 def test_each_key_of_a_tenant_has_its_own_key_id(directory: Directory) -> None:

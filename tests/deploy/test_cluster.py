@@ -239,7 +239,8 @@ def test_credentials_come_only_from_secrets() -> None:
 
 
 def test_analytics_is_scaled_by_keda_on_its_groups_lag_as_its_own_kafka_user() -> None:
-    (deployment,) = by_kind("Deployment")
+    (deployment,) = [d for d in by_kind("Deployment")
+                     if d["metadata"]["name"] == "quotaflow-analytics"]
     (scaled,) = by_kind("ScaledObject")
     spec = scaled["spec"]
     assert spec["scaleTargetRef"] == {"name": name(deployment)}

@@ -91,13 +91,15 @@ def test_every_consumer_may_join_its_groups_and_only_those() -> None:
         assert not any(allowed(everyone[user_name(name)], "Read", "group", f"quotaflow-{o}")
                        for o in others)
     assert allowed(everyone["quotaflow-analytics"], "Read", "group", "quotaflow-analytics")
+    assert allowed(everyone["quotaflow-alerts"], "Read", "group", "quotaflow-alerts")
 
 
-def test_every_function_and_the_analytics_consumer_has_a_user() -> None:
-    workloads = {component(s) for s in by_kind("Service")} | {"analytics", "all"}
+def test_every_function_and_the_analytics_and_alerts_consumers_have_a_user() -> None:
+    workloads = {component(s) for s in by_kind("Service")} | {"analytics", "alerts", "all"}
     assert set(users()) == {user_name(w) for w in workloads}
-    assert [a.function for a in accesses()] == ["admit", *CONSUMER_STEPS, "all", "analytics"]
-    everything = accesses()[:-2]
+    assert [a.function for a in accesses()] == ["admit", *CONSUMER_STEPS, "all", "analytics",
+                                                "alerts"]
+    everything = accesses()[:-3]
     (all_in_one,) = [a for a in accesses() if a.function == "all"]
     for field in ("reads", "writes", "groups"):
         assert set(getattr(all_in_one, field)) == {x for a in everything
@@ -129,11 +131,11 @@ def test_every_function_runs_as_its_own_user_over_sasl_ssl() -> None:
     assert config["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert config["KAFKA_SASL_MECHANISMS"] == "SCRAM-SHA-512"
     workloads = [*by_kind("Service"), *by_kind("Deployment")]
-    assert len(workloads) == 7
+    assert len(workloads) == 8
     for doc in workloads:
         (container,) = doc["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container["env"]}
-        fn = component(doc) if doc["kind"] == "Service" else "analytics"
+        fn = component(doc)
         assert env["KAFKA_SASL_USERNAME"]["value"] == user_name(fn)
         assert _secret_ref(env["KAFKA_SASL_PASSWORD"]["valueFrom"]) == (user_name(fn),
                                                                         "password")

@@ -42,7 +42,7 @@ def test_manifest_is_valid_against_its_official_schema(path: Path, doc: dict[str
 
 
 def test_kubernetes_schema_check_rejects_an_unknown_field() -> None:
-    (deployment,) = by_kind("Deployment")
+    deployment = by_kind("Deployment")[0]
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonroot"] \
         = True
     with pytest.raises(Exception, match="runAsNonroot"):
@@ -177,7 +177,8 @@ def test_infra_kustomization_lists_every_infra_manifest() -> None:
 
 
 def test_the_analytics_consumer_runs_always_as_one_deployment_of_its_cli_command() -> None:
-    (deployment,) = by_kind("Deployment")
+    (deployment,) = [d for d in by_kind("Deployment")
+                     if d["metadata"]["name"] == "quotaflow-analytics"]
     spec = deployment["spec"]
     # KEDA sets the replicas (at least one: test_cluster.py); an apply must not reset them.
     assert "replicas" not in spec
@@ -185,6 +186,18 @@ def test_the_analytics_consumer_runs_always_as_one_deployment_of_its_cli_command
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     (container,) = spec["template"]["spec"]["containers"]
     assert container["command"][-4:] == ["-m", "quotaflow", "analytics", "run"]
+
+
+def test_the_alerts_run_always_as_one_replica_of_their_cli_command() -> None:
+    (deployment,) = [d for d in by_kind("Deployment")
+                     if d["metadata"]["name"] == "quotaflow-alerts"]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert labels["app.kubernetes.io/component"] == "alerts"
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["command"][-4:] == ["-m", "quotaflow", "alerts", "run"]
 
 
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")

@@ -40,7 +40,7 @@ def test_prometheus_operator_resources_scrape_every_step_and_carry_the_alert_rul
     alerts = yaml.safe_load((REPO / "infra/monitoring/alerts.yml").read_text())
     assert docs["PrometheusRule"]["spec"] == alerts
     (expr,) = docs["PodMonitor"]["spec"]["selector"]["matchExpressions"]
-    scraped = {*ALL_STEPS, "analytics"}
+    scraped = {*ALL_STEPS, "analytics", "alerts"}
     assert (expr["key"], set(expr["values"])) == ("app.kubernetes.io/component", scraped)
     for workload in [*by_kind("Service"), *by_kind("Deployment")]:
         template = workload["spec"]["template"]

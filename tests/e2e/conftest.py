@@ -16,7 +16,7 @@ E2E_REDIS_DB = 9
 
 
 def start_stack(tmp: Path, database: str = "qf_test_e2e", redis_db: int = E2E_REDIS_DB,
-                **settings_over: object) -> DevStack:
+                knative: bool = False, **settings_over: object) -> DevStack:
     # The suites on a stack drive one key hard on purpose (50 concurrent streams, status polls
     # in a tight loop): fair share's per-key caps are proven in tests/hostile, not here.
     settings_over.setdefault("waits_per_key", 64)
@@ -29,7 +29,7 @@ def start_stack(tmp: Path, database: str = "qf_test_e2e", redis_db: int = E2E_RE
     port = free_port()
     settings = replace(settings, public_url=f"http://127.0.0.1:{port}")
     stack = DevStack(tmp, settings, admit_port=port, kafka_port=free_port(), admit_workers=1,
-                     broker=session_broker())
+                     broker=session_broker(), knative=knative)
     try:
         stack.up(explicit_pg=True, explicit_redis=True, progress=lambda _msg: None)
     except BaseException:

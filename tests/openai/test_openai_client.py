@@ -205,3 +205,42 @@ def test_following_a_streamed_cloudevent_request_ends_with_its_status_and_usage(
     record = client.wait(openai_stack.admit_url, key, sent["request_id"], timeout_s=30)
     assert record["status"] == "completed"
     assert ended["usage"]["completion_tokens"] == record["usage"]["completion_tokens"] > 0
+
+
+def test_a_keys_tokens_per_minute_and_in_flight_cap_are_the_clients_rate_limit_errors(
+        openai_stack: DevStack) -> None:
+    from quotaflow.adapters import postgres as db
+    from quotaflow.adapters import tenant_store as tenants
+
+    model = openai_stack.settings.model_name
+    msgs: Any = [{"role": "user", "content": "a b c d e f"}]
+    name, _ = new_tenant(openai_stack)
+    with db.connect(openai_stack.settings.postgres_url, autocommit=True) as conn:
+        # the door holds at most 11 bytes + 16 + 64 + 4 = 95 of a request, reserve trims it
+        # to 7 + 4 = 11: two fit in 110 a minute, a third does not
+        metered = tenants.create_key(conn, name, tpm=110)
+        narrow = tenants.create_key(conn, name, max_inflight=2)
+    client = openai_client(openai_stack, metered, max_retries=0)
+    for _ in range(2):
+        client.chat.completions.create(model=model, messages=msgs, max_tokens=4)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model=model, messages=msgs, max_tokens=4)
+    assert (limited.value.type, limited.value.code) == ("requests", "rate_limit_exceeded")
+    assert 1 <= int(limited.value.response.headers["Retry-After"]) <= 60
+
+    slow = openai_client(openai_stack, narrow, max_retries=0)
+    long: Any = [{"role": "user", "content": " ".join(f"w{i}" for i in range(40))}]
+
+    def call(_: int) -> str:
+        try:
+            slow.chat.completions.create(model=model, messages=long, max_tokens=40)
+            return "ok"
+        except openai.RateLimitError as exc:
+            assert exc.code == "rate_limit_exceeded" and "in flight" in exc.message
+            return "limited"
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(call, range(6)))
+    assert answers.count("ok") >= 1 and answers.count("limited") >= 1
+    time.sleep(0.5)  # the last record frees its slot just after its answer
+    assert slow.chat.completions.create(model=model, messages=msgs, max_tokens=4).usage

@@ -64,10 +64,12 @@ class World:
         """The ports bundle of consumer step `step`, as `quotaflow.compose.wire` opens it."""
         bundles: dict[str, Any] = {
             "estimate": lambda: EstimatePorts(model),
-            "reserve": lambda: ReservePorts(self.ledger, self.projection, self.requests),
+            "reserve": lambda: ReservePorts(self.ledger, self.projection, self.requests,
+                                            self.gate),
             "infer": lambda: InferPorts(model, self.stream),
-            "settle": lambda: SettlePorts(self.ledger, self.projection, self.outbox, 300),
-            "record": lambda: RecordPorts(self.requests)}
+            "settle": lambda: SettlePorts(self.ledger, self.projection, self.outbox, 300,
+                                          slots=self.gate),
+            "record": lambda: RecordPorts(self.requests, self.gate)}
         return bundles[step]()
 
     def door_ports(self, publisher: Publisher | None = None,

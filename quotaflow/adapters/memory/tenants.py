@@ -33,11 +33,12 @@ class MemoryTenants:
         self.lookups = 0
 
     def create_key(self, tenant: str, rate_limit_per_min: int = 600,
-                   plan_period: str = "month") -> str:
+                   plan_period: str = "month", tpm: int = 0, max_inflight: int = 0) -> str:
         """Issue a key for `tenant` with these limits; returns the key."""
         key_id, secret = new_key_parts()
         self._keys[key_id] = _Key(secret, Principal(tenant, key_id, rate_limit_per_min,
-                                                    plan_period), datetime.now(UTC))
+                                                    plan_period, tpm, max_inflight),
+                                  datetime.now(UTC))
         return f"qf_{key_id}_{secret}"
 
     def revoke(self, key_id: str) -> bool:

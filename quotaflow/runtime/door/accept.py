@@ -16,7 +16,7 @@ from functions.admit.handler import (
 from quotaflow.ports import Principal, PublishTimeout
 from quotaflow.runtime import metrics
 from quotaflow.runtime.door.fair_share import FairShare
-from quotaflow.runtime.door.limits import AdmissionLimits
+from quotaflow.runtime.door.limits import AdmissionLimits, tokens_bound
 from quotaflow.runtime.door.ports import DoorPorts
 
 
@@ -43,8 +43,8 @@ class Acceptor:
         it; raises the refusal, `IdempotencyConflict`, or `Unpublished` (the request is
         stored, so the reconciler re-drives it and a resend is answered as the same)."""
         try:
-            admission = admit(principal, request, self.admit_ports,
-                              self.limits.screener(principal, needs_tokens))
+            admission = admit(principal, request, self.admit_ports, self.limits.screener(
+                principal, needs_tokens, tokens_bound(request.data)))
         except IdempotencyConflict:
             self._count(principal, "reused id")
             raise

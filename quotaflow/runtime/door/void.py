@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from events.status import LedgerKind, RequestStatus
 from quotaflow.ports import (
     FinalRecord,
+    InflightSlots,
     Ledger,
     ReleaseReservation,
     RequestStore,
@@ -46,10 +47,11 @@ class Voider:
     """Ends stored requests unbilled; without a ledger it can only cancel them."""
 
     def __init__(self, ledger: Ledger | None, requests: RequestStore,
-                 stream: TokenStream | None) -> None:
+                 stream: TokenStream | None, slots: InflightSlots | None = None) -> None:
         self.ledger = ledger
         self.requests = requests
         self.stream = stream
+        self.slots = slots  # the ended request's in-flight slot is freed at once
 
     def void(self, tenant: str, request_id: str, why: str) -> Voided:
         """End `request_id` of `tenant` without a charge, unless the ledger charged it first."""
@@ -61,10 +63,16 @@ class Voider:
         closed = self.ledger.reserve([ReserveTokens(tenant, request_id, 0, VOID_DIGEST)])[0]
         if closed.kind == LedgerKind.REQUEST_REJECTED:
             self.requests.finish([FinalRecord(request_id, RequestStatus.REJECTED, reason, 0)])
+            self._release(tenant, request_id)
             return Voided(request_id, False)
         ended = self.ledger.end([ReleaseReservation(tenant, request_id, reason,
                                                     end_digest(request_id))])[0]
         if ended.kind == LedgerKind.RESERVATION_SETTLED:
             return Voided(request_id, True)
         self.requests.finish([FinalRecord(request_id, RequestStatus.FAILED, reason, 0)])
+        self._release(tenant, request_id)
         return Voided(request_id, False)
+
+    def _release(self, tenant: str, request_id: str) -> None:
+        if self.slots is not None:
+            self.slots.release(tenant, [request_id])

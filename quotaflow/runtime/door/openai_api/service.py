@@ -66,7 +66,7 @@ class OpenAIDoor:
         self.ports = ports
         self.acceptor = Acceptor(ports, share)
         self.timing = timing or Timing()
-        self.voider = Voider(ports.ledger, ports.requests, ports.stream)
+        self.voider = Voider(ports.ledger, ports.requests, ports.stream, ports.gate)
 
     def submit(self, principal: Principal, call: Call, idempotency_key: str | None) -> str:
         """Rate limit, pre-check, store and publish the call; its request id."""
