@@ -49,6 +49,18 @@ class LedgerRow:
 
 
 @dataclass(frozen=True)
+class TopicRecord:
+    """One record as read back: where it is, its key (the tenant) and what it is about."""
+
+    topic: str  # logical name (no prefix)
+    partition: int
+    offset: int
+    tenant: str
+    request_id: str | None
+    seq: int | None = None  # a ledger event's sequence (the ledger topic)
+
+
+@dataclass(frozen=True)
 class OpenReservation:
     """A reservation not ended at the end, and how old it is by the ledger's clock."""
 
@@ -76,3 +88,4 @@ class Snapshot:
     audit_findings: list[str] = field(default_factory=list)
     ttl_s: float = 300
     sweep_s: float = 30
+    records: list[TopicRecord] | None = None  # read back from the topics (None: not read)

@@ -22,6 +22,7 @@ from quotaflow.adapters import kafka
 from quotaflow.chaos.facts import Outcome
 from quotaflow.chaos.load import Loader, event_request, send_until_answered
 from quotaflow.chaos.plan import PROBE_TENANT, Fault
+from quotaflow.devstack import members as scaling
 from quotaflow.devstack.stack import DevStack
 
 # The harness's own PostgreSQL connections: a `pg` fault spares them.
@@ -47,7 +48,8 @@ class FaultRecord:
 
 
 class Injector:
-    """The four kinds of fault, against one stack's processes, database and Redis index."""
+    """The kinds of fault (plan.FAULT_KINDS), against one stack's processes, database and
+    Redis index."""
 
     def __init__(self, stack: DevStack) -> None:
         self.stack = stack
@@ -68,6 +70,12 @@ class Injector:
             running = [n for n in members if self.stack.procs[n].poll() is None]
             return self._kill(fault.target if fault.target in self.stack.procs
                               else (running or members or [fault.target])[0])
+        if fault.kind == "join":
+            return f"{scaling.join(self.stack, fault.target)} joined {fault.target}'s group"
+        if fault.kind == "leave":
+            left = scaling.leave(self.stack, fault.target)
+            return (f"{left} left {fault.target}'s group (SIGTERM)" if left else
+                    f"no member of {fault.target} left: one runs")
         if fault.kind == "pg":
             with psycopg.connect(self.stack.settings.postgres_url, autocommit=True,
                                  application_name=OBSERVER, connect_timeout=5) as conn:

@@ -26,6 +26,7 @@ from quotaflow.chaos.facts import (
     Snapshot,
 )
 from quotaflow.chaos.faults import OBSERVER
+from quotaflow.chaos.order import read_records
 from quotaflow.settings import Settings
 
 
@@ -143,4 +144,4 @@ def snapshot(settings: Settings, accepted: set[str], history: dict[str, list[str
     clean, findings = audit(settings)
     return Snapshot(accepted, requests, ledger, open_, grants, projection(settings),
                     history, clean, findings, settings.reservation_ttl_s,
-                    settings.sweep_interval_s)
+                    settings.sweep_interval_s, read_records(settings))

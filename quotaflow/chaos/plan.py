@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FUNCTIONS = ("admit", "estimate", "reserve", "infer", "settle", "record")
-FAULT_KINDS = ("kill", "broker", "broker-pause", "pg", "redis")
+FAULT_KINDS = ("kill", "broker", "broker-pause", "pg", "redis", "join", "leave")
+# Kinds that name a consumer step: a member of its group starts (join) or stops gracefully
+# (leave; never the last one running).
+MEMBERSHIP = ("join", "leave")
 # A run's kinds unless told: a broker pause is for a cluster (one node of three paused; on one
 # broker every send would wait it out).
 DEFAULT_KINDS = ("kill", "broker", "pg", "redis")
@@ -113,7 +116,8 @@ def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
 
 def faults(kinds: list[str], per_kind: int, every_s: float, seed: int) -> list[Fault]:
     """`per_kind` faults of each kind in a seeded order, about `every_s` apart (0.5x-1.5x);
-    a kill picks one of the six function processes at random."""
+    a kill picks one of the six function processes at random, a join or leave one of the five
+    consumer steps."""
     rng = random.Random(seed ^ 0x5EED)
     order = [k for k in kinds for _ in range(per_kind)]
     rng.shuffle(order)
@@ -121,12 +125,14 @@ def faults(kinds: list[str], per_kind: int, every_s: float, seed: int) -> list[F
     t = 0.0
     for kind in order:
         t += every_s * rng.uniform(0.5, 1.5)
-        out.append(Fault(round(t, 2), kind, rng.choice(FUNCTIONS) if kind == "kill" else kind))
+        target = (rng.choice(FUNCTIONS) if kind == "kill" else
+                  rng.choice(FUNCTIONS[1:]) if kind in MEMBERSHIP else kind)
+        out.append(Fault(round(t, 2), kind, target))
     return out
 
 
 def parse_kinds(text: str) -> list[str]:
-    """`kill,broker,broker-pause,pg,redis` (any subset, or `none`) as a list; ValueError
+    """`kill,broker,broker-pause,pg,redis,join,leave` (any subset, or `none`) as a list; ValueError
     names a bad one."""
     if text.strip() in ("", "none"):
         return []

@@ -41,7 +41,7 @@ class Result:
 
 def load_counts(outcomes: list[Outcome]) -> dict[str, int]:
     """Sends by kind and how the door answered them (probes and hostile clients apart: a
-    hostile client's outcome stands for many calls, judged by `checks.hostile_findings`)."""
+    hostile client's outcome stands for many calls, judged by `door_checks.hostile_findings`)."""
     sent = [o for o in outcomes if o.kind not in ("probe", "hostile")]
     return {"sent": len(sent),
             "resends": sum(o.kind == "resend" for o in sent),
@@ -117,6 +117,7 @@ def table(result: Result) -> str:
         ("projection != replay", v["projection"]),
         ("audit differences", v["audit"]),
         ("door findings", v["door"]),
+        ("per-tenant order broken (topics, ledger)", v["order"]),
         ("restarts by the stack's supervisor", ", ".join(
             f"{n} {c}" for n, c in result.config.get("restarts", {}).items() if c) or "none"),
         ("processes dead at the end", ", ".join(result.config.get("dead_at_end", [])) or "none"),

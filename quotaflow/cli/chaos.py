@@ -57,7 +57,9 @@ def register(sub: Any) -> None:
                    help=f"client threads (default {d.concurrency})")
     p.add_argument("--faults", type=_kinds, default=",".join(d.faults), metavar="KINDS",
                    help="comma-separated fault kinds among kill,broker,broker-pause,pg,"
-                   "redis, or none (default: kill,broker,pg,redis)")
+                   "redis,join,leave, or none (default: kill,broker,pg,redis); join starts "
+                   "one more member of a step's group, leave stops one gracefully (never "
+                   "the last; with --replicas)")
     p.add_argument("--faults-per-kind", type=int, default=d.faults_per_kind, metavar="K",
                    help=f"faults of each kind (default {d.faults_per_kind}); the load is "
                    "spread over the time they take")

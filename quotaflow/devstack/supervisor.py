@@ -66,7 +66,10 @@ class Supervisor:
 
     def _check(self, name: str) -> None:
         now = time.monotonic()
-        proc = self.stack.procs[name]
+        proc = self.stack.procs.get(name)
+        if proc is None:  # left the stack on purpose (a member scaled in): not restarted
+            self._due.pop(name, None)
+            return
         if proc.poll() is None:  # running (maybe restarted by hand meanwhile)
             self._due.pop(name, None)
             if now - self._since.get(name, now) >= self.stable_s:

@@ -14,7 +14,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from quotaflow.chaos import plan
-from quotaflow.chaos.checks import hostile_findings, judge
+from quotaflow.chaos.checks import judge
+from quotaflow.chaos.door_checks import hostile_findings
 from quotaflow.chaos.facts import LedgerRow, Outcome
 from quotaflow.chaos.load import hostile_client
 from quotaflow.runtime.door.app import create_app

@@ -16,7 +16,7 @@ import pytest
 
 from functions.admit.handler import request_id_for
 from quotaflow.chaos import hostile, observe
-from quotaflow.chaos.checks import hostile_findings
+from quotaflow.chaos.door_checks import hostile_findings
 from quotaflow.chaos.load import hostile_client
 from quotaflow.chaos.plan import Send
 from quotaflow.devstack.stack import DevStack
