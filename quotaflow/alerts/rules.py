@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from events.payloads import LedgerEntry
 from events.status import LedgerKind
 
 EVENT_TYPE = "dev.quotaflow.budget.threshold"
@@ -94,12 +95,28 @@ def crossings(level: Level, alerts: list[Alert]) -> list[Crossing]:
             and reached(level, a.threshold_percent)]
 
 
-def tenant_change(kind: LedgerKind, amount: int) -> tuple[int, int]:
-    """What a ledger event adds to its tenant level's (spent, limit) in tokens: a grant raises
-    the limit, a settlement's charge the spent; reservations, releases, expiries and
-    rejections spend nothing."""
-    if kind is LedgerKind.QUOTA_GRANTED:
-        return 0, amount
-    if kind is LedgerKind.RESERVATION_SETTLED:
-        return amount, 0
-    return 0, 0
+@dataclass(frozen=True)
+class Change:
+    """What one ledger entry adds to one level's spent, in one unit, and to its limit (only a
+    grant moves a limit: the tenant's tokens; the other limits are the levels' own)."""
+
+    scope: str
+    id: str
+    unit: str
+    spent: int
+    limit: int = 0
+
+
+def level_changes(entry: LedgerEntry) -> list[Change]:
+    """What a ledger entry (schema v2) adds to its levels: a grant raises the tenant's token
+    limit; a settlement's charge (tokens and micro-dollars) is spent at its tenant, its team
+    and its key. Reservations, releases, expiries and rejections spend nothing; a zero adds
+    nothing."""
+    if entry.kind is LedgerKind.QUOTA_GRANTED:
+        return [Change("tenant", entry.tenant, "tokens", 0, entry.amount)] if entry.amount else []
+    if entry.kind is not LedgerKind.RESERVATION_SETTLED:
+        return []
+    levels = [("tenant", entry.tenant), ("team", entry.team_id), ("key", entry.key_id)]
+    return [Change(scope, level_id, unit, spent)
+            for scope, level_id in levels if level_id is not None
+            for unit, spent in (("tokens", entry.amount), ("usd", entry.usd)) if spent]

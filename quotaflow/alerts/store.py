@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 
 from events.payloads import LedgerEntry
-from quotaflow.alerts.rules import Alert, Level, crossings, tenant_change
+from quotaflow.alerts.rules import Alert, Level, crossings, level_changes
 
 Conn = psycopg.Connection[Any]
 _LEVEL_UPSERT = (
@@ -92,21 +92,25 @@ class PostgresAlertStore:
             levels: dict[tuple[str, str, str, str, str], Level] = {}
             due: dict[str, tuple[int, str]] = {}  # webhook-id -> alert, body: the first seen
             alerts: dict[str, list[Alert]] | None = None
+            limits: dict[tuple[str, str, str, str], int] | None = None
             for e in entries:
                 if e.stream_version <= versions.get(e.tenant, 0):
                     continue  # applied before: a replay or a redelivery
                 versions[e.tenant] = e.stream_version
-                spent, limit = tenant_change(e.kind, e.amount)
-                if not (spent or limit):
-                    continue
-                key = (e.tenant, "tenant", e.tenant, e.period, "tokens")
-                was = levels.get(key) or self._level(key)
-                levels[key] = now = replace(was, spent=was.spent + spent,
-                                            limit=was.limit + limit)
-                # Evaluated after each entry, so an event carries the spent that crossed.
-                alerts = alerts if alerts is not None else self._alerts(tenants)
-                for c in crossings(now, alerts.get(e.tenant, [])):
-                    due.setdefault(c.webhook_id, (c.alert.alert_id, c.cloudevent(at)))
+                for ch in level_changes(e):
+                    key = (e.tenant, ch.scope, ch.id, e.period, ch.unit)
+                    was = levels.get(key) or self._level(key)
+                    limits = limits if limits is not None else self._limits(tenants, entries)
+                    # The tenant's tokens are limited by its grants, in the ledger; the other
+                    # limits are the levels' own, as they stand now.
+                    fixed = limits.get((e.tenant, ch.scope, ch.id, ch.unit))
+                    levels[key] = now = replace(
+                        was, spent=was.spent + ch.spent,
+                        limit=was.limit + ch.limit if fixed is None else fixed)
+                    # Evaluated after each entry, so an event carries the spent that crossed.
+                    alerts = alerts if alerts is not None else self._alerts(tenants)
+                    for c in crossings(now, alerts.get(e.tenant, [])):
+                        due.setdefault(c.webhook_id, (c.alert.alert_id, c.cloudevent(at)))
             for key, level in levels.items():
                 self.conn.execute(_LEVEL_UPSERT, (*key, level.spent, level.limit))
             for webhook_id, (alert_id, body) in due.items():
@@ -132,6 +136,24 @@ class PostgresAlertStore:
             "SELECT spent, limit_value FROM alert_levels WHERE tenant_id = %s AND scope = %s "
             "AND scope_id = %s AND period = %s AND unit = %s", key).fetchone()
         return Level(*key[1:], *(row or (0, 0)))
+
+    def _limits(self, tenants: list[str], entries: Sequence[LedgerEntry]
+                ) -> dict[tuple[str, str, str, str], int]:
+        # (tenant, scope, id, unit) -> limit, 0 for none; the tenant's tokens are not here.
+        keys = sorted({e.key_id for e in entries if e.key_id is not None})
+        rows = self.conn.execute(
+            "SELECT tenant_id, 'key', key_id, limit_tokens, limit_usd FROM api_keys "
+            "WHERE key_id = ANY(%s) UNION ALL "
+            "SELECT tenant_id, 'team', team_id, limit_tokens, limit_usd FROM teams "
+            "WHERE tenant_id = ANY(%s) UNION ALL "
+            "SELECT tenant_id, 'tenant', tenant_id, NULL, limit_usd FROM tenants "
+            "WHERE tenant_id = ANY(%s)", (keys, tenants, tenants)).fetchall()
+        out: dict[tuple[str, str, str, str], int] = {}
+        for tenant, scope, level_id, tokens, usd in rows:
+            if scope != "tenant":
+                out[(tenant, scope, level_id, "tokens")] = tokens or 0
+            out[(tenant, scope, level_id, "usd")] = usd or 0
+        return out
 
     def _alerts(self, tenants: list[str]) -> dict[str, list[Alert]]:
         out: dict[str, list[Alert]] = {}

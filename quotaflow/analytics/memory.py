@@ -23,10 +23,12 @@ from quotaflow.analytics.rollup import (
 
 class MemoryUsageStore:
     """Roll-ups in dictionaries. `attribution` stands in for the request records: request id
-    -> (model, key_id)."""
+    -> (model, key_id); `teams` for the keys' teams: key id -> team."""
 
-    def __init__(self, attribution: dict[str, tuple[str, str]] | None = None) -> None:
+    def __init__(self, attribution: dict[str, tuple[str, str]] | None = None,
+                 teams: dict[str, str] | None = None) -> None:
         self.attribution = attribution if attribution is not None else {}
+        self.teams = teams if teams is not None else {}
         self.buckets: dict[Bucket, Counts] = {}
         self.versions: dict[str, int] = {}
         self.outcomes: set[tuple[str, OutcomeKind]] = set()
@@ -59,7 +61,7 @@ class MemoryUsageStore:
     def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
         """The query's rows."""
         with self._lock:
-            return rows(query, summarize(query, list(self.buckets.items())))
+            return rows(query, summarize(query, list(self.buckets.items()), self.teams))
 
     def reset(self) -> None:
         """Forget every roll-up, version, outcome and offset."""

@@ -14,7 +14,7 @@ from quotaflow.analytics.rollup import Bucket, Counts
 from quotaflow.tables import aligned, csv_text
 
 GRAINS = ("minute", "hour", "day")
-GROUPS = ("model", "key")
+GROUPS = ("model", "key", "team")
 FORMATS = ("table", "json", "csv")
 TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "reserved_tokens", "charged_tokens",
                  "released_tokens", "expired_tokens", "granted_tokens")
@@ -42,14 +42,15 @@ class UsageQuery:
 
     @classmethod
     def parse(cls, params: Mapping[str, str | None]) -> UsageQuery:
-        """A query from text parameters (`tenant`, `by`, `group`, `from`, `to`), or BadQuery
-        naming the parameter that is wrong."""
+        """A query from text parameters (`tenant`, `by`, `group_by` or its older name `group`,
+        `from`, `to`), or BadQuery naming the parameter that is wrong."""
         by = params.get("by") or "hour"
         if by not in GRAINS:
             raise BadQuery("by", f"'by' must be one of {', '.join(GRAINS)}, got {by[:40]!r}")
-        group = params.get("group") or None
+        name = "group_by" if params.get("group_by") else "group"
+        group = params.get(name) or None
         if group is not None and group not in GROUPS:
-            raise BadQuery("group", f"'group' must be one of {', '.join(GROUPS)}, "
+            raise BadQuery(name, f"'{name}' must be one of {', '.join(GROUPS)}, "
                            f"got {group[:40]!r}")
         start, end = timestamp("from", params.get("from")), timestamp("to", params.get("to"))
         if start and end and end <= start:
@@ -64,8 +65,11 @@ class UsageQuery:
             return minute.replace(minute=0)
         return minute
 
-    def group_value(self, bucket: Bucket) -> str:
-        """The model or key of a bucket, as this query groups."""
+    def group_value(self, bucket: Bucket, teams: Mapping[str, str]) -> str:
+        """The model, key or team (by `teams`: key id -> team) of a bucket, as this query
+        groups."""
+        if self.group == "team":
+            return teams.get(bucket[2], "")
         return bucket[1] if self.group == "model" else bucket[2] if self.group == "key" else ""
 
     def wants(self, bucket: Bucket) -> bool:
@@ -112,12 +116,14 @@ def timestamp(param: str, text: str | None) -> datetime | None:
 Key = tuple[str, datetime, str]  # (tenant, row start, model or key)
 
 
-def summarize(query: UsageQuery, buckets: Iterable[tuple[Bucket, Counts]]) -> dict[Key, Counts]:
-    """Sum minute buckets into the query's rows."""
+def summarize(query: UsageQuery, buckets: Iterable[tuple[Bucket, Counts]],
+              teams: Mapping[str, str] | None = None) -> dict[Key, Counts]:
+    """Sum minute buckets into the query's rows (`teams`: key id -> team, for a query by
+    team; a key in none is in the row of no team)."""
     out: dict[Key, Counts] = {}
     for bucket, counts in buckets:
         if query.wants(bucket):
-            key = (bucket[0], query.truncate(bucket[3]), query.group_value(bucket))
+            key = (bucket[0], query.truncate(bucket[3]), query.group_value(bucket, teams or {}))
             out.setdefault(key, Counts()).add(counts)
     return out
 
@@ -131,15 +137,21 @@ def rows(query: UsageQuery, summed: Mapping[Key, Counts]) -> list[dict[str, Any]
         if query.group:
             row[query.group] = value or None
         row.update({name: int(getattr(c, name)) for name in COUNT_COLUMNS + TOKEN_COLUMNS})
+        row["charged_usd"] = usd(c.charged_usd)
         row["avg_latency_ms"] = round(c.latency_ms / c.completed, 3) if c.completed else None
         out.append(row)
     return out
 
 
+def usd(micro: int) -> str:
+    """Micro-dollars as a decimal string of dollars: 2600 -> "0.002600"."""
+    return f"{micro // 1_000_000}.{micro % 1_000_000:06d}"
+
+
 def columns(query: UsageQuery) -> list[str]:
     """The row fields in display order."""
     return (["tenant", "start"] + ([query.group] if query.group else []) + list(COUNT_COLUMNS)
-            + list(TOKEN_COLUMNS) + ["avg_latency_ms"])
+            + list(TOKEN_COLUMNS) + ["charged_usd", "avg_latency_ms"])
 
 
 def render(query: UsageQuery, found: list[dict[str, Any]], fmt: str) -> str:

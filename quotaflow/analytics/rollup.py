@@ -47,6 +47,7 @@ class Counts:
     charged_tokens: int = 0
     released_tokens: int = 0
     expired_tokens: int = 0
+    charged_usd: int = 0  # micro-dollars; not in LEDGER_COLUMNS: rows before 0008 hold 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
@@ -59,9 +60,11 @@ class Counts:
             setattr(c, f.name, float(v) if f.name == "latency_ms" else int(v))
         return c
 
-    def add_ledger(self, kind: str, amount: int, released: int, n: int = 1) -> None:
+    def add_ledger(self, kind: str, amount: int, released: int, n: int = 1,
+                   usd: int = 0) -> None:
         """Add `n` ledger events of `kind` whose amounts and settlement remainders sum to
-        `amount` and `released`. A kind this code does not know adds nothing."""
+        `amount` and `released` (and money to `usd`). A kind this code does not know adds
+        nothing."""
         if kind == _GRANTED:
             self.granted_tokens += amount
         elif kind == _RESERVED:
@@ -73,6 +76,7 @@ class Counts:
         elif kind == _SETTLED:
             self.charged_tokens += amount
             self.released_tokens += released
+            self.charged_usd += usd
         elif kind == _RELEASED:
             self.released_tokens += amount
         elif kind == _EXPIRED:
@@ -152,7 +156,8 @@ def fold_ledger(entries: Iterable[LedgerEntry], versions: dict[str, int],
         versions[e.tenant] = e.stream_version
         model, key_id = attribution.get(e.request_id or "", UNATTRIBUTED)
         bucket = (e.tenant, model, key_id, minute_of(e.recorded_at_ms))
-        deltas.setdefault(bucket, Counts()).add_ledger(e.kind, e.amount, e.released)
+        deltas.setdefault(bucket, Counts()).add_ledger(e.kind, e.amount, e.released,
+                                                             usd=e.usd)
     return deltas, duplicates
 
 

@@ -144,17 +144,21 @@ class PostgresUsageStore:
 
     def usage(self, query: UsageQuery) -> list[dict[str, Any]]:
         """The query's rows, summed by PostgreSQL."""
-        group = {"model": "model", "key": "key_id"}.get(query.group or "", "''")
+        # A key's team is the one it was created in (keys do not change team).
+        group = {"model": "r.model", "key": "r.key_id", "team": "coalesce(k.team_id, '')"
+                 }.get(query.group or "", "''")
         where: list[str] = []
         params: list[Any] = [query.by]
-        for cond, value in (("tenant_id = %s", query.tenant), ("minute >= %s", query.start),
-                            ("minute < %s", query.end)):
+        for cond, value in (("r.tenant_id = %s", query.tenant), ("r.minute >= %s", query.start),
+                            ("r.minute < %s", query.end)):
             if value is not None:
                 where.append(cond)
                 params.append(value)
         found = self.conn.execute(
-            f"SELECT tenant_id, date_trunc(%s, minute, 'UTC'), {group}, {_SUMS} "
-            "FROM usage_rollups" + (" WHERE " + " AND ".join(where) if where else "")
+            f"SELECT r.tenant_id, date_trunc(%s, r.minute, 'UTC'), {group}, {_SUMS} "
+            "FROM usage_rollups r"
+            + (" LEFT JOIN api_keys k ON k.key_id = r.key_id" if query.group == "team" else "")
+            + (" WHERE " + " AND ".join(where) if where else "")
             + " GROUP BY 1, 2, 3", params).fetchall()
         summed: dict[Key, Counts] = {
             (r[0], r[1], r[2]): Counts.of(r[3:])

@@ -16,11 +16,13 @@ def register(sub: Any) -> None:
     u = sub.add_parser(
         "usage", help="token usage per tenant over time (the analytics roll-ups)",
         description="Sums the usage roll-ups (kept by `quotaflow analytics run`) per minute, "
-        "hour or day (UTC), optionally per model or API key. Times are ISO 8601, UTC unless "
-        "they name an offset; --from is inclusive, --to exclusive.")
+        "hour or day (UTC), optionally per model, API key or team, money charged in dollars. "
+        "Times are ISO 8601, UTC unless they name an offset; --from is inclusive, --to "
+        "exclusive.")
     u.add_argument("--tenant", default=None, help="only this tenant")
     u.add_argument("--by", choices=GRAINS, default="hour")
-    u.add_argument("--group", choices=GROUPS, default=None, help="a row per model or API key")
+    u.add_argument("--group-by", "--group", dest="group", choices=GROUPS, default=None,
+                   help="a row per model, API key or team")
     u.add_argument("--from", dest="start", default=None, metavar="TS", help="from this time")
     u.add_argument("--to", dest="end", default=None, metavar="TS", help="until this time")
     u.add_argument("--format", choices=FORMATS, default="table")
@@ -32,7 +34,7 @@ def _usage(args: argparse.Namespace) -> int:
         query = UsageQuery.parse({"tenant": args.tenant, "by": args.by, "group": args.group,
                                   "from": args.start, "to": args.end})
     except BadQuery as exc:
-        print(f"quotaflow usage: --{exc.param}: {exc}", file=sys.stderr)
+        print(f"quotaflow usage: --{exc.param.replace('_', '-')}: {exc}", file=sys.stderr)
         return 2
     store = compose.usage_store(Settings.from_env())
     try:

@@ -1,6 +1,7 @@
 """Threshold alerts end to end on PostgreSQL and the session's Kafka broker: the PostgreSQL
 ledger decides, the outbox relay publishes the ledger topic, `AlertConsumer` (its own consumer
-group) evaluates it and `send_due` POSTs to a receiver here. A crossing is delivered once, with
+group) evaluates it at every level (key, team, tenant) and unit (tokens, usd) and `send_due`
+POSTs to a receiver here. A crossing is delivered once, with
 a signature this file verifies by its own reading of the Standard Webhooks spec, across a
 restart of the consumer, a replay of the topic from offset 0 and a republish by the relay; a
 receiver that fails is retried with backoff under the same webhook-id until it answers 2xx; the
@@ -20,9 +21,10 @@ import pytest
 
 from events.payloads import LedgerEntry
 from events.status import LedgerKind
-from quotaflow.adapters import kafka, tenant_store
+from quotaflow.adapters import budget_store, kafka, tenant_store
 from quotaflow.alerts.consumer import AlertConsumer, send_due
 from quotaflow.alerts.store import PostgresAlertStore
+from quotaflow.ledger.budgets import parse_usd
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation
 from quotaflow.ledger.outbox import LedgerRelay
 from quotaflow.ledger.store import PostgresLedger
@@ -96,12 +98,7 @@ def test_a_crossing_is_delivered_once_signed_across_a_restart_a_replay_and_a_rep
     events = int(conn.execute("SELECT count(*) FROM ledger_events").fetchone()[0])  # type: ignore[index]
 
     def consume_all() -> None:
-        consumer = AlertConsumer(settings, store, poll_s=0.2)
-        try:
-            wait("the ledger topic", lambda: (consumer.poll_once(), stored(conn))[1] >= events)
-        finally:
-            consumer.close()
-        send_due(store, 0.05)
+        consume(settings, store, events)
 
     consume_all()
     assert len(receiver.seen) == 1
@@ -122,6 +119,47 @@ def test_a_crossing_is_delivered_once_signed_across_a_restart_a_replay_and_a_rep
     consume_all()
     assert len(receiver.seen) == 1
     assert [d[2] for d in deliveries(conn)] == [True]
+
+
+def consume(settings: Settings, store: PostgresAlertStore, events: int) -> None:
+    """Run the alerts consumer until it has read `events` records, then send what is due."""
+    consumer = AlertConsumer(settings, store, poll_s=0.2)
+    try:
+        wait("the ledger topic",
+             lambda: (consumer.poll_once(), stored(store.conn))[1] >= events)
+    finally:
+        consumer.close()
+    send_due(store, 0.05)
+
+
+def test_a_teams_money_and_a_keys_tokens_each_cross_once_signed(
+        alerts_conn: psycopg.Connection[Any], settings: Settings, receiver: Receiver) -> None:
+    conn = alerts_conn
+    tenant_store.create_tenant(conn, "acme", 1_000_000)
+    budget_store.create_team(conn, "acme", "ml", usd=parse_usd("0.02"))
+    key = tenant_store.create_key(conn, "acme", team="ml", tokens=500).split("_")[1]
+    budget_store.set_price(conn, "smollm2", parse_usd("10"), parse_usd("30"))
+    store = PostgresAlertStore(conn)
+    store.add("acme", "team", "ml", 50, receiver.url, SECRET)
+    store.add("acme", "key", key, 80, receiver.url, SECRET)
+    ledger = PostgresLedger(conn)
+    for i in range(5):  # 100 tokens, 20 in at $10/M and 80 out at $30/M: $0.0026 each
+        ledger.reserve([ReserveTokens("acme", f"r{i}", 100, f"h{i}", key, "smollm2", 20)])
+        ledger.end([SettleReservation("acme", f"r{i}", 100, f"s{i}")])
+    publish(LedgerRelay(ledger, kafka.make_producer(settings), settings.topic("ledger")))
+    events = int(conn.execute("SELECT count(*) FROM ledger_events").fetchone()[0])  # type: ignore[index]
+    consume(settings, store, events)
+    conn.execute("DELETE FROM alert_offsets")  # a replay from offset 0 sends nothing again
+    consume(settings, store, events)
+
+    assert all(verify(SECRET, h, b) for h, b in receiver.seen)
+    data = sorted((json.loads(b)["data"] for _, b in receiver.seen), key=lambda d: d["scope"])
+    period = data[0]["period"]
+    assert data == [
+        {"scope": "key", "id": key, "period": period, "unit": "tokens",
+         "threshold_percent": 80, "spent": 400, "limit": 500},
+        {"scope": "team", "id": "ml", "period": period, "unit": "usd",
+         "threshold_percent": 50, "spent": "0.010400", "limit": "0.020000"}]
 
 
 def publish(relay: LedgerRelay) -> None:

@@ -1,7 +1,8 @@
 """The usage page in a real browser (headless Debian chromium through Playwright) over the
 whole local stack with the stand-in model: after a tenant's requests end, the page shows what
-the ledger has: the balance, each request with its status and charged tokens, and the tokens
-over time. Also writes the README's screenshot (to `QF_UI_SCREENSHOT` when set)."""
+the ledger has: the balance, the budget levels of `/v1/quota`, each request with its status
+and charged tokens, and the tokens over time. Also writes the README's screenshot (to
+`QF_UI_SCREENSHOT` when set)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ def usage_total(stack: DevStack, key: str) -> int:
         return sum(int(r["charged_tokens"]) for r in json.load(resp))
 
 
+def quota_levels(stack: DevStack, key: str) -> list[dict[str, Any]]:
+    req = urllib.request.Request(f"{stack.admit_url}/v1/quota",
+                                 headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return list(json.load(resp)["levels"])
+
+
 def run_requests(stack: DevStack) -> tuple[str, str, list[dict[str, Any]]]:
     tenant = f"ui-{uuid.uuid4().hex[:8]}"
     with db.connect(stack.settings.postgres_url, autocommit=True) as conn:
@@ -131,6 +139,17 @@ def test_the_usage_page_shows_what_the_ledger_has(stack: DevStack, tmp_path: Pat
                          for r in ended}
         assert [r.get_attribute("data-request-id") for r in rows] == \
             [r["request_id"] for r in reversed(ended)]
+        levels = quota_levels(stack, key)
+        assert [lv["scope"] for lv in levels] == ["key", "tenant"]
+        shown_levels = [(r.get_attribute("data-scope"), r.get_attribute("data-unit"),
+                         r.query_selector("[data-spent]").get_attribute("data-spent"),
+                         r.query_selector("[data-limit]").get_attribute("data-limit"))
+                        for r in page.query_selector_all("#levels tbody tr")]
+        assert shown_levels == [(lv["scope"], unit, str(lv[unit]["spent"]),
+                                 "" if lv[unit]["limit"] is None else str(lv[unit]["limit"]))
+                                for lv in levels for unit in ("tokens", "usd")]
+        assert ("tenant", "tokens", str(balance["spent"]), str(balance["granted"])) in \
+            shown_levels
         assert page.get_attribute("#chart", "data-total") == str(balance["spent"])
         assert page.query_selector("#chart canvas") is not None
         assert page.is_hidden("#error"), page.inner_text("#error")

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from events.payloads import LedgerEntry
 from events.status import LedgerKind
-from quotaflow.alerts.rules import Alert, Level, crossings, reached, tenant_change
+from quotaflow.alerts.rules import Alert, Change, Level, crossings, level_changes, reached
 from quotaflow.alerts.webhooks import BadSecret, secret_key, signature
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -90,7 +91,40 @@ def test_the_cloudevent_carries_the_level_and_the_threshold() -> None:
     assert json.loads(money.cloudevent(AT))["data"]["limit"] == "10.000500"
 
 
-def test_grants_raise_the_limit_and_settlements_the_spent() -> None:
-    assert tenant_change(LedgerKind.QUOTA_GRANTED, 100) == (0, 100)
-    assert tenant_change(LedgerKind.RESERVATION_SETTLED, 30) == (30, 0)
-    assert tenant_change(LedgerKind.TOKENS_RESERVED, 30) == (0, 0)
+def ledger_entry(kind: LedgerKind, amount: int, usd: int = 0, key_id: str | None = None,
+                 team_id: str | None = None) -> LedgerEntry:
+    return LedgerEntry(1, "acme", 1, kind, "r1", "2026-11", amount, 0, AT, key_id=key_id,
+                       team_id=team_id, usd=usd)
+
+
+def test_a_grant_raises_the_tenants_token_limit_and_nothing_else() -> None:
+    assert level_changes(ledger_entry(LedgerKind.QUOTA_GRANTED, 100)) == [
+        Change("tenant", "acme", "tokens", 0, 100)]
+    assert level_changes(ledger_entry(LedgerKind.QUOTA_GRANTED, 0)) == []
+
+
+def test_a_settlement_spends_its_tokens_and_money_at_its_tenant_team_and_key() -> None:
+    settled = ledger_entry(LedgerKind.RESERVATION_SETTLED, 30, 2_600, "k1", "ml")
+    assert level_changes(settled) == [
+        Change("tenant", "acme", "tokens", 30), Change("tenant", "acme", "usd", 2_600),
+        Change("team", "ml", "tokens", 30), Change("team", "ml", "usd", 2_600),
+        Change("key", "k1", "tokens", 30), Change("key", "k1", "usd", 2_600)]
+
+
+def test_a_settlement_without_team_or_price_spends_only_where_it_has_something() -> None:
+    settled = ledger_entry(LedgerKind.RESERVATION_SETTLED, 30, 0, "k1")
+    assert level_changes(settled) == [Change("tenant", "acme", "tokens", 30),
+                                      Change("key", "k1", "tokens", 30)]
+
+
+@pytest.mark.parametrize("kind", [LedgerKind.TOKENS_RESERVED, LedgerKind.RESERVATION_RELEASED,
+                                  LedgerKind.RESERVATION_EXPIRED, LedgerKind.REQUEST_REJECTED])
+def test_holds_releases_expiries_and_rejections_spend_nothing(kind: LedgerKind) -> None:
+    assert level_changes(ledger_entry(kind, 30, 2_600, "k1", "ml")) == []
+
+
+def test_a_key_alert_crosses_on_the_keys_money_and_not_on_another_key() -> None:
+    alert = Alert(8, "acme", "key", "k1", 50, "u", SECRET)
+    (c,) = crossings(Level("key", "k1", "2026-11", "usd", 500_000, 1_000_000), [alert])
+    assert json.loads(c.cloudevent(AT))["data"]["spent"] == "0.500000"
+    assert crossings(Level("key", "k2", "2026-11", "usd", 10**6, 10**6), [alert]) == []

@@ -57,6 +57,12 @@ def test_a_key_reads_its_own_tenants_rows_and_nothing_of_another(door: Door) -> 
     assert [(r["tenant"], r["reserved_tokens"]) for r in beta] == [("beta", 900)]
 
 
+def test_group_by_groups_as_group_does(door: Door) -> None:
+    rows = door.get("?by=minute&group_by=key").get_json()
+    assert rows == door.get("?by=minute&group=key").get_json()
+    assert [(r["key"], r["charged_usd"]) for r in rows] == [("ka", "0.000000")]
+
+
 def test_naming_another_tenant_is_forbidden(door: Door) -> None:
     assert_problem(door.get("?tenant=beta"), 403, "beta")
     assert door.get("?tenant=acme").status_code == 200
@@ -69,7 +75,8 @@ def test_no_key_or_a_bad_key_is_401(door: Door) -> None:
 
 
 @pytest.mark.parametrize(("query", "named"), [
-    ("?by=week", "'by'"), ("?group=tenant", "'group'"), ("?from=soon", "'from'"),
+    ("?by=week", "'by'"), ("?group=tenant", "'group'"), ("?group_by=org", "'group_by'"),
+    ("?from=soon", "'from'"),
     ("?from=2026-11-02&to=2026-11-01", "'to'"), ("?format=xml", "'format'"),
     ("?limit=5", "'limit'")])
 def test_bad_parameters_are_400_naming_them(door: Door, query: str, named: str) -> None:

@@ -17,13 +17,33 @@ MINUTE = datetime(2026, 11, 29, 13, 7, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("params", "param"), [
-    ({"by": "week"}, "by"), ({"group": "tenant"}, "group"), ({"from": "yesterday"}, "from"),
+    ({"by": "week"}, "by"), ({"group": "tenant"}, "group"), ({"group_by": "org"}, "group_by"),
+    ({"from": "yesterday"}, "from"),
     ({"to": "2026-13-01"}, "to"), ({"from": "2026-11-02", "to": "2026-11-01"}, "to")])
 def test_a_bad_parameter_is_refused_naming_it(params: dict[str, str], param: str) -> None:
     with pytest.raises(BadQuery) as caught:
         UsageQuery.parse(params)
     assert caught.value.param == param
     assert f"'{param}'" in str(caught.value)
+
+
+def test_group_by_is_the_groups_name_and_group_its_older_one() -> None:
+    assert UsageQuery.parse({"group_by": "team"}).group == "team"
+    assert UsageQuery.parse({"group": "key"}).group == "key"
+    assert UsageQuery.parse({"group_by": "team", "group": "model"}).group == "team"
+
+
+def test_a_query_by_team_sums_its_keys_and_a_key_in_none_is_the_row_of_no_team() -> None:
+    from quotaflow.analytics.query import rows as make_rows
+    from quotaflow.analytics.query import summarize
+
+    q = UsageQuery(by="hour", group="team")
+    buckets = [(("acme", "m", "k1", MINUTE), Counts(charged_tokens=10, charged_usd=2_600)),
+               (("acme", "m", "k2", MINUTE), Counts(charged_tokens=5, charged_usd=1_000_001)),
+               (("acme", "m", "k3", MINUTE), Counts(charged_tokens=1, charged_usd=7))]
+    got = make_rows(q, summarize(q, buckets, {"k1": "ml", "k2": "ml"}))
+    assert [(r["team"], r["charged_tokens"], r["charged_usd"]) for r in got] == [
+        (None, 1, "0.000007"), ("ml", 15, "1.002601")]
 
 
 def test_times_without_an_offset_are_utc_and_offsets_are_converted() -> None:

@@ -5,7 +5,7 @@ makes, with the API key as the bearer key and only for the key's own tenant:
     GET /ui/                    -> the page (`quotaflow/runtime/door/ui/`)
     GET /v1/requests?limit=N    -> {"requests": [...]}: the caller's N (1-100, default 20) most
                                    recent requests, newest first, each as `GET /v1/requests/{id}`
-    GET /v1/usage?by=minute|hour|day&group=model|key&from=TS&to=TS&format=json|csv|table
+    GET /v1/usage?by=minute|hour|day&group_by=model|key|team&from=TS&to=TS&format=json|csv|table
                                 -> the tenant's usage roll-ups, the rows `quotaflow usage` prints
                                    (served when the ports carry a usage reader)
 Naming another tenant is a 403; a bad parameter is a 400 problem+json naming it."""
@@ -27,7 +27,7 @@ from quotaflow.settings import Settings
 UI_DIR = Path(__file__).with_name("ui")
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-USAGE_PARAMS = ("tenant", "by", "group", "from", "to", "format")
+USAGE_PARAMS = ("tenant", "by", "group_by", "group", "from", "to", "format")
 MAX_USAGE_ROWS = 10_000
 MIMETYPES = {"csv": "text/csv", "table": "text/plain"}
 # The page loads only its own files and talks only to this origin, so a script injected through

@@ -82,6 +82,22 @@
     $("gauge-text").textContent = `${fmt.format(q.remaining)} of ${fmt.format(q.granted)} ` +
       `tokens remaining in period ${q.period}: ${fmt.format(q.spent)} spent, ` +
       `${fmt.format(q.reserved)} reserved`;
+    renderLevels(q.levels);
+  }
+
+  // One row per level and unit (key, team, tenant; tokens, then dollars as the API's decimal
+  // strings); a limit of null is none at that level.
+  function renderLevels(levels) {
+    const shown = (unit, v) => (v === null || v === undefined ? "no limit"
+      : unit === "usd" ? `$${v}` : fmt.format(v));
+    const rows = (levels || []).flatMap((lv) => ["tokens", "usd"].map((unit) => {
+      const u = lv[unit] || {};
+      return el("tr", { "data-scope": lv.scope, "data-id": lv.id, "data-unit": unit },
+        el("td", {}, `${lv.scope} `, el("code", {}, lv.id)), el("td", {}, unit),
+        ...["spent", "reserved", "limit", "remaining"].map((f) => el("td",
+          { class: "num", [`data-${f}`]: u[f] ?? "" }, shown(unit, u[f]))));
+    }));
+    $("levels").tBodies[0].replaceChildren(...rows);
   }
 
   // Today's times alone, older ones with their date.
