@@ -9,5 +9,6 @@ from quotaflow.runtime import entry
 
 
 def create() -> Flask:
-    """WSGI factory, settings from the environment: `gunicorn 'functions.admit.app:create()'`."""
+    """WSGI factory, settings from the environment:
+    `gunicorn 'quotaflow.functions.admit.app:create()'`."""
     return entry.create("admit")

@@ -9,5 +9,6 @@ from quotaflow.runtime import entry
 
 
 def create() -> Flask:
-    """WSGI factory, settings from the environment: `gunicorn 'functions.record.app:create()'`."""
+    """WSGI factory, settings from the environment:
+    `gunicorn 'quotaflow.functions.record.app:create()'`."""
     return entry.create("record")

@@ -9,5 +9,6 @@ from quotaflow.runtime import entry
 
 
 def create() -> Flask:
-    """WSGI factory, settings from the environment: `gunicorn 'functions.reserve.app:create()'`."""
+    """WSGI factory, settings from the environment:
+    `gunicorn 'quotaflow.functions.reserve.app:create()'`."""
     return entry.create("reserve")

@@ -75,8 +75,8 @@ PYPROJECT = Template("""\
 $generated
 # The $step function's build context for `kn func deploy --path functions/$step`.
 # `quotaflow func prepare $step` first copies the shared runtime in beside `function/`:
-# the events/, quotaflow/ and functions/ packages. The builder then installs this directory
-# with pip.
+# the one package quotaflow/, with the wire and the steps as quotaflow/events/ and
+# quotaflow/functions/. The builder then installs this directory with pip.
 # The project must be named `function`: func's scaffolding depends on `function @ <this dir>`.
 [build-system]
 requires = ["setuptools>=68"]
@@ -91,7 +91,7 @@ $dependencies
 ]
 
 [tool.setuptools.packages.find]
-include = ["function*", "events*", "quotaflow*", "functions*"]
+include = ["function", "function.*", "quotaflow", "quotaflow.*"]
 
 [tool.setuptools.package-data]
 "*" = ["*.avsc", "*.sql", "*.lua", "*.yaml"]
@@ -109,7 +109,8 @@ from quotaflow.runtime import entry
 
 
 def create() -> Flask:
-    """WSGI factory, settings from the environment: `gunicorn 'functions.$step.app:create()'`."""
+    """WSGI factory, settings from the environment:
+    `gunicorn 'quotaflow.functions.$step.app:create()'`."""
     return entry.create("$step")
 ''')
 

@@ -108,17 +108,23 @@ def test_func_yaml_and_service_agree_on_scale_and_concurrency() -> None:
         assert KnativeFunction(step).concurrency == template["spec"]["containerConcurrency"]
 
 
-def test_prepare_copies_the_shared_code_and_every_steps_modules(tmp_path: Path) -> None:
+def test_prepare_copies_the_shared_code_as_the_one_package_quotaflow(tmp_path: Path) -> None:
     (tmp_path / "functions" / "record").mkdir(parents=True)
     context = prepare("record", root=tmp_path)
+    package = context / "quotaflow"
     for step in ALL_STEPS:
         own = sorted(p.name for p in (REPO / "functions" / step).glob("*.py"))
-        assert sorted(p.name for p in (context / "functions" / step).glob("*.py")) == own
-    assert (context / "functions" / "__init__.py").is_file()
-    assert (context / "quotaflow" / "runtime" / "knative.py").is_file()
-    assert (context / "events" / "catalog.py").is_file()
+        assert sorted(p.name for p in (package / "functions" / step).glob("*.py")) == own
+    assert (package / "functions" / "__init__.py").is_file()
+    assert (package / "runtime" / "knative.py").is_file()
+    assert (package / "events" / "catalog.py").is_file()
     for data in ("schemas", "migrations", "redis", "topics.yaml"):
-        assert (context / "events" / "_data" / data).exists(), data
+        assert (package / "events" / "_data" / data).exists(), data
+    # Beside function/ only quotaflow/: no top-level `events` or `functions`.
+    assert {p.name for p in context.iterdir() if p.is_dir()} == {"quotaflow"}
+    # The symlinks were not followed: no step folder (with its func.yaml) and no nested copy.
+    assert not list(package.rglob("func.yaml"))
+    assert not (package / "functions" / "record" / "quotaflow").exists()
     assert not list(context.rglob("__pycache__"))
 
 
