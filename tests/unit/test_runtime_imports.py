@@ -27,15 +27,27 @@ quotaflow.cli.main.build_parser()
 for entry in ["function", *(f"functions.{s}.app" for s in
               ("admit", "estimate", "reserve", "infer", "settle", "record"))]:
     importlib.import_module(entry)
-import events, functions, quotaflow
-for package in (quotaflow, events, functions):
-    for found in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if found.name.rpartition(".")[2] == "__main__":
+import quotaflow
+
+
+def walk(path, prefix):
+    # quotaflow.events and quotaflow.functions are walked through their symlinks; never the
+    # build contexts `quotaflow func prepare` fills (functions/<step>/quotaflow/...: copies)
+    for found in pkgutil.iter_modules(path, prefix):
+        name = found.name
+        if name.rpartition(".")[2] == "__main__" or \
+                name.startswith("quotaflow.functions.") and name.count(".") == 3 and \
+                name.rpartition(".")[2] in ("quotaflow", "events", "functions"):
             continue
         try:
-            importlib.import_module(found.name)
+            module = importlib.import_module(name)
         except ImportError:  # an optional extra that is not installed: nothing to load
-            pass
+            continue
+        if found.ispkg:
+            walk(module.__path__, name + ".")
+
+
+walk(quotaflow.__path__, "quotaflow.")
 print(json.dumps(sorted({m.partition(".")[0] for m in sys.modules
                         if m.partition(".")[0] in sys.argv[1:]})))
 """
