@@ -1,5 +1,7 @@
-"""Where the repository's declarative files are: beside the package in a wheel
-(events/_data, see pyproject's force-include) or at the repository root in a checkout."""
+"""Where the repository's declarative files are: beside the package in a wheel or a build
+context (quotaflow/events/_data, see pyproject's force-include and `quotaflow func prepare`) or
+at the repository root in a checkout (this file resolved through the quotaflow/events symlink
+is events/resources.py: its folder's parent is the root)."""
 
 from __future__ import annotations
 

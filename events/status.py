@@ -6,8 +6,8 @@ Each is a `StrEnum`, so a member *is* its string: Avro, JSON, SQL parameters and
 exactly the text they saw before these types existed, and a member compares equal to the plain
 string read back from anywhere. The Avro schemas keep these fields as `string`: schema
 resolution turns neither a string into an enum nor an enum into a string, so an Avro enum
-would break every reader of the other version. `events.payloads.from_record` turns the decoded
-strings into members. tests/unit/test_status_enums.py holds each enum to the
+would break every reader of the other version. `quotaflow.events.payloads.from_record`
+turns the decoded strings into members. tests/unit/test_status_enums.py holds each enum to the
 values its schema documents or its database CHECK constraint allows."""
 
 from __future__ import annotations

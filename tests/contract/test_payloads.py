@@ -103,7 +103,8 @@ def test_payload_class_has_the_schemas_fields_in_order_with_its_types_and_its_de
     hints = typing.get_type_hints(cls)
     for field, avro_field in zip(fields, schema_fields, strict=True):
         expected = _python_type(avro_field["type"])
-        # A string the payload reads as an enum (events.status): `from_record` makes members.
+        # A string the payload reads as an enum (quotaflow.events.status): `from_record` makes
+        # members.
         hint = hints[field.name]
         if isinstance(hint, type) and issubclass(hint, StrEnum):
             assert (expected, ENUM_FIELDS[cls].get(field.name)) == (str, hint), (name, field.name)

@@ -1,6 +1,7 @@
-"""The enums in `events.status` say exactly what the schemas document and the database allows,
-so neither can drift from the code; a decoded record carries enum members, not bare strings;
-and a member travels as the very string it replaced (the wire format did not change)."""
+"""The enums in `quotaflow.events.status` say exactly what the schemas document and the
+database allows, so neither can drift from the code; a decoded record carries enum members, not
+bare strings; and a member travels as the very string it replaced (the wire format did not
+change)."""
 
 from __future__ import annotations
 

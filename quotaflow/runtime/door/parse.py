@@ -3,12 +3,12 @@ Problem naming what was wrong. No I/O here; `app.py` wires authentication, rate 
 quota pre-check, the read model and Kafka around it.
 
 What is accepted is what every later hop can carry: JSON is strict (`strict_json`); the
-attributes are read and checked as a CloudEvents 1.0.2 receiver must (`events.received`: each
-of its type, strings with no control characters, lone surrogates or noncharacters); prompt
-text may hold neither U+0000 (PostgreSQL text cannot store it, and the model's output, which
-can echo it, is stored there) nor a lone surrogate (not encodable as UTF-8, so neither as
-Avro). Such input is refused whole, never altered: what the client sent
-is what its idempotency hash covers."""
+attributes are read and checked as a CloudEvents 1.0.2 receiver must
+(`quotaflow.events.received`: each of its type, strings with no control characters, lone
+surrogates or noncharacters); prompt text may hold neither U+0000 (PostgreSQL text cannot
+store it, and the model's output, which can echo it, is stored there) nor a lone surrogate
+(not encodable as UTF-8, so neither as Avro). Such input is refused whole, never altered: what
+the client sent is what its idempotency hash covers."""
 
 from __future__ import annotations
 
