@@ -8,7 +8,7 @@ from flask import Flask, Response, jsonify, request
 
 
 def create() -> Flask:
-    """The bare app (a factory, as admit's `functions.admit.app:create()`)."""
+    """The bare app (a factory, as admit's `quotaflow.functions.admit.app:create()`)."""
     app = Flask("bare")
 
     @app.post("/")

@@ -28,13 +28,13 @@ from typing import Any
 import redis
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from events.envelope import UndecodableEvent, from_kafka
 from quotaflow import client
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.devstack.process import free_port
 from quotaflow.devstack.stack import DevStack
+from quotaflow.events.envelope import UndecodableEvent, from_kafka
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.model.base import ChatMessage, GenerationRequest

@@ -15,7 +15,7 @@ from benchmarks.stats import median
 from quotaflow.devstack.process import free_port, http_ok, wait_for
 from quotaflow.devstack.stack import DevStack
 
-ADMIT_APP = "functions.admit.app:create"
+ADMIT_APP = "quotaflow.functions.admit.app:create"
 BARE_APP = "benchmarks.bare:create"
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from events.envelope import UndecodableEvent, from_kafka
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
+from quotaflow.events.envelope import UndecodableEvent, from_kafka
 from quotaflow.settings import Settings
 
 # (span, the stage it starts at, the stage it ends at, the step whose handler runs in it);

@@ -11,7 +11,7 @@ from typing import Any
 
 import fastavro
 
-from events.resources import data_path
+from quotaflow.events.resources import data_path
 
 
 class SchemaNotFound(LookupError):

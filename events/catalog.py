@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from events.resources import data_path
+from quotaflow.events.resources import data_path
 
 REQUESTED_TYPE = "dev.quotaflow.inference.requested"
 SWEEP_TYPE = "dev.quotaflow.quota.sweep"

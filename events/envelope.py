@@ -18,9 +18,9 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
-from events import avro, received
-from events.catalog import BY_CE_TYPE, EVENTS, EventType, dataschema_uri, parse_dataschema
-from events.payloads import PAYLOADS, Payload, from_record, to_record
+from quotaflow.events import avro, received
+from quotaflow.events.catalog import BY_CE_TYPE, EVENTS, EventType, dataschema_uri, parse_dataschema
+from quotaflow.events.payloads import PAYLOADS, Payload, from_record, to_record
 
 AVRO_CONTENT_TYPE = "application/avro"
 
@@ -37,7 +37,7 @@ class UndecodableEvent(ValueError):
 
 class _RawBytes:
     """A CloudEvents `Format` that leaves the data as raw bytes: the Avro value is encoded
-    and decoded by `events.avro`, which needs the writer schema from `ce_dataschema`."""
+    and decoded by `quotaflow.events.avro`, which needs the writer schema from `ce_dataschema`."""
 
     def read(self, event_factory: Any, data: str | bytes) -> BaseCloudEvent:
         raise NotImplementedError("structured mode is not used for Avro data")

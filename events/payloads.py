@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-from events.status import FinishReason, LedgerKind, RequestStatus, SettlementStatus
+from quotaflow.events.status import FinishReason, LedgerKind, RequestStatus, SettlementStatus
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     cls.event_name: cls for cls in (Admitted, Estimated, Reserved, Rejected, Completed, Failed,
                                     Settled, Recorded, LedgerEntry)}
 P = TypeVar("P", bound=Payload)
-# Fields the schemas carry as Avro strings and the payloads type as enums (events.status).
+# Fields the schemas carry as Avro strings and the payloads type as enums (quotaflow.events.status).
 ENUM_FIELDS: dict[type, dict[str, type[StrEnum]]] = {
     Completed: {"finish_reason": FinishReason},
     Settled: {"status": SettlementStatus},

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from events import attributes
+from quotaflow.events import attributes
 
 REQUIRED = ("specversion", "id", "source", "type")
 # The spec's own context attributes: each a String, or the string form of its type.

@@ -10,8 +10,8 @@ import urllib.request
 import uuid
 from typing import Any
 
-from events.catalog import REQUESTED_TYPE
-from events.status import TERMINAL_STATUSES
+from quotaflow.events.catalog import REQUESTED_TYPE
+from quotaflow.events.status import TERMINAL_STATUSES
 
 TERMINAL = TERMINAL_STATUSES  # a request ends in one of these
 

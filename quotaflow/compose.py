@@ -22,11 +22,6 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 import redis
 
-from functions.estimate.handler import EstimatePorts
-from functions.infer.handler import InferPorts
-from functions.record.handler import RecordPorts
-from functions.reserve.handler import ReservePorts
-from functions.settle.handler import SettlePorts
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters.budget_store import PostgresLevels
@@ -39,6 +34,11 @@ from quotaflow.adapters.redis_stream import RedisTokenStream
 from quotaflow.adapters.request_store import GroupCommitRequestStore, PostgresRequestStore
 from quotaflow.adapters.thread_connections import ThreadConnections, ThreadTenants
 from quotaflow.analytics.store import PostgresUsageStore
+from quotaflow.functions.estimate.handler import EstimatePorts
+from quotaflow.functions.infer.handler import InferPorts
+from quotaflow.functions.record.handler import RecordPorts
+from quotaflow.functions.reserve.handler import ReservePorts
+from quotaflow.functions.settle.handler import SettlePorts
 from quotaflow.ledger.outbox import LedgerRelay
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from events.status import KeyLimit
+from quotaflow.events.status import KeyLimit
 from quotaflow.ledger.domain import Balance
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from events.envelope import Envelope
+from quotaflow.events.envelope import Envelope
 from quotaflow.gate_ports import (
     AdmissionGate,
     InflightSlots,

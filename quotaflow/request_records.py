@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from events.status import RequestStatus
+from quotaflow.events.status import RequestStatus
 
 
 @dataclass(frozen=True)

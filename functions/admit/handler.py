@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from events.payloads import Admitted
-from events.status import RequestStatus
+from quotaflow.events.payloads import Admitted
+from quotaflow.events.status import RequestStatus
 from quotaflow.ports import Clock, Inserted, NewRequest, Principal, RequestStore, payload_hash
 from quotaflow.runtime.idempotency import admitted_payload, to_millis
 

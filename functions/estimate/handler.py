@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.payloads import Admitted, Estimated, Rejected
+from quotaflow.events.payloads import Admitted, Estimated, Rejected
 from quotaflow.ports import ChatMessage, Tokenizer, context_length_exceeded
 from quotaflow.runtime.step import Step
 

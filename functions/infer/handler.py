@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.payloads import Completed, Failed, Reserved
+from quotaflow.events.payloads import Completed, Failed, Reserved
 from quotaflow.ports import (
     ChatMessage,
     GenerationRequest,

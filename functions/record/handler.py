@@ -16,8 +16,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.payloads import Recorded, Rejected, Settled
-from events.status import RequestStatus
+from quotaflow.events.payloads import Recorded, Rejected, Settled
+from quotaflow.events.status import RequestStatus
 from quotaflow.ports import FinalRecord, InflightSlots, RequestStore
 from quotaflow.runtime.slots import release_slots
 from quotaflow.runtime.step import Step

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.payloads import Estimated, Rejected, Reserved
+from quotaflow.events.payloads import Estimated, Rejected, Reserved
 from quotaflow.ports import (
     Ledger,
     Projection,

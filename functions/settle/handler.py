@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from events.payloads import Admitted, Completed, Failed, Reserved, Settled
-from events.status import LedgerKind, LedgerReason, RequestStatus, SettlementStatus
+from quotaflow.events.payloads import Admitted, Completed, Failed, Reserved, Settled
+from quotaflow.events.status import LedgerKind, LedgerReason, RequestStatus, SettlementStatus
 from quotaflow.ports import (
     EndCommand,
     FinalRecord,

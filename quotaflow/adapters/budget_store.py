@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from events.status import LevelScope
 from quotaflow.adapters.postgres import OnConnection
 from quotaflow.adapters.tenant_store import _NAME, UnknownTenant
+from quotaflow.events.status import LevelScope
 from quotaflow.ledger.budgets import Level, LevelBalance, LevelView, Price
 
 

@@ -17,13 +17,13 @@ from cloudevents.core.bindings.kafka import KafkaMessage
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from events.catalog import topic_specs
-from events.envelope import Envelope, to_kafka
 from quotaflow.adapters.kafka_config import KafkaUnavailable as KafkaUnavailable
 from quotaflow.adapters.kafka_config import check_brokers as check_brokers
 from quotaflow.adapters.kafka_config import client_config as client_config
 from quotaflow.adapters.kafka_config import consumer_config
 from quotaflow.adapters.kafka_config import producer_config as producer_config
+from quotaflow.events.catalog import topic_specs
+from quotaflow.events.envelope import Envelope, to_kafka
 from quotaflow.ports import PublishTimeout
 from quotaflow.settings import Settings
 

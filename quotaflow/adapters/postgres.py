@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from events.resources import data_path
+from quotaflow.events.resources import data_path
 from quotaflow.settings import Settings
 
 log = logging.getLogger(__name__)

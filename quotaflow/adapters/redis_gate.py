@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-from events.resources import data_path
-from events.status import KeyLimit
 from quotaflow.adapters.group_commit import GroupCommitter
 from quotaflow.adapters.redis_client import RedisClient, call_script
 from quotaflow.adapters.redis_client import connect_redis as connect_redis  # re-exported
+from quotaflow.events.resources import data_path
+from quotaflow.events.status import KeyLimit
 from quotaflow.ledger.domain import Balance
 from quotaflow.ledger.projection import balance_key, tenant_tag
 from quotaflow.ports import ReservedTokens, Screening, ScreenQuery

@@ -24,7 +24,6 @@ from typing import Any
 
 import redis
 
-from events.status import FinishReason
 from quotaflow.adapters.redis_client import (
     RedisClient,
     RedisMode,
@@ -32,6 +31,7 @@ from quotaflow.adapters.redis_client import (
     is_cluster,
     socket_timeout_s,
 )
+from quotaflow.events.status import FinishReason
 from quotaflow.model.base import StreamEnd, TokenDelta
 from quotaflow.model.token_stream import END_ID, START, StreamEntry, delta_id
 

@@ -14,9 +14,9 @@ from typing import Any, Literal, overload
 import psycopg
 from psycopg.types.json import Jsonb
 
-from events.status import RequestStatus
 from quotaflow.adapters.group_commit import GroupCommitter
 from quotaflow.adapters.postgres import OnConnection
+from quotaflow.events.status import RequestStatus
 from quotaflow.ports import (
     FinalRecord,
     Inserted,

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from events.payloads import LedgerEntry
 from quotaflow.adapters import kafka
 from quotaflow.alerts import webhooks
 from quotaflow.alerts.store import PostgresAlertStore
 from quotaflow.analytics.consumer import Undecodable, decode
+from quotaflow.events.payloads import LedgerEntry
 from quotaflow.runtime.gaps import GapGuard, first_offsets, seek
 from quotaflow.settings import Settings
 

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from events.payloads import LedgerEntry
-from events.status import LedgerKind
+from quotaflow.events.payloads import LedgerEntry
+from quotaflow.events.status import LedgerKind
 
 EVENT_TYPE = "dev.quotaflow.budget.threshold"
 SOURCE = "/quotaflow/alerts"

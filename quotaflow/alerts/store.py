@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 
-from events.payloads import LedgerEntry
 from quotaflow.alerts.rules import Alert, Level, crossings, level_changes
+from quotaflow.events.payloads import LedgerEntry
 
 Conn = psycopg.Connection[Any]
 _LEVEL_UPSERT = (

@@ -28,13 +28,13 @@ from confluent_kafka import (
 )
 from prometheus_client import Counter
 
-from events import avro
-from events.catalog import BY_CE_TYPE, parse_dataschema
-from events.payloads import PAYLOADS, Completed, Failed, LedgerEntry, from_record
-from events.status import OutcomeKind
 from quotaflow.adapters import kafka
 from quotaflow.analytics.rollup import Batch, Outcome
 from quotaflow.analytics.store import UsageStore
+from quotaflow.events import avro
+from quotaflow.events.catalog import BY_CE_TYPE, parse_dataschema
+from quotaflow.events.payloads import PAYLOADS, Completed, Failed, LedgerEntry, from_record
+from quotaflow.events.status import OutcomeKind
 from quotaflow.runtime import metrics
 from quotaflow.runtime.gaps import GapGuard, first_offsets, seek
 from quotaflow.settings import Settings

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from events.status import OutcomeKind
 from quotaflow.analytics.query import UsageQuery, rows, summarize
 from quotaflow.analytics.rollup import (
     Applied,
@@ -19,6 +18,7 @@ from quotaflow.analytics.rollup import (
     fold_outcomes,
     merge,
 )
+from quotaflow.events.status import OutcomeKind
 
 
 class MemoryUsageStore:

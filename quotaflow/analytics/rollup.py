@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from events.payloads import LedgerEntry
-from events.status import LedgerKind, OutcomeKind
+from quotaflow.events.payloads import LedgerEntry
+from quotaflow.events.status import LedgerKind, OutcomeKind
 
 Bucket = tuple[str, str, str, datetime]  # (tenant, model, key_id, minute)
 Attribution = Mapping[str, tuple[str, str]]  # request id -> (model, key_id)

@@ -11,8 +11,6 @@ from typing import Any, Protocol
 
 import psycopg
 
-from events.payloads import LedgerEntry
-from events.status import LedgerKind, OutcomeKind
 from quotaflow.analytics.query import Key, UsageQuery, rows
 from quotaflow.analytics.rollup import (
     COLUMNS,
@@ -26,6 +24,8 @@ from quotaflow.analytics.rollup import (
     fold_outcomes,
     merge,
 )
+from quotaflow.events.payloads import LedgerEntry
+from quotaflow.events.status import LedgerKind, OutcomeKind
 
 Conn = psycopg.Connection[Any]
 LEDGER_ENTRY_COLUMNS = ("e.seq, e.tenant_id, e.stream_version, e.kind, e.request_id, e.period, "

@@ -7,7 +7,6 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from events.status import LedgerKind, RequestStatus
 from quotaflow.chaos.door_checks import door_findings, hostile_findings
 from quotaflow.chaos.facts import (
     TERMINAL,
@@ -18,6 +17,7 @@ from quotaflow.chaos.facts import (
     Snapshot,
 )
 from quotaflow.chaos.order import find_order_breaks
+from quotaflow.events.status import LedgerKind, RequestStatus
 
 _RANK: dict[str, int] = {RequestStatus.QUEUED: 0, RequestStatus.RESERVED: 1,
                          **{s: 2 for s in TERMINAL}}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-from events.status import LedgerKind
 from quotaflow.chaos.facts import Outcome, Snapshot
+from quotaflow.events.status import LedgerKind
 
 INTERNALS = re.compile(r"Traceback|\b[A-Z]\w*(Error|Exception)\b|\.py\b|NoneType")
 

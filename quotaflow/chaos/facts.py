@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from events.status import TERMINAL_STATUSES
+from quotaflow.events.status import TERMINAL_STATUSES
 
 TERMINAL = TERMINAL_STATUSES
 

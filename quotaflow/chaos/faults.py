@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import psycopg
 import redis
 
-from events.status import RequestStatus
 from quotaflow.adapters import kafka
 from quotaflow.chaos.facts import Outcome
 from quotaflow.chaos.load import Loader, event_request, send_until_answered
 from quotaflow.chaos.plan import PROBE_TENANT, Fault
 from quotaflow.devstack import members as scaling
 from quotaflow.devstack.stack import DevStack
+from quotaflow.events.status import RequestStatus
 
 # The harness's own PostgreSQL connections: a `pg` fault spares them.
 OBSERVER = "quotaflow-chaos"

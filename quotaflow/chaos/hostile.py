@@ -22,9 +22,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-from functions.admit.handler import request_id_for
 from quotaflow.chaos.facts import Outcome
 from quotaflow.chaos.plan import Send
+from quotaflow.functions.admit.handler import request_id_for
 from quotaflow.runtime.door.openai_api.service import SOURCE
 
 HANG_UP_AFTER_S = 1.0

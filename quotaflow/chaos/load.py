@@ -12,10 +12,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from events.catalog import REQUESTED_TYPE
 from quotaflow.chaos import hostile
 from quotaflow.chaos.facts import Outcome
 from quotaflow.chaos.plan import Send
+from quotaflow.events.catalog import REQUESTED_TYPE
 
 Request = tuple[str, dict[str, str], bytes]  # path, headers, body
 

@@ -26,10 +26,10 @@ from collections.abc import Iterable, Sequence
 
 from confluent_kafka import TopicPartition
 
-from events.envelope import from_kafka
-from events.status import LedgerKind
 from quotaflow.adapters import kafka
 from quotaflow.chaos.facts import LedgerRow, TopicRecord
+from quotaflow.events.envelope import from_kafka
+from quotaflow.events.status import LedgerKind
 from quotaflow.settings import Settings
 
 # The topics read back: the two whose order (2) compares, and the ledger topic (3).

@@ -12,12 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from events.status import RequestStatus
 from quotaflow import client
 from quotaflow.cli import dev_env, dev_status
 from quotaflow.devstack import control, members
 from quotaflow.devstack.process import DevStackError
 from quotaflow.devstack.stack import DevStack
+from quotaflow.events.status import RequestStatus
 from quotaflow.settings import Settings
 
 

@@ -62,7 +62,7 @@ def strimzi_topics(cluster: str = "quotaflow", prefix: str = "quotaflow.") -> st
     """KafkaTopic resources (kafka.strimzi.io/v1) generated from kafka/topics.yaml."""
     import yaml
 
-    from events.catalog import topic_specs
+    from quotaflow.events.catalog import topic_specs
 
     docs = []
     for t in topic_specs():

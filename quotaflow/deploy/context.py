@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from events.resources import data_path
+from quotaflow.events.resources import data_path
 from quotaflow.runtime.steps import ALL_STEPS
 
 REPO = Path(__file__).resolve().parents[2]

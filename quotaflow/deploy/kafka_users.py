@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from events.catalog import dead_letter_suffix
+from quotaflow.events.catalog import dead_letter_suffix
 from quotaflow.runtime.steps import CONSUMER_STEPS, load_step
 
 CLUSTER = "quotaflow"

@@ -31,7 +31,7 @@ READY_TIMEOUT_S = 60.0
 def serve_argv(step: str) -> list[str]:
     """How a pod runs the function: func-python's `serve` over `function.new()`."""
     return [sys.executable, "-c", "from func_python.http import serve; "
-            f"from functions.{step}.function import new; serve(new)"]
+            f"from quotaflow.functions.{step}.function import new; serve(new)"]
 
 
 class FunctionProcess:

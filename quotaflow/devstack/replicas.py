@@ -9,9 +9,9 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from events.catalog import topic_specs
 from quotaflow.devstack.brokers import LocalBroker
 from quotaflow.devstack.process import DevStackError, wait_for
+from quotaflow.events.catalog import topic_specs
 from quotaflow.runtime.steps import CONSUMER_STEPS
 
 

@@ -6,7 +6,7 @@ import sys
 
 from quotaflow.runtime.served import APP_ENV, THREADS_ENV
 
-ADMIT_FACTORY = "functions.admit.app:create"
+ADMIT_FACTORY = "quotaflow.functions.admit.app:create"
 SERVED = "quotaflow.runtime.served:create"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from events.status import LedgerKind, LevelScope
+from quotaflow.events.status import LedgerKind, LevelScope
 from quotaflow.ledger.audit import Audit
 from quotaflow.ledger.budgets import (
     FREE,

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from events.status import OPEN_STATUSES, TERMINAL_STATUSES, RequestStatus
+from quotaflow.events.status import OPEN_STATUSES, TERMINAL_STATUSES, RequestStatus
 from quotaflow.ledger.audit import Audit
 
 _FACTS = """

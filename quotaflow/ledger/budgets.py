@@ -19,7 +19,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
-from events.status import LedgerKind, LedgerReason, LevelScope
+from quotaflow.events.status import LedgerKind, LedgerReason, LevelScope
 
 MICROS = 1_000_000  # micro-dollars in a dollar
 TOKENS_PER_PRICE = 1_000_000  # a price is per million tokens

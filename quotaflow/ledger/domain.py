@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from events.status import LedgerKind, LedgerReason
+from quotaflow.events.status import LedgerKind, LedgerReason
 
 # The ledger's event kinds, as stored: the enum lives in `events` because the kinds also travel
 # on the ledger topic (LedgerEntry.kind); the rules call it `Kind`.

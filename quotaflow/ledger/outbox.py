@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC
 
-from events.catalog import EVENTS
-from events.envelope import Envelope, to_kafka
-from events.payloads import LedgerEntry
 from quotaflow.adapters import kafka
+from quotaflow.events.catalog import EVENTS
+from quotaflow.events.envelope import Envelope, to_kafka
+from quotaflow.events.payloads import LedgerEntry
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.store import PostgresLedger
 

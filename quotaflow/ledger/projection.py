@@ -56,7 +56,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from events.resources import data_path
 from quotaflow.adapters.redis_client import (
     RedisClient,
     RedisMode,
@@ -64,6 +63,7 @@ from quotaflow.adapters.redis_client import (
     connect_redis,
     is_cluster,
 )
+from quotaflow.events.resources import data_path
 from quotaflow.ledger import domain
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from events.status import FinishReason
+from quotaflow.events.status import FinishReason
 
 # The reason of a request whose prompt plus max_tokens the model's context cannot hold.
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"

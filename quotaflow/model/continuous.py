@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from events.status import FinishReason
+from quotaflow.events.status import FinishReason
 from quotaflow.model.base import GenerationRequest
 from quotaflow.model.kv_ops import HostKvOps, KvOps, stack_left
 from quotaflow.model.prefill import Prefill, StepFn

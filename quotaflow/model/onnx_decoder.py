@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from events.status import FinishReason
+from quotaflow.events.status import FinishReason
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.continuous import DecodeEngine
 from quotaflow.model.kv_ops import HostKvOps, OrtKvOps

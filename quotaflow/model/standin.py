@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from events.status import FinishReason
+from quotaflow.events.status import FinishReason
 from quotaflow.model.base import ChatMessage, GenerationRequest, GenerationResult, TokenSink
 from quotaflow.model.streaming import BatchStream
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from events.status import FinishReason
+from quotaflow.events.status import FinishReason
 from quotaflow.model.base import GenerationRequest, StreamEnd, TokenDelta, TokenSink
 
 log = logging.getLogger(__name__)

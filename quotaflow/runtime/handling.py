@@ -12,10 +12,10 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from events.catalog import dead_letter_suffix
-from events.envelope import Envelope, to_kafka
-from events.payloads import Payload
 from quotaflow.adapters import kafka
+from quotaflow.events.catalog import dead_letter_suffix
+from quotaflow.events.envelope import Envelope, to_kafka
+from quotaflow.events.payloads import Payload
 from quotaflow.runtime import faults, metrics
 from quotaflow.runtime.step import AnyStep
 from quotaflow.settings import Settings

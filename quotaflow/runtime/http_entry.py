@@ -18,11 +18,11 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from events.catalog import PING_TYPE, SWEEP_TYPE
-from events.envelope import Envelope, UndecodableEvent, from_http
-from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.compose import wire
+from quotaflow.events.catalog import PING_TYPE, SWEEP_TYPE
+from quotaflow.events.envelope import Envelope, UndecodableEvent, from_http
+from quotaflow.events.payloads import Payload
 from quotaflow.runtime import metrics
 from quotaflow.runtime.faults import INFRA_RETRIES, error_name, is_infrastructure
 from quotaflow.runtime.handling import client_reason, handle_with_retries, publish

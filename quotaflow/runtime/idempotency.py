@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from events.payloads import Admitted, Message, RequestPayload
+from quotaflow.events.payloads import Admitted, Message, RequestPayload
 from quotaflow.ports import payload_hash
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Message, TopicPartition
 
-from events.payloads import Payload
+from quotaflow.events.payloads import Payload
 
 
 def _spans(msgs: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:

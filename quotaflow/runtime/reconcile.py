@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from events.payloads import Admitted, Reserved
-from events.status import RequestStatus
+from quotaflow.events.payloads import Admitted, Reserved
+from quotaflow.events.status import RequestStatus
 from quotaflow.ports import Clock, Ledger, OpenRequest, OpenRequests, ReserveTokens
 from quotaflow.runtime.idempotency import admitted_payload, reserve_digest
 

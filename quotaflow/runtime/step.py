@@ -3,7 +3,7 @@
 The same `Step` runs as a Kafka consumer loop (`quotaflow.runtime.worker`) and as an HTTP
 CloudEvents endpoint (`quotaflow.runtime.http_entry`, what Knative's KafkaSource calls). The
 runtime decodes records into payloads, calls the handler, and wraps what it returns in
-envelopes (`events.envelope.Envelope.of`) whose ids derive from the request id."""
+envelopes (`quotaflow.events.envelope.Envelope.of`) whose ids derive from the request id."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from events.payloads import Payload
+from quotaflow.events.payloads import Payload
 from quotaflow.settings import Settings
 
 

@@ -15,5 +15,5 @@ def load_step(name: str) -> AnyStep:
     """The `STEP` of `functions/<name>/handler.py`."""
     if name not in CONSUMER_STEPS:
         raise KeyError(f"unknown step {name!r}; steps are {', '.join(CONSUMER_STEPS)}")
-    step: AnyStep = import_module(f"functions.{name}.handler").STEP
+    step: AnyStep = import_module(f"quotaflow.functions.{name}.handler").STEP
     return step

@@ -21,10 +21,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message
 
-from events.envelope import Envelope, UndecodableEvent, from_kafka
-from events.payloads import Payload
 from quotaflow.adapters import kafka
 from quotaflow.compose import wire
+from quotaflow.events.envelope import Envelope, UndecodableEvent, from_kafka
+from quotaflow.events.payloads import Payload
 from quotaflow.runtime import faults, metrics
 from quotaflow.runtime.gaps import GapGuard, first_offsets, seek
 from quotaflow.runtime.handling import client_reason, dead_letter, handle_with_retries, publish

@@ -17,11 +17,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from events.envelope import Envelope
-from events.payloads import Completed
 from quotaflow.adapters import kafka, tenant_store
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters.kafka import KafkaPublisher
+from quotaflow.events.envelope import Envelope
+from quotaflow.events.payloads import Completed
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation
 from quotaflow.ledger.outbox import LedgerRelay
 from quotaflow.ledger.store import PostgresLedger

@@ -19,11 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from events.payloads import LedgerEntry
-from events.status import LedgerKind
 from quotaflow.adapters import budget_store, kafka, tenant_store
 from quotaflow.alerts.consumer import AlertConsumer, send_due
 from quotaflow.alerts.store import PostgresAlertStore
+from quotaflow.events.payloads import LedgerEntry
+from quotaflow.events.status import LedgerKind
 from quotaflow.ledger.budgets import parse_usd
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation
 from quotaflow.ledger.outbox import LedgerRelay

@@ -12,9 +12,9 @@ from typing import Any
 
 import psycopg
 
-from events.envelope import Envelope
-from events.payloads import Failed
 from quotaflow.adapters.kafka import KafkaPublisher
+from quotaflow.events.envelope import Envelope
+from quotaflow.events.payloads import Failed
 from quotaflow.settings import Settings
 from tests.analytics.conftest import make_history
 from tests.conftest import REPO

@@ -5,12 +5,12 @@ roll-ups stay equal to the ledger."""
 
 from __future__ import annotations
 
-from events.payloads import LedgerEntry
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters.tenant_store import create_tenant
 from quotaflow.analytics.check import check_rollups
 from quotaflow.analytics.rollup import Batch
 from quotaflow.analytics.store import PostgresUsageStore
+from quotaflow.events.payloads import LedgerEntry
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation, StoredEvent
 from quotaflow.ledger.store import PostgresLedger
 from tests.services import fresh_database

@@ -10,12 +10,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from events.payloads import LedgerEntry
-from events.status import LedgerKind
 from quotaflow.adapters import budget_store, tenant_store
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.rollup import Batch
 from quotaflow.analytics.store import LEDGER_ENTRY_COLUMNS, PostgresUsageStore
+from quotaflow.events.payloads import LedgerEntry
+from quotaflow.events.status import LedgerKind
 from quotaflow.ledger.budgets import parse_usd
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation
 from quotaflow.ledger.store import PostgresLedger

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from events.status import KeyLimit
 from quotaflow.adapters.memory.gate import MemoryAdmissionGate
 from quotaflow.adapters.redis_gate import RedisAdmissionGate
+from quotaflow.events.status import KeyLimit
 from quotaflow.ports import AdmissionGate, ReservedTokens, Screening, ScreenQuery
 from tests.contract import test_gate_port as base
 from tests.redis_servers import REDIS_VARIANTS, client

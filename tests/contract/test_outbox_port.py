@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from events.envelope import from_kafka
-from events.payloads import LedgerEntry
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.ledger import MemoryLedger
 from quotaflow.adapters.memory.outbox import MemoryOutbox
+from quotaflow.events.envelope import from_kafka
+from quotaflow.events.payloads import LedgerEntry
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation, StoredEvent
 from quotaflow.ports import Ledger, LedgerOutbox
 

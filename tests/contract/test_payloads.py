@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from events import avro
-from events.catalog import EVENTS
-from events.envelope import Envelope, from_kafka, to_kafka
-from events.payloads import (
+from quotaflow.events import avro
+from quotaflow.events.catalog import EVENTS
+from quotaflow.events.envelope import Envelope, from_kafka, to_kafka
+from quotaflow.events.payloads import (
     ENUM_FIELDS,
     PAYLOADS,
     Admitted,
@@ -34,8 +34,8 @@ from events.payloads import (
     from_record,
     to_record,
 )
-from events.resources import data_path
-from events.status import FinishReason, LedgerKind, RequestStatus, SettlementStatus
+from quotaflow.events.resources import data_path
+from quotaflow.events.status import FinishReason, LedgerKind, RequestStatus, SettlementStatus
 
 AT = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 REQUEST: dict[str, Any] = dict(

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events.envelope import Envelope, from_kafka
-from events.payloads import Admitted, Message
 from quotaflow.adapters.memory.publisher import MemoryPublisher
+from quotaflow.events.envelope import Envelope, from_kafka
+from quotaflow.events.payloads import Admitted, Message
 from quotaflow.ports import Publisher, PublishTimeout
 from quotaflow.settings import Settings
 

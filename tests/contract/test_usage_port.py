@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from events.payloads import LedgerEntry
 from quotaflow.analytics.memory import MemoryUsageStore
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.rollup import Batch, Outcome
 from quotaflow.analytics.store import UsageStore
+from quotaflow.events.payloads import LedgerEntry
 
 AT = datetime(2026, 11, 29, 23, 59, 30, tzinfo=UTC)
 REQUESTS = {"r1": ("m1", "k1"), "r2": ("m2", "k1"), "r3": ("m1", "k2")}

@@ -13,12 +13,12 @@ from typing import Any
 import fastavro
 import pytest
 
-from events import avro
-from events.catalog import EVENTS, parse_dataschema
-from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
-from events.payloads import Admitted, Completed, Message, from_record, to_record
-from functions.estimate.handler import EstimatePorts
-from functions.estimate.handler import handle as estimate
+from quotaflow.events import avro
+from quotaflow.events.catalog import EVENTS, parse_dataschema
+from quotaflow.events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
+from quotaflow.events.payloads import Admitted, Completed, Message, from_record, to_record
+from quotaflow.functions.estimate.handler import EstimatePorts
+from quotaflow.functions.estimate.handler import handle as estimate
 from quotaflow.model.standin import StandInModel
 from quotaflow.ports import ChatMessage
 
@@ -122,7 +122,7 @@ def test_undecodable_records_are_refused_with_a_reason(mutate: Any, reason: str)
 def _sdk_to_kafka(envelope: Envelope) -> Any:
     from cloudevents.core.bindings import kafka as ce_kafka
 
-    from events.envelope import _RAW
+    from quotaflow.events.envelope import _RAW
 
     return ce_kafka.to_binary(envelope.to_cloudevent(), _RAW)
 
@@ -130,7 +130,7 @@ def _sdk_to_kafka(envelope: Envelope) -> Any:
 def _sdk_from_kafka(headers: dict[str, bytes], key: Any, value: bytes) -> Envelope:
     from cloudevents.core.bindings import kafka as ce_kafka
 
-    from events.envelope import _RAW, _from_cloudevent
+    from quotaflow.events.envelope import _RAW, _from_cloudevent
 
     return _from_cloudevent(ce_kafka.from_binary(ce_kafka.KafkaMessage(headers, key, value),
                                                  _RAW))

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from events.catalog import topic_specs
 from quotaflow.analytics.consumer import TOPICS as ANALYTICS_TOPICS
 from quotaflow.deploy.kafka_users import user_name
 from quotaflow.deploy.sizing import (
@@ -22,6 +21,7 @@ from quotaflow.deploy.sizing import (
     SIZING,
     TOKENIZER_DEPENDENCIES,
 )
+from quotaflow.events.catalog import topic_specs
 from quotaflow.runtime.steps import ALL_STEPS
 from quotaflow.settings import ENV_NAMES
 from tests.conftest import REPO

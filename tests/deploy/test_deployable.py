@@ -22,12 +22,12 @@ import pytest
 import yaml
 from confluent_kafka import Consumer
 
-from events.envelope import Envelope, from_kafka, to_http
-from events.payloads import Recorded, Settled
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.deploy.context import prepare
 from quotaflow.devstack.process import free_port, http_ok, wait_for
+from quotaflow.events.envelope import Envelope, from_kafka, to_http
+from quotaflow.events.payloads import Recorded, Settled
 from quotaflow.settings import Settings
 from tests.conftest import REPO
 from tests.services import fresh_database, redis_base

@@ -12,8 +12,8 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from events.catalog import topic_specs
 from quotaflow.deploy.kafka_users import accesses, source_group, strimzi_users, user_name
+from quotaflow.events.catalog import topic_specs
 from quotaflow.runtime.steps import CONSUMER_STEPS, load_step
 from tests.conftest import REPO
 from tests.deploy.schemas import by_kind, crd_validator, func_yamls

@@ -17,9 +17,9 @@ import pytest
 import redis
 import yaml
 
-from events.catalog import EVENTS, topic_specs
 from quotaflow.cli.ops import strimzi_topics
 from quotaflow.devstack.process import free_port
+from quotaflow.events.catalog import EVENTS, topic_specs
 from quotaflow.settings import ENV_NAMES, is_kafka_client_variable
 from tests.conftest import REPO
 from tests.deploy.schemas import by_kind, crd_validator, func_yamls, k8s_validate, manifests

@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from events.catalog import EVENTS
 from quotaflow import client
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.devstack import knative_mode
 from quotaflow.devstack.stack import DevStack
+from quotaflow.events.catalog import EVENTS
 from quotaflow.ledger.commands import ReserveTokens
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger

@@ -11,13 +11,13 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from events.envelope import from_kafka
-from events.payloads import LedgerEntry
 from quotaflow import client
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.devstack.stack import DevStack
+from quotaflow.events.envelope import from_kafka
+from quotaflow.events.payloads import LedgerEntry
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 

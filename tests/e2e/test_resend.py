@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from events.envelope import from_kafka
 from quotaflow import client
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.adapters.request_store import PostgresRequestStore
 from quotaflow.devstack.stack import DevStack
+from quotaflow.events.envelope import from_kafka
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.ports import NewRequest

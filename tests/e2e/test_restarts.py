@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import topic_specs
 from quotaflow import client
 from quotaflow.adapters import kafka
 from quotaflow.devstack.process import pid_alive
 from quotaflow.devstack.stack import DevStack
+from quotaflow.events.catalog import topic_specs
 from tests.e2e.conftest import start_stack
 from tests.e2e.test_pipeline import new_tenant
 

@@ -12,13 +12,13 @@ import httpx2
 import redis
 from openai import OpenAI
 
-from events.envelope import Envelope
-from events.payloads import Admitted, Estimated, Reserved
-from functions.estimate.handler import handle as estimate
-from functions.infer.handler import handle as infer
-from functions.record.handler import handle as record
-from functions.reserve.handler import handle as reserve
-from functions.settle.handler import handle as settle
+from quotaflow.events.envelope import Envelope
+from quotaflow.events.payloads import Admitted, Estimated, Reserved
+from quotaflow.functions.estimate.handler import handle as estimate
+from quotaflow.functions.infer.handler import handle as infer
+from quotaflow.functions.record.handler import handle as record
+from quotaflow.functions.reserve.handler import handle as reserve
+from quotaflow.functions.settle.handler import handle as settle
 from quotaflow.ports import PublishTimeout, RequestView
 from quotaflow.runtime.door.app import create_app
 from tests.openai.memory_pipeline import MemoryDoor

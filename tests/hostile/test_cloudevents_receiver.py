@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from events.catalog import REQUESTED_TYPE
+from quotaflow.events.catalog import REQUESTED_TYPE
 from quotaflow.runtime.door.parse import Limits, parse
 from tests.problems import MODEL, assert_problem, body
 from tests.unit.test_admit_door import Door

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from events.payloads import Estimated, Rejected
-from functions.estimate.handler import EstimatePorts, handle
+from quotaflow.events.payloads import Estimated, Rejected
+from quotaflow.functions.estimate.handler import EstimatePorts, handle
 from quotaflow.model.standin import StandInModel
 from quotaflow.model.tokenizer import ChatTokenizer
 from quotaflow.ports import ChatMessage
@@ -123,9 +123,9 @@ def _ended(door: MemoryDoor, rid: str) -> dict[str, Any]:
 def test_rule1_infer_fails_alone_a_prompt_over_the_context_that_reached_it() -> None:
     """estimate refuses these; one estimated before it did (or for a model with a longer
     context) fails alone without running, and its batch-mates complete."""
-    from events.payloads import Completed, Failed
-    from functions.infer.handler import InferPorts
-    from functions.infer.handler import handle as infer
+    from quotaflow.events.payloads import Completed, Failed
+    from quotaflow.functions.infer.handler import InferPorts
+    from quotaflow.functions.infer.handler import handle as infer
     from tests.unit.fakes import reserved
 
     model = StandInModel(context_tokens=CONTEXT)

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from functions.admit.handler import request_id_for
 from quotaflow.chaos import hostile, observe
 from quotaflow.chaos.door_checks import hostile_findings
 from quotaflow.chaos.load import hostile_client
 from quotaflow.chaos.plan import Send
 from quotaflow.devstack.stack import DevStack
+from quotaflow.functions.admit.handler import request_id_for
 from quotaflow.runtime.door.openai_api.service import SOURCE
 from tests.e2e.conftest import start_stack
 from tests.openai.conftest import TOKEN_DELAY_MS, audit, ledger_rows, new_tenant

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from events.envelope import to_http
-from events.payloads import Failed
-from functions.infer.handler import on_poison
+from quotaflow.events.envelope import to_http
+from quotaflow.events.payloads import Failed
+from quotaflow.functions.infer.handler import on_poison
 from quotaflow.model.standin import StandInModel
 from quotaflow.ports import FinalRecord
 from quotaflow.runtime.door.openai_api.relay import Ended

@@ -11,8 +11,8 @@ from typing import Any
 
 import openai
 
-from events.payloads import Admitted, Reserved
-from events.status import RequestStatus
+from quotaflow.events.payloads import Admitted, Reserved
+from quotaflow.events.status import RequestStatus
 from quotaflow.runtime.door.app import create_app
 from quotaflow.runtime.door.void import is_voided
 from quotaflow.runtime.timeouts import DOOR_LONGEST_WAIT_S, door_wait_s

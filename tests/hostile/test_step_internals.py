@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from events.envelope import to_http
-from functions.infer.handler import STEP as INFER
-from functions.infer.handler import InferPorts
+from quotaflow.events.envelope import to_http
+from quotaflow.functions.infer.handler import STEP as INFER
+from quotaflow.functions.infer.handler import InferPorts
 from quotaflow.model.standin import StandInModel
 from tests.hostile.test_internals import INTERNALS
 from tests.unit.fakes import reserved

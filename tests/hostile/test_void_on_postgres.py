@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from events.status import LedgerKind, RequestStatus
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.adapters.request_store import PostgresRequestStore
+from quotaflow.events.status import LedgerKind, RequestStatus
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.ports import NewRequest, ReserveTokens, SettleReservation
 from quotaflow.runtime.door.void import Voider

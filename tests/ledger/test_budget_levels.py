@@ -11,10 +11,10 @@ from typing import Any
 
 import psycopg
 
-from events.status import LedgerKind, LevelScope
 from quotaflow.adapters import budget_store as budgets_db
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
+from quotaflow.events.status import LedgerKind, LevelScope
 from quotaflow.ledger import audit
 from quotaflow.ledger.audit_levels import compare_levels
 from quotaflow.ledger.budgets import Hold, LevelBalance, apply_hold, parse_usd

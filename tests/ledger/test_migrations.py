@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from events.resources import data_path
 from quotaflow.adapters import postgres as db
+from quotaflow.events.resources import data_path
 from tests.services import pg_base
 
 

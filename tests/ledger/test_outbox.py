@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from events.envelope import from_kafka, to_kafka
-from events.payloads import LedgerEntry
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.ledger import MemoryLedger
 from quotaflow.adapters.memory.outbox import MemoryOutbox
+from quotaflow.events.envelope import from_kafka, to_kafka
+from quotaflow.events.payloads import LedgerEntry
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation, StoredEvent
 from quotaflow.ledger.domain import Kind
 from quotaflow.ledger.outbox import ledger_envelope
@@ -18,8 +18,8 @@ from quotaflow.ledger.outbox import ledger_envelope
 RECORDED = datetime(2026, 11, 29, 13, 0, 1, 123000, tzinfo=timezone(timedelta(hours=2)))
 SETTLED = StoredEvent(42, "acme", 7, Kind.RESERVATION_SETTLED, "r1", "2026-11", 30, 70, None,
                       RECORDED)
-# Written by the relay before typed payloads (events.envelope.Event with a dict of data), as
-# v1; v2 appends the budget levels' seven fields (here none: one zero byte each).
+# Written by the relay before typed payloads (quotaflow.events.envelope.Event with a dict of
+# data), as v1; v2 appends the budget levels' seven fields (here none: one zero byte each).
 WIRE_VALUE = ("540861636d650e245265736572766174696f6e536574746c6564020472310e323032362d3131"
               "3c8c01c6efb1efc468")
 
@@ -65,7 +65,7 @@ def test_a_ledger_record_carries_the_levels_and_the_price_version_and_v1_readers
 
     import fastavro
 
-    from events.resources import data_path
+    from quotaflow.events.resources import data_path
 
     held = StoredEvent(43, "acme", 8, Kind.TOKENS_RESERVED, "r2", "2026-11", 100, 0, None,
                        RECORDED, "k1", "ml", 160, 0, "smollm2", 3, 40)

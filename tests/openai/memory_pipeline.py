@@ -13,14 +13,14 @@ from datetime import UTC, datetime
 
 from flask.testing import FlaskClient
 
-from events.envelope import Envelope
-from events.payloads import Admitted, Estimated, Rejected, Reserved
-from functions.estimate.handler import handle as estimate
-from functions.infer.handler import handle as infer
-from functions.record.handler import handle as record
-from functions.reserve.handler import handle as reserve
-from functions.settle.handler import handle as settle
 from quotaflow.adapters.clock import FixedClock
+from quotaflow.events.envelope import Envelope
+from quotaflow.events.payloads import Admitted, Estimated, Rejected, Reserved
+from quotaflow.functions.estimate.handler import handle as estimate
+from quotaflow.functions.infer.handler import handle as infer
+from quotaflow.functions.record.handler import handle as record
+from quotaflow.functions.reserve.handler import handle as reserve
+from quotaflow.functions.settle.handler import handle as settle
 from quotaflow.model.standin import StandInModel
 from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings

@@ -19,11 +19,11 @@ import pytest
 from confluent_kafka import Consumer
 from werkzeug.serving import make_server
 
-from events.envelope import Envelope, from_kafka, to_http
-from events.payloads import Completed
-from functions.infer.handler import STEP as INFER
-from functions.infer.handler import InferPorts
 from quotaflow.adapters import kafka
+from quotaflow.events.envelope import Envelope, from_kafka, to_http
+from quotaflow.events.payloads import Completed
+from quotaflow.functions.infer.handler import STEP as INFER
+from quotaflow.functions.infer.handler import InferPorts
 from quotaflow.model.standin import StandInModel
 from quotaflow.settings import Settings
 from tests.runtime.test_worker import reserved

@@ -16,11 +16,11 @@ import psycopg
 import pytest
 import redis
 
-from events.envelope import Envelope, from_kafka, to_kafka
-from events.payloads import Reserved
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
+from quotaflow.events.envelope import Envelope, from_kafka, to_kafka
+from quotaflow.events.payloads import Reserved
 from quotaflow.ledger.projection import GENERATION_KEY, RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.runtime.faults import INFRA_RETRIES

@@ -14,10 +14,10 @@ from dataclasses import replace
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
-from events.envelope import Envelope, from_kafka, to_kafka
-from events.payloads import Failed, Reserved
-from functions.infer.handler import on_poison as infer_poison
 from quotaflow.adapters import kafka
+from quotaflow.events.envelope import Envelope, from_kafka, to_kafka
+from quotaflow.events.payloads import Failed, Reserved
+from quotaflow.functions.infer.handler import on_poison as infer_poison
 from quotaflow.runtime.step import Step
 from quotaflow.runtime.worker import KafkaWorker
 from quotaflow.settings import Settings

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.clock import FixedClock
+from quotaflow.events.catalog import REQUESTED_TYPE
 from quotaflow.runtime.door.app import create_app
 from quotaflow.runtime.door.usage_page import UI_DIR
 from quotaflow.settings import Settings

@@ -11,12 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from events.payloads import Admitted, Estimated, Message, Reserved
-from functions.estimate.handler import EstimatePorts
-from functions.infer.handler import InferPorts
-from functions.record.handler import RecordPorts
-from functions.reserve.handler import ReservePorts
-from functions.settle.handler import SettlePorts
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.gate import MemoryAdmissionGate
 from quotaflow.adapters.memory.ledger import MemoryLedger
@@ -27,6 +21,12 @@ from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.adapters.memory.stream import MemoryTokenStream
 from quotaflow.adapters.memory.tenants import MemoryTenants
 from quotaflow.analytics.store import UsageReader
+from quotaflow.events.payloads import Admitted, Estimated, Message, Reserved
+from quotaflow.functions.estimate.handler import EstimatePorts
+from quotaflow.functions.infer.handler import InferPorts
+from quotaflow.functions.record.handler import RecordPorts
+from quotaflow.functions.reserve.handler import ReservePorts
+from quotaflow.functions.settle.handler import SettlePorts
 from quotaflow.ports import NewRequest, Publisher
 from quotaflow.runtime.door.ports import DoorPorts
 

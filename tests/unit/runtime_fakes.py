@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from events.envelope import Envelope, from_kafka
-from events.payloads import Payload
+from quotaflow.events.envelope import Envelope, from_kafka
+from quotaflow.events.payloads import Payload
 from quotaflow.runtime.step import Step
 
 
@@ -57,7 +57,7 @@ class Fragile:
 
 def fragile_step(on_poison: Any = None) -> Step[Any, Fragile]:
     """A step over `reserved` that echoes each input as `failed` with reason "fine"."""
-    from events.payloads import Failed, Reserved
+    from quotaflow.events.payloads import Failed, Reserved
 
     def handle(payloads: Any, ports: Fragile) -> list[Failed]:
         ports.calls.append([p.request_id for p in payloads])

@@ -15,8 +15,8 @@ import pytest
 import redis
 from confluent_kafka import KafkaError, KafkaException
 
-from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.memory.requests import MemoryRequestStore
+from quotaflow.events.catalog import REQUESTED_TYPE
 from quotaflow.ports import Inserted, NewRequest, PublishTimeout, RequestView
 from quotaflow.runtime.door.app import create_app
 from tests.problems import MODEL, assert_problem, body

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from events.catalog import REQUESTED_TYPE
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.requests import MemoryRequestStore
+from quotaflow.events.catalog import REQUESTED_TYPE
 from quotaflow.ports import Inserted, NewRequest, ReservedMark, ReserveTokens
 from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings

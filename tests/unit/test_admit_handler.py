@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from events.payloads import Message
-from functions.admit.handler import (
+from quotaflow.adapters.clock import FixedClock
+from quotaflow.adapters.memory.requests import MemoryRequestStore
+from quotaflow.events.payloads import Message
+from quotaflow.functions.admit.handler import (
     AdmitPorts,
     IdempotencyConflict,
     Screened,
     admit,
     request_id_for,
 )
-from quotaflow.adapters.clock import FixedClock
-from quotaflow.adapters.memory.requests import MemoryRequestStore
 from quotaflow.ports import NewRequest, Principal, ReservedMark
 
 ACME = Principal("acme", "key-1", 600, "month")

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events.payloads import LedgerEntry
-from events.status import LedgerKind
 from quotaflow.alerts.rules import Alert, Change, Level, crossings, level_changes, reached
 from quotaflow.alerts.webhooks import BadSecret, secret_key, signature
+from quotaflow.events.payloads import LedgerEntry
+from quotaflow.events.status import LedgerKind
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 ALERT = Alert(7, "acme", "tenant", "acme", 80, "https://hooks.example/qf", SECRET)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from events.status import LevelScope
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.ledger import MemoryLedger
+from quotaflow.events.status import LevelScope
 from quotaflow.ledger.budgets import LevelBalance
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation
 from quotaflow.ledger.domain import Kind

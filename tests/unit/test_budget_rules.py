@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events.status import LedgerKind, LevelScope
+from quotaflow.events.status import LedgerKind, LevelScope
 from quotaflow.ledger.budgets import (
     Hold,
     Level,

@@ -7,18 +7,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from events.payloads import Rejected, Reserved
-from functions.admit.handler import AdmitPorts, admit
-from functions.estimate.handler import EstimatePorts
-from functions.estimate.handler import handle as estimate
-from functions.infer.handler import InferPorts
-from functions.infer.handler import handle as infer
-from functions.record.handler import RecordPorts
-from functions.record.handler import handle as record
-from functions.reserve.handler import ReservePorts
-from functions.reserve.handler import handle as reserve
-from functions.settle.handler import SettlePorts
-from functions.settle.handler import handle as settle
+from quotaflow.events.payloads import Rejected, Reserved
+from quotaflow.functions.admit.handler import AdmitPorts, admit
+from quotaflow.functions.estimate.handler import EstimatePorts
+from quotaflow.functions.estimate.handler import handle as estimate
+from quotaflow.functions.infer.handler import InferPorts
+from quotaflow.functions.infer.handler import handle as infer
+from quotaflow.functions.record.handler import RecordPorts
+from quotaflow.functions.record.handler import handle as record
+from quotaflow.functions.reserve.handler import ReservePorts
+from quotaflow.functions.reserve.handler import handle as reserve
+from quotaflow.functions.settle.handler import SettlePorts
+from quotaflow.functions.settle.handler import handle as settle
 from quotaflow.ledger.domain import Balance
 from quotaflow.model.standin import StandInModel
 from quotaflow.ports import Principal

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import topic_specs
 from quotaflow.devstack import members, replicas
 from quotaflow.devstack.brokers import LocalBroker
 from quotaflow.devstack.process import DevStackError
+from quotaflow.events.catalog import topic_specs
 
 
 def test_a_step_runs_under_its_own_name_or_as_numbered_members() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from events.payloads import Admitted, Message, Rejected
-from functions.estimate.handler import EstimatePorts, handle, on_poison
+from quotaflow.events.payloads import Admitted, Message, Rejected
+from quotaflow.functions.estimate.handler import EstimatePorts, handle, on_poison
 from quotaflow.model.standin import StandInModel
 from quotaflow.ports import ChatMessage
 from tests.unit.fakes import admitted

@@ -12,11 +12,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from events.envelope import to_http
-from functions.infer.handler import STEP as INFER
-from functions.infer.handler import InferPorts
-from functions.settle.handler import STEP as SETTLE
-from functions.settle.handler import SettlePorts
+from quotaflow.events.envelope import to_http
+from quotaflow.functions.infer.handler import STEP as INFER
+from quotaflow.functions.infer.handler import InferPorts
+from quotaflow.functions.settle.handler import STEP as SETTLE
+from quotaflow.functions.settle.handler import SettlePorts
 from quotaflow.ledger.commands import ReserveTokens
 from quotaflow.model.standin import StandInModel
 from quotaflow.runtime.http_entry import create_app
@@ -75,7 +75,7 @@ def test_concurrent_infer_deliveries_are_each_answered_when_their_own_request_en
 
 
 def test_a_poison_delivery_is_answered_with_its_poison_outputs() -> None:
-    from functions.infer.handler import on_poison
+    from quotaflow.functions.infer.handler import on_poison
 
     producer = FakeProducer()
     c = client(fragile_step(on_poison), Fragile(), producer)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from functions.infer.handler import InferPorts, handle, on_poison
+from quotaflow.functions.infer.handler import InferPorts, handle, on_poison
 from quotaflow.model.standin import StandInModel
 from quotaflow.ports import GenerationRequest, GenerationResult
 from tests.unit.fakes import reserved

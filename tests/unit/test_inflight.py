@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from events.payloads import Failed, Payload
+from quotaflow.events.payloads import Failed, Payload
 from quotaflow.runtime.inflight import InFlight, batch_offsets
 from tests.unit.test_worker import FakeMessage
 

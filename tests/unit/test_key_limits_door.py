@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from events.payloads import Rejected
-from functions.record.handler import handle as record
+from quotaflow.events.payloads import Rejected
+from quotaflow.functions.record.handler import handle as record
 from quotaflow.ports import ScreenQuery
 from quotaflow.runtime.door.limits import tokens_bound
 from quotaflow.runtime.door.void import Voider

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from events.payloads import Reserved
-from functions.infer.handler import InferPorts, handle
 from quotaflow.adapters.memory.stream import MemoryTokenStream
+from quotaflow.events.payloads import Reserved
+from quotaflow.functions.infer.handler import InferPorts, handle
 from quotaflow.model.standin import StandInModel
 from quotaflow.ports import StreamEnd
 from tests.unit.fakes import reserved

@@ -17,11 +17,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from events.envelope import to_kafka
-from events.payloads import Completed
 from quotaflow.adapters import kafka
 from quotaflow.analytics.consumer import AnalyticsConsumer
 from quotaflow.analytics.memory import MemoryUsageStore
+from quotaflow.events.envelope import to_kafka
+from quotaflow.events.payloads import Completed
 from quotaflow.runtime.gaps import GapGuard, first_offsets
 from quotaflow.runtime.worker import KafkaWorker
 from quotaflow.settings import Settings

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import redis
 
-from events.catalog import REQUESTED_TYPE
+from quotaflow.events.catalog import REQUESTED_TYPE
 from quotaflow.runtime.asgi_bridge import DISCONNECTED
 from quotaflow.runtime.door.app import create_app
 from tests.openai.memory_pipeline import MODEL, MemoryDoor

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from events.payloads import Rejected, Settled
-from events.status import SettlementStatus
-from functions.record.handler import RecordPorts, handle, on_poison
+from quotaflow.events.payloads import Rejected, Settled
+from quotaflow.events.status import SettlementStatus
+from quotaflow.functions.record.handler import RecordPorts, handle, on_poison
 from quotaflow.ports import ReservedMark
 from tests.unit.fakes import World, admitted
 

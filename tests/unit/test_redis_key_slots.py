@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from events.resources import data_path
 from quotaflow.adapters.redis_gate import seen_key, window_key
 from quotaflow.adapters.tenant_store import _NAME
+from quotaflow.events.resources import data_path
 from quotaflow.ledger.projection import (
     GENERATION_KEY,
     LAST_SEQ_KEY,

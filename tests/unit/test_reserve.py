@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
-from events.payloads import Rejected, Reserved
-from functions.reserve.handler import ReservePorts, handle, on_poison
+from quotaflow.events.payloads import Rejected, Reserved
+from quotaflow.functions.reserve.handler import ReservePorts, handle, on_poison
 from quotaflow.ledger.domain import Balance
 from tests.unit.fakes import World, admitted, estimated
 

@@ -24,7 +24,7 @@ PROBE = """
 import importlib, json, pkgutil, sys
 import quotaflow.cli.main
 quotaflow.cli.main.build_parser()
-for entry in ["function", *(f"functions.{s}.app" for s in
+for entry in ["function", *(f"quotaflow.functions.{s}.app" for s in
               ("admit", "estimate", "reserve", "infer", "settle", "record"))]:
     importlib.import_module(entry)
 import quotaflow

@@ -5,8 +5,8 @@ publishes the committed ledger events (the reconciler in the sweep: test_reconci
 
 from __future__ import annotations
 
-from events.payloads import Completed, Failed
-from functions.settle.handler import SettlePorts, handle, on_poison, sweep
+from quotaflow.events.payloads import Completed, Failed
+from quotaflow.functions.settle.handler import SettlePorts, handle, on_poison, sweep
 from quotaflow.ledger.commands import ReserveTokens
 from quotaflow.ledger.domain import Balance
 from tests.unit.fakes import World

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from events import avro
-from events.catalog import EVENTS
-from events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
-from events.payloads import Completed, LedgerEntry, Recorded, Settled, to_record
-from events.resources import data_path
-from events.status import (
+from quotaflow.events import avro
+from quotaflow.events.catalog import EVENTS
+from quotaflow.events.envelope import Envelope, UndecodableEvent, from_kafka, to_kafka
+from quotaflow.events.payloads import Completed, LedgerEntry, Recorded, Settled, to_record
+from quotaflow.events.resources import data_path
+from quotaflow.events.status import (
     OPEN_STATUSES,
     TERMINAL_STATUSES,
     FinishReason,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import EVENTS
-from functions.estimate.handler import EstimatePorts
-from functions.infer.handler import InferPorts
 from quotaflow.compose import WIRING, wire
+from quotaflow.events.catalog import EVENTS
+from quotaflow.functions.estimate.handler import EstimatePorts
+from quotaflow.functions.infer.handler import InferPorts
 from quotaflow.model.standin import StandInModel
 from quotaflow.runtime.knative import _AllInOne
 from quotaflow.runtime.step import Held

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from events.payloads import LedgerEntry
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.analytics.memory import MemoryUsageStore
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.rollup import Batch
+from quotaflow.events.payloads import LedgerEntry
 from quotaflow.runtime.door.app import create_app
 from quotaflow.settings import Settings
 from tests.problems import assert_problem

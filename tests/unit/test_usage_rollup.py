@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from events.payloads import LedgerEntry
 from quotaflow.analytics.memory import MemoryUsageStore
 from quotaflow.analytics.query import UsageQuery
 from quotaflow.analytics.rollup import Batch, Counts, Outcome, fold_ledger, minute_of
+from quotaflow.events.payloads import LedgerEntry
 
 T0 = datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC)
 

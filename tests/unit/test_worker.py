@@ -13,8 +13,8 @@ import pytest
 import redis
 from confluent_kafka import KafkaError, KafkaException
 
-from events.payloads import Failed
-from functions.infer.handler import on_poison as infer_poison
+from quotaflow.events.payloads import Failed
+from quotaflow.functions.infer.handler import on_poison as infer_poison
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime.faults import backoff_s, is_infrastructure, producer_failed
 from quotaflow.runtime.handling import handle_with_retries, publish
@@ -101,7 +101,7 @@ class Outage:
 
 
 def outage_step() -> Any:
-    from events.payloads import Reserved
+    from quotaflow.events.payloads import Reserved
     from quotaflow.runtime.step import Step
 
     def handle(payloads: Any, ports: Outage) -> list[Failed]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from events.status import LedgerKind, LevelScope
+from quotaflow.events.status import LedgerKind, LevelScope
 from quotaflow.ledger import budgets
 from quotaflow.ledger.budgets import (
     FREE,

@@ -9,8 +9,8 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 
-from events.status import KeyLimit
 from quotaflow.adapters.memory.projection import MemoryProjection
+from quotaflow.events.status import KeyLimit
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import ReservedTokens, Screening, ScreenQuery
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from events.status import LedgerReason
 from quotaflow.adapters.memory.budgets import MemoryBudgets, Priced
+from quotaflow.events.status import LedgerReason
 from quotaflow.ledger import budgets, domain
 from quotaflow.ledger.budgets import Hold, LevelView, Price
 from quotaflow.ledger.commands import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from events.envelope import Envelope
+from quotaflow.events.envelope import Envelope
 from quotaflow.ports import PublishTimeout
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from events.status import OPEN_STATUSES, RequestStatus
 from quotaflow.adapters.clock import SystemClock
+from quotaflow.events.status import OPEN_STATUSES, RequestStatus
 from quotaflow.ports import (
     Clock,
     FinalRecord,

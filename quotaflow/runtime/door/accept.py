@@ -5,8 +5,8 @@ both accept through here."""
 
 from __future__ import annotations
 
-from events.envelope import Envelope
-from functions.admit.handler import (
+from quotaflow.events.envelope import Envelope
+from quotaflow.functions.admit.handler import (
     Admission,
     AdmitPorts,
     ClientRequest,

@@ -14,7 +14,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from functions.admit.handler import IdempotencyConflict
+from quotaflow.functions.admit.handler import IdempotencyConflict
 from quotaflow.ports import PublishTimeout
 from quotaflow.runtime import metrics
 from quotaflow.runtime.client_address import TrustedProxies, networks

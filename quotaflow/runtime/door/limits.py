@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from events.status import KeyLimit
-from functions.admit.handler import Screened
+from quotaflow.events.status import KeyLimit
+from quotaflow.functions.admit.handler import Screened
 from quotaflow.ledger.budgets import period_in_zone
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import AdmissionGate, Clock, Principal, Screening, ScreenQuery

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from events import attributes, received
-from events.catalog import REQUESTED_TYPE
+from quotaflow.events import attributes, received
+from quotaflow.events.catalog import REQUESTED_TYPE
 from quotaflow.runtime.door.strict_json import decode_json
 from quotaflow.runtime.problem import Problem
 

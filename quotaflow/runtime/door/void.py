@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from events.status import LedgerKind, RequestStatus
+from quotaflow.events.status import LedgerKind, RequestStatus
 from quotaflow.ports import (
     FinalRecord,
     InflightSlots,

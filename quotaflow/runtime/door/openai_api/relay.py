@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from events.status import TERMINAL_STATUSES, FinishReason, RequestStatus
+from quotaflow.events.status import TERMINAL_STATUSES, FinishReason, RequestStatus
 from quotaflow.model.token_stream import START, id_key
 from quotaflow.ports import RequestStore, RequestView, StreamEnd, TokenStream
 from quotaflow.runtime.timeouts import DOOR_LONGEST_WAIT_S

@@ -15,8 +15,8 @@ from functools import partial
 
 from flask import Blueprint, Response, jsonify, request
 
-from events.status import RequestStatus
-from functions.admit.handler import IdempotencyConflict
+from quotaflow.events.status import RequestStatus
+from quotaflow.functions.admit.handler import IdempotencyConflict
 from quotaflow.ports import Principal, PublishTimeout, RequestView
 from quotaflow.runtime.asgi_bridge import DISCONNECTED
 from quotaflow.runtime.door.accept import Unpublished

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 
-from events.status import LedgerReason, RequestStatus
-from functions.admit.handler import request_id_for
+from quotaflow.events.status import LedgerReason, RequestStatus
+from quotaflow.functions.admit.handler import request_id_for
 from quotaflow.ports import CONTEXT_LENGTH_EXCEEDED, Principal, RequestView
 from quotaflow.runtime.door.accept import Acceptor
 from quotaflow.runtime.door.fair_share import FairShare

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 
-from events.status import RequestStatus
+from quotaflow.events.status import RequestStatus
 from quotaflow.runtime.door.openai_api import shapes
 from quotaflow.runtime.door.openai_api.errors import SERVER, OpenAIError
 from quotaflow.runtime.door.openai_api.relay import Delta, Ended, Event, Quiet, TimedOut
