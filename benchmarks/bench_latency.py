@@ -38,6 +38,7 @@ from openai import OpenAI
 from quotaflow.adapters import kafka
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
+from quotaflow.adapters.kafka_config import client_config
 from quotaflow.devstack import brokers
 from quotaflow.devstack.process import free_port
 from quotaflow.devstack.stack import DevStack
@@ -106,7 +107,7 @@ def kafka_hop(settings: Settings, n: int) -> list[float]:
     """`n` records one at a time, each produced (the stack's producer settings, acks=all)
     and consumed (its consumer settings) before the next: seconds from produce to poll."""
     topic = f"bench-hop-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings))
     replicas = min(3, len(admin.list_topics(timeout=10).brokers))
     admin.create_topics([NewTopic(topic, 1, replicas)])[topic].result(30)
     producer = kafka.make_producer(settings)
@@ -165,8 +166,10 @@ def measure(broker: str, base: Settings, args: argparse.Namespace, then: Then | 
     db.recreate(settings.postgres_url)
     redis.Redis.from_url(settings.redis_url).flushdb()
     tmp = Path(tempfile.mkdtemp(prefix=f"qf-bench-latency-{broker}-"))
+    # A plaintext listener, as Tansu's: the two brokers compared on the same footing (the
+    # secured cluster's TLS and SCRAM are the tests' and `dev up`'s default, not measured here).
     stack = DevStack(tmp, settings, admit_port=port, kafka_port=free_port(),
-                     admit_workers=admit_workers, broker=broker, brokers=3)
+                     admit_workers=admit_workers, broker=broker, brokers=3, secure=False)
     stack.up(explicit_pg=True, explicit_redis=True, progress=lambda m: print(m, flush=True))
     times: dict[str, list[float]] = {k: [] for k in ("first", "whole", "bare first",
                                                       "bare whole")}
