@@ -52,7 +52,8 @@ def register(sub: Any) -> None:
     ask = sub.add_parser("ask", help="send a prompt to a running stack and wait for the answer")
     ask.add_argument("prompt")
     ask.add_argument("--key", required=True, help="API key (quotaflow tenant create ...)")
-    ask.add_argument("--url", default="http://127.0.0.1:8080")
+    # admit's URL: QF_PUBLIC_URL where set (`eval "$(quotaflow dev env)"` sets it), else :8080
+    ask.add_argument("--url", default=os.environ.get("QF_PUBLIC_URL", "http://127.0.0.1:8080"))
     ask.add_argument("--max-tokens", type=int, default=64)
     ask.add_argument("--model", default=None, help="model name (default: QF_MODEL_NAME)")
     ask.set_defaults(func=_ask)
