@@ -32,6 +32,7 @@ def start_all(stack: Stack) -> None:
     """Start every function's process."""
     if stack.knative:  # one delivery process runs the five; as the stack's admin user
         knative_mode.spawn(stack, function_env(stack, ""))
+        start_process(stack, "alerts", "alerts")  # a Deployment on a cluster, not a function
         return
     for step, name in replicas.members(CONSUMER_STEPS, stack.replicas):
         start_process(stack, name, step)
