@@ -96,6 +96,15 @@ def register(sub: Any) -> None:
     b.set_defaults(func=_bench)
 
 
+def _not_here(exc: ModuleNotFoundError) -> int:
+    """2, saying why, where the checkout's benchmarks/ or the dev extra is missing (a wheel
+    without a checkout, or a checkout without the extra); any other missing module is a bug."""
+    if (exc.name or "").split(".")[0] not in ("benchmarks", "matplotlib", "psutil"):
+        raise exc
+    print(NOT_HERE, file=sys.stderr)
+    return 2
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.latency:
         return _latency(args)
@@ -103,11 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.run import Options, bench
         from benchmarks.wrk import WrkError
     except ModuleNotFoundError as exc:
-        # a wheel without a checkout, or a checkout without the dev extra
-        if (exc.name or "").split(".")[0] not in ("benchmarks", "matplotlib", "psutil"):
-            raise
-        print(NOT_HERE, file=sys.stderr)
-        return 2
+        return _not_here(exc)
 
     given: dict[str, Any] = {"connections": args.connections, "rate": args.rate,
                              "out": args.out, "skip_door": args.skip_door,
@@ -144,10 +149,7 @@ def _latency(args: argparse.Namespace) -> int:
     try:
         from benchmarks import latency_run as lr
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in ("benchmarks", "matplotlib", "psutil"):
-            raise
-        print(NOT_HERE, file=sys.stderr)
-        return 2
+        return _not_here(exc)
     from quotaflow.devstack import kafka_cluster
 
     broker = args.broker or ("both" if kafka_cluster.available() else "tansu")
