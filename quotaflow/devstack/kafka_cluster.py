@@ -54,6 +54,9 @@ class KafkaCluster:
     # SASL_SSL with SCRAM users and ACLs (kafka_security.py); None: PLAINTEXT, no ACLs.
     security: LocalSecurity | None = None
     logs: Path | None = None
+    # Each node's maximum heap; the test session's cluster, which collects thousands of
+    # partitions over a run, asks for more (kafka_dist.HEAP_MB says why).
+    heap_mb: int = kafka_dist.HEAP_MB
     nodes: list[KafkaNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -100,7 +103,8 @@ class KafkaCluster:
 
     def argv(self, node: KafkaNode) -> list[str]:
         """The command line of `node`'s broker."""
-        return kafka_dist.java_argv("kafka.Kafka", str(node.config), version=self.version)
+        return kafka_dist.java_argv("kafka.Kafka", str(node.config), version=self.version,
+                                    heap_mb=self.heap_mb)
 
     def format(self) -> None:
         """Format every node's KRaft storage with one new cluster id (first start only: a

@@ -59,3 +59,10 @@ def test_a_cluster_id_is_sixteen_bytes_in_url_safe_base64_never_read_as_an_optio
     ids = [cluster_id() for _ in range(2000)]
     assert all(len(base64.urlsafe_b64decode(cid + "==")) == 16 for cid in ids)
     assert not [cid for cid in ids if cid.startswith("-") or "=" in cid]
+
+
+def test_a_node_runs_with_the_heap_its_cluster_asks_for(tmp_path: Path) -> None:
+    small, large = cluster(tmp_path, 1), KafkaCluster(tmp_path, 1, heap_mb=1024,
+                                                       nodes=cluster(tmp_path, 1).nodes)
+    assert [a for a in small.argv(small.node(1)) if a.startswith("-Xmx")] == ["-Xmx384m"]
+    assert [a for a in large.argv(large.node(1)) if a.startswith("-Xmx")] == ["-Xmx1024m"]
