@@ -31,6 +31,7 @@ from quotaflow.ledger.commands import (
     payload_hash,
 )
 from quotaflow.ledger.domain import Balance
+from quotaflow.ledger.level_projection import LevelRow
 from quotaflow.model.base import (
     CONTEXT_LENGTH_EXCEEDED,
     ChatMessage,
@@ -136,6 +137,12 @@ class Ledger(Protocol):
         """Up to `limit` balances (tenant, period, balance) after `after` in key order, and
         the last sequence number they include: what a lost projection is rebuilt from, in
         bounded pages instead of a replay of the whole history."""
+        ...
+
+    def level_snapshot(self, periods: Sequence[tuple[str, str]]) -> tuple[int, list[LevelRow]]:
+        """The budget levels (tenant, teams, keys) of these (tenant, period)s, and the last
+        sequence they include: what a lost projection's levels are rebuilt from, a page of
+        `balance_snapshot` at a time."""
         ...
 
 

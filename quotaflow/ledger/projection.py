@@ -30,13 +30,14 @@ So a call on the hot path reads at most `rows_per_call` snapshot rows plus `even
 events, whatever the length of the history; admit's pre-check lets a request through while a
 balance is missing (reserve decides), so a rebuild in progress refuses no one.
 
-Why the keys are tagged with the tenant (`qf:{tenant}:balance:<period>`). On a Redis Cluster a
+Why the keys are tagged with the tenant (`qf:{tenant}:balance:<period>`, and its budget
+levels' `qf:{tenant}:level:...`, `quotaflow.ledger.level_projection`). On a Redis Cluster a
 script may touch the keys of one hash slot only, and the hash tag (the part in braces) picks
-the slot. Every script call that reads or writes a balance is about one tenant — applying its
-events, writing its rebuilt balances, and admit's screen, which also touches that tenant's
-request records and its keys' rate windows (`quotaflow.adapters.redis_gate`) — so the tenant
-is the tag: one call stays in one slot, and tenants spread over the cluster. The projection's
-own state (last sequence, generation, rebuild) is tagged `{projection}`, one slot of its own.
+the slot. Every script call that reads or writes a balance or a level is about one tenant
+(applying its events, writing its rebuilt hashes, admit's screen, which also touches its
+request records and its keys' windows: `quotaflow.adapters.redis_gate`), so the tenant is the
+tag: one call stays in one slot, and tenants spread over the cluster. The projection's own
+state (last sequence, generation, rebuild) is tagged `{projection}`, one slot of its own.
 So an apply is one script call per tenant, each exact on its own because every hash records
 the sequence it is exact at (field `seq`); the last sequence moves after them, and only if
 the generation is still the one read. On one Redis each call also checks the generation, so
@@ -54,6 +55,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import astuple
 from typing import Any
 
 from quotaflow.adapters.redis_client import (
@@ -64,36 +66,35 @@ from quotaflow.adapters.redis_client import (
     is_cluster,
 )
 from quotaflow.events.resources import data_path
+from quotaflow.events.status import LevelScope
 from quotaflow.ledger import domain
+from quotaflow.ledger.budgets import LevelBalance
 from quotaflow.ledger.commands import StoredEvent
 from quotaflow.ledger.domain import Balance
+from quotaflow.ledger.level_projection import (
+    LEVEL_FIELDS,
+    LEVEL_PATTERN,
+    PREFIX,
+    LevelKey,
+    event_levels,
+    level_balance,
+    level_delta,
+    level_key,
+    parse_level_key,
+    tenant_period,
+)
+from quotaflow.ledger.level_projection import balance_key as balance_key  # re-exported
+from quotaflow.ledger.level_projection import tenant_tag as tenant_tag  # re-exported
 from quotaflow.ports import Ledger
 
-PREFIX = "qf:"
 LAST_SEQ_KEY = PREFIX + "{projection}:last_seq"
 GENERATION_KEY = PREFIX + "{projection}:generation"
 REBUILD_KEY = PREFIX + "{projection}:rebuild"
 # The layout before keys were tagged for Redis Cluster: `clear` (and so a rebuild) drops it.
 _UNTAGGED = (PREFIX + "balance:*", PREFIX + "projection:*")
 _BALANCES = PREFIX + "{*}:balance:*"
+_BALANCE_FIELDS = ("granted", "reserved", "spent")
 _START = json.dumps(["", ""])
-
-
-def tenant_tag(tenant: str) -> str:
-    """The prefix of every key of `tenant`'s, with the tenant as its hash tag: its keys share
-    one slot on a Redis Cluster. The whole name is the tag because a tenant's name holds no
-    brace (`tenant_store`: a-z, 0-9 and '-')."""
-    return f"{PREFIX}{{{tenant}}}:"
-
-
-def balance_key(tenant: str, period: str) -> str:
-    """The Redis hash of one (tenant, period) balance."""
-    return f"{tenant_tag(tenant)}balance:{period}"
-
-
-def _tenant_period(key: str) -> tuple[str, str]:
-    tenant, _, period = key.removeprefix(PREFIX + "{").rpartition("}:balance:")
-    return tenant, period
 
 
 def _text(raw: bytes | str) -> str:
@@ -101,8 +102,8 @@ def _text(raw: bytes | str) -> str:
 
 
 class RedisProjection:
-    """The `Projection` in Redis: one hash per (tenant, period), the last sequence applied
-    and the generation they belong to."""
+    """The `Projection` in Redis: one hash per (tenant, period) and one per budget level and
+    period, the last sequence applied and the generation they belong to."""
 
     def __init__(self, client: RedisClient, events_per_call: int = 2000,
                  rows_per_call: int = 500) -> None:
@@ -137,8 +138,14 @@ class RedisProjection:
             key = balance_key(ev.tenant, ev.period)
             keys, args = by_tenant.setdefault(ev.tenant, (
                 [GENERATION_KEY if checked else key], [generation if checked else ""]))
+            # The balance hash, then its levels': the levels move by the balance's token
+            # deltas (`level_projection.level_delta` and `domain.apply` agree) and their money.
+            levels = event_levels(ev)
             keys.append(key)
-            args += [ev.seq, d.granted, d.reserved, d.spent]
+            keys += [level_key(ev.tenant, scope, lid, ev.period) for scope, lid in levels]
+            u = level_delta(ev)
+            args += [ev.seq, 1 + len(levels), d.granted, d.reserved, d.spent, u.reserved_usd,
+                     u.spent_usd]
         replies = [int(n) for n in call_script(self.redis, self._apply_script,
                                                list(by_tenant.values()))]
         if min(replies) < 0:
@@ -185,14 +192,22 @@ class RedisProjection:
         seq, rows = ledger.balance_snapshot((tenant, period), self.rows_per_call)
         last = len(rows) < self.rows_per_call
         after = json.dumps([rows[-1][0], rows[-1][1]]) if rows else cursor
-        by_tenant: dict[str, tuple[list[str], list[Any]]] = {}
+        # The chunk's levels, read after its balances in a statement of their own: exact at
+        # their own sequence, which their hashes record (never earlier than the balances').
+        level_seq, levels = ledger.level_snapshot([(t, p) for t, p, _ in rows])
+        calls: dict[tuple[str, str], tuple[list[str], list[Any]]] = {}
         for t, p, b in rows:
-            keys, args = by_tenant.setdefault(t, ([], [seq]))
+            keys, args = calls.setdefault((t, "b"), ([], [seq, 3, *_BALANCE_FIELDS]))
             keys.append(balance_key(t, p))
-            args += [b.granted, b.reserved, b.spent]
-        call_script(self.redis, self._balances_script, list(by_tenant.values()))
+            args += astuple(b)
+        for r in levels:
+            keys, args = calls.setdefault((r.tenant, "l"), ([], [level_seq, 4, *LEVEL_FIELDS]))
+            keys.append(level_key(r.tenant, r.scope, r.level_id, r.period))
+            args += astuple(r.balance)
+        call_script(self.redis, self._balances_script, list(calls.values()))
         written = self._chunk_script(keys=[REBUILD_KEY, GENERATION_KEY, LAST_SEQ_KEY],
-                                     args=[token, cursor, after, seq, "1" if last else "0"])
+                                     args=[token, cursor, after, min(seq, level_seq),
+                                           "1" if last else "0"])
         return int(written) == 2 or (int(written) == 0 and
                                      self.redis.get(GENERATION_KEY) is not None)
 
@@ -208,14 +223,25 @@ class RedisProjection:
     def balances(self) -> dict[tuple[str, str], Balance]:
         """Every projected balance (the audit compares them with the replay)."""
         return {key: self.balance(*key) for key in
-                (_tenant_period(_text(k)) for k in self.redis.scan_iter(match=_BALANCES,
+                (tenant_period(_text(k)) for k in self.redis.scan_iter(match=_BALANCES,
                                                                         count=1000))}
+
+    def level(self, tenant: str, scope: LevelScope, level_id: str, period: str) -> LevelBalance:
+        """One level's projected balance; `level_id` as in level_balances."""
+        return level_balance(self.redis.hgetall(  # type: ignore[arg-type]
+            level_key(tenant, scope, level_id, period)))
+
+    def levels(self) -> dict[LevelKey, LevelBalance]:
+        """Every projected budget level by (scope, level_id, period), level_id as in the
+        ledger's level_balances (the audit compares them with the replay)."""
+        return {parse_level_key(_text(k)): level_balance(self.redis.hgetall(k))  # type: ignore[arg-type]
+                for k in self.redis.scan_iter(match=LEVEL_PATTERN, count=1000)}
 
     def clear(self) -> None:
         """Drop every balance, the last sequence, the generation and any rebuild under way
         (and what an older version stored under untagged keys)."""
         pipe = self.redis.pipeline(transaction=False)  # one key a command: any slot
-        for pattern in (_BALANCES, *_UNTAGGED):
+        for pattern in (_BALANCES, LEVEL_PATTERN, *_UNTAGGED):
             for key in self.redis.scan_iter(match=pattern, count=1000):
                 pipe.delete(key)
         for key in (LAST_SEQ_KEY, GENERATION_KEY, REBUILD_KEY):

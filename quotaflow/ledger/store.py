@@ -28,7 +28,8 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from quotaflow.adapters.postgres import OnConnection
-from quotaflow.ledger.budgets import period_in_zone
+from quotaflow.events.status import LevelScope
+from quotaflow.ledger.budgets import LevelBalance, period_in_zone
 from quotaflow.ledger.commands import (
     EndCommand,
     Outcome,
@@ -38,6 +39,7 @@ from quotaflow.ledger.commands import (
     StoredEvent,
 )
 from quotaflow.ledger.domain import Balance, Kind
+from quotaflow.ledger.level_projection import LevelRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +139,24 @@ class PostgresLedger(OnConnection):
             "ORDER BY tenant_id, period LIMIT %s) b ON true", (*after, limit)).fetchall()
         return int(rows[0][0]), [(r[1], r[2], Balance(r[3], r[4], r[5]))
                                  for r in rows if r[1] is not None]
+
+    def level_snapshot(self, periods: Sequence[tuple[str, str]]) -> tuple[int, list[LevelRow]]:
+        """The level_balances rows of these (tenant, period)s, their tenant's, teams' and
+        keys', and the last sequence they include (one statement: one snapshot)."""
+        rows = self.conn.execute(
+            "WITH w AS (SELECT coalesce(max(seq), 0) AS seq FROM ledger_events), "
+            "c AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS c(tenant_id, period)), "
+            "l AS (SELECT tenant_id, period, 'tenant' AS scope, tenant_id AS level_id FROM c "
+            "UNION ALL SELECT c.tenant_id, c.period, 'team', c.tenant_id || '/' || t.team_id "
+            "FROM c JOIN teams t USING (tenant_id) "
+            "UNION ALL SELECT c.tenant_id, c.period, 'key', k.key_id "
+            "FROM c JOIN api_keys k USING (tenant_id)) "
+            "SELECT w.seq, x.* FROM w LEFT JOIN LATERAL (SELECT l.tenant_id, b.scope, "
+            "b.level_id, b.period, b.reserved_tokens, b.spent_tokens, b.reserved_usd, "
+            "b.spent_usd FROM l JOIN level_balances b USING (scope, level_id, period)) x ON true",
+            ([t for t, _ in periods], [p for _, p in periods])).fetchall()
+        return int(rows[0][0]), [LevelRow(r[1], LevelScope(r[2]), r[3], r[4],
+                                          LevelBalance(*r[5:])) for r in rows if r[1] is not None]
 
     # -- internals --------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from quotaflow.adapters.memory.ledger import MemoryLedger
-from quotaflow.ledger.budgets import parse_usd, period_in_zone
+from quotaflow.events.status import LevelScope
+from quotaflow.ledger.budgets import LevelBalance, parse_usd, period_in_zone
 from quotaflow.ledger.commands import ReleaseReservation, ReserveTokens, SettleReservation
 from quotaflow.ledger.domain import Kind
 from quotaflow.ports import Ledger
@@ -152,3 +153,26 @@ def test_a_tenants_month_is_its_calendar_month_in_its_zone(bud: Budgets) -> None
     assert bud.ledger.current_period("acme") == period_in_zone("month", now,
                                                                "Pacific/Kiritimati")
     assert reserve(bud, "a", None, 1, 1).period == bud.ledger.current_period("acme")
+
+
+def test_the_level_snapshot_holds_the_levels_of_the_periods_asked_up_to_the_last_event(
+        bud: Budgets) -> None:
+    bud.add_tenant("acme", 1_000_000)
+    bud.add_tenant("bravo", 1_000)
+    bud.add_team("acme", "ml")
+    key = bud.add_key("acme", "ml")
+    bud.set_price(MODEL, parse_usd("1"), parse_usd("2"))
+    reserve(bud, "a", key, 40, 60)  # 40 + 120 micro-dollars
+    bud.ledger.end([SettleReservation("acme", "a", 50, "s")])  # 40 + 20
+    bud.ledger.reserve([ReserveTokens("bravo", "b", 10, "h")])
+    period = bud.ledger.current_period("acme")
+    seq, rows = bud.ledger.level_snapshot([("acme", period)])
+    assert seq == bud.ledger.events_after(0)[-1].seq
+    want = LevelBalance(0, 50, 0, 60)
+    assert sorted((r.tenant, r.scope, r.level_id, r.period, r.balance) for r in rows) == [
+        ("acme", LevelScope.KEY, key, period, want),
+        ("acme", LevelScope.TEAM, "acme/ml", period, want),
+        ("acme", LevelScope.TENANT, "acme", period, want)]
+    assert bud.ledger.level_snapshot([("acme", "1999-01")])[1] == []
+    (bravo,) = bud.ledger.level_snapshot([("bravo", period)])[1]
+    assert (bravo.scope, bravo.balance.reserved_tokens) == (LevelScope.TENANT, 10)

@@ -15,6 +15,8 @@ import pytest
 from quotaflow.adapters.clock import FixedClock
 from quotaflow.adapters.memory.ledger import MemoryLedger
 from quotaflow.adapters.memory.projection import MemoryProjection
+from quotaflow.events.status import LevelScope
+from quotaflow.ledger.budgets import LevelBalance
 from quotaflow.ledger.commands import (
     ReleaseReservation,
     ReserveTokens,
@@ -32,6 +34,11 @@ class AppliedProjection(Projection, Protocol):
 
     def apply(self, events: Sequence[StoredEvent]) -> int: ...
 
+    def levels(self) -> dict[tuple[str, str, str], LevelBalance]: ...
+
+    def level(self, tenant: str, scope: LevelScope, level_id: str,
+              period: str) -> LevelBalance: ...
+
 
 @pytest.fixture(params=["memory", *REDIS_VARIANTS])
 def projection(request: pytest.FixtureRequest) -> AppliedProjection:
@@ -44,16 +51,26 @@ def projection(request: pytest.FixtureRequest) -> AppliedProjection:
 
 @pytest.fixture
 def ledger() -> MemoryLedger:
-    """Two tenants with reservations settled, released, rejected and still open."""
+    """Two tenants with reservations settled, released, rejected and still open; acme's at
+    its keys k1 (team ml) and k2 (no team), priced."""
     ledger = MemoryLedger(FixedClock())
     ledger.add_tenant("acme", 500)
     ledger.add_tenant("bravo", 100, plan_period="day")
-    ledger.reserve([ReserveTokens("acme", f"a{i}", 100, "h") for i in range(4)]
+    ledger.add_team("acme", "ml")
+    ledger.add_key("acme", "k1", "ml")
+    ledger.add_key("acme", "k2")
+    ledger.set_price("m", 2_000_000, 3_000_000)
+    ledger.reserve([ReserveTokens("acme", f"a{i}", 100, "h", key_id=f"k{1 + i % 2}",
+                                  model="m", input_tokens=10) for i in range(4)]
                    + [ReserveTokens("bravo", "b1", 80, "h"), ReserveTokens("bravo", "b2", 80, "h")])
     ledger.end([SettleReservation("acme", "a0", 30, "s"),
                 ReleaseReservation("acme", "a1", "x", "r"),
                 SettleReservation("bravo", "b1", 80, "s")])
     return ledger
+
+
+def levels_of(ledger: MemoryLedger) -> dict[tuple[str, str, str], LevelBalance]:
+    return {(s.value, lid, p): b for (s, lid, p), b in ledger.budgets.book.items()}
 
 
 def balances_of(ledger: MemoryLedger) -> dict[tuple[str, str], Balance]:
@@ -120,5 +137,33 @@ def test_a_redis_rebuild_lists_every_balance_and_drops_the_untagged_layout(
     projection = RedisProjection(c, rows_per_call=1)  # a chunk a balance: several calls
     projection.rebuild(ledger)
     assert projection.balances() == balances_of(ledger)
+    assert projection.levels() == levels_of(ledger)
     assert c.exists("qf:balance:acme:2026-11", "qf:projection:last_seq") == 0
     assert projection.last_seq() == ledger.events_after(0)[-1].seq
+
+
+def test_catching_up_gives_every_levels_tokens_and_money(projection: AppliedProjection,
+                                                        ledger: MemoryLedger) -> None:
+    projection.catch_up(ledger)
+    assert projection.levels() == levels_of(ledger)
+    period = ledger.current_period("acme")
+    # a0 (k1) settled 30 of 100 tokens, a1 (k2) released; a2 (k1) and a3 (k2) still open.
+    k1 = projection.level("acme", LevelScope.KEY, "k1", period)
+    assert (k1.reserved_tokens, k1.spent_tokens) == (100, 30)
+    assert (k1.reserved_usd, k1.spent_usd) == (290, 80)  # 10 in at $2, 90|20 out at $3 /Mtok
+    team = projection.level("acme", LevelScope.TEAM, "acme/ml", period)
+    assert team == k1
+    tenant = projection.level("acme", LevelScope.TENANT, "acme", period)
+    assert (tenant.reserved_tokens, tenant.spent_tokens) == (200, 30)
+    assert (tenant.reserved_usd, tenant.spent_usd) == (580, 80)
+
+
+def test_applying_events_again_moves_no_level(projection: AppliedProjection,
+                                              ledger: MemoryLedger) -> None:
+    projection.catch_up(ledger)
+    before = projection.levels()
+    assert projection.apply(ledger.events_after(0)) == 0
+    ledger.end([SettleReservation("acme", "a2", 50, "s")])
+    projection.catch_up(ledger)
+    projection.apply(ledger.events_after(0))
+    assert projection.levels() == levels_of(ledger) != before

@@ -1,7 +1,8 @@
 """A lost Redis projection heals from the ledger's balances snapshot, a bounded chunk per call,
 and never ends under-counted: a flush between a catch-up's read and its apply, or in the
-middle of a rebuild, leaves nothing half-applied. PostgreSQL database
-`qf_test_projection_heal`; plain Redis (db index 5) and a 3-master Redis Cluster
+middle of a rebuild, leaves nothing half-applied, at the tenants' balances and at every
+budget level (tenant, team, key; tokens and money), which must equal `level_balances`.
+PostgreSQL database `qf_test_projection_heal`; plain Redis (db index 5) and a 3-master Redis Cluster
 (`tests.redis_servers`)."""
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from quotaflow.adapters import budget_store as budgets_db
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
 from quotaflow.adapters.redis_client import RedisClient
 from quotaflow.ledger import domain
+from quotaflow.ledger.budgets import LevelBalance
 from quotaflow.ledger.commands import ReserveTokens, SettleReservation, StoredEvent
 from quotaflow.ledger.domain import Balance
 from quotaflow.ledger.projection import GENERATION_KEY, RedisProjection
@@ -26,6 +29,7 @@ from tests.services import fresh_database
 
 REDIS_DB = 5
 TENANTS = 24
+MODEL = "m"
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +85,24 @@ class CountingLedger(PostgresLedger):
 
 def traffic(conn: psycopg.Connection[Any], ledger: PostgresLedger, rounds: int,
             seed: int) -> None:
-    """Tenants (created once) reserving and settling in batches."""
+    """Tenants (created once, every other one with a team and a key in it, each with a key of
+    its own) reserving, priced, and settling in batches."""
     rng = random.Random(seed)
     if conn.execute("SELECT count(*) FROM tenants").fetchone() == (0,):
+        budgets_db.set_price(conn, MODEL, 3_000_000, 7_000_000)
         for t in range(TENANTS):
             tenants.create_tenant(conn, f"t{t:02}", 10**6)
+            tenants.create_key(conn, f"t{t:02}")
+            if t % 2:
+                budgets_db.create_team(conn, f"t{t:02}", "ml")
+                tenants.create_key(conn, f"t{t:02}", team="ml")
+    keys: dict[str, list[str | None]] = {}
+    for key_id, tenant in conn.execute("SELECT key_id, tenant_id FROM api_keys ORDER BY 1"):
+        keys.setdefault(tenant, [None]).append(key_id)
     for r in range(rounds):
         ids = [(f"t{rng.randrange(TENANTS):02}", f"s{seed}r{r}q{i}") for i in range(6)]
-        ledger.reserve([ReserveTokens(t, rid, rng.randint(5, 50), "h") for t, rid in ids])
+        ledger.reserve([ReserveTokens(t, rid, rng.randint(5, 50), "h", rng.choice(keys[t]),
+                                      MODEL, rng.randint(0, 5)) for t, rid in ids])
         ledger.end([SettleReservation(t, rid, rng.randint(0, 5), "s") for t, rid in ids[:4]])
 
 
@@ -101,6 +115,13 @@ def replay(ledger: PostgresLedger) -> dict[tuple[str, str], Balance]:
     return out
 
 
+def levels_table(conn: psycopg.Connection[Any]) -> dict[tuple[str, str, str], LevelBalance]:
+    """The ledger's own level balances (its SQL, not the projection's code)."""
+    return {(scope, lid, p): LevelBalance(*v) for scope, lid, p, *v in conn.execute(
+        "SELECT scope, level_id, period, reserved_tokens, spent_tokens, reserved_usd, "
+        "spent_usd FROM level_balances")}
+
+
 def test_a_flushed_projection_heals_a_bounded_chunk_per_call_and_equals_the_replay(
         conn: psycopg.Connection[Any], client: RedisClient) -> None:
     ledger = CountingLedger(conn)
@@ -108,6 +129,7 @@ def test_a_flushed_projection_heals_a_bounded_chunk_per_call_and_equals_the_repl
     traffic(conn, ledger, 60, seed=1)
     projection.sync(ledger)
     assert projection.balances() == replay(ledger)
+    assert projection.levels() == levels_table(conn)
     history = len(PostgresLedger(conn).events_after(0, 10**7))
     client.flushdb()
     ledger.events_read.clear()
@@ -123,6 +145,7 @@ def test_a_flushed_projection_heals_a_bounded_chunk_per_call_and_equals_the_repl
     assert sum(ledger.events_read) < history
     assert calls >= TENANTS // 5
     assert projection.balances() == replay(ledger)
+    assert projection.levels() == levels_table(conn)
 
 
 def _catch_up_across_a_flush(conn: psycopg.Connection[Any], client: RedisClient
@@ -155,6 +178,7 @@ def test_a_catch_up_whose_read_predates_a_flush_applies_nothing(
     assert projection.balances() == {}
     projection.sync(ledger)
     assert projection.balances() == replay(ledger)
+    assert projection.levels() == levels_table(conn)
 
 
 def test_a_flush_in_the_middle_of_a_rebuild_starts_it_again(
@@ -176,6 +200,7 @@ def test_a_flush_in_the_middle_of_a_rebuild_starts_it_again(
     ledger.on_read = None
     assert reads > 3
     assert projection.balances() == replay(ledger)
+    assert projection.levels() == levels_table(conn)
 
 
 def test_two_processes_rebuilding_at_once_write_each_chunk_once(
@@ -192,6 +217,7 @@ def test_two_processes_rebuilding_at_once_write_each_chunk_once(
             break
     first.sync(ledger)
     assert first.balances() == replay(ledger)
+    assert first.levels() == levels_table(conn)
 
 
 def test_a_late_catch_up_on_a_cluster_moves_nothing_and_is_rebuilt(
@@ -203,3 +229,4 @@ def test_a_late_catch_up_on_a_cluster_moves_nothing_and_is_rebuilt(
     assert client.get(GENERATION_KEY) is None and projection.last_seq() == 0
     projection.sync(ledger)
     assert projection.balances() == replay(ledger)
+    assert projection.levels() == levels_table(conn)

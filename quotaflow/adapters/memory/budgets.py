@@ -6,7 +6,7 @@ tokens (its grant; refused as plain `quota_exceeded`, as before levels), then it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from quotaflow.events.status import LedgerKind, LevelScope
@@ -20,6 +20,7 @@ from quotaflow.ledger.budgets import (
     Price,
     Refusal,
 )
+from quotaflow.ledger.level_projection import LevelRow
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class MemoryBudgets:
     keys: dict[str, tuple[Level, str | None]] = field(default_factory=dict)  # level, team
     prices: dict[str, list[Price]] = field(default_factory=dict)
     book: dict[tuple[LevelScope, str, str], LevelBalance] = field(default_factory=dict)
+    key_tenants: dict[str, str] = field(default_factory=dict)  # every key a book holds
 
     def add_team(self, tenant: str, team: str, tokens: int | None, usd: int | None) -> None:
         if (tenant, team) in self.teams:
@@ -116,8 +118,20 @@ class MemoryBudgets:
         ids = [(LevelScope.TENANT, tenant)]
         if p.key_id is not None:
             ids.append((LevelScope.KEY, p.key_id))
+            self.key_tenants[p.key_id] = tenant
         if p.team_id is not None:
             ids.append((LevelScope.TEAM, f"{tenant}/{p.team_id}"))
         for scope, level_id in ids:
             k = (scope, level_id, period)
             self.book[k] = budgets.apply_hold(self.book.get(k, LevelBalance()), kind, hold)
+
+    def rows(self, periods: Sequence[tuple[str, str]]) -> list[LevelRow]:
+        """The book's levels of these (tenant, period)s (`Ledger.level_snapshot`)."""
+        wanted = set(periods)
+        out = []
+        for (scope, level_id, period), b in sorted(self.book.items()):
+            tenant = (self.key_tenants[level_id] if scope is LevelScope.KEY
+                      else level_id.partition("/")[0])
+            if (tenant, period) in wanted:
+                out.append(LevelRow(tenant, scope, level_id, period, b))
+        return out

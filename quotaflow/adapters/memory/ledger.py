@@ -25,6 +25,7 @@ from quotaflow.ledger.commands import (
     StoredEvent,
 )
 from quotaflow.ledger.domain import Balance, Kind, LedgerEvent, Reservation
+from quotaflow.ledger.level_projection import LevelRow
 from quotaflow.ports import Clock
 
 CONFLICT = LedgerReason.IDEMPOTENCY_CONFLICT
@@ -134,6 +135,10 @@ class MemoryLedger:
         """Events above `seq`, in sequence order (sequence numbers are 1, 2, ...)."""
         start = max(seq, 0)
         return self._events[start:start + limit]
+
+    def level_snapshot(self, periods: Sequence[tuple[str, str]]) -> tuple[int, list[LevelRow]]:
+        """The budget levels of these (tenant, period)s, and the last sequence they include."""
+        return self._events[-1].seq if self._events else 0, self.budgets.rows(periods)
 
     # -- internals --------------------------------------------------------------------
 
