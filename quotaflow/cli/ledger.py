@@ -42,17 +42,19 @@ def _migrate(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from quotaflow.analytics.check import compare_rollups
     from quotaflow.ledger import audit as a
-    from quotaflow.ledger.audit_levels import compare_levels
+    from quotaflow.ledger.audit_levels import compare_level_projection, compare_levels
     from quotaflow.ledger.audit_records import compare_requests
 
     settings = Settings.from_env()
     with compose.postgres(settings, autocommit=False) as conn:
         result = a.replay(conn, args.tenant, args.period, progress=a.progress_printer())
         a.compare_snapshot(result, conn, args.tenant, args.period)
-        compare_levels(result, conn, args.tenant)
+        levels = compare_levels(result, conn, args.tenant)
         if not args.no_projection:
-            a.compare_projection(result, compose.projection(settings),
-                                 args.tenant, args.period)
+            projection = compose.projection(settings)
+            a.compare_projection(result, projection, args.tenant, args.period)
+            compare_level_projection(result, projection.levels(args.tenant), levels,
+                                     args.period)
         compare_requests(result, conn, args.tenant, settings.request_deadline_s)
         compare_rollups(result, conn, args.tenant)
     sys.stdout.write(a.render(result, args.format))

@@ -3,10 +3,12 @@ its levels (key, team, tenant) with `budgets.apply_hold`, compares the replay wi
 `level_balances` snapshot the decisions read, and prices every reservation and settlement
 again at the price version it names: a reservation's money is its worst case at that version,
 a settlement's charge its actual tokens at that same version, and an ending returns exactly
-what its reservation held."""
+what its reservation held; and compares the replay with the Redis projection's levels, field by
+field (`compare_level_projection`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -22,8 +24,8 @@ from quotaflow.ledger.budgets import (
     settled_usd,
     worst_case_usd,
 )
+from quotaflow.ledger.level_projection import LEVEL_FIELDS, LevelKey
 
-LevelKey = tuple[str, str, str]  # (scope, level_id, period)
 _ENDINGS = (LedgerKind.RESERVATION_SETTLED, LedgerKind.RESERVATION_RELEASED,
             LedgerKind.RESERVATION_EXPIRED)
 
@@ -38,9 +40,11 @@ def _levels(tenant: str, key_id: str | None, team_id: str | None,
     return out
 
 
-def compare_levels(audit: Audit, conn: psycopg.Connection[Any], tenant: str | None) -> None:
+def compare_levels(audit: Audit, conn: psycopg.Connection[Any],
+                   tenant: str | None) -> dict[LevelKey, LevelBalance]:
     """Replay every level of every period, check each event's money against its price
-    version, and compare the replay with `level_balances`. Findings go to `audit`."""
+    version, and compare the replay with `level_balances`. Findings go to `audit`; the
+    replayed levels are returned (for `compare_level_projection`)."""
     prices = {(p[0], p[1]): Price(*p) for p in conn.execute(
         "SELECT model, version, input_per_mtok, output_per_mtok FROM prices").fetchall()}
     book: dict[LevelKey, LevelBalance] = {}
@@ -87,7 +91,26 @@ def compare_levels(audit: Audit, conn: psycopg.Connection[Any], tenant: str | No
                 hold = Hold(amount, usd)
         for lk in _levels(t, key_id, team_id, period):
             book[lk] = apply_hold(book.get(lk, LevelBalance()), kind, hold)
-    _compare_snapshot(audit, conn, tenant, book)
+    _compare_snapshot(audit, conn, tenant, dict(book))
+    return book
+
+
+def compare_level_projection(audit: Audit, projected: Mapping[LevelKey, LevelBalance],
+                             replayed: Mapping[LevelKey, LevelBalance],
+                             period: str | None) -> None:
+    """Each level's projected balance against the replay, a finding per field that differs
+    (a level missing on one side is zero there): `key k1 2026-11: reserved_usd projected in
+    Redis 0 != ledger replay 290`. Both sides hold the levels of the same tenant(s)."""
+    for scope, level_id, p in sorted(set(projected) | set(replayed)):
+        if period and p != period:
+            continue
+        got = projected.get((scope, level_id, p), LevelBalance())
+        want = replayed.get((scope, level_id, p), LevelBalance())
+        for field in LEVEL_FIELDS:
+            if getattr(got, field) != getattr(want, field):
+                audit.findings.append(f"{scope} {level_id} {p}: {field} projected in Redis "
+                                      f"{getattr(got, field)} != ledger replay "
+                                      f"{getattr(want, field)}")
 
 
 def _compare_snapshot(audit: Audit, conn: psycopg.Connection[Any], tenant: str | None,

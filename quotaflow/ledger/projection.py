@@ -231,11 +231,12 @@ class RedisProjection:
         return level_balance(self.redis.hgetall(  # type: ignore[arg-type]
             level_key(tenant, scope, level_id, period)))
 
-    def levels(self) -> dict[LevelKey, LevelBalance]:
-        """Every projected budget level by (scope, level_id, period), level_id as in the
-        ledger's level_balances (the audit compares them with the replay)."""
+    def levels(self, tenant: str | None = None) -> dict[LevelKey, LevelBalance]:
+        """Every projected budget level (of `tenant`'s only, if given) by (scope, level_id,
+        period), level_id as in the ledger's level_balances (the audit compares them)."""
+        match = LEVEL_PATTERN if tenant is None else tenant_tag(tenant) + "level:*"
         return {parse_level_key(_text(k)): level_balance(self.redis.hgetall(k))  # type: ignore[arg-type]
-                for k in self.redis.scan_iter(match=LEVEL_PATTERN, count=1000)}
+                for k in self.redis.scan_iter(match=match, count=1000)}
 
     def clear(self) -> None:
         """Drop every balance, the last sequence, the generation and any rebuild under way

@@ -1,6 +1,7 @@
 """`quotaflow audit`: replays the ledger, passes a clean one with byte-identical output, and
-finds a tampered projection, a tampered snapshot, and every request record, whatever its
-status, that disagrees with its ledger events (or is still open past the deadline)."""
+finds a tampered projection (a tenant's balance or any budget level), a tampered snapshot,
+and every request record, whatever its status, that disagrees with its ledger events (or is
+still open past the deadline)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,15 @@ from typing import Any
 import psycopg
 import pytest
 
+from quotaflow.adapters import budget_store as budgets_db
+from quotaflow.adapters import tenant_store as tenants
+from quotaflow.events.status import LevelScope
 from quotaflow.ledger import audit
+from quotaflow.ledger.audit_levels import compare_level_projection, compare_levels
 from quotaflow.ledger.audit_records import compare_requests
+from quotaflow.ledger.budgets import parse_usd
 from quotaflow.ledger.commands import ReleaseReservation, ReserveTokens, SettleReservation
+from quotaflow.ledger.level_projection import level_key
 from quotaflow.ledger.projection import RedisProjection, balance_key
 from quotaflow.ledger.store import PostgresLedger
 from tests.ledger.conftest import LEDGER_REDIS_DB, make_tenant
@@ -112,6 +119,13 @@ def test_cli_output_is_byte_identical_across_runs_and_exits_nonzero_on_a_differe
     bad = cli()
     assert bad.returncode == 1
     assert "DIFFERENCE" in bad.stdout
+    projection.redis.hincrby(balance_key("aud", history), "reserved", -5)
+    projection.redis.hincrby(level_key("aud", LevelScope.TENANT, "aud", history),
+                             "spent_tokens", 1)
+    bad = cli()
+    assert bad.returncode == 1
+    assert (f"tenant aud {history}: spent_tokens projected in Redis 121 != ledger replay 120"
+            in bad.stdout)
 
 
 @pytest.fixture
@@ -210,3 +224,35 @@ def test_the_cli_rebuilds_and_audits_a_projection_on_a_redis_cluster(
     on_cluster.redis.hincrby(balance_key("bud", history), "granted", 1)
     bad = cli("audit")
     assert bad.returncode == 1 and "DIFFERENCE" in bad.stdout
+
+
+def test_a_projected_level_that_differs_is_found_naming_scope_id_field_and_both_values(
+        conn: psycopg.Connection[Any], ledger: PostgresLedger,
+        projection: RedisProjection) -> None:
+    make_tenant(conn, "lev", 10_000)
+    budgets_db.create_team(conn, "lev", "ml")
+    key = tenants.create_key(conn, "lev", team="ml").split("_")[1]
+    budgets_db.set_price(conn, "m", parse_usd("1"), parse_usd("2"))
+    # 40 input + 60 output tokens: 160 micro-dollars each; l0 settles 40 + 10 (60 of them)
+    ledger.reserve([ReserveTokens("lev", f"l{i}", 100, "h", key, "m", 40) for i in range(2)])
+    ledger.end([SettleReservation("lev", "l0", 50, "s")])
+    projection.catch_up(ledger)
+
+    def findings(tenant: str | None = None) -> list[str]:
+        result = audit.replay(conn, tenant)
+        levels = compare_levels(result, conn, tenant)
+        compare_level_projection(result, projection.levels(tenant), levels, None)
+        return result.findings
+
+    assert findings() == []
+    period = ledger.current_period("lev")
+    projection.redis.hincrby(level_key("lev", LevelScope.TEAM, "lev/ml", period),
+                             "reserved_usd", -7)
+    projection.redis.delete(level_key("lev", LevelScope.KEY, key, period))
+    lost = [f"key {key} {period}: {field} projected in Redis 0 != ledger replay {n}"
+            for field, n in (("reserved_tokens", 100), ("spent_tokens", 50),
+                             ("reserved_usd", 160), ("spent_usd", 60))]
+    tampered = f"team lev/ml {period}: reserved_usd projected in Redis 153 != ledger replay 160"
+    assert findings() == findings("lev") == [*lost, tampered]
+    projection.rebuild(ledger)
+    assert findings() == []
