@@ -1,7 +1,8 @@
 """admit's gate as a port: one round trip screens a request (the idempotency record, the
-per-key rate limit, the quota pre-check, the key's tokens per minute and requests in flight);
-reserve trims what a request holds in its key's rolling minute, and the steps that end requests
-free their in-flight slots. `quotaflow.ports` re-exports these names."""
+per-key rate limit, the quota pre-check at the tenant, the key and its team, the key's tokens
+per minute and requests in flight); reserve trims what a request holds in its key's rolling
+minute, and the steps that end requests free their in-flight slots. `quotaflow.ports`
+re-exports these names."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from quotaflow.events.status import KeyLimit
+from quotaflow.events.status import KeyLimit, LevelScope
 from quotaflow.ledger.domain import Balance
 
 
@@ -30,6 +31,11 @@ class ScreenQuery:
     max_inflight: int = 0
     now_ms: int = 0  # Unix milliseconds, by the ledger's clock
     tpm_tokens: int = 0  # the most the request may reserve: what its rolling minute holds
+    # The key's and its team's token limits (None: unlimited there), screened against their
+    # projected balances like the tenant's grant; a team's name (no team: None).
+    key_limit_tokens: int | None = None
+    team_id: str | None = None
+    team_limit_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class Screening:
     # and in how many milliseconds enough of it frees (-1: never, the request alone is over).
     over: KeyLimit | None = None
     retry_after_ms: int = 0
+    # Within the rate limit and the tenant's grant, the level (key, then team) whose projected
+    # remaining tokens cannot cover the request, and what it has left.
+    over_level: LevelScope | None = None
+    level_remaining: int = 0
 
 
 class InflightSlots(Protocol):
@@ -84,7 +94,9 @@ class AdmissionGate(InflightSlots, TokenWindow, Protocol):
         """The idempotency check, the rate limit and the quota pre-check together: a request
         id recently let through answers its recorded hash and counts nothing; any other is
         counted, and recorded with its hash only when within both limits (a record may be
-        lost: PostgreSQL stays the authority). Within both, the key's tokens per minute and
-        in-flight cap are checked and, when within them too, its tokens and a slot are held
-        atomically with the record (`over` names the key limit that refused)."""
+        lost: PostgreSQL stays the authority). Within both, the key's and its team's projected
+        token balances are screened (`over_level` names the first that cannot cover
+        `needs_tokens`: nothing is recorded or held); within those, the key's tokens per
+        minute and in-flight cap are checked and, when within them too, its tokens and a slot
+        are held atomically with the record (`over` names the key limit that refused)."""
         ...

@@ -177,6 +177,11 @@ class Principal:
     tpm: int = 0  # tokens the key may reserve in a rolling minute; 0: unlimited
     max_inflight: int = 0  # the key's requests admitted and not yet ended; 0: unlimited
     time_zone: str = "UTC"  # the tenant's: its days and months are counted there
+    # The key's budget levels below its tenant, for admit's pre-check (None: unlimited there;
+    # reserve decides them exactly).
+    team_id: str | None = None
+    key_limit_tokens: int | None = None
+    team_limit_tokens: int | None = None
 
 
 class LevelReader(Protocol):

@@ -6,18 +6,22 @@
 -- tenant's in-flight counts (a hash: key id -> count), KEYS[7] the tokens each request of the
 -- key's rolling minute holds (a hash: request id -> tokens, and '=total' their sum;
 -- `trim_window.lua` lowers them).
+-- KEYS[8], KEYS[9] the key's and its team's projected budget levels (`level_projection`).
 -- ARGV: payload hash, record TTL s, window TTL s, rate limit per minute, tokens needed (the
 -- quota pre-check's), tokens per minute (0: none), max in flight (0: none), now ms, slot TTL
--- ms, request id, key id, the tokens the request may reserve at most (the rolling minute's).
+-- ms, request id, key id, the tokens the request may reserve at most (the rolling minute's),
+-- the key's and its team's token limits (-1: none).
 -- A key with neither limit sends KEYS[1..3] and the first five ARGV only: every argument costs
--- the client its encoding, most of a screen's CPU (BENCHMARKS.md, "admit's gate").
+-- the client its encoding, most of a screen's CPU (BENCHMARKS.md, "admit's gate"); one whose
+-- key or team limits tokens sends all nine KEYS and fourteen ARGV.
 -- A request with a record is a resend: nothing is counted, its recorded hash is answered.
 -- Otherwise the request is counted and the balance read; when the rate limit and the quota
 -- pre-check both let it through, the key's limits are checked, and when within them too the
 -- record is written with its hash and the key's tokens and slot are held, so a resend of it is
 -- recognised before the limits. The caller decides the rate and quota refusals from the same
 -- count and balance; the key limits are decided here (they write), answered as the limit's
--- name and the ms until enough of it frees (-1: never).
+-- name and the ms until enough of it frees (-1: never); a level that refused is answered as
+-- its scope and the tokens it has left (two more values).
 local known = redis.call('GET', KEYS[1])
 if known then
   return {known, 0, {}, '', 0}
@@ -37,6 +41,21 @@ local over_rate = count > tonumber(ARGV[4])
 local over_quota = granted > 0 and remaining < tonumber(ARGV[5])
 if over_rate or over_quota then
   return {'', count, raw, '', 0}
+end
+-- The key's and its team's budget levels (KEYS[8], KEYS[9]: their projected hashes; ARGV[13],
+-- ARGV[14]: their token limits, -1 none), screened like the tenant's grant: the first level
+-- whose remaining tokens cannot cover the tokens needed refuses, and nothing is written.
+if #KEYS == 9 then
+  for j = 1, 2 do
+    local limit = tonumber(ARGV[12 + j])
+    if limit >= 0 then
+      local used = redis.call('HMGET', KEYS[7 + j], 'reserved_tokens', 'spent_tokens')
+      local left = limit - tonumber(used[1] or '0') - tonumber(used[2] or '0')
+      if left < tonumber(ARGV[5]) then
+        return {'', count, raw, '', 0, j == 1 and 'key' or 'team', left}
+      end
+    end
+  end
 end
 if #KEYS == 3 then  -- a key with no limits of its own: the first five ARGV alone are sent
   redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))

@@ -1,10 +1,16 @@
 """admit's fast checks on Redis: the key's request count in its one-minute window and the
-tenant's projected balance, and (`screen`) with them the record of requests recently let
-through and the key's tokens per minute and requests in flight, all in one round trip
-(`infra/redis/admit_screen.lua`). Every key of a screen carries the tenant's hash tag, so on a
-Redis Cluster they sit in one slot with the tenant's balances (`quotaflow.ledger.projection`
-says why the tag is the tenant), and one script sees them all atomically: the per-key limits
-hold exactly across every door process and replica, which a count kept per process cannot."""
+projected balances of its tenant, its key and its team (`level_projection`), and (`screen`)
+with them the record of requests recently let through and the key's tokens per minute and
+requests in flight, all in one round trip (`infra/redis/admit_screen.lua`). Every key of a
+screen carries the tenant's hash tag, so on a Redis Cluster they sit in one slot with the
+tenant's balances (`quotaflow.ledger.projection` says why the tag is the tenant), and one
+script sees them all atomically: the per-key limits hold exactly across every door process
+and replica, which a count kept per process cannot.
+
+The money levels are not screened here: a request's worst case in money needs its prompt
+tokens (counted by the model's tokenizer in estimate, after admit) and the price version in
+force (in PostgreSQL), neither of which the door has without a read per request; reserve
+decides money exactly, and the screen's token bound would make a money bound loose anyway."""
 
 from __future__ import annotations
 
@@ -16,9 +22,9 @@ from quotaflow.adapters.group_commit import GroupCommitter
 from quotaflow.adapters.redis_client import RedisClient, call_script
 from quotaflow.adapters.redis_client import connect_redis as connect_redis  # re-exported
 from quotaflow.events.resources import data_path
-from quotaflow.events.status import KeyLimit
+from quotaflow.events.status import KeyLimit, LevelScope
 from quotaflow.ledger.domain import Balance
-from quotaflow.ledger.projection import balance_key, tenant_tag
+from quotaflow.ledger.level_projection import balance_key, level_key, tenant_tag
 from quotaflow.ports import ReservedTokens, Screening, ScreenQuery
 
 WINDOW_TTL_S = 120  # a window outlives its minute, so a late request still counts in it
@@ -96,15 +102,26 @@ class RedisAdmissionGate:
     def _call(self, q: ScreenQuery) -> tuple[tuple[str, ...], tuple[str | int, ...]]:
         # A key without limits of its own sends only what the rate limit, the pre-check and the
         # record need: redis-py's encoding of each argument is most of a screen's client CPU.
+        keys: tuple[str, ...]
+        args: tuple[str | int, ...]
         keys = (seen_key(q.tenant, q.request_id), window_key(q.tenant, q.key_id, q.minute),
                 balance_key(q.tenant, q.period))
         args = (q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min, q.needs_tokens)
-        if not (q.tpm or q.max_inflight):
+        levels = q.key_limit_tokens is not None or q.team_limit_tokens is not None
+        if not (q.tpm or q.max_inflight or levels):
             return keys, args
-        return ((*keys, tpm_key(q.tenant, q.key_id), slots_key(q.tenant),
-                 slot_counts_key(q.tenant), tpm_tokens_key(q.tenant, q.key_id)),
-                (*args, q.tpm, q.max_inflight, q.now_ms, self.slot_ttl_ms, q.request_id,
-                 q.key_id, q.tpm_tokens))
+        keys = (*keys, tpm_key(q.tenant, q.key_id), slots_key(q.tenant),
+                slot_counts_key(q.tenant), tpm_tokens_key(q.tenant, q.key_id))
+        args = (*args, q.tpm, q.max_inflight, q.now_ms, self.slot_ttl_ms, q.request_id,
+                q.key_id, q.tpm_tokens)
+        if not levels:
+            return keys, args
+        key_level = level_key(q.tenant, LevelScope.KEY, q.key_id, q.period)
+        if q.team_id is None:  # no team: the key's hash again, never read (no limit)
+            return ((*keys, key_level, key_level), (*args, _limit(q.key_limit_tokens), -1))
+        return ((*keys, key_level, level_key(q.tenant, LevelScope.TEAM,
+                                             f"{q.tenant}/{q.team_id}", q.period)),
+                (*args, _limit(q.key_limit_tokens), _limit(q.team_limit_tokens)))
 
     def release(self, tenant: str, request_ids: Sequence[str]) -> None:
         """Free the ended requests' in-flight slots, in one script call."""
@@ -120,15 +137,20 @@ class RedisAdmissionGate:
                  (r.request_id, r.tokens)) for r in reserved])
 
 
+def _limit(tokens: int | None) -> int:
+    return -1 if tokens is None else tokens
+
+
 def _screening(reply: Any) -> Screening:
     # The script answers {known hash or '', count, flat HGETALL of the balance, the key limit
-    # over or '', ms until it frees}.
-    known, count, flat, over, retry_ms = reply
+    # over or '', ms until it frees} and, when a level refused, {its scope, tokens it has left}.
+    known, count, flat, over, retry_ms, *level = reply
     if known:
         return Screening(known.decode(), 0, Balance())
     raw = dict(zip(flat[::2], flat[1::2], strict=True))
     return Screening(None, int(count), _balance(raw), KeyLimit(over.decode()) if over else None,
-                     int(retry_ms))
+                     int(retry_ms), LevelScope(level[0].decode()) if level else None,
+                     int(level[1]) if level else 0)
 
 
 class GroupScreenGate:

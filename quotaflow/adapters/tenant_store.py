@@ -118,14 +118,16 @@ class PostgresTenants:
         key_id, secret = parts
         row = self.conn.execute(
             "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period, k.tpm, "
-            "k.max_inflight, t.time_zone "
+            "k.max_inflight, t.time_zone, k.team_id, k.limit_tokens, tm.limit_tokens "
             "FROM api_keys k JOIN tenants t USING (tenant_id) "
+            "LEFT JOIN teams tm ON tm.tenant_id = k.tenant_id AND tm.team_id = k.team_id "
             "WHERE k.key_id = %s AND k.revoked_at IS NULL", (key_id,)).fetchone()
         if row is None or not hmac.compare_digest(row[0], secret_hash(secret)):
             return None
         return Principal(tenant=row[1], key_id=key_id, rate_limit_per_min=row[2],
                          plan_period=row[3], tpm=row[4], max_inflight=row[5],
-                         time_zone=row[6])
+                         time_zone=row[6], team_id=row[7], key_limit_tokens=row[8],
+                         team_limit_tokens=row[9])
 
     def list_keys(self, tenant: str) -> list[ApiKeyInfo]:
         """The tenant's keys, oldest first, revoked ones included; `UnknownTenant` if none."""

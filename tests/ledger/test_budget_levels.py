@@ -154,3 +154,17 @@ def test_the_audit_finds_a_tampered_level_balance_and_a_mispriced_reservation(
     found = _audit_findings(conn)
     assert any(f.startswith("team acme/ml ") for f in found)
     assert any("its worst case at smollm2 v1 is 160" in f for f in found)
+
+
+def test_a_keys_principal_carries_its_team_and_the_token_limits_admit_screens(
+        conn: psycopg.Connection[Any]) -> None:
+    tenants.create_tenant(conn, "acme", 1_000)
+    budgets_db.create_team(conn, "acme", "ml", tokens=500)
+    in_team = tenants.PostgresTenants(conn).authenticate(
+        tenants.create_key(conn, "acme", team="ml", tokens=200))
+    alone = tenants.PostgresTenants(conn).authenticate(tenants.create_key(conn, "acme"))
+    assert in_team is not None and alone is not None
+    assert (in_team.team_id, in_team.key_limit_tokens, in_team.team_limit_tokens) == (
+        "ml", 200, 500)
+    assert (alone.team_id, alone.key_limit_tokens, alone.team_limit_tokens) == (
+        None, None, None)

@@ -297,6 +297,24 @@ def test_a_backing_service_that_is_down_is_503_with_retry_after(
     assert [r for r in caplog.records if r.exc_info] == []
 
 
+def test_a_key_whose_projected_tokens_cannot_cover_a_request_is_refused_at_the_door(
+        door: MemoryDoor) -> None:
+    key_id = door.keys["acme"].split("_")[1]
+    door.ledger.add_key("acme", key_id, tokens=60)
+    held = door.world.tenants._keys[key_id]  # what `authenticate` reads from api_keys
+    held.principal = replace(held.principal, key_limit_tokens=60)
+    assert chat(door).status_code == 200  # charged 4 + 3: 53 of the key's 60 left
+    published = len(door.pipeline.published)
+    resp = chat(door, max_tokens=60)  # the pre-check's 61: refused before it is published
+    e = error(resp, 429)
+    assert (e["type"], e["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert e["message"] == (f"key '{key_id}' of tenant 'acme' has 53 of 60 tokens left this "
+                            "period; this request may need 61")
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert len(door.pipeline.published) == published
+    assert chat(door, max_tokens=49).status_code == 200  # 4 + 49: the 53 left cover it
+
+
 def test_a_team_out_of_money_is_429_insufficient_quota_naming_the_team(
         door: MemoryDoor) -> None:
     key_id = door.keys["acme"].split("_")[1]

@@ -1,7 +1,8 @@
-"""An in-memory `AdmissionGate`: counts per key and minute, balances read from an in-memory
-projection (as the Redis gate reads the Redis one), the record of requests let through
-(`forget_seen` drops it, as a flushed Redis would), and the keys' rolling minutes of tokens
-and in-flight slots, decided as `infra/redis/admit_screen.lua` decides them."""
+"""An in-memory `AdmissionGate`: counts per key and minute, balances and the key's and team's
+levels read from an in-memory projection (as the Redis gate reads the Redis one), the record
+of requests let through (`forget_seen` drops it, as a flushed Redis would), and the keys'
+rolling minutes of tokens and in-flight slots, decided as `infra/redis/admit_screen.lua`
+decides them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from quotaflow.adapters.memory.projection import MemoryProjection
-from quotaflow.events.status import KeyLimit
+from quotaflow.events.status import KeyLimit, LevelScope
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import ReservedTokens, Screening, ScreenQuery
 
@@ -46,6 +47,9 @@ class MemoryAdmissionGate:
             within_quota = not balance.granted or balance.remaining >= q.needs_tokens
             if count > q.rate_limit_per_min or not within_quota:
                 return Screening(None, count, balance)
+            over_level = self._over_level(q)
+            if over_level is not None:
+                return Screening(None, count, balance, None, 0, *over_level)
             refused = self._key_limits(q)
             if refused is not None:
                 return Screening(None, count, balance, *refused)
@@ -57,6 +61,19 @@ class MemoryAdmissionGate:
                 self._slots.setdefault(q.tenant, {}).setdefault(
                     q.request_id, (q.now_ms + self.slot_ttl_ms, q.key_id))
         return Screening(None, count, balance)
+
+    def _over_level(self, q: ScreenQuery) -> tuple[LevelScope, int] | None:
+        levels = [(LevelScope.KEY, q.key_id, q.key_limit_tokens)]
+        if q.team_id is not None:
+            levels.append((LevelScope.TEAM, f"{q.tenant}/{q.team_id}", q.team_limit_tokens))
+        for scope, level_id, limit in levels:
+            if limit is None:
+                continue
+            left = limit - self.projection.level(q.tenant, scope, level_id,
+                                                 q.period).used_tokens()
+            if left < q.needs_tokens:
+                return scope, left
+        return None
 
     def _key_limits(self, q: ScreenQuery) -> tuple[KeyLimit, int] | None:
         minute = self._minutes.setdefault((q.tenant, q.key_id), {})

@@ -1,9 +1,10 @@
 """admit's fast refusals before anything is stored: the per-key rate limit (a fixed one-minute
-window), the quota pre-check on the projected balance, and the key's tokens per minute and
-requests in flight, all through the `AdmissionGate` in one round trip, which also recognises a
-recent resend before any applies. The pre-check is advisory; reserve decides against the
-ledger. Periods come from the ledger's clock, so admit and the ledger agree on which period a
-request falls in.
+window), the quota pre-check on the projected balances of the tenant, the key and its team
+(in tokens; money waits for reserve: `quotaflow.adapters.redis_gate` says why), and the key's
+tokens per minute and requests in flight, all through the `AdmissionGate` in one round trip,
+which also recognises a recent resend before any applies. The pre-check is advisory (the
+projection may lag); reserve decides against the ledger. Periods come from the ledger's clock,
+so admit and the ledger agree on which period a request falls in.
 
 The key's tokens per minute and in-flight cap are decided here, at the door, not in reserve:
 a client over them must get its 429 with Retry-After on the request it sent (OpenAI's
@@ -20,9 +21,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from quotaflow.events.status import KeyLimit
+from quotaflow.events.status import KeyLimit, LevelScope
 from quotaflow.functions.admit.handler import Screened
-from quotaflow.ledger.budgets import period_in_zone
+from quotaflow.ledger.budgets import Level, Refusal, period_in_zone
 from quotaflow.ledger.domain import Balance
 from quotaflow.ports import AdmissionGate, Clock, Principal, Screening, ScreenQuery
 from quotaflow.runtime.problem import Problem
@@ -84,7 +85,8 @@ class AdmissionLimits:
                 request_id, digest, principal.key_id, int(now.timestamp() // 60),
                 principal.tenant, period, principal.rate_limit_per_min, needs_tokens,
                 principal.tpm, principal.max_inflight, int(now.timestamp() * 1000),
-                bound_tokens))
+                bound_tokens, principal.key_limit_tokens, principal.team_id,
+                principal.team_limit_tokens))
             if found.known_hash is not None:
                 return Screened(known_hash=found.known_hash)
             return Screened(refusal=_refusal(principal, now, period, found, needs_tokens,
@@ -108,9 +110,26 @@ def _refusal(principal: Principal, now: datetime, period: str, found: Screening,
                        f"{max(balance.remaining, 0)} tokens left in period {period}; this "
                        f"request may need {needs_tokens}", slug="quota-exhausted",
                        headers={"Retry-After": str(retry)})
+    if found.over_level is not None:
+        return _level_refusal(principal, now, found.over_level, found.level_remaining,
+                              needs_tokens)
     if found.over is not None:
         return _key_limit_refusal(principal, found.over, found.retry_after_ms, bound_tokens)
     return None
+
+
+def _level_refusal(principal: Principal, now: datetime, scope: LevelScope, remaining: int,
+                   needs_tokens: int) -> Problem:
+    """The 429 naming the key or team whose projected tokens cannot cover the request, in
+    the words of reserve's refusal (`budgets.Refusal`)."""
+    key = scope is LevelScope.KEY
+    level = Level(scope, principal.key_id if key else str(principal.team_id), principal.tenant)
+    limit = principal.key_limit_tokens if key else principal.team_limit_tokens
+    refusal = Refusal(level, "tokens", max(0, remaining), limit or 0)
+    return Problem(429, "Quota exhausted", f"{refusal.message}; this request may need "
+                   f"{needs_tokens}", slug="quota-exhausted",
+                   headers={"Retry-After": str(seconds_to_next_period(principal.plan_period,
+                                                                      now))})
 
 
 def _key_limit_refusal(principal: Principal, over: KeyLimit, retry_ms: int,
