@@ -11,12 +11,18 @@
 -- A generation that changed or vanished since the caller read (a flush, a rebuild) refuses
 -- the whole call: -1. Each hash records the sequence it is exact at (field `seq`): an event
 -- at or below it is skipped there, so re-applying is harmless; one that is applied moves
--- `seq` to it. A zero delta writes no field. Returns how many events moved any hash.
+-- `seq` to it. Returns how many events moved any hash.
+-- Why the sums: the events of a call share hashes (every event moves its tenant's balance and
+-- level), so each hash's `seq` is read once and its deltas are summed here and written once at
+-- the end, a few commands a hash instead of a few an event; the call is atomic, so nothing can
+-- see the hash between the events. Sums are Lua numbers (doubles: exact below 2^53, far past
+-- a period's tokens or micro-dollars), written as integers ('%d'), as HINCRBY wants them.
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
 local BALANCE = {'granted', 'reserved', 'spent'}
 local LEVEL = {'reserved_tokens', 'spent_tokens', 'reserved_usd', 'spent_usd'}
+local hashes, order = {}, {}
 local applied = 0
 local k = 2
 for a = 2, #ARGV, 7 do
@@ -25,18 +31,25 @@ for a = 2, #ARGV, 7 do
   local moved = false
   for j = 0, n - 1 do
     local key = KEYS[k + j]
-    if seq > tonumber(redis.call('HGET', key, 'seq') or '0') then
+    local h = hashes[key]
+    if not h then
+      h = {seq = tonumber(redis.call('HGET', key, 'seq') or '0'), sums = {}, moved = false}
+      hashes[key] = h
+      order[#order + 1] = key
+    end
+    if seq > h.seq then
       local names, first = BALANCE, a + 2
       if j > 0 then
         names, first = LEVEL, a + 3
       end
       for f = 1, #names do
-        local d = ARGV[first + f - 1]
-        if d ~= '0' then
-          redis.call('HINCRBY', key, names[f], d)
+        local d = tonumber(ARGV[first + f - 1])
+        if d ~= 0 then
+          h.sums[names[f]] = (h.sums[names[f]] or 0) + d
         end
       end
-      redis.call('HSET', key, 'seq', seq)
+      h.seq = seq
+      h.moved = true
       moved = true
     end
   end
@@ -44,5 +57,16 @@ for a = 2, #ARGV, 7 do
     applied = applied + 1
   end
   k = k + n
+end
+for _, key in ipairs(order) do
+  local h = hashes[key]
+  if h.moved then
+    for name, sum in pairs(h.sums) do
+      if sum ~= 0 then
+        redis.call('HINCRBY', key, name, string.format('%d', sum))
+      end
+    end
+    redis.call('HSET', key, 'seq', string.format('%d', h.seq))
+  end
 end
 return applied

@@ -8,6 +8,7 @@ ledger.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Protocol
 
 import pytest
@@ -23,7 +24,7 @@ from quotaflow.ledger.commands import (
     SettleReservation,
     StoredEvent,
 )
-from quotaflow.ledger.domain import Balance
+from quotaflow.ledger.domain import Balance, Kind
 from quotaflow.ports import Projection
 from tests.contract.ledger_backends import REDIS_DB
 from tests.redis_servers import REDIS_VARIANTS, client
@@ -167,3 +168,17 @@ def test_applying_events_again_moves_no_level(projection: AppliedProjection,
     projection.catch_up(ledger)
     projection.apply(ledger.events_after(0))
     assert projection.levels() == levels_of(ledger) != before
+
+
+def test_amounts_past_fourteen_digits_are_projected_exactly(
+        projection: AppliedProjection) -> None:
+    at = datetime(2026, 11, 29, tzinfo=UTC)
+    projection.apply([
+        StoredEvent(1, "big", 1, Kind.QUOTA_GRANTED, None, "2026-11", 10**15 + 1, 0, None, at),
+        StoredEvent(2, "big", 2, Kind.TOKENS_RESERVED, "r", "2026-11", 10**15 - 3, 0, None, at,
+                    "k", None, 10**15 + 7),
+        StoredEvent(3, "big", 3, Kind.TOKENS_RESERVED, "s", "2026-11", 1, 0, None, at,
+                    "k", None, 1)])
+    assert projection.balance("big", "2026-11") == Balance(10**15 + 1, 10**15 - 2, 0)
+    assert projection.level("big", LevelScope.KEY, "k", "2026-11") == LevelBalance(
+        10**15 - 2, 0, 10**15 + 8, 0)
