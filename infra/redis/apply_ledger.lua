@@ -12,11 +12,11 @@
 -- the whole call: -1. Each hash records the sequence it is exact at (field `seq`): an event
 -- at or below it is skipped there, so re-applying is harmless; one that is applied moves
 -- `seq` to it. Returns how many events moved any hash.
--- Why the sums: the events of a call share hashes (every event moves its tenant's balance and
--- level), so each hash's `seq` is read once and its deltas are summed here and written once at
--- the end, a few commands a hash instead of a few an event; the call is atomic, so nothing can
--- see the hash between the events. Sums are Lua numbers (doubles: exact below 2^53, far past
--- a period's tokens or micro-dollars), written as integers ('%d'), as HINCRBY wants them.
+-- Why it reads and writes whole hashes: the events of a call share hashes (every event moves
+-- its tenant's balance and level), so each hash is read once (HMGET) and written once at the
+-- end (HSET), two commands a hash instead of a few an event; the call is atomic, so nothing
+-- sees a hash between its events. Values are Lua numbers (doubles: exact below 2^53, far past
+-- a period's tokens or micro-dollars), written as integers ('%d').
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
@@ -31,22 +31,23 @@ for a = 2, #ARGV, 7 do
   local moved = false
   for j = 0, n - 1 do
     local key = KEYS[k + j]
+    local names, first = BALANCE, a + 2
+    if j > 0 then
+      names, first = LEVEL, a + 3
+    end
     local h = hashes[key]
     if not h then
-      h = {seq = tonumber(redis.call('HGET', key, 'seq') or '0'), sums = {}, moved = false}
+      local raw = redis.call('HMGET', key, 'seq', unpack(names))
+      h = {seq = tonumber(raw[1] or '0'), names = names, values = {}, moved = false}
+      for f = 1, #names do
+        h.values[f] = tonumber(raw[f + 1] or '0')
+      end
       hashes[key] = h
       order[#order + 1] = key
     end
     if seq > h.seq then
-      local names, first = BALANCE, a + 2
-      if j > 0 then
-        names, first = LEVEL, a + 3
-      end
       for f = 1, #names do
-        local d = tonumber(ARGV[first + f - 1])
-        if d ~= 0 then
-          h.sums[names[f]] = (h.sums[names[f]] or 0) + d
-        end
+        h.values[f] = h.values[f] + tonumber(ARGV[first + f - 1])
       end
       h.seq = seq
       h.moved = true
@@ -61,12 +62,12 @@ end
 for _, key in ipairs(order) do
   local h = hashes[key]
   if h.moved then
-    for name, sum in pairs(h.sums) do
-      if sum ~= 0 then
-        redis.call('HINCRBY', key, name, string.format('%d', sum))
-      end
+    local fv = {'seq', string.format('%d', h.seq)}
+    for f = 1, #h.names do
+      fv[#fv + 1] = h.names[f]
+      fv[#fv + 1] = string.format('%d', h.values[f])
     end
-    redis.call('HSET', key, 'seq', string.format('%d', h.seq))
+    redis.call('HSET', key, unpack(fv))
   end
 end
 return applied
