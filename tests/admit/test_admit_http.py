@@ -1,8 +1,9 @@
 """admit's HTTP contract on real PostgreSQL, Redis and Kafka (database `qf_test_admit`, Redis
-db 7): bad input gets a 4xx application/problem+json naming what was wrong, never a 5xx, and
-leaves no request row (the nastiest: U+0000 in the path, the id and the prompt, a lone
-surrogate, JSON nested 5,000 deep); good input gets a 202; an unreachable backing service gets
-a 503. The same behaviour on in-memory ports, in more detail, is in tests/unit/test_admit_*.py."""
+db 7): bad input gets a 4xx application/problem+json naming what was wrong (a quota refusal
+names the level), never a 5xx, and leaves no request row (the nastiest: U+0000 in the path, the
+id and the prompt, a lone surrogate, JSON nested 5,000 deep); good input gets a 202; an
+unreachable backing service gets a 503. The same behaviour on in-memory ports, in more detail,
+is in tests/unit/test_admit_*.py."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import psycopg
 import pytest
 import redis
 
+from quotaflow.adapters import budget_store
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters import tenant_store as tenants
+from quotaflow.ledger.commands import ReserveTokens
 from quotaflow.ledger.projection import RedisProjection
 from quotaflow.ledger.store import PostgresLedger
 from quotaflow.runtime.door.app import create_app
@@ -190,6 +193,27 @@ def test_quota_precheck_answers_429_with_retry_after(env: dict[str, Any]) -> Non
     problem = assert_problem(resp, 429, "tokens left")
     assert problem["type"].endswith("quota-exhausted")
     assert int(resp.headers["Retry-After"]) > 0
+
+
+def test_a_team_whose_projected_tokens_cannot_cover_a_request_is_429_naming_it(
+        env: dict[str, Any]) -> None:
+    settings = env["settings"]
+    with db.connect(settings.postgres_url, autocommit=True) as conn:
+        tenants.create_tenant(conn, "orgs", 10_000)
+        budget_store.create_team(conn, "orgs", "ml", tokens=100)
+        first = tenants.create_key(conn, "orgs", team="ml")
+        second = tenants.create_key(conn, "orgs", team="ml")
+        ledger = PostgresLedger(conn)
+        ledger.reserve([ReserveTokens("orgs", "held", 70, "h", first.split("_")[1])])
+        RedisProjection.connect(settings.redis_url).catch_up(ledger)
+    over = env["client"].post("/", headers=headers(second, **{"ce-id": "t1"}),
+                              data=body(max_tokens=50))
+    problem = assert_problem(over, 429, "team 'ml' of tenant 'orgs' has 30 of 100 tokens left "
+                             "this period; this request may need 51")
+    assert problem["type"].endswith("quota-exhausted") and int(over.headers["Retry-After"]) > 0
+    within = env["client"].post("/", headers=headers(second, **{"ce-id": "t2"}),
+                                data=body(max_tokens=20))
+    assert within.status_code == 202, within.get_data(as_text=True)
 
 
 def test_rate_limit_answers_429_after_the_keys_limit(env: dict[str, Any]) -> None:
