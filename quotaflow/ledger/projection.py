@@ -88,7 +88,10 @@ from quotaflow.ledger.level_projection import tenant_tag as tenant_tag  # re-exp
 from quotaflow.ports import Ledger
 
 LAST_SEQ_KEY = PREFIX + "{projection}:last_seq"
-GENERATION_KEY = PREFIX + "{projection}:generation"
+# `:2` since the budget levels are projected: a projection from before has none, and, its
+# generation not found, is rebuilt with them on first use (`clear` drops the old key).
+GENERATION_KEY = PREFIX + "{projection}:generation:2"
+_BEFORE_LEVELS = PREFIX + "{projection}:generation"
 REBUILD_KEY = PREFIX + "{projection}:rebuild"
 # The layout before keys were tagged for Redis Cluster: `clear` (and so a rebuild) drops it.
 _UNTAGGED = (PREFIX + "balance:*", PREFIX + "projection:*")
@@ -232,8 +235,7 @@ class RedisProjection:
             level_key(tenant, scope, level_id, period)))
 
     def levels(self, tenant: str | None = None) -> dict[LevelKey, LevelBalance]:
-        """Every projected budget level (of `tenant`'s only, if given) by (scope, level_id,
-        period), level_id as in the ledger's level_balances (the audit compares them)."""
+        """Every projected level (`tenant`'s, if given), keyed as the audit's replay is."""
         match = LEVEL_PATTERN if tenant is None else tenant_tag(tenant) + "level:*"
         return {parse_level_key(_text(k)): level_balance(self.redis.hgetall(k))  # type: ignore[arg-type]
                 for k in self.redis.scan_iter(match=match, count=1000)}
@@ -245,7 +247,7 @@ class RedisProjection:
         for pattern in (_BALANCES, LEVEL_PATTERN, *_UNTAGGED):
             for key in self.redis.scan_iter(match=pattern, count=1000):
                 pipe.delete(key)
-        for key in (LAST_SEQ_KEY, GENERATION_KEY, REBUILD_KEY):
+        for key in (LAST_SEQ_KEY, GENERATION_KEY, REBUILD_KEY, _BEFORE_LEVELS):
             pipe.delete(key)
         pipe.execute()
 

@@ -182,3 +182,21 @@ def test_amounts_past_fourteen_digits_are_projected_exactly(
     assert projection.balance("big", "2026-11") == Balance(10**15 + 1, 10**15 - 2, 0)
     assert projection.level("big", LevelScope.KEY, "k", "2026-11") == LevelBalance(
         10**15 - 2, 0, 10**15 + 8, 0)
+
+
+@pytest.mark.parametrize("variant", REDIS_VARIANTS)
+def test_a_redis_projection_from_before_the_levels_is_rebuilt_with_them_on_first_use(
+        variant: str, ledger: MemoryLedger) -> None:
+    from quotaflow.ledger.projection import LAST_SEQ_KEY, RedisProjection
+
+    c = client(variant, REDIS_DB)
+    # What the previous version left: balances, its generation and last sequence, no levels.
+    for (t, p), b in balances_of(ledger).items():
+        c.hset(f"qf:{{{t}}}:balance:{p}", mapping={"granted": b.granted, "reserved": b.reserved,
+                                                   "spent": b.spent, "seq": 99})
+    c.set("qf:{projection}:generation", "old")
+    c.set(LAST_SEQ_KEY, ledger.events_after(0)[-1].seq)
+    projection = RedisProjection(c)
+    projection.sync(ledger)
+    assert projection.levels() == levels_of(ledger)
+    assert projection.balances() == balances_of(ledger)
