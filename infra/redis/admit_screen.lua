@@ -11,9 +11,11 @@
 -- quota pre-check's), tokens per minute (0: none), max in flight (0: none), now ms, slot TTL
 -- ms, request id, key id, the tokens the request may reserve at most (the rolling minute's),
 -- the key's and its team's token limits (-1: none).
--- A key with neither limit sends KEYS[1..3] and the first five ARGV only: every argument costs
--- the client its encoding, most of a screen's CPU (BENCHMARKS.md, "admit's gate"); one whose
--- key or team limits tokens sends all nine KEYS and fourteen ARGV.
+-- A key with neither tokens per minute nor max in flight sends KEYS[1..3] and the first five
+-- ARGV only, and, when its key or team limits tokens, the two level hashes as KEYS[4..5] and
+-- their limits as ARGV[6..7]: every argument costs the client its encoding, most of a screen's
+-- CPU (BENCHMARKS.md, "admit's gate"). A key with either limit sends KEYS[1..7] and
+-- ARGV[1..12], and all nine KEYS and fourteen ARGV when a level limits tokens too.
 -- A request with a record is a resend: nothing is counted, its recorded hash is answered.
 -- Otherwise the request is counted and the balance read; when the rate limit and the quota
 -- pre-check both let it through, the key's limits are checked, and when within them too the
@@ -42,14 +44,18 @@ local over_quota = granted > 0 and remaining < tonumber(ARGV[5])
 if over_rate or over_quota then
   return {'', count, raw, '', 0}
 end
--- The key's and its team's budget levels (KEYS[8], KEYS[9]: their projected hashes; ARGV[13],
--- ARGV[14]: their token limits, -1 none), screened like the tenant's grant: the first level
--- whose remaining tokens cannot cover the tokens needed refuses, and nothing is written.
-if #KEYS == 9 then
+-- The key's and its team's budget levels (their projected hashes and token limits, -1 none),
+-- screened like the tenant's grant: the first level whose remaining tokens cannot cover the
+-- tokens needed refuses, and nothing is written.
+if #KEYS == 5 or #KEYS == 9 then
+  local at_key, at_arg = 3, 5  -- KEYS[4..5], ARGV[6..7] when the key has no limits of its own
+  if #KEYS == 9 then
+    at_key, at_arg = 7, 12
+  end
   for j = 1, 2 do
-    local limit = tonumber(ARGV[12 + j])
+    local limit = tonumber(ARGV[at_arg + j])
     if limit >= 0 then
-      local used = redis.call('HMGET', KEYS[7 + j], 'reserved_tokens', 'spent_tokens')
+      local used = redis.call('HMGET', KEYS[at_key + j], 'reserved_tokens', 'spent_tokens')
       local left = limit - tonumber(used[1] or '0') - tonumber(used[2] or '0')
       if left < tonumber(ARGV[5]) then
         return {'', count, raw, '', 0, j == 1 and 'key' or 'team', left}
@@ -57,7 +63,7 @@ if #KEYS == 9 then
     end
   end
 end
-if #KEYS == 3 then  -- a key with no limits of its own: the first five ARGV alone are sent
+if #KEYS <= 5 then  -- a key with no limits of its own: its key limits' KEYS and ARGV not sent
   redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
   return {'', count, raw, '', 0}
 end

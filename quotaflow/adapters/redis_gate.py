@@ -107,18 +107,16 @@ class RedisAdmissionGate:
         keys = (seen_key(q.tenant, q.request_id), window_key(q.tenant, q.key_id, q.minute),
                 balance_key(q.tenant, q.period))
         args = (q.payload_hash, SEEN_TTL_S, WINDOW_TTL_S, q.rate_limit_per_min, q.needs_tokens)
-        levels = q.key_limit_tokens is not None or q.team_limit_tokens is not None
-        if not (q.tpm or q.max_inflight or levels):
-            return keys, args
-        keys = (*keys, tpm_key(q.tenant, q.key_id), slots_key(q.tenant),
-                slot_counts_key(q.tenant), tpm_tokens_key(q.tenant, q.key_id))
-        args = (*args, q.tpm, q.max_inflight, q.now_ms, self.slot_ttl_ms, q.request_id,
-                q.key_id, q.tpm_tokens)
-        if not levels:
+        if q.tpm or q.max_inflight:
+            keys = (*keys, tpm_key(q.tenant, q.key_id), slots_key(q.tenant),
+                    slot_counts_key(q.tenant), tpm_tokens_key(q.tenant, q.key_id))
+            args = (*args, q.tpm, q.max_inflight, q.now_ms, self.slot_ttl_ms, q.request_id,
+                    q.key_id, q.tpm_tokens)
+        if q.key_limit_tokens is None and q.team_limit_tokens is None:
             return keys, args
         key_level = level_key(q.tenant, LevelScope.KEY, q.key_id, q.period)
         if q.team_id is None:  # no team: the key's hash again, never read (no limit)
-            return ((*keys, key_level, key_level), (*args, _limit(q.key_limit_tokens), -1))
+            return (*keys, key_level, key_level), (*args, _limit(q.key_limit_tokens), -1)
         return ((*keys, key_level, level_key(q.tenant, LevelScope.TEAM,
                                              f"{q.tenant}/{q.team_id}", q.period)),
                 (*args, _limit(q.key_limit_tokens), _limit(q.team_limit_tokens)))
