@@ -30,6 +30,13 @@ SMALL_GRANT = 150  # tokens: about ten stand-in requests, then rejections
 LARGE_GRANT = 10_000_000
 PROBE_TENANT = "chaos-probe"
 HOSTILE_TENANT = "chaos-hostile"
+LEVELS_TENANT = "chaos-levels"
+# A planned request's estimate on the stand-in, on average: its prompt (4-9 words and the
+# template's token) and max_tokens (4-16).
+AVG_TOKENS = 17
+# Micro-dollars per million tokens in and out: the price at the start, and from the middle.
+PRICES = ((10_000_000, 30_000_000), (20_000_000, 60_000_000))
+USD_PER_TOKEN = 30  # micro-dollars a planned token costs, on average over the two prices
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,41 @@ class TenantSpec:
 
     name: str
     tokens: int
+
+
+@dataclass(frozen=True)
+class LevelsSpec:
+    """The tenant with teams: its money limit (micro-dollars), each team's and key's limits
+    (tokens, micro-dollars), the price versions of the model (the first set before the load,
+    the next in its middle) and the alerts, (scope, team or key name, percent)."""
+
+    tenant: str
+    usd: int
+    teams: tuple[tuple[str, int, int], ...]
+    keys: tuple[tuple[str, str, int, int], ...]  # name, team, tokens, usd
+    prices: tuple[tuple[int, int], ...]
+    alerts: tuple[tuple[str, str, int], ...]
+
+    def key_names(self) -> list[str]:
+        """The loader's names of the team keys (`Send.key`)."""
+        return [f"{self.tenant}/{name}" for name, *_ in self.keys]
+
+
+def levels(requests: int, tenants: int) -> LevelsSpec:
+    """Two teams sized from the plan so they run out late in the run, after the price
+    change: team ml by its tokens, team ops by its money. Each team's limits are smaller than
+    the sum of its two keys' (each key may take 3/4 of its team's), and the tenant's money
+    smaller than its teams'. Alerts at 50 % on team ops (its usd crosses) and on key ml-0
+    (its tokens cross)."""
+    # About 55 % of the sends are new events (the rest resends, bad inputs, hostile clients,
+    # refusals), spread over the tenants.
+    per_team = max(40, requests * AVG_TOKENS * 55 // 100 // (2 * (tenants + 1)))
+    teams = (("ml", per_team * 6 // 10, per_team * USD_PER_TOKEN * 9 // 10),
+             ("ops", per_team * 12 // 10, per_team * USD_PER_TOKEN * 6 // 10))
+    keys = tuple((f"{team}-{i}", team, tokens * 3 // 4, usd * 3 // 4)
+                 for team, tokens, usd in teams for i in range(2))
+    return LevelsSpec(LEVELS_TENANT, sum(t[2] for t in teams) * 9 // 10, teams, keys, PRICES,
+                      (("team", "ops", 50), ("key", "ml-0", 50)))
 
 
 @dataclass(frozen=True)
@@ -55,6 +97,7 @@ class Send:
     original: int | None = None
     twin: bool = False
     bad: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,10 +116,12 @@ def tenants(count: int) -> list[TenantSpec]:
             for i in range(max(1, count))]
 
 
-def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
+def sends(n: int, tenant_names: list[str], model: str, seed: int,
+          team_keys: list[str] | None = None) -> list[Send]:
     """`n` sends: about 10% exact resends of a recent earlier event (some as twins), each bad
     input at least once (one more per 500 sends), each hostile client once (from 100 sends),
-    the rest new events spread over tenants."""
+    the rest new events spread over tenants; a new event of the levels tenant goes with one
+    of `team_keys` at random."""
     rng = random.Random(seed)
     n_bad = min(len(BAD_INPUTS) * max(1, n // 500), n // 5)
     n_resend = int(n * RESEND_SHARE)
@@ -93,7 +138,8 @@ def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
             # A recent one, so the first is often still in flight.
             first = rng.choice(news[-30:])
             out.append(Send(i, "resend", first.tenant, first.source, first.ce_id, first.data,
-                            original=first.index, twin=rng.random() < TWIN_SHARE))
+                            original=first.index, twin=rng.random() < TWIN_SHARE,
+                            key=first.key))
             continue
         tenant = rng.choice(tenant_names)
         if kind == "bad":
@@ -108,7 +154,8 @@ def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
         data = {"model": model, "prompt": f"chaos request {i}: " + " ".join(
             rng.choice(("alpha", "beta", "gamma", "delta", "quota", "token"))
             for _ in range(rng.randint(1, 6))), "max_tokens": rng.randint(4, 16)}
-        send = Send(i, "new", tenant, f"/chaos/{tenant}", f"ev-{i}", data)
+        key = rng.choice(team_keys) if tenant == LEVELS_TENANT and team_keys else ""
+        send = Send(i, "new", tenant, f"/chaos/{tenant}", f"ev-{i}", data, key=key)
         news.append(send)
         out.append(send)
     return out

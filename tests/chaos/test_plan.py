@@ -120,3 +120,34 @@ def test_a_chaos_run_refuses_servers_off_this_machine() -> None:
                        ChaosConfig(), 1)
     with pytest.raises(DevStackError, match="REDIS_URL"):
         chaos_settings(Settings(redis_url="redis://cache.example:6379/0"), ChaosConfig(), 1)
+
+
+@pytest.mark.parametrize(("requests", "tenants"), [(150, 4), (1000, 4), (10, 1)])
+def test_each_teams_limits_are_below_the_sum_of_its_keys_and_the_tenants_below_its_teams(
+        requests: int, tenants: int) -> None:
+    spec = plan.levels(requests, tenants)
+    assert [t[0] for t in spec.teams] == ["ml", "ops"]
+    for team, tokens, usd in spec.teams:
+        mine = [k for k in spec.keys if k[1] == team]
+        assert len(mine) == 2
+        assert tokens < sum(k[2] for k in mine)
+        assert usd < sum(k[3] for k in mine)
+        assert all(0 < k[2] < tokens and 0 < k[3] < usd for k in mine)
+    assert spec.usd < sum(t[2] for t in spec.teams)
+    names = {t[0] for t in spec.teams} | {k[0] for k in spec.keys}
+    assert {a[1] for a in spec.alerts} <= names
+    assert len(spec.prices) == 2 and spec.prices[0] != spec.prices[1]
+
+
+def test_the_levels_tenants_sends_go_with_its_team_keys_and_resends_keep_theirs() -> None:
+    spec = plan.levels(300, 2)
+    sends = plan.sends(300, ["t0", "t1", spec.tenant], "m", seed=3,
+                       team_keys=spec.key_names())
+    new = [s for s in sends if s.kind == "new"]
+    mine = [s for s in new if s.tenant == spec.tenant]
+    assert {s.key for s in mine} == set(spec.key_names())
+    assert all(s.key == "" for s in new if s.tenant != spec.tenant)
+    by_index = {s.index: s for s in sends}
+    resends = [s for s in sends if s.kind == "resend"]
+    assert resends and all(s.key == by_index[s.original].key for s in resends
+                           if s.original is not None)
