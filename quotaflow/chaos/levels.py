@@ -37,7 +37,8 @@ class LevelsRun:
         self.url = postgres_url
         self.model = model
         self.receiver = Receiver(SECRET)
-        self.in_force: dict[int, float] = {}  # price version -> when seen committed (Unix s)
+        # (model, price version) -> when the harness saw it committed (Unix seconds)
+        self.in_force: dict[tuple[str, int], float] = {}
         self.notes: list[str] = []
         self._timer: threading.Timer | None = None
 
@@ -72,7 +73,7 @@ class LevelsRun:
                     price = budget_store.set_price(conn, self.model, input_per_mtok,
                                                    output_per_mtok)
                 # After the commit returned: a reservation decided later sees this version.
-                self.in_force[price.version] = time.time()
+                self.in_force[(price.model, price.version)] = time.time()
                 self.notes.append(f"price v{price.version} set")
                 return
             except psycopg.Error as exc:
@@ -115,7 +116,7 @@ class LevelsRun:
         self.receiver.close()
 
 
-def read(conn: psycopg.Connection[Any], in_force: dict[int, float]
+def read(conn: psycopg.Connection[Any], in_force: dict[tuple[str, int], float]
          ) -> tuple[Limits, list[PriceRow], list[AlertRule]]:
     """Every level with a limit (a tenant's tokens are its grant: `checks.find_overshoot`),
     every price version (with when the harness saw it in force) and every alert."""
@@ -126,7 +127,7 @@ def read(conn: psycopg.Connection[Any], in_force: dict[int, float]
             "UNION ALL SELECT 'tenant', tenant_id, NULL, limit_usd FROM tenants"):
         if tokens is not None or usd is not None:
             limits[(scope, level_id)] = (tokens, usd)
-    prices = [PriceRow(m, v, i, o, in_force.get(v)) for m, v, i, o in conn.execute(
+    prices = [PriceRow(m, v, i, o, in_force.get((m, v))) for m, v, i, o in conn.execute(
         "SELECT model, version, input_per_mtok, output_per_mtok FROM prices "
         "ORDER BY model, version")]
     rules = [AlertRule(*row) for row in conn.execute(
