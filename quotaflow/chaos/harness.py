@@ -132,7 +132,10 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
     try:
         settings = stack.settings
         specs = plan.tenants(cfg.tenants)
-        spec = plan.levels(cfg.requests, cfg.tenants) if cfg.levels else None
+        names = [t.name for t in specs] + ([plan.LEVELS_TENANT] if cfg.levels else [])
+        sends = plan.sends(cfg.requests, names, settings.model_name, cfg.seed,
+                           plan.level_key_names() if cfg.levels else None)
+        spec = plan.levels(sends) if cfg.levels else None
         if spec is not None:
             levels = LevelsRun(spec, settings.postgres_url, settings.model_name)
         keys = _tenants(stack, [*specs, plan.TenantSpec(plan.PROBE_TENANT, plan.LARGE_GRANT),
@@ -143,9 +146,6 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
             + (f"; {spec.tenant} with teams {', '.join(t[0] for t in spec.teams)} and keys "
                f"{', '.join(k[0] for k in spec.keys)}, alerts to {levels.receiver.url}"
                if spec and levels else ""))
-        names = [t.name for t in specs] + ([spec.tenant] if spec else [])
-        sends = plan.sends(cfg.requests, names, settings.model_name, cfg.seed,
-                           spec.key_names() if spec else None)
         faults = plan.faults(list(cfg.faults), cfg.faults_per_kind, cfg.every_s, cfg.seed)
         # The load outlasts the last fault a little, so every fault lands on traffic.
         duration = faults[-1].at_s + cfg.every_s / 2 if faults else 0.0

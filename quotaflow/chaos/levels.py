@@ -44,14 +44,15 @@ class LevelsRun:
 
     def create(self, conn: psycopg.Connection[Any]) -> dict[str, str]:
         """The tenant, its teams, keys and alerts, and the first price; the loader's keys
-        (the tenant's own under its name, each team key under `spec.key_names()`)."""
+        (the tenant's own under its name, each team key as `plan.level_key_names`)."""
         s = self.spec
         keys = {s.tenant: tenant_store.create_tenant(conn, s.tenant, plan.LARGE_GRANT,
                                                      rate_limit_per_min=1_000_000, usd=s.usd)}
         for team, tokens, usd in s.teams:
             budget_store.create_team(conn, s.tenant, team, tokens, usd)
         ids = {}
-        for (name, team, tokens, usd), loader_name in zip(s.keys, s.key_names(), strict=True):
+        for name, team, tokens, usd in s.keys:
+            loader_name = f"{s.tenant}/{name}"
             keys[loader_name] = tenant_store.create_key(conn, s.tenant, team=team,
                                                         tokens=tokens, usd=usd)
             ids[name] = keys[loader_name].split("_")[1]

@@ -31,12 +31,10 @@ LARGE_GRANT = 10_000_000
 PROBE_TENANT = "chaos-probe"
 HOSTILE_TENANT = "chaos-hostile"
 LEVELS_TENANT = "chaos-levels"
-# A planned request's estimate on the stand-in, on average: its prompt (4-9 words and the
-# template's token) and max_tokens (4-16).
-AVG_TOKENS = 17
+LEVEL_TEAMS = ("ml", "ops")
+LEVEL_KEYS = tuple(f"{team}-{i}" for team in LEVEL_TEAMS for i in range(2))  # two a team
 # Micro-dollars per million tokens in and out: the price at the start, and from the middle.
 PRICES = ((10_000_000, 30_000_000), (20_000_000, 60_000_000))
-USD_PER_TOKEN = 30  # micro-dollars a planned token costs, on average over the two prices
 
 
 @dataclass(frozen=True)
@@ -60,24 +58,42 @@ class LevelsSpec:
     prices: tuple[tuple[int, int], ...]
     alerts: tuple[tuple[str, str, int], ...]
 
-    def key_names(self) -> list[str]:
-        """The loader's names of the team keys (`Send.key`)."""
-        return [f"{self.tenant}/{name}" for name, *_ in self.keys]
 
 
-def levels(requests: int, tenants: int) -> LevelsSpec:
-    """Two teams sized from the plan so they run out late in the run, after the price
-    change: team ml by its tokens, team ops by its money. Each team's limits are smaller than
-    the sum of its two keys' (each key may take 3/4 of its team's), and the tenant's money
-    smaller than its teams'. Alerts at 50 % on team ops (its usd crosses) and on key ml-0
-    (its tokens cross)."""
-    # About 55 % of the sends are new events (the rest resends, bad inputs, hostile clients,
-    # refusals), spread over the tenants.
-    per_team = max(40, requests * AVG_TOKENS * 55 // 100 // (2 * (tenants + 1)))
-    teams = (("ml", per_team * 6 // 10, per_team * USD_PER_TOKEN * 9 // 10),
-             ("ops", per_team * 12 // 10, per_team * USD_PER_TOKEN * 6 // 10))
-    keys = tuple((f"{team}-{i}", team, tokens * 3 // 4, usd * 3 // 4)
-                 for team, tokens, usd in teams for i in range(2))
+def level_key_names() -> list[str]:
+    """The loader's names of the levels tenant's team keys (`Send.key`)."""
+    return [f"{LEVELS_TENANT}/{name}" for name in LEVEL_KEYS]
+
+
+def planned_charge(s: Send, price: tuple[int, int]) -> tuple[int, int]:
+    """What a new send is charged on the stand-in, tokens and micro-dollars at `price`: its
+    prompt's words and the template's token in, as many words out (it echoes the prompt)
+    up to max_tokens."""
+    words = len(str(s.data["prompt"]).split())
+    n_in, n_out = 1 + words, min(words, int(s.data["max_tokens"]))
+    return n_in + n_out, -(-(n_in * price[0] + n_out * price[1]) // 1_000_000)
+
+
+def levels(sends: list[Send]) -> LevelsSpec:
+    """The levels tenant's limits, sized from what `sends` charge its teams (the second half
+    at the second price) so that they run out late in the load, after the price change: team
+    ml by its tokens (70 % of its sends'), team ops by its money (75 %). Each team's limits
+    are smaller than the sum of its two keys' (each key may take 3/4 of its team's), and the
+    tenant's money smaller than its teams'. Alerts at 50 % on team ops (its usd crosses) and
+    on key ml-0 (its tokens cross)."""
+    tokens = dict.fromkeys(LEVEL_TEAMS, 0)
+    usd = dict.fromkeys(LEVEL_TEAMS, 0)
+    for s in sends:
+        if s.kind == "new" and s.key:
+            team = s.key.rsplit("/", 1)[1].rsplit("-", 1)[0]
+            t, u = planned_charge(s, PRICES[0] if s.index < len(sends) / 2 else PRICES[1])
+            tokens[team] += t
+            usd[team] += u
+    teams = (("ml", max(40, tokens["ml"] * 7 // 10), max(400, usd["ml"] * 12 // 10)),
+             ("ops", max(40, tokens["ops"] * 12 // 10), max(400, usd["ops"] * 75 // 100)))
+    keys = tuple((name, team, lim_tokens * 3 // 4, lim_usd * 3 // 4)
+                 for team, lim_tokens, lim_usd in teams
+                 for name in LEVEL_KEYS if name.startswith(team + "-"))
     return LevelsSpec(LEVELS_TENANT, sum(t[2] for t in teams) * 9 // 10, teams, keys, PRICES,
                       (("team", "ops", 50), ("key", "ml-0", 50)))
 
