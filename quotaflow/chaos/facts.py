@@ -56,6 +56,7 @@ class LedgerRow:
     price_version: int | None = None
     input_tokens: int | None = None
     at: float = 0.0
+    reason: str | None = None  # a rejection's, naming the level that refused
 
 
 # A level's limits per period, (tokens, usd micro-dollars), None for unlimited; keyed by

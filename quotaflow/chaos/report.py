@@ -72,11 +72,23 @@ def levels_summary(snap: Snapshot) -> str:
     if not mine:
         return "-"
     versions = Counter(e.price_version for e in mine if e.kind == LedgerKind.TOKENS_RESERVED)
-    rejected = sum(e.kind == LedgerKind.REQUEST_REJECTED for e in mine)
+    refused = Counter(refused_by(e.reason or "") for e in mine
+                      if e.kind == LedgerKind.REQUEST_REJECTED)
     receipts = snap.receipts or []
     return (", ".join(f"{n} reserved at v{v}" for v, n in sorted(
-        versions.items(), key=lambda x: x[0] or 0)) + f", {rejected} rejected; alerts: "
-        f"{len({r.webhook_id for r in receipts})} webhook-ids, {len(receipts)} attempts")
+        versions.items(), key=lambda x: x[0] or 0)) + f"; {refused.total()} rejected"
+        + "".join(f", {n} by {level}" for level, n in sorted(refused.items()))
+        + f"; alerts: {len({r.webhook_id for r in receipts})} webhook-ids, "
+        f"{len(receipts)} attempts")
+
+
+def refused_by(reason: str) -> str:
+    """The level and unit a rejection's reason names: `quota_exceeded: team 'ml' of tenant
+    't' has $0.000100 of $0.002000 left this period` -> `team 'ml' usd`."""
+    level, _, left = reason.removeprefix("quota_exceeded: ").partition(" has ")
+    if not left:  # the tenant's grant keeps the reason it had before levels
+        return "tenant tokens" if reason == "quota_exceeded" else reason or "?"
+    return f"{level.split(' of tenant')[0]} {'usd' if left.startswith('$') else 'tokens'}"
 
 
 def fault_rows(faults: list[FaultRecord]) -> list[tuple[str, int, str]]:

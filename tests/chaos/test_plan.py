@@ -173,3 +173,24 @@ def test_the_levels_tenants_sends_go_with_its_team_keys_and_resends_keep_theirs(
     resends = [s for s in sends if s.kind == "resend"]
     assert resends and all(s.key == by_index[s.original].key for s in resends
                            if s.original is not None)
+
+
+def test_the_report_names_the_price_versions_reserved_at_and_the_levels_that_refused() -> None:
+    from quotaflow.chaos.facts import LedgerRow, Receipt
+    from quotaflow.chaos.report import levels_summary
+
+    snap, _ = clean()
+    t, p = plan.LEVELS_TENANT, "2026-12"
+    snap.ledger += [
+        LedgerRow(10, t, p, "TokensReserved", "a", 9, price_version=1),
+        LedgerRow(11, t, p, "TokensReserved", "b", 9, price_version=2),
+        LedgerRow(12, t, p, "RequestRejected", "c", 9, reason=(
+            f"quota_exceeded: team 'ml' of tenant '{t}' has 3 of 77 left this period")),
+        LedgerRow(13, t, p, "RequestRejected", "d", 9, reason=(
+            f"quota_exceeded: team 'ops' of tenant '{t}' has $0.000100 of $0.002685 left "
+            "this period")),
+        LedgerRow(14, t, p, "RequestRejected", "e", 9, reason="quota_exceeded")]
+    snap.receipts = [Receipt("msg_1", "{}", True, 503), Receipt("msg_1", "{}", True, 204)]
+    assert levels_summary(snap) == (
+        "1 reserved at v1, 1 reserved at v2; 3 rejected, 1 by team 'ml' tokens, 1 by team "
+        "'ops' usd, 1 by tenant tokens; alerts: 1 webhook-ids, 2 attempts")
