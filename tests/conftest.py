@@ -33,10 +33,10 @@ def kafka_bootstrap(request: pytest.FixtureRequest,
     if not kafka_cluster.available():
         pytest.fail("QF_TEST_BROKER=kafka, but Apache Kafka cannot run here (Java 17+ and "
                     "`python -m quotaflow.devstack.kafka_cluster fetch`)")
-    # 1 GiB a node: a whole run creates well over 100 prefixed topic sets, which fill the
-    # stack's 384 MiB heap (kafka_dist.HEAP_MB) and then time out its topic creation.
+    # 2 GiB a node: a whole run creates well over 100 prefixed topic sets; 384 MiB fills at
+    # about 120 (1 GiB at about 230), and a full heap times out topic creation.
     cluster = kafka_cluster.KafkaCluster(tmp_path_factory.mktemp("kafka"), size=3,
-                                         heap_mb=1024)
+                                         heap_mb=2048)
     cluster.start()
     try:
         yield cluster.bootstrap

@@ -29,3 +29,4 @@ class ApiKeyInfo:
     key_id: str
     created_at: datetime
     revoked_at: datetime | None
+    rate_limit_per_min: int | None = None  # the key's own; None: its tenant's applies

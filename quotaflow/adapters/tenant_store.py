@@ -70,22 +70,25 @@ def create_tenant(conn: psycopg.Connection[Any], name: str, tokens: int, period:
 
 def create_key(conn: psycopg.Connection[Any], tenant: str, tpm: int = 0,
                max_inflight: int = 0, *, team: str | None = None, tokens: int | None = None,
-               usd: int | None = None) -> str:
+               usd: int | None = None, rate_limit_per_min: int | None = None) -> str:
     """Issue another API key for `tenant`, with its tokens per minute and requests in flight
     (0: unlimited), in its `team` if given, limited to `tokens` and `usd` micro-dollars a
-    period (None: unlimited at the key); the returned key is the only copy of its secret."""
+    period (None: unlimited at the key) and to `rate_limit_per_min` requests a minute (None:
+    the tenant's); the returned key is the only copy of its secret."""
     if tpm < 0 or max_inflight < 0:
         raise ValueError("tokens per minute and max in flight must not be negative")
+    if rate_limit_per_min is not None and rate_limit_per_min < 1:
+        raise ValueError("a key's rate limit must be at least 1 request a minute")
     if (tokens is not None and tokens < 0) or (usd is not None and usd < 0):
         raise ValueError("a key's limits must not be negative")
     key_id, secret = new_key_parts()
     try:
         row = conn.execute(
             "INSERT INTO api_keys (key_id, tenant_id, secret_hash, tpm, max_inflight, team_id, "
-            "limit_tokens, limit_usd) SELECT %s, tenant_id, %s, %s, %s, %s, %s, %s FROM tenants "
-            "WHERE tenant_id = %s RETURNING key_id",
+            "limit_tokens, limit_usd, rate_limit_per_min) SELECT %s, tenant_id, %s, %s, %s, %s, "
+            "%s, %s, %s FROM tenants WHERE tenant_id = %s RETURNING key_id",
             (key_id, secret_hash(secret), tpm, max_inflight, team, tokens, usd,
-             tenant)).fetchone()
+             rate_limit_per_min, tenant)).fetchone()
     except errors.ForeignKeyViolation:
         raise UnknownTeam(f"tenant {tenant!r} has no team {team!r}") from None
     if row is None:
@@ -111,13 +114,14 @@ class PostgresTenants:
 
     def authenticate(self, api_key: str) -> Principal | None:
         """The key's principal, or None for an unknown, malformed or revoked key. A malformed
-        key is refused without a query."""
+        key is refused without a query. Its rate limit is the key's own, else its tenant's."""
         parts = api_key_parts(api_key)
         if parts is None:
             return None
         key_id, secret = parts
         row = self.conn.execute(
-            "SELECT k.secret_hash, t.tenant_id, t.rate_limit_per_min, t.plan_period, k.tpm, "
+            "SELECT k.secret_hash, t.tenant_id, "
+            "coalesce(k.rate_limit_per_min, t.rate_limit_per_min), t.plan_period, k.tpm, "
             "k.max_inflight, t.time_zone, k.team_id, k.limit_tokens, tm.limit_tokens "
             "FROM api_keys k JOIN tenants t USING (tenant_id) "
             "LEFT JOIN teams tm ON tm.tenant_id = k.tenant_id AND tm.team_id = k.team_id "
@@ -134,7 +138,8 @@ class PostgresTenants:
         if self.conn.execute("SELECT 1 FROM tenants WHERE tenant_id = %s",
                              (tenant,)).fetchone() is None:
             raise UnknownTenant(f"no tenant {tenant!r}")
-        rows = self.conn.execute("SELECT key_id, created_at, revoked_at FROM api_keys "
+        rows = self.conn.execute("SELECT key_id, created_at, revoked_at, rate_limit_per_min "
+                                 "FROM api_keys "
                                  "WHERE tenant_id = %s ORDER BY created_at, key_id",
                                  (tenant,)).fetchall()
         return [ApiKeyInfo(*row) for row in rows]

@@ -10,7 +10,7 @@ delivery's key being its webhook-id."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -43,10 +43,17 @@ class Delivery:
 
 class PostgresAlertStore:
     """Alerts, levels and deliveries on one connection (autocommit; `apply` is a
-    transaction)."""
+    transaction). Given a connection provider (`adapters.postgres.Reconnecting`, as `alerts
+    run` gives it), each call uses the connection it answers, so the process outlives a lost
+    connection."""
 
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
+    def __init__(self, conn: Conn | Callable[[], Conn]) -> None:
+        self._connection: Callable[[], Conn] = conn if callable(conn) else (lambda: conn)
+
+    @property
+    def conn(self) -> Conn:
+        """The connection the next statement runs on."""
+        return self._connection()
 
     def add(self, tenant: str, scope: str, scope_id: str, threshold_percent: int, url: str,
             secret: str) -> int:

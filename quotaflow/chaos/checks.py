@@ -16,6 +16,12 @@ from quotaflow.chaos.facts import (
     RequestRow,
     Snapshot,
 )
+from quotaflow.chaos.level_checks import (
+    expected_crossings,
+    find_alert_errors,
+    find_level_overshoot,
+    find_price_errors,
+)
 from quotaflow.chaos.order import find_order_breaks
 from quotaflow.events.status import LedgerKind, RequestStatus
 
@@ -36,6 +42,9 @@ class Verdict:
     audit: list[str] = field(default_factory=list)
     door: list[str] = field(default_factory=list)
     order: list[str] = field(default_factory=list)
+    levels: list[str] = field(default_factory=list)  # a key, team or tenant over a limit
+    prices: list[str] = field(default_factory=list)  # money not at the version in force
+    alerts: list[str] = field(default_factory=list)  # a crossing not delivered once, signed
 
     def counts(self) -> dict[str, int]:
         """How many findings of each kind."""
@@ -184,4 +193,8 @@ def judge(snap: Snapshot, outcomes: list[Outcome]) -> Verdict:
                     else compare_projection(snap.ledger, snap.projection)),
         audit=[] if snap.audit_ok else (snap.audit_findings or ["quotaflow audit failed"]),
         door=door_findings(outcomes) + hostile_findings(snap, outcomes),
-        order=[] if snap.records is None else find_order_breaks(snap.records, snap.ledger))
+        order=[] if snap.records is None else find_order_breaks(snap.records, snap.ledger),
+        levels=find_level_overshoot(snap.ledger, snap.limits),
+        prices=find_price_errors(snap.ledger, snap.prices),
+        alerts=find_alert_errors(snap.receipts, expected_crossings(
+            snap.ledger, snap.limits, snap.alert_rules)))

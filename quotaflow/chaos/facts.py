@@ -37,7 +37,9 @@ class RequestRow:
 
 @dataclass(frozen=True)
 class LedgerRow:
-    """One ledger event (amount and released as stored)."""
+    """One ledger event (amount and released as stored; usd and usd_released the same in
+    micro-dollars; a reservation's model, price version and input tokens; `at` the ledger's
+    own time of it, Unix seconds)."""
 
     seq: int
     tenant: str
@@ -46,6 +48,53 @@ class LedgerRow:
     request_id: str | None
     amount: int
     released: int = 0
+    key_id: str | None = None
+    team_id: str | None = None
+    usd: int = 0
+    usd_released: int = 0
+    model: str | None = None
+    price_version: int | None = None
+    input_tokens: int | None = None
+    at: float = 0.0
+    reason: str | None = None  # a rejection's, naming the level that refused
+
+
+# A level's limits per period, (tokens, usd micro-dollars), None for unlimited; keyed by
+# (scope, id): ("key", key_id), ("team", "tenant/team"), ("tenant", tenant).
+Limits = dict[tuple[str, str], tuple[int | None, int | None]]
+
+
+@dataclass(frozen=True)
+class PriceRow:
+    """A price version, and the Unix time by which the harness saw it committed (None: not
+    known): a reservation the ledger decided later must be at this version or a newer one."""
+
+    model: str
+    version: int
+    input_per_mtok: int
+    output_per_mtok: int
+    in_force_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """A threshold alert as configured (`quotaflow alert add`)."""
+
+    tenant: str
+    scope: str
+    scope_id: str
+    threshold_percent: int
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One webhook POST the harness's receiver took: its webhook-id, the body, whether the
+    Standard Webhooks signature verified with the secret, and the status it answered."""
+
+    webhook_id: str
+    body: str
+    signature_ok: bool
+    answered: int
 
 
 @dataclass(frozen=True)
@@ -89,3 +138,7 @@ class Snapshot:
     ttl_s: float = 300
     sweep_s: float = 30
     records: list[TopicRecord] | None = None  # read back from the topics (None: not read)
+    limits: Limits = field(default_factory=dict)  # every level with a limit
+    prices: list[PriceRow] = field(default_factory=list)
+    alert_rules: list[AlertRule] = field(default_factory=list)
+    receipts: list[Receipt] | None = None  # the alert receiver's (None: no receiver ran)

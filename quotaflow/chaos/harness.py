@@ -19,6 +19,7 @@ from quotaflow.adapters import tenant_store
 from quotaflow.chaos import observe, plan
 from quotaflow.chaos.checks import compare_projection, judge
 from quotaflow.chaos.faults import FaultRunner, Injector, Prober
+from quotaflow.chaos.levels import LevelsRun
 from quotaflow.chaos.load import Loader
 from quotaflow.chaos.report import Result
 from quotaflow.devstack.process import DevStackError, free_port
@@ -45,6 +46,7 @@ class ChaosConfig:
     redis_db: int = 15
     state_dir: Path | None = None
     replicas: int = 1  # members of each consumer step's group (Apache Kafka only)
+    levels: bool = True  # a tenant with teams, keys, prices, a price change and alerts
 
     def summary(self) -> str:
         """One line naming the run."""
@@ -52,7 +54,8 @@ class ChaosConfig:
         return (f"{self.requests} requests, {self.tenants} tenants, concurrency "
                 f"{self.concurrency}, faults {faults} x{self.faults_per_kind} every ~"
                 f"{self.every_s:g} s, seed {self.seed}, model {self.model}"
-                + (f", {self.replicas} members a step" if self.replicas > 1 else ""))
+                + (f", {self.replicas} members a step" if self.replicas > 1 else "")
+                + ("" if self.levels else ", no levels"))
 
 
 def with_path(url: str, path: str) -> str:
@@ -104,13 +107,16 @@ def _start(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> DevS
     return stack
 
 
-def _tenants(stack: DevStack, specs: list[plan.TenantSpec]) -> dict[str, str]:
+def _tenants(stack: DevStack, specs: list[plan.TenantSpec],
+             levels: LevelsRun | None) -> dict[str, str]:
     keys = {}
     with compose.postgres(stack.settings) as conn:
         for t in specs:
             # A rate limit out of the way: the run is about faults, not throttling.
             keys[t.name] = tenant_store.create_tenant(conn, t.name, t.tokens,
                                                       rate_limit_per_min=1_000_000)
+        if levels is not None:
+            keys.update(levels.create(conn))
         compose.projection(stack.settings).catch_up(PostgresLedger(conn))
     return keys
 
@@ -122,15 +128,24 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
     seconds = {"stack start": round(time.monotonic() - began, 1)}
     stop = threading.Event()
     injector: Injector | None = None
+    levels: LevelsRun | None = None
     try:
         settings = stack.settings
         specs = plan.tenants(cfg.tenants)
+        names = [t.name for t in specs] + ([plan.LEVELS_TENANT] if cfg.levels else [])
+        sends = plan.sends(cfg.requests, names, settings.model_name, cfg.seed,
+                           plan.level_key_names() if cfg.levels else None)
+        spec = plan.levels(sends) if cfg.levels else None
+        if spec is not None:
+            levels = LevelsRun(spec, settings.postgres_url, settings.model_name)
         keys = _tenants(stack, [*specs, plan.TenantSpec(plan.PROBE_TENANT, plan.LARGE_GRANT),
-                                plan.TenantSpec(plan.HOSTILE_TENANT, plan.LARGE_GRANT)])
+                                plan.TenantSpec(plan.HOSTILE_TENANT, plan.LARGE_GRANT)], levels)
         small = [t.name for t in specs if t.tokens == plan.SMALL_GRANT]
         say(f"tenants: {', '.join(t.name for t in specs)} (small grants: "
-            f"{', '.join(small) or 'none'}) and {plan.PROBE_TENANT}")
-        sends = plan.sends(cfg.requests, [t.name for t in specs], settings.model_name, cfg.seed)
+            f"{', '.join(small) or 'none'}) and {plan.PROBE_TENANT}"
+            + (f"; {spec.tenant} with teams {', '.join(t[0] for t in spec.teams)} and keys "
+               f"{', '.join(k[0] for k in spec.keys)}, alerts to {levels.receiver.url}"
+               if spec and levels else ""))
         faults = plan.faults(list(cfg.faults), cfg.faults_per_kind, cfg.every_s, cfg.seed)
         # The load outlasts the last fault a little, so every fault lands on traffic.
         duration = faults[-1].at_s + cfg.every_s / 2 if faults else 0.0
@@ -148,6 +163,8 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
         runner.start_at = loaded
         loader.deadline = loaded + duration + cfg.timeout_s
         runner.start()
+        if levels is not None:  # a planned event beside the faults, halfway through the load
+            levels.change_price_at(duration / 2, say)
         loader.run(sends, cfg.concurrency, duration, say)
         runner.join(max(0.0, loader.deadline + cfg.timeout_s - time.monotonic()))
         seconds["load"] = round(time.monotonic() - loaded, 1)
@@ -173,13 +190,15 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
                 break
             time.sleep(1)
             snap.projection = observe.projection(settings)
+        if levels is not None:
+            levels.fill(snap, 30, say)
         verdict = judge(snap, loader.outcomes)
         seconds["total"] = round(time.monotonic() - began, 1)
         config = {"summary": cfg.summary(), "requests": cfg.requests, "tenants": cfg.tenants,
                   "concurrency": cfg.concurrency, "faults": list(cfg.faults),
                   "faults_per_kind": cfg.faults_per_kind, "every_s": cfg.every_s,
                   "seed": cfg.seed, "timeout_s": cfg.timeout_s, "model": cfg.model,
-                  "replicas": cfg.replicas,
+                  "replicas": cfg.replicas, "levels": cfg.levels,
                   "dead_at_end": sorted(n for n, p in stack.procs.items()
                                         if p.poll() is not None),
                   "restarts": dict(sorted(getattr(stack, "restarts", {}).items()))}
@@ -189,5 +208,7 @@ def run(cfg: ChaosConfig, base: Settings, say: Callable[[str], None]) -> Result:
         stop.set()
         if injector is not None:
             injector.resume_all()
+        if levels is not None:
+            levels.close()
         say("stopping the stack ...")
         stack.down()

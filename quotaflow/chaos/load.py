@@ -175,7 +175,7 @@ class Loader:
                                  self.budget_s)
             self.record(out)
             return out
-        key = self.keys[s.tenant]
+        key = self.keys[s.key or s.tenant]
         req = (bad_request(s.bad, key, s, self.model) if s.kind == "bad"
                else event_request(key, s.source, s.ce_id, s.data))
         budget = min(self.budget_s, self.deadline - time.monotonic())

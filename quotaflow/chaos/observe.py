@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -134,9 +135,11 @@ def snapshot(settings: Settings, accepted: set[str], history: dict[str, list[str
     with _connect(settings.postgres_url) as conn:
         requests = {r: RequestRow(r, t, s, int(c or 0)) for r, t, s, c in conn.execute(
             "SELECT request_id, tenant_id, status, charged_tokens FROM requests")}
-        ledger = [LedgerRow(*row) for row in conn.execute(
-            "SELECT seq, tenant_id, period, kind, request_id, amount, released "
-            "FROM ledger_events ORDER BY seq")]
+        ledger = [replace(LedgerRow(*row[:-2]), at=float(row[-2]), reason=row[-1])
+                  for row in conn.execute(
+            "SELECT seq, tenant_id, period, kind, request_id, amount, released, key_id, "
+            "team_id, usd, usd_released, model, price_version, input_tokens, "
+            "extract(epoch FROM recorded_at), reason FROM ledger_events ORDER BY seq")]
         open_ = [OpenReservation(r, t, float(age)) for r, t, age in conn.execute(
             "SELECT request_id, tenant_id, extract(epoch FROM now() - reserved_at) "
             "FROM reservations WHERE NOT expired")]

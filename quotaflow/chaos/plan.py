@@ -30,6 +30,11 @@ SMALL_GRANT = 150  # tokens: about ten stand-in requests, then rejections
 LARGE_GRANT = 10_000_000
 PROBE_TENANT = "chaos-probe"
 HOSTILE_TENANT = "chaos-hostile"
+LEVELS_TENANT = "chaos-levels"
+LEVEL_TEAMS = ("ml", "ops")
+LEVEL_KEYS = tuple(f"{team}-{i}" for team in LEVEL_TEAMS for i in range(2))  # two a team
+# Micro-dollars per million tokens in and out: the price at the start, and from the middle.
+PRICES = ((10_000_000, 30_000_000), (20_000_000, 60_000_000))
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,59 @@ class TenantSpec:
 
     name: str
     tokens: int
+
+
+@dataclass(frozen=True)
+class LevelsSpec:
+    """The tenant with teams: its money limit (micro-dollars), each team's and key's limits
+    (tokens, micro-dollars), the price versions of the model (the first set before the load,
+    the next in its middle) and the alerts, (scope, team or key name, percent)."""
+
+    tenant: str
+    usd: int
+    teams: tuple[tuple[str, int, int], ...]
+    keys: tuple[tuple[str, str, int, int], ...]  # name, team, tokens, usd
+    prices: tuple[tuple[int, int], ...]
+    alerts: tuple[tuple[str, str, int], ...]
+
+
+
+def level_key_names() -> list[str]:
+    """The loader's names of the levels tenant's team keys (`Send.key`)."""
+    return [f"{LEVELS_TENANT}/{name}" for name in LEVEL_KEYS]
+
+
+def planned_charge(s: Send, price: tuple[int, int]) -> tuple[int, int]:
+    """What a new send is charged on the stand-in, tokens and micro-dollars at `price`: its
+    prompt's words and the template's token in, as many words out (it echoes the prompt)
+    up to max_tokens."""
+    words = len(str(s.data["prompt"]).split())
+    n_in, n_out = 1 + words, min(words, int(s.data["max_tokens"]))
+    return n_in + n_out, -(-(n_in * price[0] + n_out * price[1]) // 1_000_000)
+
+
+def levels(sends: list[Send]) -> LevelsSpec:
+    """The levels tenant's limits, sized from what `sends` charge its teams (the second half
+    at the second price) so that they run out late in the load, after the price change: team
+    ml by its tokens (70 % of its sends'), team ops by its money (75 %). Each team's limits
+    are smaller than the sum of its two keys' (each key may take 3/4 of its team's), and the
+    tenant's money smaller than its teams'. Alerts at 50 % on team ops (its usd crosses) and
+    on key ml-0 (its tokens cross)."""
+    tokens = dict.fromkeys(LEVEL_TEAMS, 0)
+    usd = dict.fromkeys(LEVEL_TEAMS, 0)
+    for s in sends:
+        if s.kind == "new" and s.key:
+            team = s.key.rsplit("/", 1)[1].rsplit("-", 1)[0]
+            t, u = planned_charge(s, PRICES[0] if s.index < len(sends) / 2 else PRICES[1])
+            tokens[team] += t
+            usd[team] += u
+    teams = (("ml", max(40, tokens["ml"] * 7 // 10), max(400, usd["ml"] * 12 // 10)),
+             ("ops", max(40, tokens["ops"] * 12 // 10), max(400, usd["ops"] * 75 // 100)))
+    keys = tuple((name, team, lim_tokens * 3 // 4, lim_usd * 3 // 4)
+                 for team, lim_tokens, lim_usd in teams
+                 for name in LEVEL_KEYS if name.startswith(team + "-"))
+    return LevelsSpec(LEVELS_TENANT, sum(t[2] for t in teams) * 9 // 10, teams, keys, PRICES,
+                      (("team", "ops", 50), ("key", "ml-0", 50)))
 
 
 @dataclass(frozen=True)
@@ -55,6 +113,7 @@ class Send:
     original: int | None = None
     twin: bool = False
     bad: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,10 +132,12 @@ def tenants(count: int) -> list[TenantSpec]:
             for i in range(max(1, count))]
 
 
-def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
+def sends(n: int, tenant_names: list[str], model: str, seed: int,
+          team_keys: list[str] | None = None) -> list[Send]:
     """`n` sends: about 10% exact resends of a recent earlier event (some as twins), each bad
     input at least once (one more per 500 sends), each hostile client once (from 100 sends),
-    the rest new events spread over tenants."""
+    the rest new events spread over tenants; a new event of the levels tenant goes with one
+    of `team_keys` at random."""
     rng = random.Random(seed)
     n_bad = min(len(BAD_INPUTS) * max(1, n // 500), n // 5)
     n_resend = int(n * RESEND_SHARE)
@@ -93,7 +154,8 @@ def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
             # A recent one, so the first is often still in flight.
             first = rng.choice(news[-30:])
             out.append(Send(i, "resend", first.tenant, first.source, first.ce_id, first.data,
-                            original=first.index, twin=rng.random() < TWIN_SHARE))
+                            original=first.index, twin=rng.random() < TWIN_SHARE,
+                            key=first.key))
             continue
         tenant = rng.choice(tenant_names)
         if kind == "bad":
@@ -108,7 +170,8 @@ def sends(n: int, tenant_names: list[str], model: str, seed: int) -> list[Send]:
         data = {"model": model, "prompt": f"chaos request {i}: " + " ".join(
             rng.choice(("alpha", "beta", "gamma", "delta", "quota", "token"))
             for _ in range(rng.randint(1, 6))), "max_tokens": rng.randint(4, 16)}
-        send = Send(i, "new", tenant, f"/chaos/{tenant}", f"ev-{i}", data)
+        key = rng.choice(team_keys) if tenant == LEVELS_TENANT and team_keys else ""
+        send = Send(i, "new", tenant, f"/chaos/{tenant}", f"ev-{i}", data, key=key)
         news.append(send)
         out.append(send)
     return out

@@ -10,7 +10,8 @@ from typing import Any
 from quotaflow.chaos.checks import Verdict
 from quotaflow.chaos.facts import TERMINAL, Outcome, Snapshot
 from quotaflow.chaos.faults import FaultRecord
-from quotaflow.chaos.plan import FAULT_KINDS
+from quotaflow.chaos.plan import FAULT_KINDS, LEVELS_TENANT
+from quotaflow.events.status import LedgerKind
 
 _DETAIL_LINES = 20  # per kind of finding, in the printed report
 
@@ -62,6 +63,32 @@ def final_statuses(snap: Snapshot) -> dict[str, int]:
     """Request records by final status."""
     counts = Counter(r.status for r in snap.requests.values())
     return {s: counts.get(s, 0) for s in (*TERMINAL, *sorted(set(counts) - set(TERMINAL)))}
+
+
+def levels_summary(snap: Snapshot) -> str:
+    """What the levels tenant did: reservations at each price version, rejections, and the
+    alerts' distinct webhook-ids and attempts."""
+    mine = [e for e in snap.ledger if e.tenant == LEVELS_TENANT]
+    if not mine:
+        return "-"
+    versions = Counter(e.price_version for e in mine if e.kind == LedgerKind.TOKENS_RESERVED)
+    refused = Counter(refused_by(e.reason or "") for e in mine
+                      if e.kind == LedgerKind.REQUEST_REJECTED)
+    receipts = snap.receipts or []
+    return (", ".join(f"{n} reserved at v{v}" for v, n in sorted(
+        versions.items(), key=lambda x: x[0] or 0)) + f"; {refused.total()} rejected"
+        + "".join(f", {n} by {level}" for level, n in sorted(refused.items()))
+        + f"; alerts: {len({r.webhook_id for r in receipts})} webhook-ids, "
+        f"{len(receipts)} attempts")
+
+
+def refused_by(reason: str) -> str:
+    """The level and unit a rejection's reason names: `quota_exceeded: team 'ml' of tenant
+    't' has $0.000100 of $0.002000 left this period` -> `team 'ml' usd`."""
+    level, _, left = reason.removeprefix("quota_exceeded: ").partition(" has ")
+    if not left:  # the tenant's grant keeps the reason it had before levels
+        return "tenant tokens" if reason == "quota_exceeded" else reason or "?"
+    return f"{level.split(' of tenant')[0]} {'usd' if left.startswith('$') else 'tokens'}"
 
 
 def fault_rows(faults: list[FaultRecord]) -> list[tuple[str, int, str]]:
@@ -118,6 +145,12 @@ def table(result: Result) -> str:
         ("audit differences", v["audit"]),
         ("door findings", v["door"]),
         ("per-tenant order broken (topics, ledger)", v["order"]),
+        (f"{LEVELS_TENANT} (teams, keys, a price change, alerts)",
+         levels_summary(result.snapshot)),
+        ("**levels over a limit** (key, team, tenant; tokens or usd, event by event)",
+         v["levels"]),
+        ("money not at the price version in force (reserved, settled, returned)", v["prices"]),
+        ("alert crossings not delivered exactly once with a valid signature", v["alerts"]),
         ("restarts by the stack's supervisor", ", ".join(
             f"{n} {c}" for n, c in result.config.get("restarts", {}).items() if c) or "none"),
         ("processes dead at the end", ", ".join(result.config.get("dead_at_end", [])) or "none"),

@@ -98,6 +98,7 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from quotaflow.adapters import kafka
+    from quotaflow.adapters.postgres import Reconnecting
     from quotaflow.alerts.consumer import AlertConsumer, run
     from quotaflow.runtime import metrics
 
@@ -108,8 +109,14 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with compose.postgres(settings) as conn, compose.postgres(settings) as sender:
+    # Connections reopened when lost (a restarted or failed-over database): `run` goes back
+    # to the stored offsets after an error and carries on.
+    conn, sender = Reconnecting.from_settings(settings), Reconnecting.from_settings(settings)
+    try:
         consumer = AlertConsumer(settings, PostgresAlertStore(conn), args.group)
         log.info("alerts consuming the ledger topic as group %s", consumer.group)
         run(consumer, PostgresAlertStore(sender), stop, args.backoff)
+    finally:
+        conn.close()
+        sender.close()
     return 0

@@ -20,8 +20,11 @@ Starts a local stack of its own (its own state dir, PostgreSQL database, Redis i
 ports on 127.0.0.1; short re-drive, deadline, reservation TTL and sweep timers), creates
 tenants (every third with a grant small enough that requests get rejected) and sends N
 requests through admit from C threads: about 10% exact resends of an earlier event (some sent
-twice at once) and a few bad inputs that must be answered 4xx. Meanwhile it injects, at
-seeded random times, K faults of each kind asked:
+twice at once) and a few bad inputs that must be answered 4xx. One more tenant has two teams
+whose limits (tokens, usd) are smaller than the sum of their keys', a price for the model that
+changes halfway through the load, and alerts at 50% on a team and a key, POSTed to a receiver
+the run starts (it verifies each Standard Webhooks signature); --no-levels leaves it out.
+Meanwhile it injects, at seeded random times, K faults of each kind asked:
 
   kill    SIGKILL of a random function process (admit, estimate, reserve, infer, settle,
           record)
@@ -36,8 +39,11 @@ After each fault it times how long until a fresh request completes. Then it wait
 --timeout-s) until every accepted request has ended, and checks: each accepted request ended
 with exactly one terminal status (lost: still open); each record's charge equals the ledger's
 (double charges); no tenant over its grant (overshoot); no reservation open past its TTL
-(leaked); the Redis projection equals the ledger's replay; `quotaflow audit` is clean. It
-prints a table (Markdown) and exits 1 on any loss or finding, 2 if the stack cannot start.
+(leaked); the Redis projection equals the ledger's replay; `quotaflow audit` is clean; no key,
+team or tenant ever over its tokens or usd limit, replayed event by event; every reservation at
+the price version in force and settled at it; each alert crossing delivered exactly once (one
+webhook-id, retries included) with a valid signature. It prints a table (Markdown) and exits
+1 on any loss or finding, 2 if the stack cannot start.
 Progress goes to stderr."""
 
 
@@ -80,6 +86,8 @@ def register(sub: Any) -> None:
     p.add_argument("--replicas", type=_positive, default=d.replicas, metavar="N",
                    help="members of each consumer step's group (default 1; more needs Apache "
                    "Kafka); a kill fault kills one member of the step it picks")
+    p.add_argument("--no-levels", dest="levels", action="store_false",
+                   help="leave out the tenant with teams, prices and alerts")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="the stack's logs and state (default: a new temporary folder)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE",
@@ -124,7 +132,7 @@ def _chaos(args: argparse.Namespace) -> int:
     cfg = ChaosConfig(args.requests, args.tenants, args.concurrency, args.faults,
                       args.faults_per_kind, args.every_s, args.seed, args.timeout_s,
                       args.model, args.database, args.redis_db, args.state_dir,
-                      args.replicas)
+                      args.replicas, args.levels)
     _say(cfg.summary())
     try:
         result = run(cfg, Settings.from_env(), _say)

@@ -29,8 +29,11 @@ def register(sub: Any) -> None:
                    help="tokens the key may reserve in a rolling minute (default: unlimited)")
     c.add_argument("--max-inflight", type=int, default=0, metavar="K",
                    help="the key's requests in flight at once (default: unlimited)")
+    c.add_argument("--rate-limit", type=int, metavar="R",
+                   help="the key's own requests per minute, in place of its tenant's")
     c.set_defaults(func=create)
-    ls = ksub.add_parser("list", help="a tenant's keys: id, created, revoked (never a secret)")
+    ls = ksub.add_parser("list", help="a tenant's keys: id, created, revoked, requests a "
+                         "minute (never a secret)")
     ls.add_argument("tenant")
     ls.set_defaults(func=_list)
     r = ksub.add_parser("revoke", help="revoke a key; admit refuses it within "
@@ -48,7 +51,8 @@ def create(args: argparse.Namespace) -> int:
                                      getattr(args, "max_inflight", 0),
                                      team=getattr(args, "team", None),
                                      tokens=getattr(args, "tokens", None),
-                                     usd=getattr(args, "usd", None))
+                                     usd=getattr(args, "usd", None),
+                                     rate_limit_per_min=getattr(args, "rate_limit", None))
         except (tenants.UnknownTenant, tenants.UnknownTeam, ValueError) as exc:
             print(f"error: {exc}")
             return 2
@@ -64,10 +68,12 @@ def _list(args: argparse.Namespace) -> int:
         except tenants.UnknownTenant as exc:
             print(f"error: {exc}")
             return 2
-    print(f"{'key id':<14} {'created':<25} revoked")
+    print(f"{'key id':<14} {'created':<25} {'revoked':<25} requests/min")
     for k in keys:
         revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"
-        print(f"{k.key_id:<14} {k.created_at.isoformat(timespec='seconds'):<25} {revoked}")
+        rate = k.rate_limit_per_min or "tenant's"
+        print(f"{k.key_id:<14} {k.created_at.isoformat(timespec='seconds'):<25} "
+              f"{revoked:<25} {rate}")
     return 0
 
 

@@ -186,8 +186,7 @@ class KafkaCluster:
             if want and time.monotonic() > deadline:
                 raise DevStackError(f"Apache Kafka: {', '.join(n.name for n in want)} not "
                                     f"serving after {timeout_s:.0f} s (logs in {self.root})")
-            if want:
-                time.sleep(0.2)
+            time.sleep(0.2 if want else 0)
 
     def log_path(self, node: KafkaNode) -> Path:
         return (self.logs or self.root) / f"{node.name}.log"

@@ -8,6 +8,7 @@ is in tests/unit/test_admit_*.py."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -221,6 +222,30 @@ def test_rate_limit_answers_429_after_the_keys_limit(env: dict[str, Any]) -> Non
                                 data=body()).status_code for i in range(5)]
     assert codes[:3] == [202, 202, 202]
     assert codes[3:] == [429, 429]
+
+
+def test_a_keys_own_rate_limit_refuses_its_third_request_and_not_its_siblings(
+        env: dict[str, Any]) -> None:
+    with db.connect(env["settings"].postgres_url, autocommit=True) as conn:
+        sibling = tenants.create_tenant(conn, "siblings", 10_000, rate_limit_per_min=1000)
+        own = tenants.create_key(conn, "siblings", rate_limit_per_min=2)
+        RedisProjection.connect(env["settings"].redis_url).catch_up(PostgresLedger(conn))
+
+    def send(key: str, n: int) -> Any:
+        return env["client"].post("/", headers=headers(key, **{"ce-id": f"own-{n}"}),
+                                  data=body())
+
+    # the limit counts in whole clock minutes: three sends across a minute's end would be two
+    # windows, so start well inside one
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+    first_two = [send(own, n).status_code for n in range(2)]
+    third = send(own, 2)
+    assert first_two == [202, 202]
+    problem = assert_problem(third, 429, "2 requests a minute")
+    assert problem["type"].endswith("rate-limited")
+    assert 1 <= int(third.headers["Retry-After"]) <= 60
+    assert [send(sibling, n).status_code for n in range(3, 8)] == [202] * 5
 
 
 def test_quota_reads_the_projection(env: dict[str, Any]) -> None:

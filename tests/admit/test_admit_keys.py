@@ -1,6 +1,7 @@
 """API keys on real PostgreSQL (database `qf_test_admit_keys`, Redis db 6): `quotaflow key
-create|list|revoke` run as the operator runs them, and a key revoked through the command line
-is refused by a running door within 2 s (its cache lifetime is `Settings.auth_cache_ms`)."""
+create|list|revoke` run as the operator runs them (a key's own rate limit listed with it), and
+a key revoked through the command line is refused by a running door within 2 s (its cache
+lifetime is `Settings.auth_cache_ms`)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,18 @@ def test_key_create_list_and_revoke_from_the_command_line(cli: Any) -> None:
     assert [r[2] != "-" for r in rows] == [False, True, False]
     for key in (first, second, third):
         assert key.split("_", 2)[2] not in listed.stdout
+
+
+def test_a_key_created_with_its_own_rate_limit_is_listed_with_it(cli: Any) -> None:
+    made = cli("tenant", "create", "keys-rated", "--tokens", "100", "--rate-limit", "50")
+    assert made.returncode == 0, made.stdout + made.stderr
+    rated = cli("key", "create", "keys-rated", "--rate-limit", "2")
+    assert rated.returncode == 0, rated.stdout + rated.stderr
+    ids = [run.stdout.splitlines()[-1].split("_")[1] for run in (made, rated)]
+    listed = cli("key", "list", "keys-rated")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {line.split()[0]: line.split()[-1] for line in listed.stdout.splitlines()[1:]}
+    assert rows == {ids[0]: "tenant's", ids[1]: "2"}
 
 
 @pytest.mark.parametrize("args, message", [

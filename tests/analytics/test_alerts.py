@@ -9,6 +9,7 @@ next period crosses again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -230,3 +231,33 @@ def test_the_next_period_crosses_again(alerts_conn: psycopg.Connection[Any],
     send_due(store, 0.05)
     periods = sorted(json.loads(b)["data"]["period"] for _, b in receiver.seen)
     assert periods == ["2026-11", "2026-12"]
+
+
+def test_a_store_on_a_reopening_connection_outlives_a_terminated_one(
+        alerts_conn: psycopg.Connection[Any], analytics_url: str, receiver: Receiver) -> None:
+    # `alerts run`'s stores: a database that drops them (a failover, a `pg` chaos fault)
+    # costs one failed call, not the process's every call after.
+    from datetime import UTC, datetime
+
+    from quotaflow.adapters.postgres import Reconnecting
+
+    tenant_store.create_tenant(alerts_conn, "acme", 0)
+    holder = Reconnecting(analytics_url)
+    try:
+        store = PostgresAlertStore(holder)
+        store.add("acme", "tenant", "acme", 80, receiver.url, SECRET)
+        pid = holder().info.backend_pid
+        alerts_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait("the backend gone", lambda: alerts_conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() == (0,),
+            10)
+        # A loss the holder may see only by a failed call: the next call reopens.
+        with contextlib.suppress(psycopg.OperationalError):
+            store.of_tenant("acme")
+        store.apply("g", [entry(1, LedgerKind.QUOTA_GRANTED, 100, "2026-11"),
+                          entry(2, LedgerKind.RESERVATION_SETTLED, 90, "2026-11")],
+                    {}, datetime.now(UTC))
+        assert send_due(store, 0.05) == 1
+        assert holder.reconnects == 1 and holder().info.backend_pid != pid
+    finally:
+        holder.close()

@@ -14,7 +14,8 @@ def test_help_names_every_option_and_each_fault_kind(capsys: pytest.CaptureFixtu
     assert done.value.code == 0
     text = capsys.readouterr().out
     for option in ("--requests", "--tenants", "--concurrency", "--faults", "--every-s",
-                   "--seed", "--timeout-s", "--model", "--json", "pg_terminate_backend",
+                   "--seed", "--timeout-s", "--model", "--json", "--no-levels",
+                   "pg_terminate_backend",
                    "FLUSHDB", "SIGKILL"):
         assert option in text, option
 
@@ -33,3 +34,4 @@ def test_the_default_plan_asks_for_every_fault_kind() -> None:
     args = build_parser().parse_args(["chaos"])
     assert args.faults == ("kill", "broker", "pg", "redis")
     assert (args.requests, args.seed, args.model) == (300, 1, "standin")
+    assert args.levels  # the tenant with teams, prices and alerts, unless --no-levels

@@ -120,3 +120,77 @@ def test_a_chaos_run_refuses_servers_off_this_machine() -> None:
                        ChaosConfig(), 1)
     with pytest.raises(DevStackError, match="REDIS_URL"):
         chaos_settings(Settings(redis_url="redis://cache.example:6379/0"), ChaosConfig(), 1)
+
+
+def _levels_plan(n: int, seed: int) -> tuple[plan.LevelsSpec, list[plan.Send]]:
+    sends = plan.sends(n, ["t0", "t1", plan.LEVELS_TENANT], "m", seed,
+                       team_keys=plan.level_key_names())
+    return plan.levels(sends), sends
+
+
+@pytest.mark.parametrize(("requests", "seed"), [(150, 11), (1200, 7), (10, 1)])
+def test_each_teams_limits_are_below_the_sum_of_its_keys_and_the_tenants_below_its_teams(
+        requests: int, seed: int) -> None:
+    spec, _ = _levels_plan(requests, seed)
+    assert [t[0] for t in spec.teams] == ["ml", "ops"]
+    for team, tokens, usd in spec.teams:
+        mine = [k for k in spec.keys if k[1] == team]
+        assert len(mine) == 2
+        assert tokens < sum(k[2] for k in mine)
+        assert usd < sum(k[3] for k in mine)
+        assert all(0 < k[2] < tokens and 0 < k[3] < usd for k in mine)
+    assert spec.usd < sum(t[2] for t in spec.teams)
+    names = {t[0] for t in spec.teams} | {k[0] for k in spec.keys}
+    assert {a[1] for a in spec.alerts} <= names
+    assert len(spec.prices) == 2 and spec.prices[0] != spec.prices[1]
+
+
+def test_team_ml_runs_out_of_tokens_and_team_ops_of_money_after_the_price_change() -> None:
+    spec, sends = _levels_plan(300, 5)
+    limits = {team: (tokens, usd) for team, tokens, usd in spec.teams}
+    spent = {team: [0, 0] for team in limits}
+    out_at: dict[tuple[str, int], int] = {}  # (team, unit) -> the send that goes over
+    for s in sends:
+        if s.kind != "new" or not s.key:
+            continue
+        team = s.key.split("/")[1].split("-")[0]
+        charge = plan.planned_charge(s, spec.prices[0] if s.index < 150 else spec.prices[1])
+        for unit in (0, 1):
+            spent[team][unit] += charge[unit]
+            if spent[team][unit] > limits[team][unit]:
+                out_at.setdefault((team, unit), s.index)
+    assert set(out_at) == {("ml", 0), ("ops", 1)}, out_at
+    assert all(i >= 150 for i in out_at.values()), out_at  # after the middle, by plan
+
+
+def test_the_levels_tenants_sends_go_with_its_team_keys_and_resends_keep_theirs() -> None:
+    _, sends = _levels_plan(300, 3)
+    new = [s for s in sends if s.kind == "new"]
+    mine = [s for s in new if s.tenant == plan.LEVELS_TENANT]
+    assert {s.key for s in mine} == set(plan.level_key_names())
+    assert all(s.key == "" for s in new if s.tenant != plan.LEVELS_TENANT)
+    by_index = {s.index: s for s in sends}
+    resends = [s for s in sends if s.kind == "resend"]
+    assert resends and all(s.key == by_index[s.original].key for s in resends
+                           if s.original is not None)
+
+
+def test_the_report_names_the_price_versions_reserved_at_and_the_levels_that_refused() -> None:
+    from quotaflow.chaos.facts import LedgerRow, Receipt
+    from quotaflow.chaos.report import levels_summary
+
+    snap, _ = clean()
+    t, p = plan.LEVELS_TENANT, "2026-12"
+    snap.ledger += [
+        LedgerRow(10, t, p, "TokensReserved", "a", 9, price_version=1),
+        LedgerRow(11, t, p, "TokensReserved", "b", 9, price_version=2),
+        LedgerRow(12, t, p, "RequestRejected", "c", 9, reason=(
+            f"quota_exceeded: team 'ml' of tenant '{t}' has 3 of 77 left this period")),
+        LedgerRow(13, t, p, "RequestRejected", "d", 9, reason=(
+            f"quota_exceeded: team 'ops' of tenant '{t}' has $0.000100 of $0.002685 left "
+            "this period")),
+        LedgerRow(14, t, p, "RequestRejected", "e", 9, reason="quota_exceeded")]
+    snap.receipts = [Receipt("msg_1", "{}", True, 503), Receipt("msg_1", "{}", True, 204)]
+    assert levels_summary(snap) == (
+        "1 reserved at v1, 1 reserved at v2; 3 rejected, 1 by team 'ml' tokens, 1 by team "
+        "'ops' usd, 1 by tenant tokens; alerts: 1 webhook-ids, 2 attempts")

@@ -33,6 +33,8 @@ class Directory:
     lookups: Callable[[], int]
     # a key issued to a new tenant with its tokens per minute and max in flight
     issue_limited: Callable[[str, int, int], str]
+    # another key of an issued tenant, with its own requests per minute
+    issue_rated: Callable[[str, int], str]
 
 
 class CountingConnection:
@@ -59,7 +61,8 @@ def _memory() -> Directory:
     tenants = MemoryTenants()
     return Directory(tenants, lambda t, rate, period: tenants.create_key(t, rate, period),
                      tenants.revoke, tenants.list_keys, lambda: tenants.lookups,
-                     lambda t, tpm, k: tenants.create_key(t, tpm=tpm, max_inflight=k))
+                     lambda t, tpm, k: tenants.create_key(t, tpm=tpm, max_inflight=k),
+                     lambda t, rate: tenants.create_key(t, rate))
 
 
 def _postgres(conn: psycopg.Connection[Any]) -> Directory:
@@ -75,10 +78,13 @@ def _postgres(conn: psycopg.Connection[Any]) -> Directory:
         tenant_store.create_tenant(conn, tenant, 100)
         return tenant_store.create_key(conn, tenant, tpm, max_inflight)
 
+    def issue_rated(tenant: str, rate: int) -> str:
+        return tenant_store.create_key(conn, tenant, rate_limit_per_min=rate)
+
     counting = CountingConnection(conn)
     tenants = tenant_store.PostgresTenants(counting)  # type: ignore[arg-type]
     return Directory(tenants, issue, tenants.revoke, tenants.list_keys,
-                     lambda: counting.statements, issue_limited)
+                     lambda: counting.statements, issue_limited, issue_rated)
 
 
 _counter = iter(range(1_000_000))
@@ -111,6 +117,18 @@ def test_a_keys_tokens_per_minute_and_max_in_flight_travel_with_its_principal(
     assert found is not None and (found.tpm, found.max_inflight) == (500, 3)
     plain = directory.tenants.authenticate(directory.issue(unique("acme"), 42, "day"))
     assert plain is not None and (plain.tpm, plain.max_inflight) == (0, 0)
+
+
+def test_a_keys_own_rate_limit_replaces_its_tenants_for_that_key_alone(
+        directory: Directory) -> None:
+    tenant = unique("acme")
+    before = directory.issue(tenant, 42, "day")
+    own = directory.tenants.authenticate(directory.issue_rated(tenant, 2))
+    after = directory.issue(tenant, 42, "day")
+    assert own is not None and own.rate_limit_per_min == 2
+    for sibling in (before, after):
+        found = directory.tenants.authenticate(sibling)
+        assert found is not None and found.rate_limit_per_min == 42
 
 
 def test_each_key_of_a_tenant_has_its_own_key_id(directory: Directory) -> None:
@@ -192,3 +210,12 @@ def test_creating_an_existing_tenant_is_refused_by_name(pg: psycopg.Connection[A
 def test_a_key_for_an_unknown_tenant_is_refused_by_name(pg: psycopg.Connection[Any]) -> None:
     with pytest.raises(tenant_store.UnknownTenant, match="no tenant 'nobody'"):
         tenant_store.create_key(pg, "nobody")
+
+
+@pytest.mark.parametrize("rate", [0, -1])
+def test_a_key_rate_limit_below_one_a_minute_is_refused(pg: psycopg.Connection[Any],
+                                                        rate: int) -> None:
+    tenant = unique("acme")
+    tenant_store.create_tenant(pg, tenant, 10)
+    with pytest.raises(ValueError, match="at least 1 request a minute"):
+        tenant_store.create_key(pg, tenant, rate_limit_per_min=rate)

@@ -54,11 +54,13 @@ class World:
         self.requests = MemoryRequestStore(self.clock)
         self.gate = MemoryAdmissionGate(self.projection)
 
-    def tenant(self, name: str, tokens: int, rate_limit_per_min: int = 600) -> str:
-        """A tenant granted `tokens` a month, projected; answers a new API key of it."""
-        self.ledger.add_tenant(name, tokens)
+    def tenant(self, name: str, tokens: int, rate_limit_per_min: int = 600,
+               time_zone: str = "UTC") -> str:
+        """A tenant granted `tokens` a month (its months counted in `time_zone`), projected;
+        answers a new API key of it."""
+        self.ledger.add_tenant(name, tokens, time_zone=time_zone)
         self.projection.catch_up(self.ledger)
-        key = self.tenants.create_key(name, rate_limit_per_min)
+        key = self.tenants.create_key(name, rate_limit_per_min, time_zone=time_zone)
         self.ledger.add_key(name, key.split("_")[1])
         return key
 

@@ -1,15 +1,17 @@
 """admit's authenticator (its cache bounds how long a revoked key works; failed
 authentications are throttled without a lookup each, counted by the memory directory's
-`lookups`) and the calendar behind the quota pre-check's Retry-After."""
+`lookups`) and the calendar behind the quota pre-check's Retry-After: the next day or month
+in the tenant's own zone, across DST changes and month ends."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from quotaflow.adapters.memory.tenants import MemoryTenants
+from quotaflow.ledger.budgets import period_in_zone
 from quotaflow.runtime.door.auth import Authenticator, bearer_key
 from quotaflow.runtime.door.limits import seconds_to_next_period
 from quotaflow.runtime.problem import Problem
@@ -147,6 +149,38 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_key_trimmed() -> None:
 def test_retry_after_counts_the_seconds_to_the_next_period(plan: str, now: datetime,
                                                            seconds: int) -> None:
     assert seconds_to_next_period(plan, now) == seconds
+
+
+@pytest.mark.parametrize("plan, now, tz, seconds", [
+    # Paris falls back on 2026-10-25: the day that starts at 22:00 UTC the day before is 25 h
+    ("day", datetime(2026, 10, 24, 22, 0, tzinfo=UTC), "Europe/Paris", 25 * 3600),
+    # and springs forward on 2026-03-29: that day is 23 h
+    ("day", datetime(2026, 3, 28, 23, 0, tzinfo=UTC), "Europe/Paris", 23 * 3600),
+    # 23:00 on November 30th in New York is December in UTC: New York's November ends in 1 h
+    ("month", datetime(2026, 12, 1, 4, 0, tzinfo=UTC), "America/New_York", 3600),
+    # Paris's October holds the fall-back: 31 days and an hour
+    ("month", datetime(2026, 9, 30, 22, 0, tzinfo=UTC), "Europe/Paris", 31 * 86400 + 3600),
+    # Havana skips midnight itself (00:00 -> 01:00 on 2026-03-08): its new day begins at once
+    ("day", datetime(2026, 3, 8, 4, 59, tzinfo=UTC), "America/Havana", 60),
+])
+def test_retry_after_counts_to_the_next_period_in_the_tenants_zone(
+        plan: str, now: datetime, tz: str, seconds: int) -> None:
+    assert seconds_to_next_period(plan, now, tz) == seconds
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris", "America/Havana", "America/Santiago",
+                                "Australia/Lord_Howe", "Asia/Kathmandu"])
+@pytest.mark.parametrize("plan", ["day", "month"])
+def test_retry_after_lands_on_the_first_second_of_the_next_period(plan: str, tz: str) -> None:
+    # Every 7 hours through 2026: one second short of Retry-After is still the period the
+    # refusal was in, Retry-After itself is the next one, whatever the zone's DST does.
+    for hours in range(0, 366 * 24, 7):
+        now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=hours, seconds=17)
+        wait = seconds_to_next_period(plan, now, tz)
+        before = now + timedelta(seconds=wait - 1)
+        after = now + timedelta(seconds=wait)
+        assert period_in_zone(plan, before, tz) == period_in_zone(plan, now, tz), now
+        assert period_in_zone(plan, after, tz) != period_in_zone(plan, now, tz), now
 
 
 def test_a_directory_that_is_down_is_asked_only_the_budgets_lookups_the_rest_are_429() -> None:

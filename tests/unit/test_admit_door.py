@@ -178,6 +178,17 @@ def test_the_quota_precheck_answers_429_until_the_next_period(door: Door) -> Non
     assert door.requests.fetch("tiny", "any") is None and door.publisher.published == []
 
 
+def test_the_quota_precheck_retries_after_the_tenants_own_month_ends_in_its_zone() -> None:
+    world = World(FixedClock(datetime(2026, 11, 29, 12, 0, 45, tzinfo=UTC)))
+    key = world.tenant("tokyo", 10, time_zone="Asia/Tokyo")
+    client = create_app(Settings(), world.door_ports()).test_client()
+    resp = client.post("/", headers=headers(key), data=body(max_tokens=50))
+    assert_problem(resp, 429, "tenant tokyo has 10 tokens left in period 2026-11")
+    # 21:00:45 in Tokyo; its December begins at 2026-12-01 00:00 JST, 2026-11-30 15:00 UTC,
+    # nine hours before UTC's.
+    assert resp.headers["Retry-After"] == str(27 * 3600 - 45)
+
+
 def test_a_resend_of_an_accepted_event_is_202_past_the_rate_limit_and_the_quota(
         door: Door) -> None:
     first = [door.post("chatty", over={"ce-id": f"r{i}"}) for i in range(3)]

@@ -204,6 +204,17 @@ def test_rate_limit_and_quota_are_429s_told_apart_with_retry_after() -> None:
         door.pipeline.close()
 
 
+def test_a_ledger_refusal_retries_after_the_tenants_own_month_ends_in_its_zone(
+        door: MemoryDoor) -> None:
+    door.keys["tokyo"] = door.world.tenant("tokyo", 10, time_zone="Asia/Tokyo")
+    resp = door.client.post("/v1/chat/completions", headers=door.headers("tokyo"), json={
+        "model": MODEL, "messages": [{"role": "user", "content": "a b c d e f"}],
+        "max_tokens": 5})
+    assert error(resp, 429)["code"] == "insufficient_quota"
+    # 21:00:45 in Tokyo; its December begins at 2026-11-30 15:00 UTC, nine hours before UTC's
+    assert resp.headers["Retry-After"] == str(27 * 3600 - 45)
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_request_the_ledger_rejects_is_429_insufficient_quota(door: MemoryDoor,
                                                               stream: bool) -> None:

@@ -33,11 +33,13 @@ class MemoryTenants:
         self.lookups = 0
 
     def create_key(self, tenant: str, rate_limit_per_min: int = 600,
-                   plan_period: str = "month", tpm: int = 0, max_inflight: int = 0) -> str:
-        """Issue a key for `tenant` with these limits; returns the key."""
+                   plan_period: str = "month", tpm: int = 0, max_inflight: int = 0,
+                   time_zone: str = "UTC") -> str:
+        """Issue a key for `tenant` (its periods counted in `time_zone`) with these limits;
+        returns the key."""
         key_id, secret = new_key_parts()
         self._keys[key_id] = _Key(secret, Principal(tenant, key_id, rate_limit_per_min,
-                                                    plan_period, tpm, max_inflight),
+                                                    plan_period, tpm, max_inflight, time_zone),
                                   datetime.now(UTC))
         return f"qf_{key_id}_{secret}"
 

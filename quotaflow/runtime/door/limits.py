@@ -17,9 +17,11 @@ requests reserve, and soon holds exactly that."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from quotaflow.events.status import KeyLimit, LevelScope
 from quotaflow.functions.admit.handler import Screened
@@ -51,14 +53,21 @@ def tokens_bound(data: Mapping[str, Any]) -> int:
     return prompt + _TEMPLATE_TOKENS + int(data["max_tokens"])
 
 
-def seconds_to_next_period(plan_period: str, now: datetime) -> int:
-    """Whole seconds (at least 1) until the period after `now`'s begins, in UTC."""
+def seconds_to_next_period(plan_period: str, now: datetime, tz: str = "UTC") -> int:
+    """Whole seconds, rounded up (at least 1), until the period after `now`'s begins: the
+    next calendar day or month at midnight in the tenant's zone `tz`, as `period_in_zone`
+    counts periods (a day across a DST change is 23 or 25 hours long)."""
+    zone = ZoneInfo(tz)
+    local = now.astimezone(zone)
     if plan_period == "day":
-        nxt = datetime(now.year, now.month, now.day, tzinfo=UTC).timestamp() + 86400
+        nxt = local.date() + timedelta(days=1)
     else:
-        y, m = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-        nxt = datetime(y, m, 1, tzinfo=UTC).timestamp()
-    return max(1, int(nxt - now.timestamp()))
+        nxt = date(local.year + 1, 1, 1) if local.month == 12 else \
+            date(local.year, local.month + 1, 1)
+    # A midnight the clocks skip (a zone that springs forward at 00:00) is read with the offset
+    # before the change (fold=0): the very instant the new local day begins.
+    start = datetime(nxt.year, nxt.month, nxt.day, tzinfo=zone)
+    return max(1, math.ceil(start.timestamp() - now.timestamp()))
 
 
 class AdmissionLimits:
@@ -105,7 +114,7 @@ def _refusal(principal: Principal, now: datetime, period: str, found: Screening,
                        f"{principal.rate_limit_per_min} requests a minute",
                        slug="rate-limited", headers={"Retry-After": str(retry)})
     if balance.granted and balance.remaining < needs_tokens:
-        retry = seconds_to_next_period(principal.plan_period, now)
+        retry = seconds_to_next_period(principal.plan_period, now, principal.time_zone)
         return Problem(429, "Quota exhausted", f"tenant {principal.tenant} has "
                        f"{max(balance.remaining, 0)} tokens left in period {period}; this "
                        f"request may need {needs_tokens}", slug="quota-exhausted",
@@ -128,8 +137,8 @@ def _level_refusal(principal: Principal, now: datetime, scope: LevelScope, remai
     refusal = Refusal(level, "tokens", max(0, remaining), limit or 0)
     return Problem(429, "Quota exhausted", f"{refusal.message}; this request may need "
                    f"{needs_tokens}", slug="quota-exhausted",
-                   headers={"Retry-After": str(seconds_to_next_period(principal.plan_period,
-                                                                      now))})
+                   headers={"Retry-After": str(seconds_to_next_period(
+                       principal.plan_period, now, principal.time_zone))})
 
 
 def _key_limit_refusal(principal: Principal, over: KeyLimit, retry_ms: int,

@@ -145,7 +145,7 @@ class OpenAIDoor:
                 (message + " (the request's worst case: its prompt plus max_tokens)") if message
                 else (f"tenant {principal.tenant} has not enough quota left for this request "
                       "(its prompt plus max_tokens)"),
-                seconds_to_next_period(principal.plan_period, now))
+                seconds_to_next_period(principal.plan_period, now, principal.time_zone))
         if ended.status == RequestStatus.EXPIRED:
             return OpenAIError(503, f"the request's reservation expired ({reason}); send it "
                                "again", SERVER, "service_unavailable", headers={"Retry-After": "5"})
