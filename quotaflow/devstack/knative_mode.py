@@ -11,6 +11,7 @@ does for the five consumer steps, on one machine (`python -m quotaflow.devstack.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -21,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message, TopicPartition
 
 from quotaflow.adapters import kafka
 from quotaflow.devstack.kafka_source import (
@@ -85,14 +86,31 @@ class SourceLoop:
                     continue
                 try:
                     self._deliver(msg, stop)
+                    # Only now: the function answered 2xx (its outputs are flushed) or the
+                    # record is on the dead-letter topic. Synchronous, so the next record is
+                    # not delivered before this one is committed.
+                    self.consumer.commit(message=msg, asynchronous=False)
                 except Stopped:
                     return
-                # Only now: the function answered 2xx (its outputs are flushed) or the record
-                # is on the dead-letter topic. Synchronous, so the next record is not
-                # delivered before this one is committed.
-                self.consumer.commit(message=msg, asynchronous=False)
+                except Exception as exc:  # a thread that died would stop its topic for good
+                    # A commit after the group moved on (this member's session lapsed on a
+                    # loaded machine: UNKNOWN_MEMBER_ID), or a dead-letter write that failed.
+                    # The offset stays uncommitted and the record is delivered again, here
+                    # after the rewind or by the partition's next owner: at least once, as
+                    # KafkaSource delivers (the functions are idempotent).
+                    log.warning("source %s: %s[%s]@%s not committed, delivered again: %s",
+                                self.spec.name, msg.topic(), msg.partition(), msg.offset(), exc)
+                    self._rewind(msg)
+                    stop.wait(0.5)
         finally:
             self.consumer.close()
+
+    def _rewind(self, msg: Message) -> None:
+        """Poll `msg` again next; a partition no longer this member's is left to its owner."""
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is not None and partition is not None and offset is not None:
+            with contextlib.suppress(KafkaException):
+                self.consumer.seek(TopicPartition(topic, partition, offset))
 
     def _deliver(self, msg: Message, stop: threading.Event) -> None:
         record = msg.headers() or []
