@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_ledger [--requests 20000] [--batch 256] [--rounds 6]
 
+On POSTGRES_URL's PostgreSQL when it answers, else on an embedded one started for the run.
+
 (a) Decisions/s through reserve + settle, a polled batch per ledger call (as the reserve and
     settle steps run), versus plain batched INSERTs of the same number of rows into a table of
     the same columns (no indexes) in the same PostgreSQL, alternating in rounds.
@@ -16,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import psycopg
 
+from benchmarks.services import services
 from quotaflow.adapters import budget_store
 from quotaflow.adapters import postgres as db
 from quotaflow.adapters.tenant_store import create_key, create_tenant
@@ -182,8 +187,13 @@ def main() -> None:
     ap.add_argument("--skip-replay", action="store_true", help="only (a)")
     ap.add_argument("--levels", action="store_true", help="only (c)")
     args = ap.parse_args()
-    base = Settings.from_env().postgres_url.rsplit("/", 1)[0]
-    url = f"{base}/qf_bench_ledger"
+    # POSTGRES_URL's server when it answers, else an embedded one for the run.
+    with tempfile.TemporaryDirectory(prefix="qf-bench-ledger-") as work, \
+            services(Settings.from_env(), Path(work)) as (settings, _started):
+        run(args, settings.postgres_url.rsplit("/", 1)[0] + "/qf_bench_ledger")
+
+
+def run(args: argparse.Namespace, url: str) -> None:
     if args.levels:
         print(f"(c) {args.requests} reserve + settle at three levels with money and as many "
               f"at the tenant alone, batches of {args.batch}, {args.tenants} tenants, "
